@@ -1,0 +1,44 @@
+# ds01 — see README.md. Every target runs as root on Debian; each is safe to run again.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+VENV ?= .venv
+BIN := $(VENV)/bin
+TESTBED := scripts/testbed
+SHELL_SCRIPTS := scripts/testbed scripts/demo tests/fakes/nvml/build.sh .ci/run
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint deps testbed venv clean
+
+## demo: simulated GPUs on the private test bed, the system up, a scripted scenario
+demo: venv testbed
+	scripts/demo
+
+## test: install everything, lint, and run the whole test suite against the test bed
+test: venv testbed lint
+	eval "$$($(TESTBED) env)"; $(BIN)/pytest $(PYTEST_ARGS)
+
+## lint: ruff, mypy and shellcheck
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	shellcheck $(SHELL_SCRIPTS)
+
+## deps: the Debian packages the project needs (one apt-get call, only if something is missing)
+deps:
+	$(TESTBED) deps
+
+testbed: deps
+	$(TESTBED) up
+
+venv: $(VENV)/.installed
+
+# Debian's python3 (not a per-user interpreter under /root), so the test users can run ds01 too.
+$(VENV)/.installed: pyproject.toml | deps
+	/usr/bin/python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --editable '.[test,dev]'
+	touch $@
+
+clean:
+	$(TESTBED) down
+	rm -rf $(VENV) build *.egg-info

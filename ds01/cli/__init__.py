@@ -1,0 +1,73 @@
+"""Command-line front ends. `run` is the one place where errors become messages and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+
+from ds01.errors import EXIT_FAILURE, Ds01Error
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse, dispatch to the chosen command's handler, and turn ds01 errors into an exit code."""
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # so `ds01 ... | head` ends quietly
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return handler(args)
+    except Ds01Error as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last resort: a bug gets one line, the traceback only with --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"{parser.prog}: internal error: {exc!r} (run again with --debug for a traceback)", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def new_parser(prog: str, description: str, example: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    return parser
+
+
+def add_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    example: str,
+    handler: Handler,
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with a worked example."""
+    command = commands.add_parser(
+        name,
+        help=summary,
+        description=summary,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    command.set_defaults(handler=handler)
+    return command
+
+
+def add_format_option(command: argparse.ArgumentParser) -> None:
+    """`--format table|json`, with `--json` as the short form."""
+    command.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    command.add_argument("--json", dest="format", action="store_const", const="json", help="same as --format json")

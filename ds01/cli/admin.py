@@ -1,0 +1,14 @@
+"""`ds01`: the administrator's command."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ds01.cli import gpus, new_parser, run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = new_parser("ds01", "Administer GPU sharing on this host.", "ds01 gpus")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    gpus.register(commands)
+    return run(parser, argv)
