@@ -23,6 +23,8 @@ TEST_IMAGE = "ds01-test/busybox:latest"
 
 @dataclass(frozen=True)
 class Testbed:
+    __test__ = False  # a fixture value, not a test class
+
     dir: Path
     env: dict[str, str]
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ds01.cli import gpus, new_parser, run
+from ds01.cli import alloc, gpus, limits_cmd, new_parser, run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = new_parser("ds01", "Administer GPU sharing on this host.", "ds01 gpus")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     gpus.register(commands)
+    alloc.register(commands)
+    limits_cmd.register(commands)
     return run(parser, argv)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 
 from ds01 import nvml
-from ds01.cli import add_command, add_format_option
+from ds01.cli import Commands, add_command, add_format_option
 from ds01.cli.output import gib, print_json, print_table
 
 HEADERS = ("GPU", "UUID", "MODEL/PROFILE", "MEM USED/TOTAL GiB", "UTIL", "TEMP", "POWER", "PROCESSES")
 
 
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(commands: Commands) -> None:
     command = add_command(commands, "gpus", "list GPUs and MIG devices with memory, utilization and processes",
                           "ds01 gpus --format json | jq '.gpus[].uuid'", show_gpus)
     add_format_option(command)

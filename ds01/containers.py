@@ -1,0 +1,30 @@
+"""What ds01 knows about a container, and every `ds01.*` label name, defined in this one place."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+LABEL_PREFIX = "ds01."
+USER = "ds01.user"  # sanitized owner name
+UID = "ds01.uid"
+CREATED_AT = "ds01.created_at"
+TYPE = "ds01.type"  # container, docker, compose or devcontainer
+ALLOCATION = "ds01.allocation"  # the allocation id the container's GPUs were granted under
+GPU_EQUIVALENTS = "ds01.gpu_equivalents"  # exact, e.g. "3/7"
+PROTECTED = "ds01.protected"
+REQUEST_MIG = "ds01.request.mig"  # a client asks for a MIG profile through this label
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    id: str
+    name: str
+    labels: Mapping[str, str]
+    status: str  # the engine's state: created, running, exited, ...
+    device_ids: tuple[str, ...]  # GPU/MIG UUIDs (or indices) from the container's device requests
+    gpu_count: int  # devices asked for by count: 0 none, -1 all
+
+    @property
+    def holds_gpus(self) -> bool:
+        return bool(self.device_ids) or self.gpu_count != 0

@@ -1,0 +1,35 @@
+"""The pieces every GPU grant needs, assembled once: healthy slots from NVML, and an allocator that can rebuild
+its state from the engine's containers."""
+
+from __future__ import annotations
+
+import time
+from fractions import Fraction
+
+from ds01 import health, nvml
+from ds01.allocator import Allocation, Allocator, allocations_from_containers
+from ds01.engine import Engine
+from ds01.limits import Config
+from ds01.paths import Paths
+from ds01.placement import Slot, slots_from_inventory
+
+
+def current_slots(paths: Paths, config: Config) -> list[Slot]:
+    """Slots of healthy GPUs now: lost GPUs and those with a recent critical XID give none."""
+    with nvml.session() as gpus:
+        inventory = gpus.inventory()
+    return slots_from_inventory(inventory, health.quarantined(paths.state_dir, config.allocation, time.time()))
+
+
+def open_allocator(paths: Paths, config: Config) -> Allocator:
+    def rebuild() -> list[Allocation]:
+        engine = Engine()
+        try:
+            found = engine.containers()
+        finally:
+            engine.close()
+        known = {slot.uuid: slot.equivalents for slot in current_slots(paths, config)}
+        # A device no longer in the inventory counts as a whole GPU: over-counting is the safe side.
+        return allocations_from_containers(found, lambda uuid: known.get(uuid, Fraction(1)), time.time())
+
+    return Allocator(paths.state_dir, config.allocation, rebuild=rebuild)
