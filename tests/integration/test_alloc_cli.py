@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -46,10 +47,8 @@ def made(engine: docker.DockerClient) -> Iterator[list[Any]]:
     containers: list[Any] = []
     yield containers
     for container in containers:
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             container.remove(force=True)
-        except docker.errors.NotFound:
-            pass
 
 
 def ds01(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,8 @@ def _docker(testbed: Testbed, *args: str) -> subprocess.CompletedProcess[str]:
 def test_mig_device_request_reaches_container_and_hook(testbed: Testbed, tmp_path: Path) -> None:
     mig_uuid = load_topology("a100-8gpu")["gpus"][6]["mig_devices"][0]["uuid"]
     cidfile = tmp_path / "cid"
-    run = _docker(testbed, "run", "--rm", "--cidfile", str(cidfile), "--gpus", f'"device={mig_uuid}"', TEST_IMAGE, "env")
+    run = _docker(testbed, "run", "--rm", "--cidfile", str(cidfile), "--gpus", f'"device={mig_uuid}"',
+                  TEST_IMAGE, "env")
     assert run.returncode == 0, run.stderr
     assert f"NVIDIA_VISIBLE_DEVICES={mig_uuid}" in run.stdout.splitlines()
     record = testbed.hook_record_for(cidfile.read_text().strip())
@@ -57,7 +58,8 @@ def test_engine_is_private(testbed: Testbed) -> None:
 
 def test_env_output_works_in_a_new_shell(testbed: Testbed) -> None:
     script = f'eval "$({TESTBED_SCRIPT} env)" && env'
-    shell = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, env={"PATH": os.environ["PATH"]})
+    shell = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True,
+                           env={"PATH": os.environ["PATH"]})
     seen = dict(line.split("=", 1) for line in shell.stdout.splitlines() if "=" in line)
     for name in ("DOCKER_HOST", "LD_LIBRARY_PATH", "FAKE_NVML_TOPOLOGY", "DS01_CONFIG", "DS01_STATE_DIR",
                  "DS01_LOG_DIR", "DS01_RUN_DIR"):

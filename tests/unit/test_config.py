@@ -161,8 +161,8 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_ldap_identity_section_is_typed(tmp_path: Path) -> None:
-    text = ("version: 1\nidentity:\n  source: ldap\n  ldap:\n    uri: ldap://127.0.0.1:3890\n    base_dn: dc=ds01,dc=test\n"
-            "    group_attribute: member\n    timeout: 2s\n")
+    text = ("version: 1\nidentity:\n  source: ldap\n  ldap:\n    uri: ldap://127.0.0.1:3890\n"
+            "    base_dn: dc=ds01,dc=test\n    group_attribute: member\n    timeout: 2s\n")
     ldap = load_config(write(tmp_path, text)).ldap
     assert ldap is not None
     assert (ldap.uri, ldap.base_dn, ldap.group_attribute, ldap.timeout_seconds) == (

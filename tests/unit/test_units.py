@@ -59,7 +59,7 @@ def test_gpu_equivalents_are_exact() -> None:
     assert sum(mig_equivalents(s) for s in (3, 2, 1, 1)) == 1
     assert format_equivalents(Fraction(3, 7)) == "3/7 (0.43)"
     for bad in ("-1", True, None, "x", [1]):
-        with pytest.raises(ValueError, match="GPU-equivalents|negative"):
+        with pytest.raises(ValueError, match=r"GPU-equivalents|negative"):
             parse_gpu_equivalents(bad)
 
 
