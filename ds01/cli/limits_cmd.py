@@ -58,27 +58,27 @@ def show_limits(args: argparse.Namespace) -> int:
     user = identity.resolve_name(args.user, config.ldap)
     effective = effective_limits(config, user.name, user.groups, datetime.now(UTC))
     held = [a for a in open_allocator(paths, config).allocations() if a.user == user.sanitized]
-    usage: dict[str, str] = {
-        "gpu_quota": f"{format_equivalents(sum((a.gpu_equivalents for a in held), Fraction(0)))} in "
-                     f"{len(held)} allocation(s)",
-    }
+    held_equivalents = sum((a.gpu_equivalents for a in held), Fraction(0))
+    container_count: int | None = None
     status = 0
     try:
         engine = Engine()
         try:
-            mine = [c for c in engine.containers() if c.labels.get(containers.USER) == user.sanitized]
+            container_count = sum(1 for c in engine.containers() if c.labels.get(containers.USER) == user.sanitized)
         finally:
             engine.close()
-        usage["max_containers"] = str(len(mine))
     except EngineError as exc:
         print(f"ds01: containers not counted: {exc}", file=sys.stderr)
-        usage["max_containers"] = "unknown (engine unreachable)"
         status = EXIT_FAILURE
+    usage = {"gpu_quota": f"{format_equivalents(held_equivalents)} in {len(held)} allocation(s)",
+             "max_containers": "unknown (engine unreachable)" if container_count is None else str(container_count)}
     rows = [(key.name, _show(key.name, effective.limits), usage.get(key.name, "-")) for key in LIMIT_KEYS]
     if args.format == "json":
-        print_json({"user": user.name, "sanitized": user.sanitized, "group": effective.group,
-                    "is_admin": effective.is_admin, "limits": {name: value for name, value, _ in rows},
-                    "usage": usage,
+        print_json({"user": user.name, "sanitized": user.sanitized, "uid": user.uid, "groups": list(user.groups),
+                    "group": effective.group, "is_admin": effective.is_admin,
+                    "limits": {name: value for name, value, _ in rows},
+                    "usage": {"gpu_equivalents": float(held_equivalents), "allocations": len(held),
+                              "containers": container_count},
                     "exemptions": [{"exempt_from": sorted(e.exempt_from), "expires": e.expires_at.isoformat(),
                                     "reason": e.reason} for e in effective.exemptions]})
         return status

@@ -107,7 +107,7 @@ def test_xid_watcher_delivers_new_events_and_times_out(topology: TopologyFile) -
 
 @pytest.mark.parametrize(
     ("content", "problem"),
-    [(None, "missing"), ("{not json", "json"), (json.dumps({"gpus": "eight"}), "gpus")],
+    [(None, "no such file"), ("{not json", "json"), (json.dumps({"gpus": "eight"}), "gpus")],
 )
 def test_bad_topology_is_a_clear_error_naming_the_file(
     topology: TopologyFile, content: str | None, problem: str
