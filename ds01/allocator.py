@@ -29,6 +29,7 @@ from ds01.statefile import write_json_atomic
 STATE_NAME = "allocations.json"
 STATE_VERSION = 1
 _T = TypeVar("_T")
+Change = Callable[[list["Allocation"], float], tuple[_T, list["Allocation"] | None]]
 
 
 @dataclass(frozen=True)
@@ -217,11 +218,8 @@ class Allocator:
     def allocations(self) -> list[Allocation]:
         return self._transaction(lambda live, _now: (live, None))[0]
 
-    def request(self, user: str, uid: int | None, limits: LimitValues, request: GpuRequest, *,
-                slots: Sequence[Slot], ttl_seconds: int | None = None) -> Allocation:
-        """Reserve slots for `request`; raises Denied (with a reason code) or Busy. Nothing is held on denial."""
-        ttl = self.settings.reservation_ttl_seconds if ttl_seconds is None else ttl_seconds
-
+    def _reserver(self, user: str, uid: int | None, limits: LimitValues, request: GpuRequest, *,
+                  slots: Sequence[Slot], ttl: int) -> Change[Allocation]:
         def reserve(live: list[Allocation], now: float) -> tuple[Allocation, list[Allocation]]:
             chosen = choose_slots(user, limits, self.settings, request, slots=slots,
                                   holdings=[a.holding() for a in live])
@@ -231,10 +229,35 @@ class Allocator:
                 expires_at=now + ttl)
             return allocation, [*live, allocation]
 
-        allocation = self._transaction(reserve)[0]
+        return reserve
+
+    def request(self, user: str, uid: int | None, limits: LimitValues, request: GpuRequest, *,
+                slots: Sequence[Slot], ttl_seconds: int | None = None) -> Allocation:
+        """Reserve slots for `request`; raises Denied (with a reason code) or Busy. Nothing is held on denial."""
+        ttl = self.settings.reservation_ttl_seconds if ttl_seconds is None else ttl_seconds
+        allocation = self._transaction(self._reserver(user, uid, limits, request, slots=slots, ttl=ttl))[0]
         events.emit("allocation.reserve", source="allocator", user=user, allocation=allocation.id,
                     slots=list(allocation.slots), gpu_equivalents=str(allocation.gpu_equivalents))
         return allocation
+
+    def preview(self, user: str, uid: int | None, limits: LimitValues, request: GpuRequest, *,
+                slots: Sequence[Slot]) -> Allocation:
+        """What `request` would be granted now, without reserving anything (for dry runs)."""
+        reserve = self._reserver(user, uid, limits, request, slots=slots, ttl=self.settings.reservation_ttl_seconds)
+        return self._transaction(reserve, write=False)[0]
+
+    def release_container(self, container_id: str) -> list[Allocation]:
+        """Release whatever is bound to a container that is gone."""
+        def release_bound(live: list[Allocation], _now: float) -> tuple[list[Allocation], list[Allocation] | None]:
+            gone = [a for a in live if a.container == container_id]
+            return gone, ([a for a in live if a.container != container_id] if gone else None)
+
+        released = self._transaction(release_bound)[0]
+        for gone in released:
+            events.emit("allocation.release", source="allocator", user=gone.user, allocation=gone.id,
+                        container=container_id, slots=list(gone.slots), gpu_equivalents=str(gone.gpu_equivalents),
+                        held_seconds=round(self._clock() - gone.created_at, 3), reason="container_removed")
+        return released
 
     def bind(self, allocation_id: str, container_id: str, container_name: str | None = None) -> Allocation:
         def bind_one(live: list[Allocation], now: float) -> tuple[Allocation, list[Allocation]]:

@@ -18,6 +18,7 @@ from ds01.directory import LdapSettings
 from ds01.errors import ConfigError
 from ds01.limits import (
     BUILTIN_DEFAULTS,
+    ENDPOINT_GROUPS,
     EXEMPTIBLE,
     LIMIT_KEYS,
     LIMIT_KEYS_BY_NAME,
@@ -25,14 +26,15 @@ from ds01.limits import (
     Config,
     Exemption,
     GroupRule,
+    SecuritySettings,
     UserRule,
 )
 from ds01.paths import paths_from_env
 from ds01.units import parse_duration
 
 SCHEMA_VERSION = 1
-TOP_LEVEL_KEYS = ("version", "identity", "admins", "allocation", "default_group", "defaults", "groups", "users",
-                  "exemptions")
+TOP_LEVEL_KEYS = ("version", "identity", "admins", "allocation", "security", "default_group", "defaults", "groups",
+                  "users", "exemptions")
 _T = TypeVar("_T")
 _Entries = dict[str, tuple[yaml.Node, yaml.Node]]
 
@@ -167,6 +169,26 @@ def _allocation(reader: _Reader, node: yaml.Node) -> AllocationSettings:
     return AllocationSettings(**values)
 
 
+def _security(reader: _Reader, node: yaml.Node) -> SecuritySettings:
+    entries = reader.mapping(node, "security", ("data_dirs", "cap_add", "allow_endpoints"))
+    data_dirs = reader.names(entries["data_dirs"][1], "security.data_dirs") if "data_dirs" in entries else ()
+    for path in data_dirs:
+        if not path.startswith("/") or path.rstrip("/") == "":
+            reader.fail(entries["data_dirs"][1], "security.data_dirs", f"{path!r} must be an absolute path below /")
+    caps = reader.names(entries["cap_add"][1], "security.cap_add") if "cap_add" in entries else ()
+    endpoints = reader.names(entries["allow_endpoints"][1], "security.allow_endpoints") \
+        if "allow_endpoints" in entries else ()
+    for name in endpoints:
+        if name not in ENDPOINT_GROUPS:
+            reader.fail(entries["allow_endpoints"][1], "security.allow_endpoints",
+                        f"{name!r} is not one of {', '.join(ENDPOINT_GROUPS)}")
+    return SecuritySettings(
+        data_dirs=tuple(path.rstrip("/") for path in data_dirs),
+        cap_add_allowed=frozenset(cap.upper().removeprefix("CAP_") for cap in caps),
+        allowed_endpoints=frozenset(endpoints),
+    )
+
+
 def _ldap(reader: _Reader, node: yaml.Node) -> LdapSettings | None:
     entries = reader.mapping(node, "identity", ("source", "ldap"))
     source = "nss"
@@ -268,4 +290,5 @@ def load_config(path: Path | None = None) -> Config:
         exemptions=_exemptions(reader, top["exemptions"][1]) if "exemptions" in top else (),
         allocation=_allocation(reader, top["allocation"][1]) if "allocation" in top else AllocationSettings(),
         ldap=_ldap(reader, top["identity"][1]) if "identity" in top else None,
+        security=_security(reader, top["security"][1]) if "security" in top else SecuritySettings(),
     )

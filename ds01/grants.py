@@ -21,9 +21,9 @@ def current_slots(paths: Paths, config: Config) -> list[Slot]:
     return slots_from_inventory(inventory, health.quarantined(paths.state_dir, config.allocation, time.time()))
 
 
-def open_allocator(paths: Paths, config: Config) -> Allocator:
+def open_allocator(paths: Paths, config: Config, engine_url: str | None = None) -> Allocator:
     def rebuild() -> list[Allocation]:
-        engine = Engine()
+        engine = Engine(engine_url)
         try:
             found = engine.containers()
         finally:

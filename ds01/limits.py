@@ -182,6 +182,16 @@ class AllocationSettings:
     critical_xids: frozenset[int] = frozenset({48, 61, 62, 63, 64, 74, 79, 92, 94, 95})
 
 
+ENDPOINT_GROUPS = ("build", "session", "plugins", "swarm", "commit", "image_load")
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    data_dirs: tuple[str, ...] = ()  # bind-mount roots besides each user's home
+    cap_add_allowed: frozenset[str] = frozenset()  # capability names without CAP_
+    allowed_endpoints: frozenset[str] = frozenset()  # from ENDPOINT_GROUPS, denied unless listed
+
+
 @dataclass(frozen=True)
 class Config:
     source: Path
@@ -194,6 +204,7 @@ class Config:
     exemptions: tuple[Exemption, ...]
     allocation: AllocationSettings
     ldap: LdapSettings | None
+    security: SecuritySettings = SecuritySettings()
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ds01.cli import alloc, gpus, limits_cmd, new_parser, run
+from ds01.cli import alloc, gpus, limits_cmd, new_parser, proxy_cmd, run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -13,4 +13,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     gpus.register(commands)
     alloc.register(commands)
     limits_cmd.register(commands)
+    proxy_cmd.register(commands)
     return run(parser, argv)

@@ -1,0 +1,399 @@
+"""The create/exec policy: a pure function from (caller, request body, resolved facts) to a rewritten body or a
+`Denied`. Everything it needs from the outside world (paths, owners of referenced objects) is resolved by the
+caller beforehand and passed in, so this module does no I/O and can be tested exhaustively.
+
+The engine decodes JSON field names case-insensitively, so every field is read case-insensitively here and
+bodies with duplicate or case-variant keys are refused outright.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+from ds01 import containers
+from ds01.errors import Denied
+from ds01.limits import LimitValues, SecuritySettings
+from ds01.placement import GpuRequest
+
+ALLOWED_REQUEST_LABELS = frozenset({containers.REQUEST_MIG})
+STRIPPED_ENV_PREFIXES = ("NVIDIA_",)
+STRIPPED_ENV_NAMES = frozenset({"CUDA_VISIBLE_DEVICES"})
+HOST_MODES = ("PidMode", "IpcMode", "UTSMode", "NetworkMode", "UsernsMode", "CgroupnsMode")
+UNCONFINED_MARKERS = ("unconfined", "label=disable", "label:disable")
+
+
+@dataclass(frozen=True)
+class Caller:
+    uid: int
+    user: str  # sanitized name, as stamped in ds01.user
+    home: str
+    is_admin: bool
+    limits: LimitValues
+
+
+@dataclass(frozen=True)
+class ResolvedPath:
+    real: str  # symlinks resolved, normalized
+    is_socket: bool
+
+
+@dataclass(frozen=True)
+class Facts:
+    """The outside world, as far as one create request refers to it."""
+
+    paths: Mapping[str, ResolvedPath]  # bind source as written -> resolved
+    container_owners: Mapping[str, str | None]  # container reference -> ds01.user (None: unknown or unowned)
+    volume_owners: Mapping[str, str | None]  # named volume -> ds01.user (None: missing or unowned)
+    engine_sockets: frozenset[str]  # real paths of the engine's and ds01's own sockets
+
+
+@dataclass(frozen=True)
+class References:
+    bind_sources: tuple[str, ...]
+    containers: tuple[str, ...]
+    volumes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CreatePlan:
+    body: dict[str, Any]
+    gpu_request: GpuRequest | None
+    stripped_env: tuple[str, ...]
+
+
+def _deny(reason: str, message: str) -> Denied:
+    return Denied(reason, message)
+
+
+def parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
+    """Strict JSON: an object, no duplicate keys and no keys differing only in case (the engine folds case)."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, str] = {}
+        for key, _ in items:
+            folded = key.casefold()
+            if folded in seen:
+                raise _deny("bad_request", f"the {what} has the key {key!r} twice (as {seen[folded]!r} and {key!r}); "
+                                           "send each field once, spelled as the Docker API spells it.")
+            seen[folded] = key
+        return dict(items)
+
+    try:
+        value = json.loads(raw, object_pairs_hook=pairs)
+    except (ValueError, RecursionError) as exc:
+        raise _deny("bad_request", f"the {what} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise _deny("bad_request", f"the {what} must be a JSON object")
+    return value
+
+
+def field(obj: Mapping[str, Any] | None, name: str) -> Any:
+    """A field read the way the engine reads it: case-insensitively."""
+    if not obj:
+        return None
+    folded = name.casefold()
+    for key, value in obj.items():
+        if key.casefold() == folded:
+            return value
+    return None
+
+
+def set_field(obj: dict[str, Any], name: str, value: Any) -> None:
+    """Replace a field, whatever its spelling, by the canonical one."""
+    folded = name.casefold()
+    for key in [k for k in obj if k.casefold() == folded]:
+        del obj[key]
+    obj[name] = value
+
+
+def _host_config(body: dict[str, Any]) -> dict[str, Any]:
+    host = field(body, "HostConfig")
+    if host is None:
+        host = {}
+    if not isinstance(host, dict):
+        raise _deny("bad_request", "HostConfig must be a JSON object")
+    set_field(body, "HostConfig", host)
+    return host
+
+
+def _list(value: Any, name: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _deny("bad_request", f"{name} must be a list")
+    return value
+
+
+def _split_bind(bind: str) -> tuple[str, str]:
+    """("source", "rest") of a -v style bind "src:dst[:opts]"."""
+    if not isinstance(bind, str) or ":" not in bind:
+        raise _deny("bad_request", f"bind {bind!r} is not of the form SOURCE:TARGET[:OPTIONS]")
+    source, _, rest = bind.partition(":")
+    return source, rest
+
+
+def _is_volume_name(source: str) -> bool:
+    return not source.startswith("/")
+
+
+def _mounts(host: dict[str, Any]) -> list[dict[str, Any]]:
+    mounts = _list(field(host, "Mounts"), "HostConfig.Mounts")
+    if not all(isinstance(m, dict) for m in mounts):
+        raise _deny("bad_request", "HostConfig.Mounts entries must be objects")
+    return mounts
+
+
+def _container_ref(mode: Any) -> str | None:
+    return mode.split(":", 1)[1] if isinstance(mode, str) and mode.startswith("container:") else None
+
+
+def references(body: dict[str, Any]) -> References:
+    """What a create body refers to outside itself; the proxy resolves these into `Facts`."""
+    host = field(body, "HostConfig") or {}
+    if not isinstance(host, dict):
+        return References((), (), ())
+    sources: list[str] = []
+    volumes: list[str] = []
+    refs: list[str] = []
+    for bind in _list(field(host, "Binds"), "HostConfig.Binds"):
+        source, _ = _split_bind(bind)
+        (volumes if _is_volume_name(source) else sources).append(source)
+    for mount in _mounts(host):
+        kind, source = field(mount, "Type"), field(mount, "Source")
+        if kind == "bind" and isinstance(source, str):
+            sources.append(source)
+        elif kind == "volume" and isinstance(source, str) and source:
+            volumes.append(source)
+    for mode_name in HOST_MODES:
+        ref = _container_ref(field(host, mode_name))
+        if ref:
+            refs.append(ref)
+    for source in _list(field(host, "VolumesFrom"), "HostConfig.VolumesFrom"):
+        if isinstance(source, str):
+            refs.append(source.split(":", 1)[0])
+    return References(tuple(sources), tuple(refs), tuple(volumes))
+
+
+def _within(path: str, roots: Sequence[str]) -> bool:
+    return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
+
+
+def _check_bind_source(caller: Caller, source: str, facts: Facts, security: SecuritySettings) -> None:
+    if not posixpath.isabs(source):
+        raise _deny("mount_outside_home", f"bind source {source!r} must be an absolute path")
+    resolved = facts.paths.get(source)
+    if resolved is None:
+        raise _deny("mount_outside_home", f"bind source {source} does not exist; create it in your home first")
+    if resolved.real in facts.engine_sockets or PurePosixPath(resolved.real).name in ("docker.sock", "containerd.sock"):
+        raise _deny("socket_mount", f"{source} is a Docker or ds01 socket; mounting it would give away the host.")
+    allowed = [caller.home, *security.data_dirs]
+    if not _within(resolved.real, allowed):
+        raise _deny("mount_outside_home", (
+            f"bind mount of {source} (really {resolved.real}) is outside your home ({caller.home}) and the data "
+            f"directories ({', '.join(security.data_dirs) or 'none configured'}). Mount a directory under them."))
+    if any(_within(socket, [resolved.real]) for socket in facts.engine_sockets):
+        raise _deny("socket_mount", f"{source} contains a Docker or ds01 socket; mount a narrower directory.")
+
+
+def _check_owned(caller: Caller, owner: str | None, what: str) -> None:
+    if owner != caller.user and not caller.is_admin:
+        raise _deny("not_owner", f"{what} is not yours; you may only refer to your own containers and volumes.")
+
+
+def _check_mounts(caller: Caller, host: dict[str, Any], facts: Facts, security: SecuritySettings) -> None:
+    for bind in _list(field(host, "Binds"), "HostConfig.Binds"):
+        source, _ = _split_bind(bind)
+        if _is_volume_name(source):
+            _check_owned(caller, facts.volume_owners.get(source), f"volume {source}")
+        else:
+            _check_bind_source(caller, source, facts, security)
+    for mount in _mounts(host):
+        kind, source = field(mount, "Type"), field(mount, "Source")
+        if kind == "bind":
+            _check_bind_source(caller, str(source), facts, security)
+        elif kind == "volume" and source:
+            _check_owned(caller, facts.volume_owners.get(str(source)), f"volume {source}")
+        elif kind not in ("volume", "tmpfs"):
+            raise _deny("mount_type", f"mounts of type {kind!r} are not allowed; use bind, volume or tmpfs.")
+    for source in _list(field(host, "VolumesFrom"), "HostConfig.VolumesFrom"):
+        ref = str(source).split(":", 1)[0]
+        _check_owned(caller, facts.container_owners.get(ref), f"container {ref} (in VolumesFrom)")
+
+
+def _check_namespaces(caller: Caller, host: dict[str, Any], facts: Facts) -> None:
+    for mode_name in HOST_MODES:
+        mode = field(host, mode_name)
+        if mode == "host":
+            raise _deny("host_namespace", f"{mode_name}=host would share the host's namespace; it is not allowed.")
+        ref = _container_ref(mode)
+        if ref:
+            _check_owned(caller, facts.container_owners.get(ref), f"container {ref} (in {mode_name})")
+
+
+def _check_escapes(caller: Caller, host: dict[str, Any], facts: Facts, security: SecuritySettings) -> None:
+    if field(host, "Privileged"):
+        raise _deny("privileged", "privileged containers are not allowed: they can take over the host.")
+    for cap in _list(field(host, "CapAdd"), "HostConfig.CapAdd"):
+        name = str(cap).upper().removeprefix("CAP_")
+        if name not in security.cap_add_allowed:
+            allowed = ", ".join(sorted(security.cap_add_allowed)) or "none"
+            raise _deny("capability", f"adding capability {cap} is not allowed (allowed: {allowed}).")
+    if _list(field(host, "Devices"), "HostConfig.Devices") or _list(
+            field(host, "DeviceCgroupRules"), "HostConfig.DeviceCgroupRules"):
+        raise _deny("devices", "host devices cannot be passed in; GPUs are granted with --gpus.")
+    _check_namespaces(caller, host, facts)
+    for option in _list(field(host, "SecurityOpt"), "HostConfig.SecurityOpt"):
+        if any(marker in str(option).replace(":", "=", 1).lower() for marker in UNCONFINED_MARKERS):
+            raise _deny("security_opt", f"security option {option!r} turns off confinement; it is not allowed.")
+    if field(host, "Sysctls"):
+        raise _deny("sysctls", "setting sysctls is not allowed.")
+    if field(host, "MaskedPaths") is not None or field(host, "ReadonlyPaths") is not None:
+        raise _deny("security_opt", "changing the masked or read-only system paths is not allowed.")
+    if field(host, "CgroupParent"):
+        raise _deny("cgroup_parent", "the cgroup parent is set by ds01 (your per-user slice); leave it out.")
+    runtime = field(host, "Runtime")
+    if runtime not in (None, "", "runc"):
+        raise _deny("runtime", f"runtime {runtime!r} is not allowed; GPUs are granted with --gpus, not a runtime.")
+    _check_mounts(caller, host, facts, security)
+
+
+def check_user(caller: Caller, user: Any) -> None:
+    """Root or your own uid inside a container; never another host user's uid (it would own their files)."""
+    if user in (None, ""):
+        return
+    if not isinstance(user, str):
+        raise _deny("bad_request", "User must be a string")
+    uid = user.split(":", 1)[0]
+    if uid.isdigit() and int(uid) not in (0, caller.uid):
+        raise _deny("foreign_uid", f"running as uid {uid} would act as another host user; use your own uid "
+                                   f"({caller.uid}) or a user name from the image.")
+
+
+def _strip_gpu_env(body: dict[str, Any]) -> tuple[str, ...]:
+    """Drop NVIDIA_* and CUDA_VISIBLE_DEVICES: devices come from the grant, never from the environment."""
+    env = [str(entry) for entry in _list(field(body, "Env"), "Env")]
+
+    def gpu_variable(entry: str) -> bool:
+        name = entry.split("=", 1)[0]
+        return name in STRIPPED_ENV_NAMES or name.upper().startswith(STRIPPED_ENV_PREFIXES)
+
+    set_field(body, "Env", [entry for entry in env if not gpu_variable(entry)])
+    return tuple(entry for entry in env if gpu_variable(entry))
+
+
+def _apply_limits(host: dict[str, Any], limits: LimitValues, fill_defaults: bool = True) -> None:
+    nano = field(host, "NanoCpus")
+    quota, period = field(host, "CpuQuota"), field(host, "CpuPeriod") or 100_000
+    asked = (nano / 1e9) if nano else (quota / period if quota and quota > 0 else None)
+    if asked is not None and asked > limits.cpus:
+        raise _deny("limit_cpus", f"{asked:g} CPUs asked for; your per-container limit is {limits.cpus:g}.")
+    if asked is None and fill_defaults:
+        set_field(host, "NanoCpus", int(limits.cpus * 1e9))
+    for name, limit, what in (("Memory", limits.memory_bytes, "memory"), ("ShmSize", limits.shm_size_bytes, "shm")):
+        value = field(host, name) or 0
+        if value > limit:
+            raise _deny(f"limit_{what}", f"{value} bytes of {what} asked for; your per-container limit is {limit}.")
+        if value <= 0 and fill_defaults:
+            set_field(host, name, limit)
+    pids = field(host, "PidsLimit")
+    if pids is not None and pids > limits.pids_limit:
+        raise _deny("limit_pids", f"a pids limit of {pids} asked for; your per-container limit is {limits.pids_limit}.")
+    if (pids is None or pids <= 0) and fill_defaults:
+        set_field(host, "PidsLimit", limits.pids_limit)
+
+
+def _gpu_request(host: dict[str, Any], labels: Mapping[str, str]) -> GpuRequest | None:
+    wanted: GpuRequest | None = None
+    for request in _list(field(host, "DeviceRequests"), "HostConfig.DeviceRequests"):
+        if not isinstance(request, dict):
+            raise _deny("bad_request", "DeviceRequests entries must be objects")
+        capabilities = {c for group in field(request, "Capabilities") or [] for c in group}
+        if field(request, "Driver") not in (None, "", "nvidia") or not ("gpu" in capabilities or
+                                                                         field(request, "Driver") == "nvidia"):
+            raise _deny("devices", "only GPU device requests (--gpus) are allowed.")
+        if wanted is not None:
+            raise _deny("bad_request", "send one GPU device request, not several.")
+        ids = field(request, "DeviceIDs") or []
+        count = field(request, "Count") or 0
+        if ids:
+            wanted = GpuRequest(devices=tuple(str(i) for i in ids))
+        elif count == -1:
+            wanted = GpuRequest(all_gpus=True)
+        else:
+            wanted = GpuRequest(count=int(count))
+    mig = labels.get(containers.REQUEST_MIG)
+    if mig:
+        if wanted is not None:
+            raise _deny("bad_request", f"ask for GPUs either with --gpus or with the {containers.REQUEST_MIG} "
+                                       "label, not both.")
+        wanted = GpuRequest(mig_profile=mig)
+    return wanted
+
+
+def plan_create(caller: Caller, body: dict[str, Any], facts: Facts, security: SecuritySettings, *,
+                cgroup_parent: str, client_type: str, created_at: str) -> CreatePlan:
+    """Check a container create body and rewrite it: limits, labels, cgroup parent; GPUs are granted later."""
+    host = _host_config(body)
+    _check_escapes(caller, host, facts, security)
+    check_user(caller, field(body, "User"))
+    labels = field(body, "Labels") or {}
+    if not isinstance(labels, dict):
+        raise _deny("bad_request", "Labels must be an object")
+    for key in labels:
+        if key.casefold().startswith(containers.LABEL_PREFIX) and key not in ALLOWED_REQUEST_LABELS:
+            raise _deny("label_reserved", f"label {key} is reserved: ds01 sets the ds01.* labels itself.")
+    gpu_request = _gpu_request(host, labels)
+    _apply_limits(host, caller.limits)
+    set_field(host, "CgroupParent", cgroup_parent)
+    stripped = _strip_gpu_env(body)
+    stamped = {k: v for k, v in labels.items() if k not in ALLOWED_REQUEST_LABELS}
+    stamped.update({containers.USER: caller.user, containers.UID: str(caller.uid),
+                    containers.CREATED_AT: created_at, containers.TYPE: client_type})
+    set_field(body, "Labels", stamped)
+    set_field(host, "DeviceRequests", [])
+    _pin_bind_sources(host, facts)
+    return CreatePlan(body=body, gpu_request=gpu_request, stripped_env=stripped)
+
+
+def _pin_bind_sources(host: dict[str, Any], facts: Facts) -> None:
+    """Mount what was checked: the resolved path, not a symlink that could be re-pointed before start."""
+    binds = []
+    for bind in _list(field(host, "Binds"), "HostConfig.Binds"):
+        source, rest = _split_bind(bind)
+        binds.append(bind if _is_volume_name(source) else f"{facts.paths[source].real}:{rest}")
+    if binds:
+        set_field(host, "Binds", binds)
+    for mount in _mounts(host):
+        if field(mount, "Type") == "bind":
+            set_field(mount, "Source", facts.paths[str(field(mount, "Source"))].real)
+
+
+def apply_grant(body: dict[str, Any], slots: Sequence[str], allocation_id: str, equivalents: str) -> None:
+    """Point the container at exactly the granted devices, and label it with its allocation."""
+    host = _host_config(body)
+    set_field(host, "DeviceRequests", [{"Driver": "nvidia", "Count": 0, "DeviceIDs": list(slots),
+                                        "Capabilities": [["gpu"]], "Options": {}}])
+    labels = field(body, "Labels")
+    labels[containers.ALLOCATION] = allocation_id
+    labels[containers.GPU_EQUIVALENTS] = equivalents
+
+
+def check_update(caller: Caller, body: dict[str, Any]) -> None:
+    """`docker update` may lower limits or raise them up to the user's own, and touches nothing else of note."""
+    for name in ("Devices", "DeviceCgroupRules", "DeviceRequests", "CgroupParent"):
+        if field(body, name):
+            raise _deny("devices" if name.startswith("Device") else "cgroup_parent", f"{name} cannot be updated.")
+    _apply_limits(body, caller.limits, fill_defaults=False)
+
+
+def check_exec(caller: Caller, body: dict[str, Any]) -> None:
+    """An exec gets the create rules that apply to a process: no privilege, no foreign uid."""
+    if field(body, "Privileged"):
+        raise _deny("privileged", "privileged exec is not allowed.")
+    check_user(caller, field(body, "User"))
+    _strip_gpu_env(body)

@@ -1,0 +1,72 @@
+"""The enforcement point: a Docker API proxy that knows its callers from the kernel and applies the policy."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from ds01 import events
+from ds01.engine import Engine
+from ds01.errors import Ds01Error
+from ds01.grants import current_slots, open_allocator
+from ds01.paths import Paths
+from ds01.placement import Slot
+from ds01.proxy.cgroups import CgroupParents
+from ds01.proxy.gate import Gate
+from ds01.proxy.server import Proxy, serve_forever, watch_destroyed
+from ds01.proxy.session import Sessions
+from ds01.proxy.upstream import Upstream
+
+SLOT_CACHE_SECONDS = 2.0
+
+
+class SlotCache:
+    """The healthy slots, refreshed from NVML at most every few seconds rather than on every create."""
+
+    def __init__(self, paths: Paths, sessions: Sessions) -> None:
+        self._paths = paths
+        self._sessions = sessions
+        self._lock = threading.Lock()
+        self._taken = 0.0
+        self._slots: list[Slot] = []
+
+    def __call__(self) -> list[Slot]:
+        with self._lock:
+            if time.monotonic() - self._taken > SLOT_CACHE_SECONDS:
+                self._slots = current_slots(self._paths, self._sessions.current_config())
+                self._taken = time.monotonic()
+            return self._slots
+
+
+def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float) -> int:
+    upstream = Upstream(upstream_url)
+    sessions = Sessions(paths.config)
+    status, info = upstream.call("GET", "/info")
+    if status != 200 or not isinstance(info, dict):
+        raise Ds01Error(f"the engine at {upstream_url} answered {status} to /info: {info}")
+    allocator = open_allocator(paths, sessions.config, upstream_url)
+    engine = Engine(upstream_url)
+    try:
+        listed_at = time.time()
+        report = allocator.reconcile(engine.containers(), listed_at)  # crash recovery before serving
+    finally:
+        engine.close()
+    events.emit("reconcile.startup", source="proxy", released=len(report.released), expired=len(report.expired),
+                adopted=len(report.adopted), unallocated=len(report.unallocated))
+    sockets = {os.path.realpath(p) for p in ("/var/run/docker.sock", "/run/docker.sock", str(listen))}
+    if upstream.unix_path:
+        sockets.add(os.path.realpath(upstream.unix_path))
+    gate = Gate(sessions, upstream, allocator, slots=SlotCache(paths, sessions),
+                cgroups=CgroupParents(str(info.get("CgroupDriver", "cgroupfs")), str(info.get("CgroupVersion", "1"))),
+                engine_sockets=frozenset(sockets), host_cpus=float(info.get("NCPU") or os.cpu_count() or 1))
+    stop_janitor = threading.Event()
+    janitor = threading.Thread(target=watch_destroyed, args=(upstream, allocator, stop_janitor), daemon=True)
+    janitor.start()
+    try:
+        serve_forever(Proxy(gate, upstream), listen, paths.run_dir / "proxy.lock", drain_seconds,
+                      on_ready=lambda: print(f"ds01 proxy: listening on {listen}, engine {upstream_url}", flush=True))
+    finally:
+        stop_janitor.set()
+    return 0

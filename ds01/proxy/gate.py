@@ -1,0 +1,284 @@
+"""What the proxy does with each request: deny it, forward it (perhaps rewritten), or answer it itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import stat
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode
+
+from ds01 import containers, policy
+from ds01.allocator import Allocation, Allocator
+from ds01.errors import Denied, Ds01Error
+from ds01.placement import Slot
+from ds01.proxy.cgroups import CgroupParents
+from ds01.proxy.http import Head
+from ds01.proxy.routes import Route
+from ds01.proxy.session import Session, Sessions
+from ds01.proxy.upstream import Upstream
+from ds01.units import format_equivalents
+
+DRY_RUN_HEADER = "X-DS01-Dry-Run"
+CLIENT_HEADER_PREFIX = "ds01-container/"
+
+
+@dataclass
+class Deny:
+    reason: str
+    message: str
+    status: int = 403
+
+
+@dataclass
+class Reply:
+    status: int
+    body: dict[str, Any]
+
+
+@dataclass
+class Forward:
+    target: str  # the request target to send upstream (path and query), possibly rewritten
+    body: bytes | None = None  # a replacement body; None streams the client's own
+    after: Callable[[int | None, bytes], None] | None = None  # sees the buffered response (None: forward failed)
+    hijack: bool = False  # attach / exec start: the connection may turn into a raw stream
+
+
+Outcome = Deny | Reply | Forward
+BodyReader = Callable[[], bytes]
+
+
+@dataclass(frozen=True)
+class Request:
+    session: Session
+    method: str
+    path: str  # without the query string
+    query: str
+    route: Route
+    head: Head
+    read_body: BodyReader  # the client's body, buffered up to the size cap
+
+    @property
+    def target(self) -> str:
+        return self.path + (f"?{self.query}" if self.query else "")
+
+
+def _with_owner_filter(query: str, user: str, key: str = "filters") -> str:
+    """Add label=ds01.user=USER to a Docker filters query parameter, in either of its JSON shapes."""
+    params = parse_qsl(query, keep_blank_values=True)
+    raw = next((value for name, value in params if name == key), "") or "{}"
+    try:
+        filters = json.loads(raw)
+    except ValueError:
+        raise Denied("bad_request", f"the {key} parameter is not valid JSON") from None
+    if not isinstance(filters, dict):
+        raise Denied("bad_request", f"the {key} parameter must be a JSON object")
+    labels = filters.get("label", {})
+    labels = dict.fromkeys(labels, True) if isinstance(labels, list) else dict(labels)
+    labels[f"{containers.USER}={user}"] = True
+    filters["label"] = labels
+    rest = [(name, value) for name, value in params if name != key]
+    return urlencode([*rest, (key, json.dumps(filters))])
+
+
+def _client_type(head: Head, body: dict[str, Any]) -> str:
+    labels = policy.field(body, "Labels") or {}
+    if (head.get("User-Agent") or "").startswith(CLIENT_HEADER_PREFIX):
+        return "container"
+    if "com.docker.compose.project" in labels:
+        return "compose"
+    if any(key.startswith("devcontainer.") for key in labels):
+        return "devcontainer"
+    return "docker"
+
+
+class Gate:
+    def __init__(self, sessions: Sessions, upstream: Upstream, allocator: Allocator, *,
+                 slots: Callable[[], list[Slot]], cgroups: CgroupParents, engine_sockets: frozenset[str],
+                 host_cpus: float) -> None:
+        self.sessions = sessions
+        self.upstream = upstream
+        self.allocator = allocator
+        self._slots = slots
+        self._cgroups = cgroups
+        self._engine_sockets = engine_sockets
+        self._host_cpus = host_cpus
+        self._user_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+
+    def decide(self, request: Request) -> Outcome:
+        caller, route, method, path, target = (request.session.caller, request.route, request.method, request.path,
+                                               request.target)
+        kind = route.kind
+        if kind == "open":
+            return Forward(target)
+        if kind == "admin_only":
+            return Forward(target) if caller.is_admin else Deny("admin_only", f"{method} {path} is for admins only.")
+        if kind == "gated":
+            allowed = self.sessions.current_config().security.allowed_endpoints
+            if route.group in allowed:
+                return Forward(target)
+            return Deny("endpoint_disabled", f"{route.group} is turned off on this host ({method} {path}); an "
+                                             f"admin can allow it with security.allow_endpoints: [{route.group}].")
+        if kind in ("list_containers", "prune_containers", "events", "list_volumes", "prune_volumes"):
+            return Forward(target if caller.is_admin else f"{path}?{_with_owner_filter(request.query, caller.user)}")
+        if kind == "list_networks":
+            return Forward(target)
+        if kind == "create_container":
+            return self._create(request)
+        if kind in ("create_volume", "create_network"):
+            return self._create_owned(request, kind.removeprefix("create_"))
+        if kind in ("container", "exec", "volume", "network"):
+            return self._object(request)
+        return Deny("unknown_endpoint", f"{method} {path} is not allowed through the ds01 proxy. Only the "
+                                        "endpoints docker, docker-py, compose and dev containers need are open.")
+
+    def _owner_of(self, kind: str, name: str) -> tuple[dict[str, Any] | None, str | None]:
+        info = self.upstream.inspect(kind, name)
+        if info is None:
+            return None, None
+        labels = (info.get("Config") or {}).get("Labels") if kind == "container" else info.get("Labels")
+        return info, (labels or {}).get(containers.USER)
+
+    def _object(self, request: Request) -> Outcome:
+        caller, route, method, path, query, read_body = (request.session.caller, request.route, request.method,
+                                                         request.path, request.query, request.read_body)
+        kind, name = route.kind, route.object_id or ""
+        if kind == "exec":
+            exec_info = self.upstream.inspect("exec", name)
+            container_id = (exec_info or {}).get("ContainerID")
+            info, owner = self._owner_of("container", container_id) if container_id else (None, None)
+        else:
+            info, owner = self._owner_of(kind, name)
+        if info is None or (owner != caller.user and not caller.is_admin):
+            # The same answer whether it is missing or someone else's: existence is not leaked.
+            return Deny("not_found", f"No such {kind}: {name}", status=404)
+        real = str(info.get("Id") or info.get("Name") or name) if kind != "exec" else name
+        rewritten = "/".join([path.split(f"/{kind}s/", 1)[0], f"{kind}s", quote(real, safe=""), *(
+            [route.action] if route.action else [])])
+        target = rewritten + (f"?{query}" if query else "")
+        if kind == "container" and route.action == "exec" and method == "POST":
+            body = policy.parse_json_object(read_body(), "exec create body")
+            policy.check_exec(caller, body)
+            return Forward(target, body=json.dumps(body).encode())
+        if kind == "container" and route.action == "update" and method == "POST":
+            body = policy.parse_json_object(read_body(), "update body")
+            policy.check_update(caller, body)
+            return Forward(target, body=json.dumps(body).encode())
+        if kind == "network" and route.action in ("connect", "disconnect"):
+            body = policy.parse_json_object(read_body(), f"network {route.action} body")
+            ref = str(policy.field(body, "Container") or "")
+            _, container_owner = self._owner_of("container", ref)
+            if container_owner != caller.user and not caller.is_admin:
+                return Deny("not_found", f"No such container: {ref}", status=404)
+            return Forward(target, body=json.dumps(body).encode())
+        if kind == "container" and method == "DELETE":
+            container_id = str(info["Id"])
+            return Forward(target, after=lambda status, _body: self._released_on_delete(status, container_id))
+        hijack = (kind == "container" and route.action == "attach") or (kind == "exec" and route.action == "start")
+        return Forward(target, hijack=hijack)
+
+    def _released_on_delete(self, status: int | None, container_id: str) -> None:
+        if status == 204:
+            self.allocator.release_container(container_id)
+
+    def _create_owned(self, request: Request, kind: str) -> Outcome:
+        session = request.session
+        body = policy.parse_json_object(request.read_body(), f"{kind} create body")
+        labels = policy.field(body, "Labels") or {}
+        if not isinstance(labels, dict):
+            return Deny("bad_request", "Labels must be an object")
+        if any(key.casefold().startswith(containers.LABEL_PREFIX) for key in labels):
+            return Deny("label_reserved", "ds01.* labels are reserved: ds01 sets them itself.")
+        if kind == "network" and policy.field(body, "Driver") not in (None, "", "bridge"):
+            return Deny("network_driver", "only bridge networks can be created.")
+        policy.set_field(body, "Labels", {**labels, containers.USER: session.caller.user,
+                                          containers.UID: str(session.caller.uid)})
+        return Forward(request.target, body=json.dumps(body).encode())
+
+    def _facts(self, refs: policy.References) -> policy.Facts:
+        paths = {}
+        for source in refs.bind_sources:
+            try:
+                real = os.path.realpath(source, strict=True)
+                paths[source] = policy.ResolvedPath(real, stat.S_ISSOCK(os.stat(real).st_mode))
+            except OSError:
+                continue  # missing: the policy refuses it
+        owners = {ref: self._owner_of("container", ref)[1] for ref in refs.containers}
+        volumes = {name: self._owner_of("volume", name)[1] for name in refs.volumes}
+        return policy.Facts(paths, owners, volumes, self._engine_sockets)
+
+    def _count_containers(self, user: str) -> int:
+        query = {"all": "1", "filters": json.dumps({"label": [f"{containers.USER}={user}"]})}
+        status, listed = self.upstream.call("GET", "/containers/json", query=query)
+        if status != 200 or not isinstance(listed, list):
+            raise Ds01Error(f"the engine answered {status} when counting containers: {listed}")
+        return len(listed)
+
+    def _create(self, request: Request) -> Outcome:
+        head, query = request.head, request.query
+        caller = request.session.caller
+        # The engine refuses more CPUs than the host has, so the default is capped at the host's count.
+        caller = dataclasses.replace(caller, limits=dataclasses.replace(
+            caller.limits, cpus=min(caller.limits.cpus, self._host_cpus)))
+        config = self.sessions.current_config()
+        body = policy.parse_json_object(request.read_body(), "container create body")
+        plan = policy.plan_create(
+            caller, body, self._facts(policy.references(body)), config.security,
+            cgroup_parent=self._cgroups.name(caller.user),
+            client_type=_client_type(head, body), created_at=datetime.now(UTC).isoformat(timespec="seconds"))
+        dry_run = (head.get(DRY_RUN_HEADER) or "").lower() in ("1", "true")
+        lock = self._user_locks[caller.user]
+        lock.acquire()  # count, reserve and create one at a time per user; released once the create is answered
+        try:
+            count = self._count_containers(caller.user)
+            if count >= caller.limits.max_containers:
+                raise Denied("max_containers", (
+                    f"you have {count} containers and may have {caller.limits.max_containers}. Remove one "
+                    "(container remove NAME) first."))
+            allocation: Allocation | None = None
+            if plan.gpu_request is not None:
+                args = (caller.user, caller.uid, caller.limits, plan.gpu_request)
+                allocation = (self.allocator.preview(*args, slots=self._slots()) if dry_run
+                              else self.allocator.request(*args, slots=self._slots()))
+                policy.apply_grant(plan.body, allocation.slots, allocation.id, str(allocation.gpu_equivalents))
+            if dry_run:
+                lock.release()
+                return self._dry_run_reply(plan, allocation)
+            self._cgroups.ensure(caller.user, caller.limits.user_cpus, caller.limits.user_memory_bytes)
+        except BaseException:
+            lock.release()
+            raise
+        name = dict(parse_qsl(query)).get("name")
+
+        def after(status: int | None, response: bytes) -> None:
+            try:
+                if allocation is None:
+                    return
+                if status == 201:
+                    created = json.loads(response)["Id"]
+                    self.allocator.bind(allocation.id, created, name)
+                else:
+                    self.allocator.release(allocation.id)
+            finally:
+                lock.release()
+
+        return Forward(request.target, body=json.dumps(plan.body).encode(), after=after)
+
+    def _dry_run_reply(self, plan: policy.CreatePlan, allocation: Allocation | None) -> Outcome:
+        image = str(policy.field(plan.body, "Image") or "")
+        if image and self.upstream.inspect("image", image) is None:
+            return Deny("image_missing", f"image {image} is not on this host; pull it or pick another.", status=404)
+        host = policy.field(plan.body, "HostConfig") or {}
+        return Reply(200, {
+            "dry_run": True, "image": image,
+            "gpus": list(allocation.slots) if allocation else [],
+            "gpu_equivalents": format_equivalents(allocation.gpu_equivalents) if allocation else "0",
+            "cpus": (policy.field(host, "NanoCpus") or 0) / 1e9, "memory_bytes": policy.field(host, "Memory"),
+            "shm_size_bytes": policy.field(host, "ShmSize"), "pids_limit": policy.field(host, "PidsLimit"),
+            "cgroup_parent": policy.field(host, "CgroupParent"), "stripped_env": list(plan.stripped_env)})

@@ -1,0 +1,307 @@
+"""The proxy daemon: a unix socket in front of the engine, one thread per connection, a graceful drain."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any, BinaryIO
+from urllib.parse import urlencode
+
+import filelock
+
+from ds01 import events
+from ds01.allocator import Allocator
+from ds01.errors import Busy, Denied, Ds01Error, EngineError
+from ds01.proxy import http
+from ds01.proxy.gate import Deny, Forward, Gate, Reply, Request
+from ds01.proxy.routes import classify
+from ds01.proxy.session import Session, peer_uid
+from ds01.proxy.upstream import Upstream
+
+_STATUS_TEXT = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 413: "Payload Too Large",
+                500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+_RAW_STREAMS = ("application/vnd.docker.raw-stream", "application/vnd.docker.multiplexed-stream")
+
+
+def _error(status: int, reason: str, message: str) -> bytes:
+    body = json.dumps({"message": f"ds01: {message}"}).encode()
+    return http.response(status, _STATUS_TEXT.get(status, "Error"), body,
+                         extra=[("X-DS01-Reason", reason), ("Connection", "close")])
+
+
+def _is_raw_stream(response: http.Head) -> bool:
+    if response.status == 101:
+        return True
+    framed = response.get("Content-Length") is not None or response.get("Transfer-Encoding") is not None
+    return response.status == 200 and not framed and (response.get("Content-Type") or "") in _RAW_STREAMS
+
+
+class _Link:
+    """The upstream connection that serves one client connection, opened on first use and kept alive."""
+
+    def __init__(self, upstream: Upstream) -> None:
+        self._upstream = upstream
+        self.sock: socket.socket | None = None
+        self.rfile: BinaryIO | None = None
+
+    def open(self) -> tuple[socket.socket, BinaryIO]:
+        if self.sock is None or self.rfile is None:
+            self.sock = self._upstream.connect()
+            self.rfile = self.sock.makefile("rb")
+        return self.sock, self.rfile
+
+    def close(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.close()
+        self.sock = self.rfile = None
+
+
+class Proxy:
+    def __init__(self, gate: Gate, upstream: Upstream) -> None:
+        self.gate = gate
+        self.upstream = upstream
+        self.draining = threading.Event()
+        self._idle: dict[socket.socket, bool] = {}
+        self._connections_lock = threading.Lock()
+
+    def open_connections(self) -> int:
+        with self._connections_lock:
+            return len(self._idle)
+
+    def _mark(self, client: socket.socket, idle: bool) -> None:
+        with self._connections_lock:
+            self._idle[client] = idle
+
+    def close_idle(self, everything: bool = False) -> None:
+        """Wake connections waiting for their next request (or all of them) so they end."""
+        with self._connections_lock:
+            for client, idle in self._idle.items():
+                if idle or everything:
+                    with contextlib.suppress(OSError):
+                        client.shutdown(socket.SHUT_RDWR)
+
+    def serve(self, client: socket.socket) -> None:
+        self._mark(client, idle=True)
+        link = _Link(self.upstream)
+        try:
+            uid = peer_uid(client)
+            try:
+                session = self.gate.sessions.for_uid(uid)
+            except Ds01Error as exc:
+                events.emit("proxy.deny", source="proxy", user=None, uid=uid, endpoint="connect",
+                            verdict="deny", reason="unknown_user")
+                client.sendall(_error(403, "unknown_user", str(exc)))
+                return
+            rfile = client.makefile("rb")
+            while not self.draining.is_set():
+                self._mark(client, idle=True)
+                head = http.read_head(rfile)
+                if head is None:
+                    return
+                self._mark(client, idle=False)
+                if not self._exchange(client, rfile, link, session, head):
+                    return
+        except http.HttpError as exc:
+            with contextlib.suppress(OSError):
+                client.sendall(_error(400, "bad_request", str(exc)))
+        except OSError:
+            pass  # the client or the engine hung up; nothing is left to answer
+        finally:
+            link.close()
+            with self._connections_lock:
+                self._idle.pop(client, None)
+
+    def _exchange(self, client: socket.socket, rfile: BinaryIO, link: _Link, session: Session,
+                  head: http.Head) -> bool:
+        """One request and its response. Returns whether the connection can carry another."""
+        parts = head.start.split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            raise http.HttpError(f"bad request line {head.start!r}")
+        method, target, _version = parts
+        path, _, query = target.partition("?")
+        buffered: list[bytes] = []
+
+        def read_body() -> bytes:
+            if not buffered:
+                try:
+                    buffered.append(http.read_body(rfile, head) if http.request_has_body(head) else b"")
+                except http.BodyTooLarge as exc:
+                    raise Denied("body_too_large", f"the request body is larger than {exc.limit} bytes") from None
+            return buffered[0]
+
+        request = Request(session, method, path, query, classify(method, path), head, read_body)
+        outcome = self._decide(request)
+        user = session.caller.user
+        if isinstance(outcome, Deny):
+            events.emit("proxy.deny", source="proxy", user=user, endpoint=f"{method} {path}", verdict="deny",
+                        reason=outcome.reason, message=outcome.message)
+            client.sendall(_error(outcome.status, outcome.reason, outcome.message))
+            return False
+        events.emit("proxy.allow", source="proxy", user=user, endpoint=f"{method} {path}", verdict="allow",
+                    reason=request.route.kind)
+        if isinstance(outcome, Reply):
+            client.sendall(http.response(outcome.status, "OK", json.dumps(outcome.body).encode()))
+            return not head.closes()
+        return self._forward(client, rfile, link, head, outcome, buffered=buffered)
+
+    def _decide(self, request: Request) -> Deny | Reply | Forward:
+        try:
+            return self.gate.decide(request)
+        except Denied as denial:
+            return Deny(denial.reason, denial.message, 413 if denial.reason == "body_too_large" else 403)
+        except Busy as exc:
+            return Deny("busy", str(exc), 503)
+        except EngineError as exc:
+            return Deny("engine_error", str(exc), 502)
+        except Ds01Error as exc:
+            return Deny("error", str(exc), 500)
+
+    def _forward(self, client: socket.socket, rfile: BinaryIO, link: _Link, head: http.Head, forward: Forward, *,
+                 buffered: list[bytes]) -> bool:
+        after: Callable[[int | None, bytes], None] | None = forward.after
+        try:
+            upstream, upstream_r = link.open()
+            head.start = " ".join([head.start.split(" ")[0], forward.target, "HTTP/1.1"])
+            body = forward.body if forward.body is not None else (buffered[0] if buffered else None)
+            if body is not None:
+                head.remove("Transfer-Encoding")
+                head.set("Content-Length", str(len(body)))
+                upstream.sendall(head.encode() + body)
+            else:
+                upstream.sendall(head.encode())
+                if http.request_has_body(head):
+                    http.relay_body(rfile, upstream, head)
+            answer = http.read_head(upstream_r)
+            if answer is None:
+                raise EngineError("the engine closed the connection without answering")
+            method = head.start.split(" ")[0]
+            if after is not None:
+                data = http.read_body(upstream_r, answer, limit=16 * http.MAX_BODY_BYTES) \
+                    if http.response_has_body(answer, method) else b""
+                callback, after = after, None
+                callback(answer.status, data)
+                answer.remove("Transfer-Encoding")
+                answer.set("Content-Length", str(len(data)))
+                client.sendall(answer.encode() + data)
+            elif forward.hijack and _is_raw_stream(answer):
+                client.sendall(answer.encode())
+                http.splice(client, rfile, upstream, upstream_r)
+                return False
+            else:
+                client.sendall(answer.encode())
+                if http.response_has_body(answer, method) and not http.relay_body(upstream_r, client, answer):
+                    return False
+            if answer.closes():
+                link.close()
+            return not head.closes()
+        except EngineError as exc:
+            client.sendall(_error(502, "engine_error", str(exc)))
+            return False
+        finally:
+            if after is not None:
+                after(None, b"")
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True  # the drain below waits for them, with a deadline
+    block_on_close = False
+
+    def __init__(self, path: str, proxy: Proxy) -> None:
+        self.proxy = proxy
+        super().__init__(path, _Handler)
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        server: Any = self.server
+        server.proxy.serve(self.request)
+
+
+def watch_destroyed(upstream: Upstream, allocator: Allocator, stop: threading.Event) -> None:
+    """Release the GPUs of containers the engine removes on its own (--rm, prune), from its event stream."""
+    query = urlencode({"filters": json.dumps({"type": ["container"], "event": ["destroy"]})})
+    while not stop.is_set():
+        try:
+            sock = upstream.connect()
+            with sock, sock.makefile("rb") as stream:
+                sock.sendall(f"GET /v1.41/events?{query} HTTP/1.1\r\nHost: docker\r\n\r\n".encode())
+                answer = http.read_head(stream)
+                if answer is None or answer.status != 200:
+                    raise EngineError(f"the engine refused its event stream: {answer and answer.start}")
+                for line in _event_lines(stream, answer):
+                    event = json.loads(line)
+                    allocator.release_container(event.get("id") or event.get("Actor", {}).get("ID", ""))
+        except (OSError, EngineError, http.HttpError, ValueError, Ds01Error) as exc:
+            events.emit("proxy.event_stream_lost", source="proxy", error=str(exc))
+            stop.wait(2.0)
+
+
+def _event_lines(stream: BinaryIO, answer: http.Head) -> Any:
+    chunked = (answer.get("Transfer-Encoding") or "").lower() == "chunked"
+    pending = b""
+    while True:
+        if chunked:
+            size = int(stream.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                return
+            pending += stream.read(size)
+            stream.readline()
+        else:
+            block = stream.read1(http.BLOCK)  # type: ignore[attr-defined]
+            if not block:
+                return
+            pending += block
+        *lines, pending = pending.split(b"\n")
+        yield from (line for line in lines if line.strip())
+
+
+def serve_forever(proxy: Proxy, listen: Path, lock_path: Path, drain_seconds: float,
+                  on_ready: Callable[[], None] | None = None) -> None:
+    """Listen until SIGTERM or SIGINT, then stop accepting and let open connections drain."""
+    instance = filelock.FileLock(lock_path)
+    try:
+        instance.acquire(timeout=0)
+    except filelock.Timeout:
+        raise Ds01Error(f"another ds01 proxy is already running (it holds {lock_path}); stop it first "
+                        "(systemctl stop ds01-proxy).") from None
+    try:
+        listen.parent.mkdir(parents=True, exist_ok=True)
+        listen.unlink(missing_ok=True)  # a stale socket from a crashed run; the lock above proves it is ours
+        server = _Server(str(listen), proxy)
+        os.chmod(listen, 0o666)  # noqa: S103 - everyone may connect; who they are comes from SO_PEERCRED
+        stop = threading.Event()
+
+        def on_signal(_signum: int, _frame: FrameType | None) -> None:
+            stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        accepting = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+        accepting.start()
+        events.emit("proxy.start", source="proxy", listen=str(listen), upstream=proxy.upstream.url)
+        if on_ready is not None:
+            on_ready()
+        stop.wait()
+        server.shutdown()
+        server.server_close()
+        listen.unlink(missing_ok=True)
+        proxy.draining.set()
+        proxy.close_idle()
+        deadline = time.monotonic() + drain_seconds
+        while proxy.open_connections() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = proxy.open_connections()
+        proxy.close_idle(everything=True)
+        events.emit("proxy.stop", source="proxy", cut_connections=left)
+    finally:
+        instance.release()

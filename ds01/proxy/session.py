@@ -1,0 +1,81 @@
+"""Who is calling, from the kernel's word (SO_PEERCRED), and what applies to them under the current config."""
+
+from __future__ import annotations
+
+import pwd
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ds01 import events, identity
+from ds01.config import load_config
+from ds01.errors import ConfigError
+from ds01.limits import Config, effective_limits
+from ds01.policy import Caller
+
+_UCRED = struct.Struct("3i")
+CACHE_SECONDS = 30.0
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The uid of the process at the other end of a unix socket, as the kernel recorded it at connect()."""
+    _pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    return int(uid)
+
+
+@dataclass(frozen=True)
+class Session:
+    caller: Caller
+    login: str  # the name as the directory has it
+
+
+class Sessions:
+    """Config reloaded when its file changes (a broken edit keeps the last good one); callers cached briefly."""
+
+    def __init__(self, config_path: Path) -> None:
+        self._path = config_path
+        self.config = load_config(config_path)
+        self._stamp = self._file_stamp()
+        self._cache: dict[int, tuple[float, Session]] = {}
+        self._lock = threading.Lock()
+
+    def _file_stamp(self) -> tuple[int, int]:
+        stat = self._path.stat()
+        return stat.st_mtime_ns, stat.st_size
+
+    def current_config(self) -> Config:
+        with self._lock:
+            try:
+                stamp = self._file_stamp()
+                if stamp != self._stamp:
+                    self._stamp = stamp
+                    self.config = load_config(self._path)
+                    self._cache.clear()
+                    events.emit("config.reload", source="proxy", file=str(self._path))
+            except (ConfigError, OSError) as exc:
+                events.emit("config.reload_failed", source="proxy", file=str(self._path), error=str(exc))
+            return self.config
+
+    def for_uid(self, uid: int) -> Session:
+        config = self.current_config()
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(uid)
+            if cached and now - cached[0] < CACHE_SECONDS:
+                return cached[1]
+        user = identity.resolve_user(uid, config.ldap)
+        effective = effective_limits(config, user.name, user.groups, datetime.now(UTC))
+        try:
+            home = pwd.getpwuid(uid).pw_dir
+        except KeyError:
+            home = ""  # a directory-only user has no home here, so no bind mounts either
+        caller = Caller(uid=uid, user=user.sanitized, home=home, is_admin=uid == 0 or effective.is_admin,
+                        limits=effective.limits)
+        session = Session(caller=caller, login=user.name)
+        with self._lock:
+            self._cache[uid] = (now, session)
+        return session
