@@ -101,11 +101,21 @@ def _parse_state(raw: bytes, path: Path) -> list[Allocation]:
 
 def allocations_from_containers(found: Sequence[containers.ContainerInfo],
                                 equivalents: Callable[[str], Fraction], now: float) -> list[Allocation]:
-    """The bound allocations the engine's containers imply, for rebuilding a lost state file."""
-    rebuilt = []
-    for info in found:
+    """The bound allocations the engine's containers imply, for rebuilding a lost state file.
+
+    A slot named by several containers (a stopped one whose GPUs were handed on, say) goes to one of them,
+    running containers first; the others are reported, so the rebuilt state never books a slot twice.
+    """
+    rebuilt: list[Allocation] = []
+    taken: set[str] = set()
+    for info in sorted(found, key=lambda c: c.status != "running"):
         if not info.device_ids:
             continue
+        if taken & set(info.device_ids) or len(set(info.device_ids)) != len(info.device_ids):
+            events.emit("allocator.rebuild_conflict", source="allocator", container=info.id, name=info.name,
+                        devices=list(info.device_ids))
+            continue
+        taken.update(info.device_ids)
         labels = info.labels
         uid = labels.get(containers.UID, "")
         exact = labels.get(containers.GPU_EQUIVALENTS)
@@ -186,7 +196,8 @@ class Allocator:
                 return  # another process recovered first
             except StateCorrupt:
                 if self.path.exists():
-                    self.path.rename(self.path.with_name(f"{STATE_NAME}.corrupt-{int(self._clock())}"))
+                    stamp = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(self._clock()))}-{secrets.token_hex(3)}"
+                    self.path.rename(self.path.with_name(f"{STATE_NAME}.corrupt-{stamp}"))
                 self._write(rebuilt, keep_backup=False)
         events.emit("allocator.state_rebuilt", source="allocator", origin=origin, allocations=len(rebuilt))
 

@@ -24,6 +24,7 @@ from ds01.limits import (
     LIMIT_KEYS_BY_NAME,
     AllocationSettings,
     Config,
+    ContainerDefaults,
     Exemption,
     GroupRule,
     SecuritySettings,
@@ -33,8 +34,8 @@ from ds01.paths import paths_from_env
 from ds01.units import parse_duration
 
 SCHEMA_VERSION = 1
-TOP_LEVEL_KEYS = ("version", "identity", "admins", "allocation", "security", "default_group", "defaults", "groups",
-                  "users", "exemptions")
+TOP_LEVEL_KEYS = ("version", "identity", "admins", "allocation", "security", "containers", "default_group",
+                  "defaults", "groups", "users", "exemptions")
 _T = TypeVar("_T")
 _Entries = dict[str, tuple[yaml.Node, yaml.Node]]
 
@@ -189,6 +190,15 @@ def _security(reader: _Reader, node: yaml.Node) -> SecuritySettings:
     )
 
 
+def _container_defaults(reader: _Reader, node: yaml.Node) -> ContainerDefaults:
+    entries = reader.mapping(node, "containers", ("default_image", "workspace_root"))
+    values = {name: reader.text(value, f"containers.{name}") for name, (_, value) in entries.items()}
+    root = values.get("workspace_root", "~/workspace")
+    if not root.startswith(("~/", "/")):
+        reader.fail(entries["workspace_root"][1], "containers.workspace_root", "must start with ~/ or /")
+    return ContainerDefaults(default_image=values.get("default_image"), workspace_root=root)
+
+
 def _ldap(reader: _Reader, node: yaml.Node) -> LdapSettings | None:
     entries = reader.mapping(node, "identity", ("source", "ldap"))
     source = "nss"
@@ -291,4 +301,5 @@ def load_config(path: Path | None = None) -> Config:
         allocation=_allocation(reader, top["allocation"][1]) if "allocation" in top else AllocationSettings(),
         ldap=_ldap(reader, top["identity"][1]) if "identity" in top else None,
         security=_security(reader, top["security"][1]) if "security" in top else SecuritySettings(),
+        containers=_container_defaults(reader, top["containers"][1]) if "containers" in top else ContainerDefaults(),
     )

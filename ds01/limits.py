@@ -193,6 +193,14 @@ class SecuritySettings:
 
 
 @dataclass(frozen=True)
+class ContainerDefaults:
+    """What `container create` uses when the user does not say."""
+
+    default_image: str | None = None
+    workspace_root: str = "~/workspace"  # NAME's workspace is WORKSPACE_ROOT/NAME, mounted at /workspace
+
+
+@dataclass(frozen=True)
 class Config:
     source: Path
     defaults: LimitValues
@@ -205,6 +213,7 @@ class Config:
     allocation: AllocationSettings
     ldap: LdapSettings | None
     security: SecuritySettings = SecuritySettings()
+    containers: ContainerDefaults = ContainerDefaults()
 
 
 @dataclass(frozen=True)

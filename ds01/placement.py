@@ -106,15 +106,29 @@ def _order(candidates: list[Slot], load: dict[str, Fraction], strategy: str) -> 
                                              -s.equivalents, s.gpu_index, s.uuid))
 
 
+def _completes(slot: Slot, cheapest: list[Fraction], still: int, spent: Fraction, budget: Fraction | None) -> bool:
+    """Whether taking `slot` leaves enough slots, cheap enough, to finish the request within the budget."""
+    others = list(cheapest)
+    others.remove(slot.equivalents)
+    if len(others) < still:
+        return False
+    return budget is None or spent + slot.equivalents + sum(others[:still], Fraction(0)) <= budget
+
+
 def _pick(candidates: list[Slot], count: int, load: dict[str, Fraction], strategy: str,
           budget: Fraction | None) -> list[Slot] | None:
-    """Greedy choice of `count` slots within `budget` GPU-equivalents, re-ranking as load changes."""
+    """Greedy choice of `count` slots within `budget` GPU-equivalents, re-ranking as load changes.
+
+    A slot is only taken if the cheapest slots left could still complete the request within the budget.
+    """
     chosen: list[Slot] = []
     remaining = list(candidates)
     spent = Fraction(0)
     load = defaultdict(Fraction, load)
     while len(chosen) < count:
-        fitting = [s for s in remaining if budget is None or spent + s.equivalents <= budget]
+        still = count - len(chosen) - 1
+        cheapest = sorted(s.equivalents for s in remaining)
+        fitting = [s for s in remaining if _completes(s, cheapest, still, spent, budget)]
         if not fitting:
             return None
         best = _order(fitting, load, strategy)[0]
@@ -126,6 +140,8 @@ def _pick(candidates: list[Slot], count: int, load: dict[str, Fraction], strateg
 
 
 def _explicit(request: GpuRequest, limits: LimitValues, by_uuid: dict[str, Slot], held: set[str]) -> list[Slot]:
+    if len(set(request.devices)) != len(request.devices):
+        raise Denied("bad_request", f"a device is named twice in {', '.join(request.devices)}; name each once.")
     wanted = []
     for uuid in request.devices:
         if uuid not in by_uuid:

@@ -6,7 +6,11 @@ import ctypes
 import json
 import os
 import shlex
+import shutil
 import subprocess
+import sys
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,3 +114,95 @@ def engine(testbed: Testbed) -> Iterator[docker.DockerClient]:
         yield client
     finally:
         client.close()
+
+
+@dataclass
+class ProxyHandle:
+    """A running `ds01 proxy` on the test bed, with its own config, state, log and run dirs."""
+
+    __test__ = False
+
+    root: Path
+    process: subprocess.Popen[str]
+    env: dict[str, str]  # for clients: DOCKER_HOST points at the proxy
+
+    @property
+    def socket(self) -> Path:
+        return self.root / "run" / "docker.sock"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "etc" / "resource-limits.yaml"
+
+    def events(self) -> list[dict[str, Any]]:
+        log = self.root / "log" / "events.jsonl"
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    def as_user(self, user: str, *argv: str, timeout: float = 120,
+                stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run argv as a real local user (runuser), with the proxy as their Docker host."""
+        passed = [f"{k}={v}" for k, v in self.env.items()
+                  if k.startswith(("DS01_", "DOCKER_HOST", "LD_LIBRARY_PATH", "FAKE_NVML", "PATH"))]
+        return subprocess.run(["runuser", "-u", user, "--", "env", *passed, *argv], capture_output=True, text=True,
+                              timeout=timeout, check=False, input=stdin)
+
+
+PROXY_CONFIG_EXTRA = """
+security:
+  data_dirs: [{data}]
+  cap_add: [SYS_PTRACE]
+  allow_endpoints: []
+"""
+
+
+def start_proxy(testbed: Testbed, root: Path, *, ttl: str = "60s") -> ProxyHandle:
+    for sub in ("etc", "state", "log", "run", "data"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)
+    (root / "run").chmod(0o755)
+    (root / "data").chmod(0o1777)
+    text = (Path(testbed.env["DS01_CONFIG"])).read_text()
+    text = text.replace("security:\n  data_dirs: []\n  cap_add: []\n  allow_endpoints: []\n",
+                        PROXY_CONFIG_EXTRA.format(data=root / "data").lstrip("\n"))
+    text = text.replace("reservation_ttl: 60s", f"reservation_ttl: {ttl}")
+    text = text.replace("users: {}\n", "users:\n  bob:\n    group: researcher\n")
+    (root / "etc" / "resource-limits.yaml").write_text(text)
+    env = {**os.environ, "DS01_CONFIG": str(root / "etc" / "resource-limits.yaml"),
+           "DS01_STATE_DIR": str(root / "state"), "DS01_LOG_DIR": str(root / "log"), "DS01_RUN_DIR": str(root / "run")}
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ds01"), "proxy", "--upstream", testbed.docker_host, "--drain-seconds", "5"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (root / "run" / "docker.sock").exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"the proxy did not start: {process.communicate()}")
+        time.sleep(0.05)
+    return ProxyHandle(root, process, {**env, "DOCKER_HOST": f"unix://{root}/run/docker.sock"})
+
+
+def stop_proxy(handle: ProxyHandle, engine: docker.DockerClient) -> None:
+    handle.process.terminate()
+    try:
+        handle.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        handle.process.kill()
+        handle.process.wait()
+    for container in engine.containers.list(all=True, filters={"label": "ds01.user"}):
+        container.remove(force=True)
+    for volume in engine.volumes.list(filters={"label": "ds01.user"}):
+        volume.remove(force=True)
+
+
+@pytest.fixture(scope="module")
+def proxy(testbed: Testbed) -> Iterator[ProxyHandle]:
+    """A proxy shared by one test module; the containers made through it are removed afterwards."""
+    root = Path(testbed.dir) / "proxy-tests" / uuid.uuid4().hex[:8]
+    handle = start_proxy(testbed, root)
+    client = docker.DockerClient(base_url=testbed.docker_host)
+    try:
+        yield handle
+    finally:
+        stop_proxy(handle, client)
+        client.close()
+        shutil.rmtree(root, ignore_errors=True)

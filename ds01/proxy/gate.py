@@ -159,8 +159,9 @@ class Gate:
             # The same answer whether it is missing or someone else's: existence is not leaked.
             return Deny("not_found", f"No such {kind}: {name}", status=404)
         real = str(info.get("Id") or info.get("Name") or name) if kind != "exec" else name
-        rewritten = "/".join([path.split(f"/{kind}s/", 1)[0], f"{kind}s", quote(real, safe=""), *(
-            [route.action] if route.action else [])])
+        collection = "exec" if kind == "exec" else f"{kind}s"
+        prefix = path[:path.index(f"/{collection}/")]
+        rewritten = "/".join([prefix, collection, quote(real, safe=""), *([route.action] if route.action else [])])
         target = rewritten + (f"?{query}" if query else "")
         if kind == "container" and route.action == "exec" and method == "POST":
             body = policy.parse_json_object(read_body(), "exec create body")

@@ -286,6 +286,8 @@ def serve_forever(proxy: Proxy, listen: Path, lock_path: Path, drain_seconds: fl
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        # A client that hangs up mid-stream must cost one connection an EPIPE, not the daemon its life.
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         accepting = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
         accepting.start()
         events.emit("proxy.start", source="proxy", listen=str(listen), upstream=proxy.upstream.url)

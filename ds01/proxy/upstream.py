@@ -77,8 +77,11 @@ class Upstream:
 
     def inspect(self, kind: str, name: str) -> dict[str, Any] | None:
         """GET /{kind}s/{name}/json (or /volumes/{name}); None when the engine says it does not exist."""
-        path = f"/volumes/{quote(name, safe='')}" if kind == "volume" else f"/{kind}s/{quote(name, safe='')}"
-        status, body = self.call("GET", path if kind in ("volume", "network") else f"{path}/json")
+        quoted = quote(name, safe="")
+        path = {"container": f"/containers/{quoted}/json", "exec": f"/exec/{quoted}/json",
+                "image": f"/images/{quoted}/json", "volume": f"/volumes/{quoted}",
+                "network": f"/networks/{quoted}"}[kind]
+        status, body = self.call("GET", path)
         if status == 404:
             return None
         if status != 200 or not isinstance(body, dict):
