@@ -147,14 +147,6 @@ class ProxyHandle:
                               timeout=timeout, check=False, input=stdin)
 
 
-PROXY_CONFIG_EXTRA = """
-security:
-  data_dirs: [{data}]
-  cap_add: [SYS_PTRACE]
-  allow_endpoints: []
-"""
-
-
 def start_proxy(testbed: Testbed, root: Path, *, ttl: str = "60s") -> ProxyHandle:
     for sub in ("etc", "state", "log", "run", "data"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -162,10 +154,11 @@ def start_proxy(testbed: Testbed, root: Path, *, ttl: str = "60s") -> ProxyHandl
     (root / "run").chmod(0o755)
     (root / "data").chmod(0o1777)
     text = (Path(testbed.env["DS01_CONFIG"])).read_text()
-    text = text.replace("security:\n  data_dirs: []\n  cap_add: []\n  allow_endpoints: []\n",
-                        PROXY_CONFIG_EXTRA.format(data=root / "data").lstrip("\n"))
-    text = text.replace("reservation_ttl: 60s", f"reservation_ttl: {ttl}")
-    text = text.replace("users: {}\n", "users:\n  bob:\n    group: researcher\n")
+    for shipped, wanted in (("data_dirs: []", f"data_dirs: [{root / 'data'}]"), ("cap_add: []", "cap_add: [SYS_PTRACE]"),
+                            ("reservation_ttl: 60s", f"reservation_ttl: {ttl}"),
+                            ("users: {}\n", "users:\n  bob:\n    group: researcher\n")):
+        assert shipped in text, shipped
+        text = text.replace(shipped, wanted)
     (root / "etc" / "resource-limits.yaml").write_text(text)
     env = {**os.environ, "DS01_CONFIG": str(root / "etc" / "resource-limits.yaml"),
            "DS01_STATE_DIR": str(root / "state"), "DS01_LOG_DIR": str(root / "log"), "DS01_RUN_DIR": str(root / "run")}
