@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 BIN := $(VENV)/bin
 TESTBED := scripts/testbed
-SHELL_SCRIPTS := scripts/testbed scripts/demo tests/fakes/nvml/build.sh tests/fakes/ldap/slapd.sh .ci/run
+SHELL_SCRIPTS := scripts/testbed scripts/demo tests/fakes/nvml/build.sh tests/fakes/ldap/slapd.sh .ci/run wrappers/docker config/profile.d/ds01.sh
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint deps testbed venv clean

@@ -202,18 +202,19 @@ class Allocator:
         events.emit("allocator.state_rebuilt", source="allocator", origin=origin, allocations=len(rebuilt))
 
     def _transaction(self, change: Callable[[list[Allocation], float], tuple[_T, list[Allocation] | None]],
-                     write: bool = True) -> tuple[_T, list[Allocation]]:
+                     write: bool = True, expire: bool = True) -> tuple[_T, list[Allocation]]:
         """Run `change` on the live allocations under the lock; it returns (result, new list or None).
 
-        Reservations past their TTL are dropped first; they are returned alongside the result.
+        Reservations past their TTL are dropped first and returned alongside the result; with expire=False
+        `change` sees them too and decides.
         """
         for _attempt in range(3):
             try:
                 with self._locked():
                     raw, allocations = self._read()
                     now = self._clock()
-                    live = [a for a in allocations if a.expires_at is None or a.expires_at > now]
-                    expired = [a for a in allocations if a.expires_at is not None and a.expires_at <= now]
+                    expired = [a for a in allocations if expire and a.expires_at is not None and a.expires_at <= now]
+                    live = [a for a in allocations if a not in expired]
                     result, changed = change(live, now)
                     if write and (changed is not None or expired):
                         self._write(live if changed is None else changed, keep_backup=raw is not None)
@@ -302,15 +303,19 @@ class Allocator:
         by_id = {info.id: info for info in found}
         report = ReconcileReport()
 
-        def settle(live: list[Allocation], _now: float) -> tuple[None, list[Allocation] | None]:
+        def settle(everything: list[Allocation], now: float) -> tuple[None, list[Allocation] | None]:
             kept = []
-            for allocation in live:
+            for allocation in everything:
                 labelled = [i for i in found if i.labels.get(containers.ALLOCATION) == allocation.id]
                 if allocation.container is None and labelled:
+                    # The create went through but its bind was lost (a crash): even past its TTL, the
+                    # reservation belongs to the container that carries its label.
                     adopted = replace(allocation, expires_at=None, container=labelled[0].id,
                                       container_name=labelled[0].name, bound_at=listed_at)
                     report.adopted.append(adopted)
                     kept.append(adopted)
+                elif allocation.expires_at is not None and allocation.expires_at <= now:
+                    report.expired.append(allocation)
                 # Bound after the listing was taken: its container may simply be newer than the listing.
                 elif allocation.container is not None and allocation.container not in by_id \
                         and (allocation.bound_at or 0) < listed_at:
@@ -324,10 +329,13 @@ class Allocator:
                 if info.holds_gpus and info.id not in accounted
                 and info.labels.get(containers.ALLOCATION) not in accounted
                 and not (info.device_ids and set(info.device_ids) <= reserved_slots)]
-            return None, (kept if report.released or report.adopted else None)
+            return None, (kept if report.released or report.adopted or report.expired else None)
 
-        _, report.expired = self._transaction(settle, write=not dry_run)
+        self._transaction(settle, write=not dry_run, expire=False)
         if not dry_run:
+            for allocation in report.expired:
+                events.emit("allocation.expire", source="reconcile", user=allocation.user, allocation=allocation.id,
+                            slots=list(allocation.slots))
             for allocation in report.released:
                 events.emit("allocation.release", source="reconcile", user=allocation.user, allocation=allocation.id,
                             container=allocation.container, reason="container_gone")

@@ -154,7 +154,8 @@ def start_proxy(testbed: Testbed, root: Path, *, ttl: str = "60s") -> ProxyHandl
     (root / "run").chmod(0o755)
     (root / "data").chmod(0o1777)
     text = (Path(testbed.env["DS01_CONFIG"])).read_text()
-    for shipped, wanted in (("data_dirs: []", f"data_dirs: [{root / 'data'}]"), ("cap_add: []", "cap_add: [SYS_PTRACE]"),
+    for shipped, wanted in (("data_dirs: []", f"data_dirs: [{root / 'data'}]"),
+                            ("cap_add: []", "cap_add: [SYS_PTRACE]"),
                             ("reservation_ttl: 60s", f"reservation_ttl: {ttl}"),
                             ("users: {}\n", "users:\n  bob:\n    group: researcher\n")):
         assert shipped in text, shipped

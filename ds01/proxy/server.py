@@ -215,6 +215,7 @@ class Proxy:
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True  # the drain below waits for them, with a deadline
     block_on_close = False
+    request_queue_size = 256  # a burst of clients (a make -j, a test matrix) must queue, not get EAGAIN
 
     def __init__(self, path: str, proxy: Proxy) -> None:
         self.proxy = proxy
