@@ -4,6 +4,7 @@ over quota, as the engine and the stand-in NVIDIA hook see it."""
 from __future__ import annotations
 
 import json
+import pwd
 import sys
 import uuid
 from collections import Counter, defaultdict
@@ -43,7 +44,8 @@ def test_concurrent_creates_never_double_book(race_proxy: ProxyHandle, engine: d
     assert set(outcomes) <= {0, 3}, [r.stderr for _, r in results if r.returncode not in (0, 3)]
     assert outcomes[0] >= 4, outcomes  # everyone got something; the rest were refused (quota, count, capacity)
 
-    running = engine.containers.list(filters={"label": "ds01.user"})
+    ours = {f"{name}._.{pwd.getpwnam(user).pw_uid}" for user, name in jobs}
+    running = [c for c in engine.containers.list(filters={"label": "ds01.user"}) if c.name in ours]
     config = load_config(race_proxy.config)
     held: dict[str, Fraction] = defaultdict(Fraction)
     seen: list[str] = []
