@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -25,6 +26,7 @@ STRIPPED_ENV_PREFIXES = ("NVIDIA_",)
 STRIPPED_ENV_NAMES = frozenset({"CUDA_VISIBLE_DEVICES"})
 HOST_MODES = ("PidMode", "IpcMode", "UTSMode", "NetworkMode", "UsernsMode", "CgroupnsMode")
 UNCONFINED_MARKERS = ("unconfined", "label=disable", "label:disable")
+_GO_INT = re.compile(r"[+-]?[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -216,6 +218,8 @@ def _check_mounts(caller: Caller, host: dict[str, Any], facts: Facts, security: 
         kind, source = field(mount, "Type"), field(mount, "Source")
         if kind == "bind":
             _check_bind_source(caller, str(source), facts, security)
+        elif kind == "volume" and field(field(mount, "VolumeOptions") or {}, "DriverConfig"):
+            raise _deny("mount_type", "volume driver options are not allowed: they can bind any host path.")
         elif kind == "volume" and source:
             _check_owned(caller, facts.volume_owners.get(str(source)), f"volume {source}")
         elif kind not in ("volume", "tmpfs"):
@@ -248,10 +252,16 @@ def _check_escapes(caller: Caller, host: dict[str, Any], facts: Facts, security:
         raise _deny("devices", "host devices cannot be passed in; GPUs are granted with --gpus.")
     _check_namespaces(caller, host, facts)
     for option in _list(field(host, "SecurityOpt"), "HostConfig.SecurityOpt"):
-        if any(marker in str(option).replace(":", "=", 1).lower() for marker in UNCONFINED_MARKERS):
-            raise _deny("security_opt", f"security option {option!r} turns off confinement; it is not allowed.")
+        text = str(option).replace(":", "=", 1).lower()
+        custom_seccomp = text.startswith("seccomp=") and text != "seccomp=builtin"
+        if text == "disable" or custom_seccomp or any(marker in text for marker in UNCONFINED_MARKERS):
+            raise _deny("security_opt", f"security option {str(option)[:80]!r} changes confinement; it is not "
+                                        "allowed (the default seccomp and AppArmor profiles apply).")
     if field(host, "Sysctls"):
         raise _deny("sysctls", "setting sysctls is not allowed.")
+    if field(host, "Links"):
+        raise _deny("links", "legacy --link is not allowed (it copies another container's environment); use a "
+                             "network of your own instead.")
     if field(host, "MaskedPaths") is not None or field(host, "ReadonlyPaths") is not None:
         raise _deny("security_opt", "changing the masked or read-only system paths is not allowed.")
     if field(host, "CgroupParent"):
@@ -269,7 +279,8 @@ def check_user(caller: Caller, user: Any) -> None:
     if not isinstance(user, str):
         raise _deny("bad_request", "User must be a string")
     uid = user.split(":", 1)[0]
-    if uid.isdigit() and int(uid) not in (0, caller.uid):
+    # The runtime parses a numeric uid like Go's Atoi: an optional sign, ASCII digits only.
+    if _GO_INT.fullmatch(uid) and int(uid) not in (0, caller.uid):
         raise _deny("foreign_uid", f"running as uid {uid} would act as another host user; use your own uid "
                                    f"({caller.uid}) or a user name from the image.")
 
@@ -286,21 +297,30 @@ def _strip_gpu_env(body: dict[str, Any]) -> tuple[str, ...]:
     return tuple(entry for entry in env if gpu_variable(entry))
 
 
+def _integer(obj: Mapping[str, Any], name: str) -> int | None:
+    value = field(obj, name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _deny("bad_request", f"{name} must be a whole number, not {value!r}")
+    return value
+
+
 def _apply_limits(host: dict[str, Any], limits: LimitValues, fill_defaults: bool = True) -> None:
-    nano = field(host, "NanoCpus")
-    quota, period = field(host, "CpuQuota"), field(host, "CpuPeriod") or 100_000
+    nano = _integer(host, "NanoCpus")
+    quota, period = _integer(host, "CpuQuota"), _integer(host, "CpuPeriod") or 100_000
     asked = (nano / 1e9) if nano else (quota / period if quota and quota > 0 else None)
     if asked is not None and asked > limits.cpus:
         raise _deny("limit_cpus", f"{asked:g} CPUs asked for; your per-container limit is {limits.cpus:g}.")
     if asked is None and fill_defaults:
         set_field(host, "NanoCpus", int(limits.cpus * 1e9))
     for name, limit, what in (("Memory", limits.memory_bytes, "memory"), ("ShmSize", limits.shm_size_bytes, "shm")):
-        value = field(host, name) or 0
+        value = _integer(host, name) or 0
         if value > limit:
             raise _deny(f"limit_{what}", f"{value} bytes of {what} asked for; your per-container limit is {limit}.")
         if value <= 0 and fill_defaults:
             set_field(host, name, limit)
-    pids = field(host, "PidsLimit")
+    pids = _integer(host, "PidsLimit")
     if pids is not None and pids > limits.pids_limit:
         raise _deny("limit_pids", f"a pids limit of {pids} asked for; your per-container limit is {limits.pids_limit}.")
     if (pids is None or pids <= 0) and fill_defaults:
@@ -312,14 +332,17 @@ def _gpu_request(host: dict[str, Any], labels: Mapping[str, str]) -> GpuRequest 
     for request in _list(field(host, "DeviceRequests"), "HostConfig.DeviceRequests"):
         if not isinstance(request, dict):
             raise _deny("bad_request", "DeviceRequests entries must be objects")
-        capabilities = {c for group in field(request, "Capabilities") or [] for c in group}
+        groups = _list(field(request, "Capabilities"), "Capabilities")
+        if not all(isinstance(group, list) and all(isinstance(c, str) for c in group) for group in groups):
+            raise _deny("bad_request", "Capabilities must be a list of lists of names, like [[\"gpu\"]]")
+        capabilities = {c for group in groups for c in group}
         if field(request, "Driver") not in (None, "", "nvidia") or not ("gpu" in capabilities or
                                                                          field(request, "Driver") == "nvidia"):
             raise _deny("devices", "only GPU device requests (--gpus) are allowed.")
         if wanted is not None:
             raise _deny("bad_request", "send one GPU device request, not several.")
-        ids = field(request, "DeviceIDs") or []
-        count = field(request, "Count") or 0
+        ids = _list(field(request, "DeviceIDs"), "DeviceIDs")
+        count = _integer(request, "Count") or 0
         if ids:
             wanted = GpuRequest(devices=tuple(str(i) for i in ids))
         elif count == -1:
@@ -388,6 +411,11 @@ def check_update(caller: Caller, body: dict[str, Any]) -> None:
     for name in ("Devices", "DeviceCgroupRules", "DeviceRequests", "CgroupParent"):
         if field(body, name):
             raise _deny("devices" if name.startswith("Device") else "cgroup_parent", f"{name} cannot be updated.")
+    # On update the engine reads these as "no limit", which would lift the user's cap.
+    for name in ("PidsLimit", "CpuQuota", "Memory", "NanoCpus"):
+        value = _integer(body, name)
+        if value is not None and (value < 0 or (name == "PidsLimit" and value == 0)):
+            raise _deny("limit_lifted", f"{name}={value} would remove your limit; give a value within it.")
     _apply_limits(body, caller.limits, fill_defaults=False)
 
 

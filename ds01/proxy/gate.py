@@ -198,6 +198,10 @@ class Gate:
             return Deny("label_reserved", "ds01.* labels are reserved: ds01 sets them itself.")
         if kind == "network" and policy.field(body, "Driver") not in (None, "", "bridge"):
             return Deny("network_driver", "only bridge networks can be created.")
+        if kind == "volume" and (policy.field(body, "Driver") not in (None, "", "local")
+                                 or policy.field(body, "DriverOpts")):
+            return Deny("volume_driver", "only plain local volumes can be created: driver options can bind any "
+                                         "host path.")
         policy.set_field(body, "Labels", {**labels, containers.USER: session.caller.user,
                                           containers.UID: str(session.caller.uid)})
         return Forward(request.target, body=json.dumps(body).encode())

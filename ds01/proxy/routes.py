@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 _VERSION = re.compile(r"^/v\d+\.\d+(?=/)")
-_SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9_.:@+=,-]+$")
+_SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_.:@+=,-]+")
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def classify(method: str, path: str) -> Route:
     """The route for a request path (query string removed). Odd paths are refused, not guessed at."""
     path = _VERSION.sub("", path, count=1)
     segments = [unquote(s) for s in path.strip("/").split("/")]
-    if not path.startswith("/") or "//" in path or any(not _SAFE_SEGMENT.match(s) or s in (".", "..")
+    if not path.startswith("/") or "//" in path or any(not _SAFE_SEGMENT.fullmatch(s) or s in (".", "..")
                                                        for s in segments):
         return Route("unknown")
     top = segments[0]

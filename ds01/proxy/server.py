@@ -10,6 +10,7 @@ import socket
 import socketserver
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -165,6 +166,11 @@ class Proxy:
             return Deny("engine_error", str(exc), 502)
         except Ds01Error as exc:
             return Deny("error", str(exc), 500)
+        except Exception as exc:  # noqa: BLE001 - a bug answers 500 and is logged in full; it never drops the client
+            traceback.print_exc()
+            events.emit("proxy.internal_error", source="proxy", error=repr(exc), endpoint=request.path)
+            return Deny("internal_error", f"internal error in the ds01 proxy ({type(exc).__name__}); it was logged "
+                                          "for the admin.", 500)
 
     def _forward(self, client: socket.socket, rfile: BinaryIO, link: _Link, head: http.Head, forward: Forward, *,
                  buffered: list[bytes]) -> bool:
