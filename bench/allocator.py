@@ -205,6 +205,8 @@ def main() -> int:
     parser.add_argument("--naive-repeats", type=int, default=1, help="naive repetitions (default 1)")
     parser.add_argument("--containers", type=int, default=200, help="containers on the engine for the naive run")
     parser.add_argument("--cleanup", action="store_true", help="remove the benchmark containers and exit")
+    parser.add_argument("--keep-fixture", action="store_true",
+                        help="leave the benchmark containers for the next run (they confuse reconcile in tests)")
     args = parser.parse_args()
 
     docker_host = os.environ.get("DOCKER_HOST", "")
@@ -271,6 +273,12 @@ def main() -> int:
     print(f"targets: >= {TARGET_PAIRS_PER_SECOND} pairs/s: {verdict(ours_rate >= TARGET_PAIRS_PER_SECOND)}; "
           f"p99 lock hold <= {TARGET_P99_HOLD_MS:g} ms: {verdict(p99 <= TARGET_P99_HOLD_MS)}; "
           f">= {TARGET_RATIO}x naive: {verdict(ratio >= TARGET_RATIO)}")
+    if not args.keep_fixture:
+        client = docker.DockerClient(base_url=docker_host)
+        try:
+            print(f"removed {cleanup(client)} benchmark containers")
+        finally:
+            client.close()
     return 0
 
 

@@ -14,8 +14,8 @@ from typing import Any, NoReturn, TypeVar
 
 import yaml
 
-from ds01.directory import LdapSettings
 from ds01.errors import ConfigError
+from ds01.ldapsettings import LdapSettings
 from ds01.limits import (
     BUILTIN_DEFAULTS,
     ENDPOINT_GROUPS,

@@ -10,17 +10,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from pathlib import Path
 
 import ldap
 from ldap.dn import str2dn
 from ldap.filter import escape_filter_chars
 
-from ds01.errors import ConfigError, Ds01Error
+from ds01.errors import Ds01Error
+from ds01.ldapsettings import NAME_VALUED, LdapSettings
 
-# What each supported group attribute holds: the member's login name, or the member's DN.
-_NAME_VALUED = {"memberuid"}
-_DN_VALUED = {"member", "uniquemember"}
 _USER_ATTRIBUTES = ["uid", "uidNumber", "gidNumber"]
 _Attributes = dict[str, list[bytes]]
 _MAX_ID = 2**32 - 2  # (uid_t)-1 means "no id" to the kernel
@@ -28,32 +25,6 @@ _MAX_ID = 2**32 - 2  # (uid_t)-1 means "no id" to the kernel
 
 class DirectoryUnavailable(Ds01Error):
     """The LDAP server could not be asked or did not answer usefully; NSS alone is the fallback."""
-
-
-@dataclass(frozen=True)
-class LdapSettings:
-    uri: str  # e.g. "ldap://127.0.0.1:3890"
-    base_dn: str
-    group_attribute: str = "memberUid"  # or "member" / "uniqueMember"
-    user_filter: str = "(objectClass=posixAccount)"
-    group_filter: str = "(|(objectClass=posixGroup)(objectClass=groupOfNames))"
-    bind_dn: str | None = None
-    bind_password_file: Path | None = None  # read at connect time; never logged
-    timeout_seconds: float = 3.0
-
-    def __post_init__(self) -> None:
-        if self.group_attribute.lower() not in _NAME_VALUED | _DN_VALUED:
-            raise ConfigError(
-                f"LDAP group attribute {self.group_attribute!r} is not supported: "
-                "use memberUid (holds login names), member or uniqueMember (hold user DNs)"
-            )
-        if self.bind_dn is not None and self.bind_password_file is None:
-            raise ConfigError(
-                f"LDAP bind DN {self.bind_dn!r} has no password file: set bind_password_file, "
-                "or drop bind_dn to search anonymously"
-            )
-        if self.timeout_seconds <= 0:
-            raise ConfigError(f"LDAP timeout must be positive, not {self.timeout_seconds}")
 
 
 @dataclass(frozen=True)
@@ -178,7 +149,7 @@ class DirectorySession:
     def groups_of(self, name: str, dn: str | None) -> set[str]:
         """Names of the groups whose member attribute lists this user: by login name, or by DN if known."""
         attribute = self._settings.group_attribute
-        member = name if attribute.lower() in _NAME_VALUED else dn
+        member = name if attribute.lower() in NAME_VALUED else dn
         if member is None:
             return set()  # DN-valued membership cannot name a user the directory does not hold
         action = f"look up the groups of {name!r}"

@@ -15,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ds01 import directory
-from ds01.directory import DirectorySession, DirectoryUnavailable, DirectoryUser, LdapSettings
+from ds01.directory import DirectorySession, DirectoryUnavailable, DirectoryUser
 from ds01.errors import Ds01Error
 from ds01.events import emit
+from ds01.ldapsettings import LdapSettings
 
 MAX_SANITIZED_LENGTH = 32
 _DIGEST_LENGTH = 6

@@ -15,7 +15,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from ds01.directory import LdapSettings
+from ds01.ldapsettings import LdapSettings
 from ds01.units import parse_duration, parse_gpu_equivalents, parse_size
 
 _MIG_PROFILE = re.compile(r"^[1-7]g\.\d+gb(\+[a-z0-9]+)?$")

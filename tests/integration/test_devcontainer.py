@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -113,8 +114,9 @@ def test_devcontainer_up_and_exec_through_the_proxy(
         assert [e for e in decisions(proxy, before, USER) if e["type"] == "proxy.deny"] == []
     finally:
         if container_id is None:  # up failed after creating it, perhaps: find it by the CLI's own label
-            found = engine.containers.list(all=True, filters={"label": f"devcontainer.local_folder={workspace}"})
-            container_id = found[0].id if found else None
+            found = engine.api.containers(all=True, filters={"label": f"devcontainer.local_folder={workspace}"})
+            container_id = found[0]["Id"] if found else None
         if container_id is not None:
-            engine.api.remove_container(container_id, force=True)
+            with contextlib.suppress(docker.errors.NotFound):  # gone already: the failure above says why
+                engine.api.remove_container(container_id, force=True)
 
