@@ -128,6 +128,17 @@ def allocations_from_containers(found: Sequence[containers.ContainerInfo],
     return rebuilt
 
 
+def read_allocations(state_dir: Path) -> list[Allocation]:
+    """The allocations on disk, for observers: no lock (writes are atomic renames) and no expiry."""
+    path = state_dir / STATE_NAME
+    try:
+        return _parse_state(path.read_bytes(), path)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise Ds01Error(f"cannot read {path}: {exc.strerror}") from exc
+
+
 class Allocator:
     def __init__(self, state_dir: Path, settings: AllocationSettings,
                  rebuild: Callable[[], list[Allocation]] | None = None,

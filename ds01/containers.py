@@ -13,6 +13,8 @@ TYPE = "ds01.type"  # container, docker, compose or devcontainer
 ALLOCATION = "ds01.allocation"  # the allocation id the container's GPUs were granted under
 GPU_EQUIVALENTS = "ds01.gpu_equivalents"  # exact, e.g. "3/7"
 PROTECTED = "ds01.protected"
+LEGACY_USER = "aime.mlc.USER"  # containers made by the system ds01 replaces
+LEGACY_NAME_SEPARATOR = "._."  # NAME._.UID, the engine name of a user's container
 REQUEST_MIG = "ds01.request.mig"  # a client asks for a MIG profile through this label
 
 
@@ -28,3 +30,13 @@ class ContainerInfo:
     @property
     def holds_gpus(self) -> bool:
         return bool(self.device_ids) or self.gpu_count != 0
+
+
+@dataclass(frozen=True)
+class ContainerSummary:
+    """What the engine's container list says, without an inspect per container."""
+
+    id: str
+    name: str
+    labels: Mapping[str, str]
+    status: str

@@ -20,7 +20,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest
 
 from ds01 import __version__, containers
-from ds01.containers import ContainerInfo
+from ds01.containers import ContainerInfo, ContainerSummary
 from ds01.errors import Denied, Ds01Error, EngineError, UsageError
 from ds01.paths import paths_from_env
 
@@ -78,6 +78,15 @@ class Engine:
             except DockerException as exc:
                 raise self._failed(f"inspect container {summary['Id'][:12]}", exc) from exc
         return found
+
+    def summaries(self) -> list[ContainerSummary]:
+        """Every container from one list call: enough to attribute processes, cheap enough for every cycle."""
+        try:
+            listed = self._client.api.containers(all=True)
+        except DockerException as exc:
+            raise self._failed("list containers", exc) from exc
+        return [ContainerSummary(id=c["Id"], name=(c.get("Names") or ["/?"])[0].lstrip("/"),
+                                 labels=c.get("Labels") or {}, status=c.get("State") or "unknown") for c in listed]
 
     def container(self, name_or_id: str) -> ContainerInfo:
         try:

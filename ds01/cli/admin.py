@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ds01.cli import alloc, gpus, limits_cmd, new_parser, proxy_cmd, run
+from ds01.cli import alloc, exporter_cmd, gpus, limits_cmd, new_parser, proxy_cmd, run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -14,4 +14,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     alloc.register(commands)
     limits_cmd.register(commands)
     proxy_cmd.register(commands)
+    exporter_cmd.register(commands)
     return run(parser, argv)

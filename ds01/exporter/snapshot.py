@@ -1,0 +1,290 @@
+"""One collection cycle: every source read once, every GPU process attributed, the result frozen in a Snapshot.
+
+Each source (NVML, the engine, /proc, the allocator's state, the config, the event log) fails on its own: a
+failure is counted and marked, the other sources still fill the snapshot, and GPU data is never dropped
+because the engine or /proc had a bad moment.
+"""
+
+from __future__ import annotations
+
+import json
+import pwd
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ds01 import containers, identity, nvml, procfs
+from ds01.allocator import Allocation, read_allocations
+from ds01.config import load_config
+from ds01.containers import ContainerSummary
+from ds01.engine import Engine
+from ds01.errors import Ds01Error
+from ds01.limits import Config, effective_limits
+from ds01.paths import Paths
+
+SOURCES = ("nvml", "engine", "proc", "allocator", "config", "events")
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where a process runs, labelled the way dcgm-exporter labels GPUs."""
+
+    gpu: str  # "3", or "6.1" for MIG device 1 of GPU 6
+    uuid: str
+    parent_uuid: str
+    gpu_instance_id: str  # "" for a whole GPU
+    profile: str  # "" for a whole GPU
+
+
+@dataclass(frozen=True)
+class ProcessRow:
+    device: Device
+    user: str
+    container: str  # name, or "" for a host process
+    kind: str  # "container" (ds01-managed), "unmanaged_container" or "host"
+    memory_bytes: int
+
+
+@dataclass(frozen=True)
+class UserLimits:
+    user: str
+    group: str
+    gpu_quota: float
+    max_containers: int
+
+
+@dataclass(frozen=True)
+class XidCounts:
+    last: int
+    by_code: dict[int, int]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    taken_at: float
+    duration_seconds: float
+    hostname: str
+    inventory: nvml.Inventory | None
+    processes: tuple[ProcessRow, ...]
+    containers: tuple[ContainerSummary, ...]
+    allocations: tuple[Allocation, ...]
+    users: tuple[UserLimits, ...]
+    xids: dict[str, XidCounts]
+    events: dict[str, int]
+    source_up: dict[str, bool]
+    errors_total: dict[str, int]
+    collections_total: int
+    problems: tuple[str, ...] = field(default=())
+
+
+def owner_of_container(summary: ContainerSummary) -> tuple[str, bool]:
+    """(user, managed): the ds01.user label, else the legacy hints of the system ds01 replaces."""
+    if containers.USER in summary.labels:
+        return summary.labels[containers.USER], True
+    if containers.LEGACY_USER in summary.labels:
+        return summary.labels[containers.LEGACY_USER], False
+    _, sep, uid = summary.name.rpartition(containers.LEGACY_NAME_SEPARATOR)
+    if sep and uid.isdigit():
+        try:
+            return pwd.getpwuid(int(uid)).pw_name, False
+        except KeyError:
+            return f"uid:{uid}", False
+    return "unknown", False
+
+
+def _user_of_uid(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid:{uid}"
+
+
+class EventCounter:
+    """Counts of each event type in the log, read incrementally; a shrunken file (rotation) is read anew."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._inode = 0
+        self.counts: Counter[str] = Counter()
+
+    def refresh(self) -> None:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return
+        if stat.st_ino != self._inode or stat.st_size < self._offset:
+            self._inode, self._offset = stat.st_ino, 0
+        with self.path.open("rb") as log:
+            log.seek(self._offset)
+            data = log.read()
+        complete = data[:data.rfind(b"\n") + 1]
+        self._offset += len(complete)
+        for line in complete.splitlines():
+            try:
+                self.counts[str(json.loads(line)["type"])] += 1
+            except (ValueError, KeyError, TypeError):
+                self.counts["unparsable"] += 1
+
+
+class Collector:
+    """Builds snapshots. Not thread-safe by itself: one collector thread calls `collect`."""
+
+    def __init__(self, paths: Paths, engine_url: str | None, proc_root: Path = procfs.PROC,
+                 xids: Callable[[], dict[str, XidCounts]] = dict) -> None:
+        self.paths = paths
+        self.engine_url = engine_url
+        self.proc_root = proc_root
+        self._xids = xids
+        self._errors: Counter[str] = Counter()
+        self._collections = 0
+        self._known_containers: dict[str, ContainerSummary] = {}
+        self._config: Config | None = None
+        self._config_stamp: tuple[int, int] | None = None
+        self._events = EventCounter(paths.log_dir / "events.jsonl")
+        self._users: dict[int, tuple[float, identity.User]] = {}
+
+    def _fail(self, source: str, problems: list[str], exc: Exception) -> None:
+        self._errors[source] += 1
+        problems.append(f"{source}: {exc}")
+
+    def collect(self) -> Snapshot:
+        started = time.perf_counter()
+        up = dict.fromkeys(SOURCES, True)
+        problems: list[str] = []
+        inventory = self._inventory(up, problems)
+        summaries = self._containers(up, problems)
+        processes = self._attribute(inventory, summaries, up, problems)
+        allocations = self._allocations(up, problems)
+        users = self._user_limits(summaries, allocations, processes, up, problems)
+        try:
+            self._events.refresh()
+        except OSError as exc:
+            up["events"] = False
+            self._fail("events", problems, exc)
+        self._collections += 1
+        return Snapshot(
+            taken_at=time.time(), duration_seconds=time.perf_counter() - started, hostname=socket.gethostname(),
+            inventory=inventory, processes=tuple(processes), containers=tuple(summaries),
+            allocations=tuple(allocations), users=tuple(users), xids=self._xids(), events=dict(self._events.counts),
+            source_up=up, errors_total={s: self._errors[s] for s in SOURCES}, collections_total=self._collections,
+            problems=tuple(problems))
+
+    def _inventory(self, up: dict[str, bool], problems: list[str]) -> nvml.Inventory | None:
+        try:
+            with nvml.session() as gpus:
+                inventory = gpus.inventory()
+        except Ds01Error as exc:
+            up["nvml"] = False
+            self._fail("nvml", problems, exc)
+            return None
+        for gpu in inventory.gpus:
+            if isinstance(gpu, nvml.UnavailableGpu):
+                up["nvml"] = False
+                self._fail("nvml", problems, Ds01Error(f"GPU {gpu.index} is {gpu.health.reason}: {gpu.health.detail}"))
+        return inventory
+
+    def _containers(self, up: dict[str, bool], problems: list[str]) -> list[ContainerSummary]:
+        try:
+            engine = Engine(self.engine_url)
+            try:
+                summaries = engine.summaries()
+            finally:
+                engine.close()
+        except Ds01Error as exc:
+            up["engine"] = False
+            self._fail("engine", problems, exc)
+            return list(self._known_containers.values())  # stale but attributable; marked by source_up
+        self._known_containers = {s.id: s for s in summaries}
+        return summaries
+
+    def _attribute(self, inventory: nvml.Inventory | None, summaries: list[ContainerSummary],
+                   up: dict[str, bool], problems: list[str]) -> list[ProcessRow]:
+        if inventory is None:
+            return []
+        by_id = {s.id: s for s in summaries}
+        rows = []
+        for device, process in _device_processes(inventory):
+            try:
+                info = procfs.read_process(process.pid, self.proc_root)
+            except Ds01Error as exc:
+                up["proc"] = False
+                self._fail("proc", problems, exc)
+                continue
+            if info is None:
+                continue  # the process ended while we looked
+            memory = process.used_memory_bytes or 0
+            if info.container_id is None:
+                rows.append(ProcessRow(device, _user_of_uid(info.uid), "", "host", memory))
+                continue
+            summary = by_id.get(info.container_id)
+            if summary is None:
+                rows.append(ProcessRow(device, _user_of_uid(info.uid), info.container_id[:12], "unmanaged_container",
+                                       memory))
+                continue
+            user, managed = owner_of_container(summary)
+            rows.append(ProcessRow(device, user, summary.name, "container" if managed else "unmanaged_container",
+                                   memory))
+        return rows
+
+    def _allocations(self, up: dict[str, bool], problems: list[str]) -> list[Allocation]:
+        try:
+            return read_allocations(self.paths.state_dir)
+        except Ds01Error as exc:
+            up["allocator"] = False
+            self._fail("allocator", problems, exc)
+            return []
+
+    def _current_config(self) -> Config:
+        stat = self.paths.config.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if self._config is None or stamp != self._config_stamp:
+            self._config, self._config_stamp = load_config(self.paths.config), stamp
+        return self._config
+
+    def _resolve(self, uid: int, config: Config) -> identity.User:
+        cached = self._users.get(uid)
+        if cached and time.monotonic() - cached[0] < 300:
+            return cached[1]
+        user = identity.resolve_user(uid, config.ldap)
+        self._users[uid] = (time.monotonic(), user)
+        return user
+
+    def _user_limits(self, summaries: Iterable[ContainerSummary], allocations: Iterable[Allocation],
+                     processes: Iterable[ProcessRow], up: dict[str, bool], problems: list[str]) -> list[UserLimits]:
+        try:
+            config = self._current_config()
+        except (Ds01Error, OSError) as exc:
+            up["config"] = False
+            self._fail("config", problems, exc)
+            return []
+        uids = {a.uid for a in allocations if a.uid is not None}
+        uids |= {int(s.labels[containers.UID]) for s in summaries if s.labels.get(containers.UID, "").isdigit()}
+        limits = []
+        now = datetime.now(UTC)
+        for uid in sorted(uids):
+            try:
+                user = self._resolve(uid, config)
+            except Ds01Error as exc:
+                self._fail("config", problems, exc)
+                continue
+            effective = effective_limits(config, user.name, user.groups, now)
+            limits.append(UserLimits(user.sanitized, effective.group, float(effective.limits.gpu_quota),
+                                     effective.limits.max_containers))
+        return limits
+
+
+def _device_processes(inventory: nvml.Inventory) -> Iterable[tuple[Device, nvml.GpuProcess]]:
+    for gpu in inventory.available:
+        if not gpu.mig_mode:
+            device = Device(str(gpu.index), gpu.uuid, gpu.uuid, "", "")
+            for process in gpu.processes:
+                yield device, process
+        for mig in gpu.mig_devices:
+            device = Device(f"{gpu.index}.{mig.index}", mig.uuid, gpu.uuid, str(mig.gpu_instance_id), mig.profile)
+            for process in mig.processes:
+                yield device, process
