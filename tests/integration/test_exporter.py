@@ -21,6 +21,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import TEST_IMAGE, ProxyHandle, Testbed, TopologyFile, load_topology
+from tests.integration.test_prometheus_assets import (
+    DASHBOARD,
+    panel_queries,
+    query,
+    start_prometheus,
+    stop_prometheus,
+    write_prometheus_config,
+)
 
 DS01 = str(Path(sys.executable).parent / "ds01")
 
@@ -221,3 +229,25 @@ def test_bad_listen_address_is_a_usage_error(proxy: ProxyHandle) -> None:
     result = subprocess.run([DS01, "exporter", "--listen", "nowhere"], env={**os.environ, **proxy.env},
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2 and "ADDRESS:PORT" in result.stderr
+
+
+def test_a_real_prometheus_scrapes_and_every_dashboard_panel_has_data(scene: Scene, tmp_path: Path) -> None:
+    data = scene.topology.read()  # the XID panels need an XID: the test above made one, or this does
+    if not data["gpus"][4].get("xid_events"):
+        data["gpus"][4]["xid_events"] = [{"xid": 79}]
+        scene.topology.write(data)
+    port = free_port()
+    write_prometheus_config(tmp_path, port, f"127.0.0.1:{scene.exporter.port}")
+    prometheus = start_prometheus(tmp_path, port)
+    try:
+        deadline = time.monotonic() + 60
+        while not query(port, "ds01:gpu_allocated_equivalents:sum"):
+            assert time.monotonic() < deadline, "Prometheus never scraped the exporter and recorded the rules"
+            time.sleep(0.5)
+        assert [float(s["value"][1]) for s in query(port, 'up{job="ds01"}')] == [1.0]
+        time.sleep(3)  # a few scrapes, so range functions have two samples
+        dashboard = json.loads(DASHBOARD.read_text())
+        empty = [expr for expr in panel_queries(dashboard) if not query(port, expr)]
+        assert empty == [], f"panels without data: {empty}"
+    finally:
+        stop_prometheus(prometheus)
