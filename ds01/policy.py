@@ -20,6 +20,7 @@ from ds01 import containers
 from ds01.errors import Denied
 from ds01.limits import LimitValues, SecuritySettings
 from ds01.placement import GpuRequest
+from ds01.units import format_size
 
 ALLOWED_REQUEST_LABELS = frozenset({containers.REQUEST_MIG})
 STRIPPED_ENV_PREFIXES = ("NVIDIA_",)
@@ -317,7 +318,8 @@ def _apply_limits(host: dict[str, Any], limits: LimitValues, fill_defaults: bool
     for name, limit, what in (("Memory", limits.memory_bytes, "memory"), ("ShmSize", limits.shm_size_bytes, "shm")):
         value = _integer(host, name) or 0
         if value > limit:
-            raise _deny(f"limit_{what}", f"{value} bytes of {what} asked for; your per-container limit is {limit}.")
+            raise _deny(f"limit_{what}", f"{format_size(value)} of {what} asked for; your per-container limit is "
+                                         f"{format_size(limit)}.")
         if value <= 0 and fill_defaults:
             set_field(host, name, limit)
     pids = _integer(host, "PidsLimit")
