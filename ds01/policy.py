@@ -307,6 +307,11 @@ def _integer(obj: Mapping[str, Any], name: str) -> int | None:
     return value
 
 
+def _size_text(size_bytes: int) -> str:
+    text = format_size(size_bytes)
+    return f"{text} bytes" if text.isdigit() else text
+
+
 def _apply_limits(host: dict[str, Any], limits: LimitValues, fill_defaults: bool = True) -> None:
     nano = _integer(host, "NanoCpus")
     quota, period = _integer(host, "CpuQuota"), _integer(host, "CpuPeriod") or 100_000
@@ -318,8 +323,8 @@ def _apply_limits(host: dict[str, Any], limits: LimitValues, fill_defaults: bool
     for name, limit, what in (("Memory", limits.memory_bytes, "memory"), ("ShmSize", limits.shm_size_bytes, "shm")):
         value = _integer(host, name) or 0
         if value > limit:
-            raise _deny(f"limit_{what}", f"{format_size(value)} of {what} asked for; your per-container limit is "
-                                         f"{format_size(limit)}.")
+            raise _deny(f"limit_{what}", f"{_size_text(value)} of {what} asked for; your per-container limit is "
+                                         f"{_size_text(limit)}.")
         if value <= 0 and fill_defaults:
             set_field(host, name, limit)
     pids = _integer(host, "PidsLimit")
