@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
-import signal
 import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-import filelock
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
 
 from ds01 import events, health, nvml
 from ds01.config import load_config
+from ds01.daemon import only_instance, stop_on_signals
 from ds01.errors import Ds01Error, UsageError
 from ds01.exporter.metrics import SnapshotCollector
 from ds01.exporter.snapshot import Collector, Snapshot, XidCounts
@@ -127,14 +125,7 @@ def run(paths: Paths, listen: str, interval: float, engine_url: str | None, proc
     if interval <= 0:
         raise UsageError("--interval must be more than 0 seconds")
     address = parse_listen(listen)
-    paths.run_dir.mkdir(parents=True, exist_ok=True)
-    instance = filelock.FileLock(paths.run_dir / "exporter.lock")
-    try:
-        instance.acquire(timeout=0)
-    except filelock.Timeout:
-        raise Ds01Error(f"another ds01 exporter is already running (it holds {instance.lock_file}); stop it "
-                        "first (systemctl stop ds01-exporter).") from None
-    try:
+    with only_instance(paths.run_dir, "exporter"):
         xids = XidLog(paths)
         exporter = Exporter(Collector(paths, engine_url, proc_root, xids.counts), interval)
         try:
@@ -143,13 +134,7 @@ def run(paths: Paths, listen: str, interval: float, engine_url: str | None, proc
             raise Ds01Error(f"cannot listen on {listen}: {exc.strerror}. Is another exporter using the port?") \
                 from exc
         server.daemon_threads = True
-        stop = threading.Event()
-
-        def on_signal(_signum: int, _frame: FrameType | None) -> None:
-            stop.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        stop = stop_on_signals()
         workers = [threading.Thread(target=exporter.refresh, args=(stop,), daemon=True),
                    threading.Thread(target=xids.watch, args=(stop,), daemon=True),
                    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)]
@@ -159,6 +144,4 @@ def run(paths: Paths, listen: str, interval: float, engine_url: str | None, proc
         stop.wait()
         server.shutdown()
         server.server_close()
-        return 0
-    finally:
-        instance.release()
+    return 0

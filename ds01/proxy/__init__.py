@@ -65,7 +65,7 @@ def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float) -> 
     janitor = threading.Thread(target=watch_destroyed, args=(upstream, allocator, stop_janitor), daemon=True)
     janitor.start()
     try:
-        serve_forever(Proxy(gate, upstream), listen, paths.run_dir / "proxy.lock", drain_seconds,
+        serve_forever(Proxy(gate, upstream), listen, paths.run_dir, drain_seconds,
                       on_ready=lambda: print(f"ds01 proxy: listening on {listen}, engine {upstream_url}", flush=True))
     finally:
         stop_janitor.set()

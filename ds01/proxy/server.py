@@ -13,14 +13,12 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any, BinaryIO
 from urllib.parse import urlencode
 
-import filelock
-
 from ds01 import events
 from ds01.allocator import Allocator
+from ds01.daemon import only_instance, stop_on_signals
 from ds01.errors import Busy, Denied, Ds01Error, EngineError
 from ds01.proxy import http
 from ds01.proxy.gate import Deny, Forward, Gate, Reply, Request
@@ -272,27 +270,15 @@ def _event_lines(stream: BinaryIO, answer: http.Head) -> Any:
         yield from (line for line in lines if line.strip())
 
 
-def serve_forever(proxy: Proxy, listen: Path, lock_path: Path, drain_seconds: float,
+def serve_forever(proxy: Proxy, listen: Path, run_dir: Path, drain_seconds: float,
                   on_ready: Callable[[], None] | None = None) -> None:
     """Listen until SIGTERM or SIGINT, then stop accepting and let open connections drain."""
-    instance = filelock.FileLock(lock_path)
-    try:
-        instance.acquire(timeout=0)
-    except filelock.Timeout:
-        raise Ds01Error(f"another ds01 proxy is already running (it holds {lock_path}); stop it first "
-                        "(systemctl stop ds01-proxy).") from None
-    try:
+    with only_instance(run_dir, "proxy"):
         listen.parent.mkdir(parents=True, exist_ok=True)
         listen.unlink(missing_ok=True)  # a stale socket from a crashed run; the lock above proves it is ours
         server = _Server(str(listen), proxy)
         os.chmod(listen, 0o666)  # noqa: S103 - everyone may connect; who they are comes from SO_PEERCRED
-        stop = threading.Event()
-
-        def on_signal(_signum: int, _frame: FrameType | None) -> None:
-            stop.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        stop = stop_on_signals()
         # A client that hangs up mid-stream must cost one connection an EPIPE, not the daemon its life.
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         accepting = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
@@ -312,5 +298,3 @@ def serve_forever(proxy: Proxy, listen: Path, lock_path: Path, drain_seconds: fl
         left = proxy.open_connections()
         proxy.close_idle(everything=True)
         events.emit("proxy.stop", source="proxy", cut_connections=left)
-    finally:
-        instance.release()
