@@ -66,15 +66,23 @@ class Exporter:
         self.collector = collector
         self.interval = interval_seconds
         self._snapshot: Snapshot | None = None
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(SnapshotCollector(lambda: self._snapshot))
-        ProcessCollector(registry=self.registry)
+        self._rendered = b""
+        self._snapshot_registry = CollectorRegistry(auto_describe=False)
+        self._snapshot_registry.register(SnapshotCollector(lambda: self._snapshot))
+        self._process_registry = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self._process_registry)
 
     def refresh(self, stop: threading.Event) -> None:
         while not stop.is_set():
             started = time.monotonic()
-            self._snapshot = self.collector.collect()  # one reference swap: scrapes never see half a snapshot
+            self._snapshot = self.collector.collect()
+            # Formatting thousands of labelled samples costs more than a scrape may: it is done once per cycle.
+            self._rendered = generate_latest(self._snapshot_registry)
             stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def metrics(self) -> bytes:
+        """The last cycle's metrics, and the exporter's own process metrics as of now."""
+        return self._rendered + generate_latest(self._process_registry)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         snapshot = self._snapshot
@@ -94,7 +102,7 @@ def _handler(exporter: Exporter) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._send(200, CONTENT_TYPE_LATEST, generate_latest(exporter.registry))
+                self._send(200, CONTENT_TYPE_LATEST, exporter.metrics())
             elif path == "/health":
                 ok, report = exporter.health()
                 self._send(200 if ok else 503, "application/json", json.dumps(report).encode() + b"\n")
