@@ -7,6 +7,7 @@ are all errors: nothing an admin writes is silently ignored.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Collection
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -23,19 +24,22 @@ from ds01.limits import (
     LIMIT_KEYS,
     LIMIT_KEYS_BY_NAME,
     AllocationSettings,
+    BareMetalSettings,
+    CleanupSettings,
     Config,
     ContainerDefaults,
+    EventLogSettings,
     Exemption,
     GroupRule,
     SecuritySettings,
     UserRule,
 )
 from ds01.paths import paths_from_env
-from ds01.units import parse_duration
+from ds01.units import parse_duration, parse_size
 
 SCHEMA_VERSION = 1
-TOP_LEVEL_KEYS = ("version", "identity", "admins", "allocation", "security", "containers", "default_group",
-                  "defaults", "groups", "users", "exemptions")
+TOP_LEVEL_KEYS = ("version", "identity", "admins", "allocation", "security", "containers", "events", "cleanup",
+                  "bare_metal", "default_group", "defaults", "groups", "users", "exemptions")
 _T = TypeVar("_T")
 _Entries = dict[str, tuple[yaml.Node, yaml.Node]]
 
@@ -199,6 +203,82 @@ def _container_defaults(reader: _Reader, node: yaml.Node) -> ContainerDefaults:
     return ContainerDefaults(default_image=values.get("default_image"), workspace_root=root)
 
 
+def _percent(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+        raise ValueError(f"{value!r} is not a percentage from 0 to 100")
+    return float(value)
+
+
+def _fractions(value: Any) -> tuple[float, ...]:
+    if not isinstance(value, list) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < 1 for x in value):
+        raise ValueError("must be a list of fractions between 0 and 1, like [0.5, 0.9]")
+    return tuple(sorted(float(x) for x in value))
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{value!r} is not true or false")
+    return value
+
+
+def _positive_count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{value!r} is not a whole number of at least 1")
+    return value
+
+
+def _file_name(value: Any) -> str:
+    if not isinstance(value, str) or not value or "/" in value or value in (".", ".."):
+        raise ValueError(f"{value!r} is not a plain file name")
+    return value
+
+
+def _group_name(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", value):
+        raise ValueError(f"{value!r} is not a Unix group name")
+    return value
+
+
+def _section(reader: _Reader, node: yaml.Node, key: str,
+             fields: dict[str, tuple[str, Callable[[Any], Any]]]) -> dict[str, Any]:
+    """A flat section: each YAML key maps to (dataclass field, parser)."""
+    entries = reader.mapping(node, key, tuple(fields))
+    return {fields[name][0]: reader.parsed(value, f"{key}.{name}", fields[name][1])
+            for name, (_, value) in entries.items()}
+
+
+def _size_value(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{value!r} is not a size, like 64m")
+    size = parse_size(str(value))
+    if size <= 0:
+        raise ValueError("must be more than 0")
+    return size
+
+
+EVENT_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "max_size": ("max_bytes", _size_value),
+    "max_age": ("max_age_seconds", _positive_duration),
+    "keep": ("keep", _positive_count),
+}
+CLEANUP_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "idle_gpu_percent": ("idle_gpu_percent", _percent),
+    "idle_cpu_percent": ("idle_cpu_percent", _percent),
+    "warn_at": ("warn_at", _fractions),
+    "keepalive_file": ("keepalive_file", _file_name),
+    "keepalive_max_age": ("keepalive_max_age_seconds", _positive_duration),
+    "min_age": ("min_age_seconds", _positive_duration),
+    "stop_timeout": ("stop_timeout_seconds", _positive_duration),
+    "remove_after_release": ("remove_after_release", _flag),
+}
+BARE_METAL_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "group": ("group", _group_name),
+    "default_duration": ("default_duration_seconds", _positive_duration),
+    "max_duration": ("max_duration_seconds", _positive_duration),
+}
+
+
 def _ldap(reader: _Reader, node: yaml.Node) -> LdapSettings | None:
     entries = reader.mapping(node, "identity", ("source", "ldap"))
     source = "nss"
@@ -302,4 +382,10 @@ def load_config(path: Path | None = None) -> Config:
         ldap=_ldap(reader, top["identity"][1]) if "identity" in top else None,
         security=_security(reader, top["security"][1]) if "security" in top else SecuritySettings(),
         containers=_container_defaults(reader, top["containers"][1]) if "containers" in top else ContainerDefaults(),
+        events=EventLogSettings(**_section(reader, top["events"][1], "events", EVENT_FIELDS))
+        if "events" in top else EventLogSettings(),
+        cleanup=CleanupSettings(**_section(reader, top["cleanup"][1], "cleanup", CLEANUP_FIELDS))
+        if "cleanup" in top else CleanupSettings(),
+        bare_metal=BareMetalSettings(**_section(reader, top["bare_metal"][1], "bare_metal", BARE_METAL_FIELDS))
+        if "bare_metal" in top else BareMetalSettings(),
     )

@@ -201,6 +201,32 @@ class ContainerDefaults:
 
 
 @dataclass(frozen=True)
+class EventLogSettings:
+    max_bytes: int = 64 * 2**20  # rotate events.jsonl past this size
+    max_age_seconds: int = 86400  # or once its first event is this old
+    keep: int = 30  # rotated files kept; older ones are deleted
+
+
+@dataclass(frozen=True)
+class CleanupSettings:
+    idle_gpu_percent: float = 5.0  # a GPU below this utilization counts as idle
+    idle_cpu_percent: float = 5.0  # a container below this (percent of one CPU) counts as idle
+    warn_at: tuple[float, ...] = (0.5, 0.9)  # fractions of idle_timeout / max_runtime when users are warned
+    keepalive_file: str = ".ds01-keepalive"  # in the workspace; touching it protects the container
+    keepalive_max_age_seconds: int = 86400
+    min_age_seconds: int = 1800  # never act on a container younger than this
+    stop_timeout_seconds: int = 30  # the SIGTERM grace period
+    remove_after_release: bool = True  # after gpu_hold_after_stop: remove the container, or keep it stopped
+
+
+@dataclass(frozen=True)
+class BareMetalSettings:
+    group: str = "ds01-gpu"  # owns /dev/nvidia*; members may use GPUs outside containers
+    default_duration_seconds: int = 86400
+    max_duration_seconds: int = 7 * 86400
+
+
+@dataclass(frozen=True)
 class Config:
     source: Path
     defaults: LimitValues
@@ -214,6 +240,9 @@ class Config:
     ldap: LdapSettings | None
     security: SecuritySettings = SecuritySettings()
     containers: ContainerDefaults = ContainerDefaults()
+    events: EventLogSettings = EventLogSettings()
+    cleanup: CleanupSettings = CleanupSettings()
+    bare_metal: BareMetalSettings = BareMetalSettings()
 
 
 @dataclass(frozen=True)
