@@ -15,6 +15,7 @@ GPU_EQUIVALENTS = "ds01.gpu_equivalents"  # exact, e.g. "3/7"
 PROTECTED = "ds01.protected"
 LEGACY_USER = "aime.mlc.USER"  # containers made by the system ds01 replaces
 LEGACY_NAME_SEPARATOR = "._."  # NAME._.UID, the engine name of a user's container
+WORKSPACE_TARGET = "/workspace"
 REQUEST_MIG = "ds01.request.mig"  # a client asks for a MIG profile through this label
 
 
@@ -26,6 +27,9 @@ class ContainerInfo:
     status: str  # the engine's state: created, running, exited, ...
     device_ids: tuple[str, ...]  # GPU/MIG UUIDs (or indices) from the container's device requests
     gpu_count: int  # devices asked for by count: 0 none, -1 all
+    started_at: float | None = None  # epoch seconds; None if never started
+    finished_at: float | None = None  # when it last stopped; None while it has not
+    workspace: str | None = None  # the host directory mounted at /workspace, if any
 
     @property
     def holds_gpus(self) -> bool:

@@ -13,6 +13,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import docker
@@ -20,7 +21,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest
 
 from ds01 import __version__, containers
-from ds01.containers import ContainerInfo, ContainerSummary
+from ds01.containers import WORKSPACE_TARGET, ContainerInfo, ContainerSummary
 from ds01.errors import Denied, Ds01Error, EngineError, UsageError
 from ds01.paths import paths_from_env
 
@@ -38,16 +39,31 @@ def _gpu_devices(host_config: dict[str, Any]) -> tuple[tuple[str, ...], int]:
     return tuple(device_ids), count
 
 
+def _timestamp(text: str | None) -> float | None:
+    """Engine times are RFC 3339 with nanoseconds; the zero time means never."""
+    if not text or text.startswith("0001-"):
+        return None
+    whole, _, fraction = text.rstrip("Z").partition(".")
+    seconds = datetime.fromisoformat(whole).replace(tzinfo=UTC).timestamp()
+    return seconds + (float(f"0.{fraction}") if fraction.isdigit() else 0.0)
+
+
 def container_info(inspected: dict[str, Any]) -> ContainerInfo:
     host_config = inspected.get("HostConfig") or {}
     device_ids, count = _gpu_devices(host_config)
+    state = inspected["State"]
+    workspace = next((m.get("Source") for m in inspected.get("Mounts") or []
+                      if m.get("Destination") == WORKSPACE_TARGET and m.get("Type") == "bind"), None)
     return ContainerInfo(
         id=inspected["Id"],
         name=inspected["Name"].lstrip("/"),
         labels=(inspected.get("Config") or {}).get("Labels") or {},
-        status=inspected["State"]["Status"],
+        status=state["Status"],
         device_ids=device_ids,
         gpu_count=count,
+        started_at=_timestamp(state.get("StartedAt")),
+        finished_at=_timestamp(state.get("FinishedAt")),
+        workspace=workspace,
     )
 
 
@@ -87,6 +103,26 @@ class Engine:
             raise self._failed("list containers", exc) from exc
         return [ContainerSummary(id=c["Id"], name=(c.get("Names") or ["/?"])[0].lstrip("/"),
                                  labels=c.get("Labels") or {}, status=c.get("State") or "unknown") for c in listed]
+
+    def cpu_usage_ns(self, container_id: str) -> int:
+        """Total CPU time the container has used, from one stats sample."""
+        try:
+            stats = self._client.api.stats(container_id, stream=False, one_shot=True)
+        except DockerException as exc:
+            raise self._failed(f"read the CPU use of {container_id[:12]}", exc) from exc
+        return int(((stats.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage") or 0)
+
+    def stop(self, container_id: str, grace_seconds: int) -> None:
+        try:
+            self._client.api.stop(container_id, timeout=grace_seconds)
+        except DockerException as exc:
+            raise self._failed(f"stop {container_id[:12]}", exc) from exc
+
+    def remove(self, container_id: str) -> None:
+        try:
+            self._client.api.remove_container(container_id)
+        except DockerException as exc:
+            raise self._failed(f"remove {container_id[:12]}", exc) from exc
 
     def container(self, name_or_id: str) -> ContainerInfo:
         try:

@@ -1,23 +1,59 @@
-"""The one event log: DS01_LOG_DIR/events.jsonl, one versioned JSON object per line."""
+"""The one event log: DS01_LOG_DIR/events.jsonl, one versioned JSON object per line.
+
+Writing: `emit` appends one line with a single write() on an O_APPEND descriptor, so concurrent writers never
+interleave within a line. The writer that finds the file due for rotation (past `events.max_size`, or its first
+event older than `events.max_age`) renames it to `events.jsonl.<UTC YYYYmmddTHHMMSS.ffffff>` under a
+non-blocking lock and starts a new one; when another process holds the lock it simply writes on. A writer that
+opened the file just before the rename lands in the rotated file, which readers read too: nothing is lost.
+At most `events.keep` rotated files are kept.
+
+Reading: `EventLog.events` yields the rotated files (oldest first) then the current file, skipping and counting
+lines that do not parse; `EventLog.follow` goes on reading the current file, across rotations.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import re
 import sys
 import threading
-from collections import Counter
-from datetime import UTC, datetime
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+from ds01.limits import EventLogSettings
 from ds01.paths import paths_from_env
+from ds01.units import parse_duration
 
 SCHEMA_VERSION = 1
 MAX_LINE_BYTES = 16 * 1024
 LOG_NAME = "events.jsonl"
+LOCK_NAME = ".events.jsonl.lock"  # not matched by ROTATED: readers never mistake it for a log
+ROTATED = re.compile(r"^events\.jsonl\.(\d{8}T\d{6}\.\d{6})$")
+_STAMP_FORMAT = "%Y%m%dT%H%M%S.%f"
+_TS_PREFIX = re.compile(rb'"ts":"([^"]{1,40})"')
+_FIRST_BYTES = 128  # the ts of a line ds01 wrote is within its first few dozen bytes
+_WRITE_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT  # read too: the age check reads the first line once
+_FILE_MODE = 0o640
+
+clock: Callable[[], float] = time.time
+"""Seconds since the epoch for event timestamps and rotation; tests replace it."""
 
 _failures: Counter[str] = Counter()
 _failures_lock = threading.Lock()
+_configured: EventLogSettings | None = None
+_settings_cache: dict[Path, EventLogSettings] = {}
+_settings_lock = threading.Lock()
+_loading = threading.local()
+_first_seen: dict[tuple[int, int, bytes], float] = {}  # log files whose first line has no ts: when first seen
+_FIRST_SEEN_CACHE_SIZE = 64
 
 
 def write_failures() -> int:
@@ -25,10 +61,58 @@ def write_failures() -> int:
     return _failures["write"]
 
 
-def _line(event_type: str, user: str | None, source: str, details: dict[str, Any]) -> bytes:
+def rotation_failures() -> int:
+    """How many rotations this process attempted and could not finish (the events were still written)."""
+    return _failures["rotate"]
+
+
+def configure(settings: EventLogSettings | None) -> None:
+    """Use `settings` in this process instead of reading the configuration; None reads it again (on reload)."""
+    global _configured  # noqa: PLW0603 - one per-process setting, like the cache it overrides
+    with _settings_lock:
+        _configured = settings
+        _settings_cache.clear()
+
+
+def settings(config_path: Path | None = None) -> EventLogSettings:
+    """The event-log settings of this process: read from the configuration once per path, then cached.
+
+    A configuration that cannot be read is reported once on stderr and the defaults are used.
+    """
+    if _configured is not None:
+        return _configured
+    path = config_path or paths_from_env().config
+    cached = _settings_cache.get(path)
+    if cached is not None:
+        return cached
+    if getattr(_loading, "active", False):  # loading the configuration emitted an event: don't recurse
+        return EventLogSettings()
+    with _settings_lock:
+        cached = _settings_cache.get(path)
+        if cached is None:
+            _loading.active = True
+            try:
+                from ds01.config import load_config  # noqa: PLC0415 - the config loader is only needed once
+
+                cached = load_config(path).events
+            except Exception as exc:  # noqa: BLE001 - emit must survive any configuration problem
+                print(f"ds01: event log: using the default rotation settings: {exc}", file=sys.stderr)
+                cached = EventLogSettings()
+            finally:
+                _loading.active = False
+            _settings_cache[path] = cached
+    return cached
+
+
+def format_ts(timestamp: float) -> str:
+    """ISO-8601 UTC with milliseconds and Z, as every event's `ts`."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _line(event_type: str, user: str | None, source: str, details: dict[str, Any], now: float) -> bytes:
     record = {
         "v": SCHEMA_VERSION,
-        "ts": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "ts": format_ts(now),
         "type": event_type,
         "user": user,
         "source": source,
@@ -43,17 +127,355 @@ def _line(event_type: str, user: str | None, source: str, details: dict[str, Any
 
 def emit(event_type: str, *, source: str, user: str | None = None, **details: Any) -> None:
     """Append one event. `event_type` is `category.action`. A write failure is reported, counted and survived."""
-    line = _line(event_type, user, source, details)
-    log_dir = paths_from_env().log_dir
+    now = clock()
+    line = _line(event_type, user, source, details, now)
+    paths = paths_from_env()
+    path = paths.log_dir / LOG_NAME
     try:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        # One write() on an O_APPEND descriptor: concurrent writers never interleave within a line.
-        fd = os.open(log_dir / LOG_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+        _append(path, line, now, settings(paths.config))
     except OSError as exc:
         with _failures_lock:
             _failures["write"] += 1
-        print(f"ds01: could not write event {event_type} to {log_dir / LOG_NAME}: {exc}", file=sys.stderr)
+        print(f"ds01: could not write event {event_type} to {path}: {exc}", file=sys.stderr)
+
+
+def _open_log(path: Path) -> int:
+    for attempt in range(2):
+        try:
+            try:
+                return os.open(path, _WRITE_FLAGS, _FILE_MODE)
+            except PermissionError:  # may append but not read: no age check, still no lost event
+                return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, _FILE_MODE)
+        except FileNotFoundError:
+            if attempt:
+                raise
+            path.parent.mkdir(parents=True, exist_ok=True)
+    raise FileNotFoundError(path)  # unreachable: the second attempt returns or raises
+
+
+def _append(path: Path, line: bytes, now: float, limits: EventLogSettings) -> None:
+    fd = _open_log(path)
+    try:
+        found = os.fstat(fd)
+        if found.st_size > 0 and _due(fd, found, len(line), now, limits):
+            fresh = _rotate(path, found, limits)
+            if fresh is not None:
+                os.close(fd)
+                fd = fresh
+        # One write() on an O_APPEND descriptor: concurrent writers never interleave within a line.
+        written = os.write(fd, line)
+        if written != len(line):
+            raise OSError(f"short write: {written} of {len(line)} bytes (is the disk full?)")
+    finally:
+        os.close(fd)
+
+
+def _due(fd: int, found: os.stat_result, extra: int, now: float, limits: EventLogSettings) -> bool:
+    if found.st_size + extra > limits.max_bytes:
+        return True
+    first = _first_event_time(fd, found, now)
+    return first is not None and now - first > limits.max_age_seconds
+
+
+def _first_event_time(fd: int, found: os.stat_result, now: float) -> float | None:
+    try:
+        head = os.pread(fd, _FIRST_BYTES, 0)  # a few microseconds, and no cache an inode reuse could fool
+    except OSError:  # opened write-only
+        return None
+    match = _TS_PREFIX.search(head)
+    if match:
+        try:
+            return _parse_ts(match[1].decode()).timestamp()
+        except (ValueError, UnicodeDecodeError):
+            pass
+    if b"\n" not in head and len(head) < _FIRST_BYTES:
+        return None  # the first line is still being written; look again next time
+    # A first line ds01 did not write: age the file from when this process first saw it.
+    key = (found.st_dev, found.st_ino, head)
+    if key not in _first_seen and len(_first_seen) >= _FIRST_SEEN_CACHE_SIZE:
+        _first_seen.clear()
+    return _first_seen.setdefault(key, now)
+
+
+def _rotate(path: Path, found: os.stat_result, limits: EventLogSettings) -> int | None:
+    """Rename the current file away and open a new one, unless another writer holds the rotation lock.
+
+    Returns a descriptor on the new current file, or None to write to the descriptor already open.
+    """
+    try:
+        lock = os.open(path.parent / LOCK_NAME, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None  # another writer is rotating right now
+        try:
+            current = os.stat(path)
+            if (current.st_dev, current.st_ino) == (found.st_dev, found.st_ino):
+                rotated = rotated_files(path.parent)
+                target = _rotated_path(path, clock(), rotated[-1] if rotated else None)
+                os.rename(path, target)
+                _prune([*rotated, target], limits.keep)
+        except OSError as exc:
+            if not isinstance(exc, FileNotFoundError):
+                with _failures_lock:
+                    _failures["rotate"] += 1
+                print(f"ds01: could not rotate {path}: {exc}", file=sys.stderr)
+                return None
+        return _open_log(path)  # ours or another writer's rotation: write to the new file
+    finally:
+        os.close(lock)  # and with it the lock
+
+
+def _rotated_path(path: Path, now: float, newest: Path | None) -> Path:
+    """`events.jsonl.<now>`, named to sort after every rotated file already there, even if the clock stepped back."""
+    stamp = datetime.fromtimestamp(now, UTC)
+    if newest is not None:
+        stamp = max(stamp, _rotated_at(newest) + timedelta(microseconds=1))
+    return path.with_name(f"{LOG_NAME}.{stamp.strftime(_STAMP_FORMAT)}")
+
+
+def rotated_files(log_dir: Path) -> list[Path]:
+    """The rotated logs in `log_dir`, oldest first."""
+    try:
+        names = os.listdir(log_dir)
+    except FileNotFoundError:
+        return []
+    return [log_dir / name for name in sorted(name for name in names if ROTATED.match(name))]
+
+
+def _prune(rotated: list[Path], keep: int) -> None:
+    for old in rotated[:max(0, len(rotated) - keep)]:
+        with contextlib.suppress(FileNotFoundError):
+            old.unlink()
+
+
+def _rotated_at(path: Path) -> datetime:
+    return datetime.strptime(path.name.removeprefix(f"{LOG_NAME}."), _STAMP_FORMAT).replace(tzinfo=UTC)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _parse_ts(text: str) -> datetime:
+    parsed = datetime.fromisoformat(text)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def parse_when(text: str, now: datetime | None = None) -> datetime:
+    """A point in time: ISO-8601 (UTC unless it names an offset) or `2h`, `30m`, `7d`, `1h30m` ago, or `now`."""
+    now = now or datetime.fromtimestamp(clock(), UTC)
+    cleaned = text.strip()
+    if cleaned == "now":
+        return now
+    try:
+        return now - timedelta(seconds=parse_duration(cleaned))
+    except ValueError:
+        pass
+    try:
+        return _parse_ts(cleaned)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a time: write ISO-8601 (2026-03-01 or 2026-03-01T09:00:00Z) "
+                         "or how long ago (30m, 2h, 7d)") from None
+
+
+@dataclass(frozen=True)
+class Event:
+    ts: datetime
+    type: str
+    user: str | None
+    source: str
+    details: dict[str, Any]
+    raw: str  # the line as written, without its newline
+
+    @property
+    def timestamp(self) -> float:
+        return self.ts.timestamp()
+
+
+def parse_event(line: bytes | str) -> Event | None:
+    """The event on one line, or None if the line is not a ds01 event."""
+    try:
+        text = line.decode() if isinstance(line, bytes) else line
+        record = json.loads(text)
+        ts = _parse_ts(record["ts"])
+        event_type, user, source = record["type"], record.get("user"), record.get("source", "")
+        details = record.get("details", {})
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return None
+    if not (isinstance(event_type, str) and isinstance(source, str) and isinstance(details, dict)
+            and (user is None or isinstance(user, str))):
+        return None
+    return Event(ts, event_type, user, source, details, text.rstrip("\r\n"))
+
+
+_CONTAINER_KEYS = ("container", "container_name", "name")
+_CONTAINER_ID = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    users: frozenset[str] | None = None  # any of these names
+    type_prefix: str | None = None  # "allocation" matches allocation.reserve; "allocation.bind" only that
+    container: str | None = None  # a container name, id or id prefix named in the details
+    since: datetime | None = None  # inclusive
+    until: datetime | None = None  # exclusive
+
+    def matches(self, event: Event) -> bool:
+        if self.since is not None and event.ts < self.since:
+            return False
+        if self.until is not None and event.ts >= self.until:
+            return False
+        if self.users is not None and event.user not in self.users:
+            return False
+        if self.type_prefix is not None and not event.type.startswith(self.type_prefix):
+            return False
+        return self.container is None or self._names_container(self.container, event.details)
+
+    @staticmethod
+    def _names_container(wanted: str, details: dict[str, Any]) -> bool:
+        for key in _CONTAINER_KEYS:
+            value = details.get(key)
+            if isinstance(value, str) and (value == wanted or (
+                    _CONTAINER_ID.match(value) and len(wanted) >= 4 and value.startswith(wanted))):
+                return True
+        return False
+
+
+class _Tail:
+    """One open log file, read in complete lines from where the last read stopped."""
+
+    def __init__(self, path: Path) -> None:
+        self.handle = path.open("rb", buffering=0)
+        found = os.fstat(self.handle.fileno())
+        self.identity = (found.st_dev, found.st_ino)
+        self._partial = b""
+
+    def lines(self) -> list[bytes]:
+        data = self.handle.read()
+        if not data:
+            return []
+        *complete, self._partial = (self._partial + data).split(b"\n")
+        return complete
+
+    def rest(self) -> bytes:
+        """The incomplete last line, if any (for a one-off read; `follow` waits for its newline)."""
+        rest, self._partial = self._partial, b""
+        return rest
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class EventLog:
+    """Reads DS01_LOG_DIR's event log: rotated files oldest first, then the current file."""
+
+    def __init__(self, log_dir: Path | None = None) -> None:
+        self.log_dir = log_dir or paths_from_env().log_dir
+        self.path = self.log_dir / LOG_NAME
+        self.unparsable = 0  # lines skipped because they are not events, across every read of this reader
+
+    def files(self) -> list[Path]:
+        current = [self.path] if self.path.exists() else []
+        return [*rotated_files(self.log_dir), *current]
+
+    def _open_current(self) -> _Tail | None:
+        try:
+            return _Tail(self.path)
+        except FileNotFoundError:
+            return None
+
+    def _parsed(self, lines: Iterable[bytes], wanted: EventFilter | None) -> Iterator[Event]:
+        for line in lines:
+            if not line.strip():
+                continue
+            event = parse_event(line)
+            if event is None:
+                self.unparsable += 1
+            elif wanted is None or wanted.matches(event):
+                yield event
+
+    def _history(self, current: _Tail | None, wanted: EventFilter | None) -> Iterator[Event]:
+        # The current file is opened first: if it is rotated while the others are read, it is still read whole.
+        margin = timedelta(minutes=1)  # late writers may land in a rotated file just after its stamp
+        for path in rotated_files(self.log_dir):
+            if wanted is not None and wanted.since is not None and _rotated_at(path) + margin < wanted.since:
+                continue
+            try:
+                tail = _Tail(path)
+            except FileNotFoundError:  # pruned since the listing
+                continue
+            try:
+                if current is not None and tail.identity == current.identity:
+                    continue
+                yield from self._parsed(tail.lines(), wanted)
+                rest = tail.rest()
+                if rest.strip() and parse_event(rest) is None:
+                    self.unparsable += 1
+                else:
+                    yield from self._parsed([rest], wanted)
+            finally:
+                tail.close()
+        if current is not None:
+            yield from self._parsed(current.lines(), wanted)
+
+    def events(self, wanted: EventFilter | None = None) -> Iterator[Event]:
+        """Every event that matches, oldest file first; unparsable lines are skipped and counted."""
+        current = self._open_current()
+        try:
+            yield from self._history(current, wanted)
+            if current is not None:
+                rest = current.rest()
+                if parse_event(rest) is not None:  # an incomplete last line is being written: leave it
+                    yield from self._parsed([rest], wanted)
+        finally:
+            if current is not None:
+                current.close()
+
+    def follow(self, wanted: EventFilter | None = None, *, backlog: int = 0, poll_seconds: float = 0.5,
+               idle_timeout: float | None = None) -> Iterator[Event]:
+        """The last `backlog` matching events, then each new one as it is written, across rotations.
+
+        Runs until interrupted or, with `idle_timeout`, until no line arrived for that many seconds.
+        """
+        tail = self._open_current()
+        previous: _Tail | None = None
+        try:
+            recent: deque[Event] = deque(maxlen=max(0, backlog))
+            recent.extend(self._history(tail, wanted))
+            yield from recent
+            quiet_since = time.monotonic()
+            while True:
+                arrived = False
+                for source in (previous, tail):
+                    if source is not None:
+                        lines = source.lines()
+                        arrived = arrived or bool(lines)
+                        yield from self._parsed(lines, wanted)
+                if previous is not None:  # drained once more after the rotation: late writers are in
+                    previous.close()
+                    previous = None
+                if self._rotated_away(tail):
+                    fresh = self._open_current()
+                    if fresh is not None:
+                        previous, tail = tail, fresh
+                        continue
+                if arrived:
+                    quiet_since = time.monotonic()
+                elif idle_timeout is not None and time.monotonic() - quiet_since >= idle_timeout:
+                    return
+                else:
+                    time.sleep(poll_seconds)
+        finally:
+            for source in (previous, tail):
+                if source is not None:
+                    source.close()
+
+    def _rotated_away(self, tail: _Tail | None) -> bool:
+        try:
+            found = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return tail is None or (found.st_dev, found.st_ino) != tail.identity

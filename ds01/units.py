@@ -62,6 +62,21 @@ def format_duration(seconds: int | None) -> str:
     return f"{seconds}s"
 
 
+def format_elapsed(seconds: float) -> str:
+    """A human reading of a span of time, to the minute past an hour: "6h59m", "3d4h", "45s"."""
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h" if hours else f"{days}d"
+    if hours:
+        return f"{hours}h{minutes}m" if minutes else f"{hours}h"
+    if minutes:
+        return f"{minutes}m{secs}s" if secs else f"{minutes}m"
+    return f"{secs}s"
+
+
 def format_size(size_bytes: int) -> str:
     for unit, factor in (("t", 2**40), ("g", 2**30), ("m", 2**20), ("k", 2**10)):
         if size_bytes % factor == 0 and size_bytes >= factor:

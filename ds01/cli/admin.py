@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ds01.cli import alloc, exporter_cmd, gpus, limits_cmd, new_parser, proxy_cmd, run
+from ds01.cli import alloc, cleanup_cmd, exporter_cmd, gpus, limits_cmd, new_parser, proxy_cmd, run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -15,4 +15,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     limits_cmd.register(commands)
     proxy_cmd.register(commands)
     exporter_cmd.register(commands)
+    cleanup_cmd.register(commands)
     return run(parser, argv)
