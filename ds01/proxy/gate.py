@@ -16,8 +16,9 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 from ds01 import containers, policy
 from ds01.allocator import Allocation, Allocator
+from ds01.engine import container_info
 from ds01.errors import Denied, Ds01Error
-from ds01.placement import Slot
+from ds01.placement import GpuRequest, Slot
 from ds01.proxy.cgroups import CgroupParents
 from ds01.proxy.http import Head
 from ds01.proxy.routes import Route
@@ -181,8 +182,24 @@ class Gate:
         if kind == "container" and method == "DELETE":
             container_id = str(info["Id"])
             return Forward(target, after=lambda status, _body: self._released_on_delete(status, container_id))
+        if kind == "container" and route.action == "start" and method == "POST":
+            self._regrant_on_start(request.session, info)
         hijack = (kind == "container" and route.action == "attach") or (kind == "exec" and route.action == "start")
         return Forward(target, hijack=hijack)
+
+    def _regrant_on_start(self, session: Session, info: dict[str, Any]) -> None:
+        """A stopped container whose GPUs were reclaimed asks for the same devices again before it may run."""
+        container = container_info(info)
+        if not container.device_ids or any(a.container == container.id for a in self.allocator.allocations()):
+            return
+        owner = container.labels.get(containers.USER, "")
+        if owner != session.caller.user:
+            raise Denied("gpus_released", f"the GPUs of {container.name} were released; its owner must start it.")
+        lock = self._user_locks[owner]
+        with lock:
+            allocation = self.allocator.request(owner, session.caller.uid, session.caller.limits,
+                                                GpuRequest(devices=container.device_ids), slots=self._slots())
+            self.allocator.bind(allocation.id, container.id, container.name)
 
     def _released_on_delete(self, status: int | None, container_id: str) -> None:
         if status == 204:

@@ -13,6 +13,10 @@ from typing import Any
 import docker
 import pytest
 
+from ds01 import nvml
+from ds01.allocator import Allocator
+from ds01.config import load_config
+from ds01.placement import GpuRequest, slots_from_inventory
 from tests.conftest import TEST_IMAGE, ProxyHandle, Testbed
 
 PYTHON = str(Path(sys.executable))
@@ -254,3 +258,33 @@ def test_unknown_uid_is_refused(proxy: ProxyHandle) -> None:
                              "--unix-socket", str(proxy.socket), "http://docker/_ping"],
                             capture_output=True, text=True, check=False, env={**os.environ})
     assert "54321" in result.stdout and "ds01:" in result.stdout
+
+
+def test_a_container_whose_gpus_were_reclaimed_gets_them_again_on_start(proxy: ProxyHandle,
+                                                                        engine: docker.DockerClient) -> None:
+    allocator = Allocator(proxy.root / "state", load_config(proxy.config).allocation)
+    made = docker_as(proxy, "bob", "run", "-d", "--name", "kept-bob", "--gpus", "1", TEST_IMAGE, "sleep", "300")
+    assert made.returncode == 0, made.stderr
+    container = engine.containers.get("kept-bob")
+    try:
+        assert docker_as(proxy, "bob", "stop", "-t", "0", "kept-bob").returncode == 0
+        assert [a.id for a in allocator.release_container(container.id)]  # what cleanup does after the hold
+        restarted = docker_as(proxy, "bob", "start", "kept-bob")
+        assert restarted.returncode == 0, restarted.stderr
+        assert [a.slots for a in allocator.allocations() if a.container == container.id] == [
+            tuple(container.attrs["HostConfig"]["DeviceRequests"][0]["DeviceIDs"])]
+        assert docker_as(proxy, "bob", "stop", "-t", "0", "kept-bob").returncode == 0
+        allocator.release_container(container.id)
+        [device] = container.attrs["HostConfig"]["DeviceRequests"][0]["DeviceIDs"]
+        other = allocator.request("carol", 1003, load_config(proxy.config).defaults.with_overrides(
+            {"allow_full_gpu": True}), GpuRequest(devices=(device,)), slots=gpu_slots())
+        refused = docker_as(proxy, "bob", "start", "kept-bob")
+        assert refused.returncode != 0 and "already allocated" in refused.stderr
+        allocator.release(other.id)
+    finally:
+        container.remove(force=True)
+
+
+def gpu_slots() -> list[Any]:
+    with nvml.session() as gpus:
+        return slots_from_inventory(gpus.inventory(), frozenset())
