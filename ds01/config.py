@@ -160,18 +160,7 @@ def _positive_duration(value: Any) -> int:
 
 
 def _allocation(reader: _Reader, node: yaml.Node) -> AllocationSettings:
-    fields: dict[str, tuple[str, Callable[[Any], Any]]] = {
-        "strategy": ("strategy", _choice(("spread", "pack"))),
-        "mig_preference": ("mig_preference", _choice(("restricted", "all", "none"))),
-        "reservation_ttl": ("reservation_ttl_seconds", _positive_duration),
-        "lock_timeout": ("lock_timeout_seconds", _positive_duration),
-        "xid_quarantine": ("xid_quarantine_seconds", _positive_duration),
-        "critical_xids": ("critical_xids", _xids),
-    }
-    entries = reader.mapping(node, "allocation", tuple(fields))
-    values = {fields[name][0]: reader.parsed(value, f"allocation.{name}", fields[name][1])
-              for name, (_, value) in entries.items()}
-    return AllocationSettings(**values)
+    return AllocationSettings(**_section(reader, node, "allocation", ALLOCATION_FIELDS))
 
 
 def _security(reader: _Reader, node: yaml.Node) -> SecuritySettings:
@@ -257,6 +246,14 @@ def _size_value(value: Any) -> int:
     return size
 
 
+ALLOCATION_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "strategy": ("strategy", _choice(("spread", "pack"))),
+    "mig_preference": ("mig_preference", _choice(("restricted", "all", "none"))),
+    "reservation_ttl": ("reservation_ttl_seconds", _positive_duration),
+    "lock_timeout": ("lock_timeout_seconds", _positive_duration),
+    "xid_quarantine": ("xid_quarantine_seconds", _positive_duration),
+    "critical_xids": ("critical_xids", _xids),
+}
 EVENT_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "max_size": ("max_bytes", _size_value),
     "max_age": ("max_age_seconds", _positive_duration),
