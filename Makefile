@@ -7,7 +7,7 @@ TESTBED := scripts/testbed
 SHELL_SCRIPTS := scripts/testbed scripts/demo tests/fakes/nvml/build.sh tests/fakes/ldap/slapd.sh .ci/run wrappers/docker config/profile.d/ds01.sh
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint deps testbed venv clean
+.PHONY: demo test lint deps testbed venv install clean
 
 ## demo: simulated GPUs on the private test bed, the system up, a scripted scenario
 demo: venv testbed
@@ -26,6 +26,10 @@ lint: venv
 ## deps: the Debian packages the project needs (one apt-get call, only if something is missing)
 deps:
 	$(TESTBED) deps
+
+## install: put ds01 in place on this host (docs-admin/installation.md); run it again after an update
+install: venv
+	$(BIN)/ds01 install
 
 testbed: deps
 	$(TESTBED) up

@@ -238,15 +238,15 @@ class ExpiryReport:
     failed: tuple[tuple[Grant, str], ...]  # kept, to be retried at the next run
 
 
-def expire_grants(now: datetime, paths: Paths | None = None, settings: BareMetalSettings | None = None) -> ExpiryReport:
+def due_grants(paths: Paths, settings: BareMetalSettings, now: datetime) -> list[Grant]:
+    """The grants whose time is up, without touching them (for dry runs)."""
+    _check_now(now)
+    return [g for g in GrantStore(paths, settings).read().values() if g.until <= now]
+
+
+def expire_grants(now: datetime, paths: Paths, settings: BareMetalSettings) -> ExpiryReport:
     """Take away every grant whose time is up. A user who cannot be removed keeps the record, for a retry."""
     _check_now(now)
-    if paths is None or settings is None:
-        from ds01.config import load_config  # noqa: PLC0415 - only when the caller did not pass them
-        from ds01.paths import paths_from_env  # noqa: PLC0415
-
-        paths = paths or paths_from_env()
-        settings = settings or load_config().bare_metal
     store = GrantStore(paths, settings)
     if not store.file.exists():
         return ExpiryReport((), ())

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -397,31 +397,39 @@ class EventLog:
             elif wanted is None or wanted.matches(event):
                 yield event
 
-    def _history(self, current: _Tail | None, wanted: EventFilter | None) -> Iterator[Event]:
+    def _history(self, current: _Tail | None, wanted: EventFilter | None,
+                 listed: set[str] | None = None) -> Iterator[Event]:
         # The current file is opened first: if it is rotated while the others are read, it is still read whole.
         margin = timedelta(minutes=1)  # late writers may land in a rotated file just after its stamp
         for path in rotated_files(self.log_dir):
+            if listed is not None:
+                listed.add(path.name)
             if wanted is not None and wanted.since is not None and _rotated_at(path) + margin < wanted.since:
                 continue
-            try:
-                tail = _Tail(path)
-            except FileNotFoundError:  # pruned since the listing
-                continue
-            try:
-                if current is not None and tail.identity == current.identity:
-                    continue
-                yield from self._parsed(tail.lines(), wanted)
-                rest = tail.rest()
-                if rest.strip() and parse_event(rest) is None:
-                    self.unparsable += 1
-                else:
-                    yield from self._parsed([rest], wanted)
-            finally:
-                tail.close()
+            yield from self._whole_file(path, wanted, () if current is None else (current.identity,))
         if current is not None:
             yield from self._parsed(current.lines(), wanted)
 
-    def events(self, wanted: EventFilter | None = None) -> Iterator[Event]:
+    def _whole_file(self, path: Path, wanted: EventFilter | None,
+                    skip: Iterable[tuple[int, int]]) -> Iterator[Event]:
+        """A rotated file, unless it is one of `skip` (read through an open descriptor instead)."""
+        try:
+            tail = _Tail(path)
+        except FileNotFoundError:  # pruned since the listing
+            return
+        try:
+            if tail.identity in skip:
+                return
+            yield from self._parsed(tail.lines(), wanted)
+            rest = tail.rest()
+            if rest.strip() and parse_event(rest) is None:
+                self.unparsable += 1
+            else:
+                yield from self._parsed([rest], wanted)
+        finally:
+            tail.close()
+
+    def events(self, wanted: EventFilter | None = None) -> Generator[Event, None, None]:
         """Every event that matches, oldest file first; unparsable lines are skipped and counted."""
         current = self._open_current()
         try:
@@ -435,16 +443,18 @@ class EventLog:
                 current.close()
 
     def follow(self, wanted: EventFilter | None = None, *, backlog: int = 0, poll_seconds: float = 0.5,
-               idle_timeout: float | None = None) -> Iterator[Event]:
+               idle_timeout: float | None = None) -> Generator[Event, None, None]:
         """The last `backlog` matching events, then each new one as it is written, across rotations.
 
         Runs until interrupted or, with `idle_timeout`, until no line arrived for that many seconds.
+        Files rotated (and not yet pruned) between two polls are read too, in order.
         """
         tail = self._open_current()
         previous: _Tail | None = None
+        listed: set[str] = set()  # rotated files already read, or older than where following started
         try:
             recent: deque[Event] = deque(maxlen=max(0, backlog))
-            recent.extend(self._history(tail, wanted))
+            recent.extend(self._history(tail, wanted, listed))
             yield from recent
             quiet_since = time.monotonic()
             while True:
@@ -457,11 +467,10 @@ class EventLog:
                 if previous is not None:  # drained once more after the rotation: late writers are in
                     previous.close()
                     previous = None
-                if self._rotated_away(tail):
-                    fresh = self._open_current()
-                    if fresh is not None:
-                        previous, tail = tail, fresh
-                        continue
+                fresh = (yield from self._catch_up(tail, wanted, listed)) if self._rotated_away(tail) else None
+                if fresh is not None:
+                    previous, tail = tail, fresh
+                    continue
                 if arrived:
                     quiet_since = time.monotonic()
                 elif idle_timeout is not None and time.monotonic() - quiet_since >= idle_timeout:
@@ -472,6 +481,18 @@ class EventLog:
             for source in (previous, tail):
                 if source is not None:
                     source.close()
+
+    def _catch_up(self, tail: _Tail | None, wanted: EventFilter | None,
+                  listed: set[str]) -> Generator[Event, None, _Tail | None]:
+        """After a rotation: the files rotated since the last look, then the new current file to follow."""
+        fresh = self._open_current()
+        if fresh is not None:
+            skip = [fresh.identity] if tail is None else [fresh.identity, tail.identity]
+            for path in rotated_files(self.log_dir):
+                if path.name not in listed:
+                    listed.add(path.name)
+                    yield from self._whole_file(path, wanted, skip)
+        return fresh
 
     def _rotated_away(self, tail: _Tail | None) -> bool:
         try:

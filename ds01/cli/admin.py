@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ds01.cli import alloc, cleanup_cmd, exporter_cmd, gpus, limits_cmd, new_parser, proxy_cmd, run
+from ds01.cli import (
+    alloc,
+    baremetal_cmd,
+    cleanup_cmd,
+    doctor_cmd,
+    exporter_cmd,
+    gpus,
+    install_cmd,
+    limits_cmd,
+    new_parser,
+    proxy_cmd,
+    run,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -16,4 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     proxy_cmd.register(commands)
     exporter_cmd.register(commands)
     cleanup_cmd.register(commands)
+    baremetal_cmd.register(commands)
+    doctor_cmd.register(commands)
+    install_cmd.register(commands)
     return run(parser, argv)

@@ -7,7 +7,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from ds01 import nvml
+from ds01 import baremetal, nvml
 from ds01.cleanup import Cleanup, describe, limits_resolver
 from ds01.cli import Commands, add_command, add_format_option
 from ds01.cli.output import print_json, print_table
@@ -43,11 +43,18 @@ def run_cleanup(args: argparse.Namespace) -> int:
         report = allocator.reconcile(engine.containers(), listed_at, dry_run=args.dry_run)
     finally:
         engine.close()
+    moment = datetime.fromtimestamp(now, UTC)
+    if args.dry_run:
+        revoked = baremetal.due_grants(paths, config.bare_metal, moment)
+    else:
+        revoked = list(baremetal.expire_grants(moment, paths, config.bare_metal).expired)
     rows = describe(decisions, args.dry_run)
     verb = "would " if args.dry_run else ""
     for allocation in report.released + report.expired:
         rows.append([allocation.container_name or "-", allocation.user, f"{verb}release",
                      "orphaned allocation (its container is gone or its reservation expired)"])
+    for grant in revoked:
+        rows.append(["-", grant.user, f"{verb}revoke", "bare-metal GPU access expired"])
     if args.format == "json":
         print_json([dict(zip(("container", "user", "action", "reason"), row, strict=True)) for row in rows])
     else:

@@ -40,7 +40,7 @@ def test_concurrent_writers_lose_and_tear_nothing_across_rotations(tmp_path: Pat
     time.sleep(0.5)  # let the interpreters start, so the writers overlap
     start.touch()
     for writer in writers:
-        out, err = writer.communicate(timeout=300)
+        _, err = writer.communicate(timeout=300)
         assert writer.returncode == 0, err
 
     rotated = events.rotated_files(log_dir)

@@ -8,12 +8,14 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ds01 import events
+from ds01.cli import events_cmd, new_parser, run
 from ds01.events import EventFilter, EventLog
-from ds01.limits import EventLogSettings
+from ds01.limits import Config, EventLogSettings
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC).timestamp()
 
@@ -120,13 +122,26 @@ def test_the_config_is_read_once_and_the_file_stat_ed_once_per_emit(
     write_config(tmp_path)
     import ds01.config  # noqa: PLC0415
 
-    loads = []
-    real_load = ds01.config.load_config
-    monkeypatch.setattr(ds01.config, "load_config", lambda path=None: loads.append(path) or real_load(path))
-    stats = []
-    real_fstat, real_stat = os.fstat, os.stat
-    monkeypatch.setattr(os, "fstat", lambda *a, **k: stats.append(a) or real_fstat(*a, **k))
-    monkeypatch.setattr(os, "stat", lambda *a, **k: stats.append(a) or real_stat(*a, **k))
+    loads: list[Path | None] = []
+    real_load, real_fstat, real_stat = ds01.config.load_config, os.fstat, os.stat
+
+    def load(path: Path | None = None) -> Config:
+        loads.append(path)
+        return real_load(path)
+
+    stats: list[object] = []
+
+    def fstat(fd: int) -> os.stat_result:
+        stats.append(fd)
+        return real_fstat(fd)
+
+    def stat(path: Any, **kwargs: Any) -> os.stat_result:
+        stats.append(path)
+        return real_stat(path, **kwargs)
+
+    monkeypatch.setattr(ds01.config, "load_config", load)
+    monkeypatch.setattr(os, "fstat", fstat)
+    monkeypatch.setattr(os, "stat", stat)
     for seq in range(50):
         events.emit("test.cheap", source="test", seq=seq)
     monkeypatch.undo()
@@ -159,7 +174,7 @@ def test_an_oversized_event_is_cut_to_its_keys(log_dir: Path) -> None:
 def seed(log_dir: Path, clock: Clock) -> None:
     events.configure(EventLogSettings(max_bytes=600, keep=50))
     container = "ab" * 32
-    for minute, (kind, user, details) in enumerate([
+    seeded: list[tuple[str, str | None, dict[str, Any]]] = [
         ("allocation.reserve", "alice", {"allocation": "a-1", "slots": ["GPU-0"], "gpu_equivalents": "1"}),
         ("allocation.bind", "alice", {"allocation": "a-1", "container": container, "container_name": "train"}),
         ("proxy.allow", "bob", {"endpoint": "GET /containers/json"}),
@@ -167,7 +182,8 @@ def seed(log_dir: Path, clock: Clock) -> None:
         ("cleanup.idle_start", "alice", {"container": "train", "allocation": "a-1", "since": 0}),
         ("allocation.release", "alice", {"allocation": "a-1", "container": container}),
         ("gpu.xid", None, {"xid": 79}),
-    ]):
+    ]
+    for minute, (kind, user, details) in enumerate(seeded):
         clock.now = T0 + 60 * minute
         events.emit(kind, source="test", user=user, **details)
 
@@ -251,6 +267,20 @@ def test_follow_sees_new_lines_and_a_rotation(log_dir: Path) -> None:
         followed.close()
 
 
+def test_follow_reads_every_file_rotated_between_two_polls(log_dir: Path) -> None:
+    events.configure(EventLogSettings(max_bytes=300, keep=50))
+    events.emit("test.burst", source="test", seq=0)
+    followed = EventLog(log_dir).follow(backlog=1, poll_seconds=0.01, idle_timeout=1)
+    try:
+        assert next(followed).details["seq"] == 0
+        for seq in range(1, 40):  # several rotations before follow looks again
+            events.emit("test.burst", source="test", seq=seq)
+        assert len(events.rotated_files(log_dir)) >= 5
+        assert [e.details["seq"] for e in followed] == list(range(1, 40))
+    finally:
+        followed.close()
+
+
 def test_follow_waits_for_the_log_to_appear_and_filters(log_dir: Path) -> None:
     events.configure(EventLogSettings())
     followed = EventLog(log_dir).follow(EventFilter(type_prefix="wanted"), poll_seconds=0.01, idle_timeout=5)
@@ -267,3 +297,45 @@ def test_follow_waits_for_the_log_to_appear_and_filters(log_dir: Path) -> None:
         writer.join()
         followed.close()
     assert len(list(EventLog(log_dir).events())) == 2
+
+
+def ds01_events(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    parser = new_parser("ds01", "test", "ds01 events")
+    events_cmd.register(parser.add_subparsers(title="commands", metavar="COMMAND"))
+    code = run(parser, ["events", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_events_command(log_dir: Path, clock: Clock, capsys: pytest.CaptureFixture[str]) -> None:
+    seed(log_dir, clock)
+    with (log_dir / events.LOG_NAME).open("a") as current:
+        current.write("garbage\n")
+    code, out, err = ds01_events([], capsys)
+    assert code == 0 and "skipped 1 unparsable line" in err
+    lines = out.splitlines()
+    assert lines[0].split() == ["TIME", "(UTC)", "TYPE", "USER", "SOURCE", "DETAILS"]
+    assert lines[2].split() == ["2026-03-01", "12:01:00", "allocation.bind", "alice", "test", "allocation=a-1",
+                                "container=abababababab", "container_name=train"]
+    assert len(lines) == 8
+
+    code, out, _ = ds01_events(["--json", "--type", "proxy", "--limit", "1"], capsys)
+    assert code == 0
+    (only,) = out.splitlines()
+    assert json.loads(only)["type"] == "proxy.deny"
+    assert only in (log_dir / events.LOG_NAME).read_text() or any(
+        only in p.read_text() for p in events.rotated_files(log_dir))
+
+    code, out, _ = ds01_events(["--summary", "--json", "--since", "2026-03-01T12:02:00Z"], capsys)
+    assert json.loads(out) == {"total": 5, "unparsable": 1,
+                               "by_type": {"proxy.allow": 1, "proxy.deny": 1, "cleanup.idle_start": 1,
+                                           "allocation.release": 1, "gpu.xid": 1},
+                               "by_user": {"bob": 2, "alice": 2, "-": 1}}
+    code, out, _ = ds01_events(["--summary", "--user", "alice"], capsys)
+    assert "allocation.reserve  1" in out and "4 event(s)" in out
+
+    code, out, err = ds01_events(["--since", "soon"], capsys)
+    assert code == 2 and out == "" and "--since: 'soon' is not a time" in err
+    with pytest.raises(SystemExit) as exited:
+        ds01_events(["--follow", "--summary"], capsys)
+    assert exited.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
