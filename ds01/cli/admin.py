@@ -9,12 +9,14 @@ from ds01.cli import (
     baremetal_cmd,
     cleanup_cmd,
     doctor_cmd,
+    events_cmd,
     exporter_cmd,
     gpus,
     install_cmd,
     limits_cmd,
     new_parser,
     proxy_cmd,
+    report_cmd,
     run,
 )
 
@@ -31,4 +33,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     baremetal_cmd.register(commands)
     doctor_cmd.register(commands)
     install_cmd.register(commands)
+    events_cmd.register(commands)
+    report_cmd.register(commands)
     return run(parser, argv)

@@ -55,6 +55,7 @@ class Sessions:
                     self._stamp = stamp
                     self.config = load_config(self._path)
                     self._cache.clear()
+                    events.configure(self.config.events)
                     events.emit("config.reload", source="proxy", file=str(self._path))
             except (ConfigError, OSError) as exc:
                 events.emit("config.reload_failed", source="proxy", file=str(self._path), error=str(exc))
