@@ -15,7 +15,7 @@ from ds01.paths import Paths
 from ds01.placement import Slot
 from ds01.proxy.cgroups import CgroupParents
 from ds01.proxy.gate import Gate
-from ds01.proxy.server import Proxy, serve_forever, watch_destroyed
+from ds01.proxy.server import Proxy, serve_forever, watch_engine
 from ds01.proxy.session import Sessions
 from ds01.proxy.upstream import Upstream
 
@@ -62,7 +62,7 @@ def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float) -> 
                 cgroups=CgroupParents(str(info.get("CgroupDriver", "cgroupfs")), str(info.get("CgroupVersion", "1"))),
                 engine_sockets=frozenset(sockets), host_cpus=float(info.get("NCPU") or os.cpu_count() or 1))
     stop_janitor = threading.Event()
-    janitor = threading.Thread(target=watch_destroyed, args=(upstream, allocator, stop_janitor), daemon=True)
+    janitor = threading.Thread(target=watch_engine, args=(upstream, allocator, stop_janitor), daemon=True)
     janitor.start()
     try:
         serve_forever(Proxy(gate, upstream), listen, paths.run_dir, drain_seconds,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlencode
 
-from ds01 import events
+from ds01 import containers, events
 from ds01.allocator import Allocator
 from ds01.daemon import only_instance, stop_on_signals
 from ds01.errors import Busy, Denied, Ds01Error, EngineError
@@ -232,9 +232,10 @@ class _Handler(socketserver.BaseRequestHandler):
         server.proxy.serve(self.request)
 
 
-def watch_destroyed(upstream: Upstream, allocator: Allocator, stop: threading.Event) -> None:
-    """Release the GPUs of containers the engine removes on its own (--rm, prune), from its event stream."""
-    query = urlencode({"filters": json.dumps({"type": ["container"], "event": ["destroy"]})})
+def watch_engine(upstream: Upstream, allocator: Allocator, stop: threading.Event) -> None:
+    """From the engine's event stream: release the GPUs of containers it removes on its own (--rm, prune),
+    and record the containers the kernel's OOM killer hit."""
+    query = urlencode({"filters": json.dumps({"type": ["container"], "event": ["destroy", "oom"]})})
     while not stop.is_set():
         try:
             sock = upstream.connect()
@@ -245,7 +246,14 @@ def watch_destroyed(upstream: Upstream, allocator: Allocator, stop: threading.Ev
                     raise EngineError(f"the engine refused its event stream: {answer and answer.start}")
                 for line in _event_lines(stream, answer):
                     event = json.loads(line)
-                    allocator.release_container(event.get("id") or event.get("Actor", {}).get("ID", ""))
+                    actor = event.get("Actor") or {}
+                    container_id = event.get("id") or actor.get("ID", "")
+                    if event.get("status") == "oom" or event.get("Action") == "oom":
+                        attributes = actor.get("Attributes") or {}
+                        events.emit("container.oom", source="engine", user=attributes.get(containers.USER),
+                                    container=attributes.get("name"), id=container_id)
+                    else:
+                        allocator.release_container(container_id)
         except (OSError, EngineError, http.HttpError, ValueError, Ds01Error) as exc:
             events.emit("proxy.event_stream_lost", source="proxy", error=str(exc))
             stop.wait(2.0)
