@@ -20,7 +20,16 @@ else:  # not subscriptable at run time before Python 3.12
 
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     """Parse, dispatch to the chosen command's handler, and turn ds01 errors into an exit code."""
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # so `ds01 ... | head` ends quietly
+    # The default action for SIGPIPE, so `ds01 ... | head` ends quietly; restored on return, because a caller
+    # running commands in-process (tests, the daemons' own sockets) must keep getting EPIPE instead.
+    previous = signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    try:
+        return _dispatch(parser, argv)
+    finally:
+        signal.signal(signal.SIGPIPE, previous)
+
+
+def _dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
