@@ -51,9 +51,6 @@ class Head:
             raise HttpError(f"bad status line {self.start!r}")
         return int(parts[1])
 
-    def wants_upgrade(self) -> bool:
-        return "upgrade" in (self.get("Connection") or "").lower()
-
     def closes(self) -> bool:
         return "close" in (self.get("Connection") or "").lower()
 

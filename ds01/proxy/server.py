@@ -305,4 +305,5 @@ def serve_forever(proxy: Proxy, listen: Path, run_dir: Path, drain_seconds: floa
             time.sleep(0.05)
         left = proxy.open_connections()
         proxy.close_idle(everything=True)
-        events.emit("proxy.stop", source="proxy", cut_connections=left)
+        events.emit("proxy.stop", source="proxy", cut_connections=left, event_write_failures=events.write_failures(),
+                    event_rotation_failures=events.rotation_failures())
