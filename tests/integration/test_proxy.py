@@ -288,3 +288,32 @@ def test_a_container_whose_gpus_were_reclaimed_gets_them_again_on_start(proxy: P
 def gpu_slots() -> list[Any]:
     with nvml.session() as gpus:
         return slots_from_inventory(gpus.inventory(), frozenset())
+
+
+def test_security_settings_open_what_they_name(proxy: ProxyHandle) -> None:
+    allowed = docker_as(proxy, "carol", "run", "--rm", "--cap-add", "SYS_PTRACE", TEST_IMAGE, "true")
+    assert allowed.returncode == 0, allowed.stderr  # security.cap_add: [SYS_PTRACE] in the test config
+    assert raw(proxy, "carol", "GET", "/v1.41/plugins")[0] == 403
+    original = proxy.config.read_text()
+    try:
+        proxy.config.write_text(original.replace("allow_endpoints: []", "allow_endpoints: [plugins]"))
+        deadline = time.monotonic() + 10
+        while raw(proxy, "carol", "GET", "/v1.41/plugins")[0] != 200:  # the proxy reloads a changed config
+            assert time.monotonic() < deadline, "the proxy never applied security.allow_endpoints"
+            time.sleep(0.2)
+        assert raw(proxy, "carol", "POST", "/v1.41/build")[0] == 403  # only what is named opens
+    finally:
+        proxy.config.write_text(original)
+    assert any(e["type"] == "config.reload" for e in proxy.events())
+
+
+def test_oom_kills_seen_by_the_engine_are_logged_with_their_owner(proxy: ProxyHandle) -> None:
+    hog = docker_as(proxy, "alice", "run", "--rm", "--name", "alice-hog", "--memory", "16m", TEST_IMAGE,
+                    "sh", "-c", 'a=$(head -c 100000000 /dev/zero | tr "\\0" x); echo ${#a}')
+    assert hog.returncode == 137  # killed by the kernel's OOM killer
+    deadline = time.monotonic() + 20
+    while not [e for e in proxy.events() if e["type"] == "container.oom"]:
+        assert time.monotonic() < deadline, "no container.oom event"
+        time.sleep(0.2)
+    oom = next(e for e in proxy.events() if e["type"] == "container.oom")
+    assert (oom["user"], oom["details"]["container"]) == ("alice", "alice-hog")
