@@ -21,7 +21,7 @@ from typing import Any
 
 from ds01 import identity
 from ds01.errors import Ds01Error
-from ds01.events import Event, EventFilter, EventLog
+from ds01.eventlog import Event, EventFilter, EventLog
 from ds01.limits import Config, effective_limits
 
 UNKNOWN_GROUP = "unknown"

@@ -7,9 +7,11 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING
 
-from ds01.errors import EXIT_FAILURE, Ds01Error
+from ds01 import eventlog
+from ds01.errors import EXIT_FAILURE, Ds01Error, UsageError
 
 Handler = Callable[[argparse.Namespace], int]
 if TYPE_CHECKING:
@@ -85,3 +87,13 @@ def add_format_option(command: argparse.ArgumentParser) -> None:
     """`--format table|json`, with `--json` as the short form."""
     command.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     command.add_argument("--json", dest="format", action="store_const", const="json", help="same as --format json")
+
+
+def time_option(option: str, text: str | None, now: datetime) -> datetime | None:
+    """A --since/--until value: ISO-8601, or how long ago (2h, 7d); a bad one is a usage error."""
+    if text is None:
+        return None
+    try:
+        return eventlog.parse_when(text, now)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from ds01 import events
-from ds01.cli import Commands, add_command, add_format_option
+from ds01 import eventlog, events
+from ds01.cli import Commands, add_command, add_format_option, time_option
 from ds01.cli.output import print_json, print_table
 from ds01.errors import UsageError
 from ds01.identity import sanitize_username
@@ -40,20 +40,12 @@ def register(commands: Commands) -> None:
     add_format_option(command)
 
 
-def _when(option: str, text: str | None, now: datetime) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        return events.parse_when(text, now)
-    except ValueError as exc:
-        raise UsageError(f"{option}: {exc}") from None
 
-
-def event_filter(args: argparse.Namespace, now: datetime) -> events.EventFilter:
-    since, until = _when("--since", args.since, now), _when("--until", args.until, now)
+def event_filter(args: argparse.Namespace, now: datetime) -> eventlog.EventFilter:
+    since, until = time_option("--since", args.since, now), time_option("--until", args.until, now)
     if since is not None and until is not None and since >= until:
         raise UsageError("--since must be before --until")
-    return events.EventFilter(
+    return eventlog.EventFilter(
         users=None if args.user is None else frozenset({args.user, sanitize_username(args.user)}),
         type_prefix=args.type, container=args.container, since=since, until=until)
 
@@ -74,12 +66,12 @@ def compact_details(details: dict[str, Any], width: int = DETAILS_WIDTH) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
-def _row(event: events.Event) -> tuple[str, str, str, str, str]:
+def _row(event: eventlog.Event) -> tuple[str, str, str, str, str]:
     return (f"{event.ts:%Y-%m-%d %H:%M:%S}", event.type, event.user or "-", event.source,
             compact_details(event.details))
 
 
-def _print_events(found: Iterable[events.Event], form: str) -> None:
+def _print_events(found: Iterable[eventlog.Event], form: str) -> None:
     if form == "json":
         for event in found:
             sys.stdout.write(event.raw + "\n")
@@ -87,7 +79,7 @@ def _print_events(found: Iterable[events.Event], form: str) -> None:
     print_table(("TIME (UTC)", "TYPE", "USER", "SOURCE", "DETAILS"), [_row(e) for e in found])
 
 
-def _summary(found: Iterable[events.Event], form: str, unparsable: int) -> None:
+def _summary(found: Iterable[eventlog.Event], form: str, unparsable: int) -> None:
     by_type: Counter[str] = Counter()
     by_user: Counter[str] = Counter()
     total = 0
@@ -105,7 +97,7 @@ def _summary(found: Iterable[events.Event], form: str, unparsable: int) -> None:
     print(f"\n{total} event(s)")
 
 
-def _follow(log: events.EventLog, wanted: events.EventFilter, form: str, backlog: int) -> int:
+def _follow(log: eventlog.EventLog, wanted: eventlog.EventFilter, form: str, backlog: int) -> int:
     widths = (19, 26, 12, 10)
     try:
         for event in log.follow(wanted, backlog=backlog):
@@ -125,10 +117,10 @@ def show_events(args: argparse.Namespace) -> int:
         raise UsageError(f"--limit {args.limit}: give 0 or more")
     now = datetime.fromtimestamp(events.clock(), UTC)
     wanted = event_filter(args, now)
-    log = events.EventLog()
+    log = eventlog.EventLog()
     if args.follow:
         return _follow(log, wanted, args.format, FOLLOW_BACKLOG if args.limit is None else args.limit)
-    found: Iterable[events.Event] = log.events(wanted)
+    found: Iterable[eventlog.Event] = log.events(wanted)
     if args.limit is not None:
         found = deque(found, maxlen=args.limit)
     if args.summary:

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from ds01 import events, report
-from ds01.cli import Commands, add_command
+from ds01 import eventlog, events, report
+from ds01.cli import Commands, add_command, time_option
 from ds01.cli.output import print_table
 from ds01.config import load_config
 from ds01.errors import UsageError
@@ -32,25 +32,17 @@ def register(commands: Commands) -> None:
     command.add_argument("--output", metavar="FILE", type=Path, help="write to FILE instead of standard output")
 
 
-def _when(option: str, text: str | None, now: datetime) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        return events.parse_when(text, now)
-    except ValueError as exc:
-        raise UsageError(f"{option}: {exc}") from None
-
 
 def make_report(args: argparse.Namespace) -> int:
     now = datetime.fromtimestamp(events.clock(), UTC)
-    since = _when("--since", args.since, now)
-    until = _when("--until", args.until, now) or now
+    since = time_option("--since", args.since, now)
+    until = time_option("--until", args.until, now) or now
     if since is not None and since >= until:
         raise UsageError(f"--since ({since:%Y-%m-%d %H:%M:%S}) must be before --until ({until:%Y-%m-%d %H:%M:%S})")
     if args.format == "png" and args.output is None:
         raise UsageError("--format png draws a chart into a file: add --output FILE.png")
     group_of = report.group_resolver(load_config(), now) if args.by == "group" else None
-    result = report.report_from_log(events.EventLog(), since=since, until=until, by=args.by, group_of=group_of)
+    result = report.report_from_log(eventlog.EventLog(), since=since, until=until, by=args.by, group_of=group_of)
 
     if args.format == "png":
         report.write_png(result, args.output)

@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from ds01 import events
+from ds01 import eventlog, events
 
 WRITERS = 16
 EVENTS_EACH = 1000
@@ -60,7 +60,7 @@ def test_concurrent_writers_lose_and_tear_nothing_across_rotations(tmp_path: Pat
     assert max(seen.values()) == 1
 
     # The reader sees the same, in each writer's order.
-    log = events.EventLog(log_dir)
+    log = eventlog.EventLog(log_dir)
     by_writer: dict[int, list[int]] = {}
     for event in log.events():
         by_writer.setdefault(event.details["writer"], []).append(event.details["seq"])

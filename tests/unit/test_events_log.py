@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from ds01 import events
+from ds01 import eventlog, events
 from ds01.cli import events_cmd, new_parser, run
-from ds01.events import EventFilter, EventLog
+from ds01.eventlog import EventFilter, EventLog
 from ds01.limits import Config, EventLogSettings
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC).timestamp()
@@ -229,15 +229,15 @@ def test_unparsable_lines_are_skipped_and_counted(log_dir: Path, clock: Clock) -
 
 def test_parse_when() -> None:
     now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-    assert events.parse_when("2h", now) == now - timedelta(hours=2)
-    assert events.parse_when("30m", now) == now - timedelta(minutes=30)
-    assert events.parse_when("7d", now) == now - timedelta(days=7)
-    assert events.parse_when("2026-02-01", now) == datetime(2026, 2, 1, tzinfo=UTC)
-    assert events.parse_when("2026-02-01T09:30:00Z", now) == datetime(2026, 2, 1, 9, 30, tzinfo=UTC)
-    assert events.parse_when("2026-02-01T09:30:00+02:00", now) == datetime(2026, 2, 1, 7, 30, tzinfo=UTC)
+    assert eventlog.parse_when("2h", now) == now - timedelta(hours=2)
+    assert eventlog.parse_when("30m", now) == now - timedelta(minutes=30)
+    assert eventlog.parse_when("7d", now) == now - timedelta(days=7)
+    assert eventlog.parse_when("2026-02-01", now) == datetime(2026, 2, 1, tzinfo=UTC)
+    assert eventlog.parse_when("2026-02-01T09:30:00Z", now) == datetime(2026, 2, 1, 9, 30, tzinfo=UTC)
+    assert eventlog.parse_when("2026-02-01T09:30:00+02:00", now) == datetime(2026, 2, 1, 7, 30, tzinfo=UTC)
     for bad in ("yesterday", "2h ago", "", "-2h"):
         with pytest.raises(ValueError, match="is not a time"):
-            events.parse_when(bad, now)
+            eventlog.parse_when(bad, now)
 
 
 def test_follow_sees_new_lines_and_a_rotation(log_dir: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ds01 import events, report
+from ds01 import eventlog, events, report
 from ds01.cli import new_parser, report_cmd, run
 from ds01.config import load_config
 
@@ -73,7 +73,7 @@ def rows(result: report.Report) -> dict[str, tuple[Fraction, Fraction, Fraction,
 
 
 def test_whole_log_exact(log_dir: Path) -> None:
-    log = events.EventLog(log_dir)
+    log = eventlog.EventLog(log_dir)
     result = report.report_from_log(log, since=None, until=at("13:00"))
     assert rows(result) == {
         # a-1: 10:00-12:00 on 2 slots; idle 10:30-11:00 and 11:20 until its release at 12:00, on 2 slots
@@ -89,7 +89,7 @@ def test_whole_log_exact(log_dir: Path) -> None:
 
 
 def test_overlapping_window_is_clipped(log_dir: Path) -> None:
-    result = report.report_from_log(events.EventLog(log_dir), since=at("10:45"), until=at("11:45"))
+    result = report.report_from_log(eventlog.EventLog(log_dir), since=at("10:45"), until=at("11:45"))
     assert rows(result) == {
         # 1 h on 2 slots; idle 10:45-11:00 and 11:20-11:45 (still idle at --until), on 2 slots
         "alice": (Fraction(2), Fraction(2), 2 * (Fraction(1, 4) + Fraction(5, 12)), 1),
@@ -106,7 +106,7 @@ def test_expire_and_release_both_end_the_hold() -> None:
              held_seconds=1800),
         line("09:40", "allocation.release", "alice", allocation="r", slots=["G0"]),  # a repeat changes nothing
     ]
-    parsed = [events.parse_event(text) for text in log]
+    parsed = [eventlog.parse_event(text) for text in log]
     result = report.build_report([e for e in parsed if e is not None], since=None, until=at("23:00"))
     assert rows(result) == {"alice": (Fraction(1, 2) + Fraction(2, 60), Fraction(1, 2) + Fraction(2, 7 * 60),
                                       Fraction(0), 2)}
@@ -123,7 +123,7 @@ def test_by_group_with_a_user_that_no_longer_resolves(log_dir: Path) -> None:
         line("10:00", "allocation.reserve", "ds01_gone_user", allocation="e", slots=["M0"], gpu_equivalents="1/7"),
     ]) + "\n")
     group_of = report.group_resolver(load_config(), at("12:00"))
-    result = report.report_from_log(events.EventLog(log_dir), since=at("10:00"), until=at("11:00"), by="group",
+    result = report.report_from_log(eventlog.EventLog(log_dir), since=at("10:00"), until=at("11:00"), by="group",
                                     group_of=group_of)
     assert rows(result)["researcher"] == (Fraction(1), Fraction(1), Fraction(0), 1)  # alice, by users: in config
     assert rows(result)["student"] == (Fraction(2), Fraction(2), Fraction(0), 2)  # bob, carol: the default group
