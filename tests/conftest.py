@@ -186,6 +186,7 @@ def stop_proxy(handle: ProxyHandle, engine: docker.DockerClient) -> None:
         container.remove(force=True)
     for volume in engine.volumes.list(filters={"label": "ds01.user"}):
         volume.remove(force=True)
+    shutil.rmtree(handle.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -199,4 +200,3 @@ def proxy(testbed: Testbed) -> Iterator[ProxyHandle]:
     finally:
         stop_proxy(handle, client)
         client.close()
-        shutil.rmtree(root, ignore_errors=True)
