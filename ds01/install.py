@@ -180,12 +180,7 @@ class Installer:
         if target.is_file() and not target.is_symlink():
             current = target.stat()
             if target.read_bytes() == data:
-                if stat.S_IMODE(current.st_mode) == mode:
-                    self._step("unchanged", target, note)
-                    return
-                if not self.dry_run:
-                    target.chmod(mode)
-                self._step("would install" if self.dry_run else "installed", target, f"mode set to {mode:04o}")
+                self._settle_mode(target, stat.S_IMODE(current.st_mode), mode, note)
                 return
         if self.dry_run:
             self._step("would install", target, note)
@@ -225,15 +220,19 @@ class Installer:
         os.replace(temp, target)
         self._step("installed", target, f"-> {points_to}")
 
+    def _settle_mode(self, target: Path, current: int, mode: int, note: str = "") -> None:
+        """An existing item with the right content: unchanged, or only its mode corrected."""
+        if current == mode:
+            self._step("unchanged", target, note)
+            return
+        if not self.dry_run:
+            target.chmod(mode)
+        self._step("would install" if self.dry_run else "installed", target, f"mode set to {mode:04o}")
+
     def put_dir(self, path: str, mode: int) -> None:
         target = self.target(path)
         if target.is_dir():
-            if stat.S_IMODE(target.stat().st_mode) == mode:
-                self._step("unchanged", target)
-                return
-            if not self.dry_run:
-                target.chmod(mode)
-            self._step("would install" if self.dry_run else "installed", target, f"mode set to {mode:04o}")
+            self._settle_mode(target, stat.S_IMODE(target.stat().st_mode), mode)
             return
         if self.dry_run:
             self._step("would install", target, f"directory, mode {mode:04o}")

@@ -10,17 +10,15 @@ import json
 import shutil
 import socket
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 
 from ds01.cli import doctor_cmd, new_parser, run
 from ds01.install import Installer
-from tests.conftest import REPO, ProxyHandle, Testbed, TopologyFile, start_proxy, stop_proxy
+from tests.conftest import REPO, ProxyHandle, Testbed, TopologyFile
 
 SCRATCH = "ds01-doctest"
 
@@ -36,19 +34,6 @@ def doctor(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[st
     return code, {check["name"]: check for check in report["checks"]}, captured.err
 
 
-@pytest.fixture(scope="module")
-def running_proxy(testbed: Testbed) -> Iterator[ProxyHandle]:
-    root = Path(testbed.dir) / "proxy-tests" / f"doctor-{uuid.uuid4().hex[:8]}"
-    handle = start_proxy(testbed, root)
-    client = docker.DockerClient(base_url=testbed.docker_host)
-    try:
-        yield handle
-    finally:
-        stop_proxy(handle, client)
-        client.close()
-        shutil.rmtree(root, ignore_errors=True)
-
-
 @pytest.fixture
 def scratch_group() -> Iterator[str]:
     """A docker-like group that exists only for one test."""
@@ -62,11 +47,11 @@ def scratch_group() -> Iterator[str]:
 
 
 @pytest.fixture
-def bed(testbed: Testbed, topology: TopologyFile, running_proxy: ProxyHandle,
+def bed(testbed: Testbed, topology: TopologyFile, proxy: ProxyHandle,
         monkeypatch: pytest.MonkeyPatch) -> ProxyHandle:
-    monkeypatch.setenv("DS01_CONFIG", str(running_proxy.config))
-    monkeypatch.setenv("DS01_RUN_DIR", str(running_proxy.socket.parent))
-    return running_proxy
+    monkeypatch.setenv("DS01_CONFIG", str(proxy.config))
+    monkeypatch.setenv("DS01_RUN_DIR", str(proxy.socket.parent))
+    return proxy
 
 
 def test_a_working_bed_passes_engine_proxy_nvml_and_config(
