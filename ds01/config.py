@@ -163,12 +163,21 @@ def _allocation(reader: _Reader, node: yaml.Node) -> AllocationSettings:
     return AllocationSettings(**_section(reader, node, "allocation", ALLOCATION_FIELDS))
 
 
-def _security(reader: _Reader, node: yaml.Node) -> SecuritySettings:
-    entries = reader.mapping(node, "security", ("data_dirs", "cap_add", "allow_endpoints"))
-    data_dirs = reader.names(entries["data_dirs"][1], "security.data_dirs") if "data_dirs" in entries else ()
-    for path in data_dirs:
+def _absolute_dirs(reader: _Reader, entries: _Entries, name: str) -> tuple[str, ...]:
+    """A list of absolute directories below /, written without a trailing slash."""
+    if name not in entries:
+        return ()
+    node = entries[name][1]
+    paths = reader.names(node, f"security.{name}")
+    for path in paths:
         if not path.startswith("/") or path.rstrip("/") == "":
-            reader.fail(entries["data_dirs"][1], "security.data_dirs", f"{path!r} must be an absolute path below /")
+            reader.fail(node, f"security.{name}", f"{path!r} must be an absolute path below /")
+    return tuple(path.rstrip("/") for path in paths)
+
+
+def _security(reader: _Reader, node: yaml.Node) -> SecuritySettings:
+    entries = reader.mapping(node, "security", ("data_dirs", "home_roots", "cap_add", "allow_endpoints",
+                                                "admin_root", "require_nosuid_mounts"))
     caps = reader.names(entries["cap_add"][1], "security.cap_add") if "cap_add" in entries else ()
     endpoints = reader.names(entries["allow_endpoints"][1], "security.allow_endpoints") \
         if "allow_endpoints" in entries else ()
@@ -176,10 +185,14 @@ def _security(reader: _Reader, node: yaml.Node) -> SecuritySettings:
         if name not in ENDPOINT_GROUPS:
             reader.fail(entries["allow_endpoints"][1], "security.allow_endpoints",
                         f"{name!r} is not one of {', '.join(ENDPOINT_GROUPS)}")
+    flags = {name: reader.parsed(entries[name][1], f"security.{name}", _flag)
+             for name in ("admin_root", "require_nosuid_mounts") if name in entries}
     return SecuritySettings(
-        data_dirs=tuple(path.rstrip("/") for path in data_dirs),
+        data_dirs=_absolute_dirs(reader, entries, "data_dirs"),
+        home_roots=_absolute_dirs(reader, entries, "home_roots") if "home_roots" in entries else ("/home",),
         cap_add_allowed=frozenset(cap.upper().removeprefix("CAP_") for cap in caps),
         allowed_endpoints=frozenset(endpoints),
+        **flags,
     )
 
 

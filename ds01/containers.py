@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -17,6 +18,8 @@ LEGACY_USER = "aime.mlc.USER"  # containers made by the system ds01 replaces
 LEGACY_NAME_SEPARATOR = "._."  # NAME._.UID, the engine name of a user's container
 WORKSPACE_TARGET = "/workspace"
 REQUEST_MIG = "ds01.request.mig"  # a client asks for a MIG profile through this label
+BIND_KEY = "ds01.bind_key"  # names the container's directory of pinned bind sources
+BIND_SOURCES = "ds01.bind_sources"  # JSON list: the real host path each pinned source stood at when checked
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class ContainerInfo:
     started_at: float | None = None  # epoch seconds; None if never started
     finished_at: float | None = None  # when it last stopped; None while it has not
     workspace: str | None = None  # the host directory mounted at /workspace, if any
+    user: str = ""  # Config.User: whom its processes run as ("" is the image's default, root for most)
+    host_mounts: tuple[str, ...] = ()  # host paths bind-mounted into it
 
     @property
     def holds_gpus(self) -> bool:
@@ -44,3 +49,15 @@ class ContainerSummary:
     name: str
     labels: Mapping[str, str]
     status: str
+
+
+def original_bind_source(labels: Mapping[str, str], source: str | None) -> str | None:
+    """The host path a pinned staging source (STAGING/KEY/N) stands for, from the container's labels."""
+    key = labels.get(BIND_KEY)
+    if source is None or not key or f"/{key}/" not in source:
+        return source
+    try:
+        originals = json.loads(labels.get(BIND_SOURCES) or "[]")
+        return str(originals[int(source.rsplit("/", 1)[1])])
+    except (ValueError, IndexError, TypeError):
+        return source  # labels not as ds01 writes them: show what the engine mounts

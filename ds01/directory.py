@@ -146,17 +146,19 @@ class DirectorySession:
         with self._translated(action):
             return _group_name(*found[0])
 
-    def groups_of(self, name: str, dn: str | None) -> set[str]:
-        """Names of the groups whose member attribute lists this user: by login name, or by DN if known."""
+    def groups_of(self, name: str, dn: str | None) -> dict[str, int | None]:
+        """The groups whose member attribute lists this user (by login name, or by DN if known): cn -> gidNumber
+        (None for a group without one, such as a groupOfNames)."""
         attribute = self._settings.group_attribute
         member = name if attribute.lower() in NAME_VALUED else dn
         if member is None:
-            return set()  # DN-valued membership cannot name a user the directory does not hold
+            return {}  # DN-valued membership cannot name a user the directory does not hold
         action = f"look up the groups of {name!r}"
         filterstr = f"(&{self._settings.group_filter}({attribute}={escape_filter_chars(member)}))"
-        found = self._search(action, filterstr, ["cn"])
+        found = self._search(action, filterstr, ["cn", "gidNumber"])
         with self._translated(action):
-            return {_group_name(group_dn, attrs) for group_dn, attrs in found}
+            return {_group_name(group_dn, attrs): _id(attrs["gidNumber"][0]) if attrs.get("gidNumber") else None
+                    for group_dn, attrs in found}
 
 
 def _id(value: bytes) -> int:

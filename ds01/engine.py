@@ -52,18 +52,23 @@ def container_info(inspected: dict[str, Any]) -> ContainerInfo:
     host_config = inspected.get("HostConfig") or {}
     device_ids, count = _gpu_devices(host_config)
     state = inspected["State"]
+    labels = (inspected.get("Config") or {}).get("Labels") or {}
     workspace = next((m.get("Source") for m in inspected.get("Mounts") or []
                       if m.get("Destination") == WORKSPACE_TARGET and m.get("Type") == "bind"), None)
+    workspace = containers.original_bind_source(labels, workspace)
     return ContainerInfo(
         id=inspected["Id"],
         name=inspected["Name"].lstrip("/"),
-        labels=(inspected.get("Config") or {}).get("Labels") or {},
+        labels=labels,
         status=state["Status"],
         device_ids=device_ids,
         gpu_count=count,
         started_at=_timestamp(state.get("StartedAt")),
         finished_at=_timestamp(state.get("FinishedAt")),
         workspace=workspace,
+        user=str((inspected.get("Config") or {}).get("User") or ""),
+        host_mounts=tuple(containers.original_bind_source(labels, m.get("Source")) or "" for m in
+                          inspected.get("Mounts") or [] if m.get("Type") == "bind"),
     )
 
 

@@ -39,6 +39,9 @@ class User:
     name: str  # the login name as the directory has it, e.g. "jane.doe@lab.example"
     sanitized: str  # safe in container names, Docker labels and systemd slice names
     groups: tuple[str, ...]  # group names, sorted, deduplicated, primary group included
+    gid: int  # the primary group
+    gids: tuple[int, ...]  # every group id the user is in, primary included, sorted
+    home: str = ""  # pw_dir from NSS; "" for a user only the directory knows
 
 
 def sanitize_username(name: str) -> str:
@@ -108,7 +111,7 @@ def _resolve(
             )
     if entry is None:
         raise _unknown(what, settings, failure)
-    return _user(entry.pw_uid, entry.pw_name, entry.pw_gid, set(), None)
+    return _user(entry.pw_uid, entry.pw_name, entry.pw_gid, {}, None, home=entry.pw_dir)
 
 
 def _with_directory(
@@ -121,24 +124,28 @@ def _with_directory(
     if entry is not None:
         # The directory may hold this NSS user too; its DN is what member/uniqueMember groups list.
         known = session.find_user_by_name(entry.pw_name)
-        uid, name, gid = entry.pw_uid, entry.pw_name, entry.pw_gid
+        uid, name, gid, home = entry.pw_uid, entry.pw_name, entry.pw_gid, entry.pw_dir
         dn = known.dn if known is not None else None
     else:
         found = lookup(session)
         if found is None:
             raise _unknown(what, settings, None)
-        uid, name, gid, dn = found.uid, found.name, found.gid, found.dn
-    return _user(uid, name, gid, session.groups_of(name, dn), session)
+        uid, name, gid, dn, home = found.uid, found.name, found.gid, found.dn, ""
+    return _user(uid, name, gid, session.groups_of(name, dn), session, home=home)
 
 
-def _user(uid: int, name: str, gid: int, directory_groups: set[str], session: DirectorySession | None) -> User:
+def _user(uid: int, name: str, gid: int, directory_groups: dict[str, int | None],
+          session: DirectorySession | None, *, home: str) -> User:
     groups = set(directory_groups)
+    gids = {gid, *(group_id for group_id in directory_groups.values() if group_id is not None)}
     for group_id in os.getgrouplist(name, gid):
+        gids.add(group_id)
         group_name = _group_name(group_id, session)
         # A gid neither source can name (a dangling primary gid) has no name to match policy against.
         if group_name is not None:
             groups.add(group_name)
-    return User(uid=uid, name=name, sanitized=sanitize_username(name), groups=tuple(sorted(groups)))
+    return User(uid=uid, name=name, sanitized=sanitize_username(name), groups=tuple(sorted(groups)), gid=gid,
+                gids=tuple(sorted(gids)), home=home)
 
 
 def _group_name(gid: int, session: DirectorySession | None) -> str | None:
@@ -162,3 +169,11 @@ def _unknown(what: str, settings: LdapSettings | None, failure: DirectoryUnavail
         f"no user with {what}: {sources}; check the spelling, that the account exists (getent passwd), "
         "and the LDAP settings"
     )
+
+
+def group_id(name: str) -> int | None:
+    """The gid of a local group, or None when NSS has no such group."""
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None

@@ -188,8 +188,11 @@ ENDPOINT_GROUPS = ("build", "session", "plugins", "swarm", "commit", "image_load
 @dataclass(frozen=True)
 class SecuritySettings:
     data_dirs: tuple[str, ...] = ()  # bind-mount roots besides each user's home
+    home_roots: tuple[str, ...] = ("/home",)  # a home counts for binds only below one of these, owned by its user
     cap_add_allowed: frozenset[str] = frozenset()  # capability names without CAP_
     allowed_endpoints: frozenset[str] = frozenset()  # from ENDPOINT_GROUPS, denied unless listed
+    admin_root: bool = False  # whether admins' containers may run as root (and keep the default capabilities)
+    require_nosuid_mounts: bool = True  # bind sources must lie on nosuid,nodev host mounts
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,12 @@ from ds01.placement import GpuRequest
 from ds01.units import format_size
 
 ALLOWED_REQUEST_LABELS = frozenset({containers.REQUEST_MIG})
+# Docker's default capabilities that matter only to root or to file ownership: a container of a user keeps
+# none of them unless the admin allows it in security.cap_add and the request adds it.
+DROPPED_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "MKNOD", "NET_RAW", "SETFCAP", "SETGID",
+                        "SETUID")
+NO_NEW_PRIVILEGES = "no-new-privileges:true"
+HOME_WITHOUT_WORKSPACE = "/tmp"  # noqa: S108 - a path inside the container, not on the host
 STRIPPED_ENV_PREFIXES = ("NVIDIA_",)
 STRIPPED_ENV_NAMES = frozenset({"CUDA_VISIBLE_DEVICES"})
 HOST_MODES = ("PidMode", "IpcMode", "UTSMode", "NetworkMode", "UsernsMode", "CgroupnsMode")
@@ -34,15 +40,28 @@ _GO_INT = re.compile(r"[+-]?[0-9]+")
 class Caller:
     uid: int
     user: str  # sanitized name, as stamped in ds01.user
-    home: str
+    home: str  # real path of a home that counts for bind mounts; "" for none
     is_admin: bool
     limits: LimitValues
+    gid: int = -1  # primary group
+    gids: frozenset[int] = frozenset()  # every group the user is in, primary included
+    login: str = ""  # the login name, for USER and LOGNAME inside
+    home_problem: str = ""  # why `home` is empty, for the message
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """How a caller's containers run: set by the proxy from the kernel's and the directory's word."""
+
+    gpu_gid: int | None  # the bare-metal group (ds01-gpu), added to GPU containers so granted devices open
 
 
 @dataclass(frozen=True)
 class ResolvedPath:
     real: str  # symlinks resolved, normalized
     is_socket: bool
+    mount_point: str = "/"  # of the host mount it lies on
+    mount_hardened: bool = True  # that mount has nosuid and nodev
 
 
 @dataclass(frozen=True)
@@ -67,6 +86,8 @@ class CreatePlan:
     body: dict[str, Any]
     gpu_request: GpuRequest | None
     stripped_env: tuple[str, ...]
+    bind_sources: tuple[str, ...]  # absolute bind sources as written, each once, in order
+    notes: tuple[str, ...]  # what the proxy changed, for the reply's warnings
 
 
 def _deny(reason: str, message: str) -> Denied:
@@ -186,7 +207,7 @@ def _within(path: str, roots: Sequence[str]) -> bool:
     return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
 
 
-def _check_bind_source(caller: Caller, source: str, facts: Facts, security: SecuritySettings) -> None:
+def check_bind_source(caller: Caller, source: str, facts: Facts, security: SecuritySettings) -> None:
     if not posixpath.isabs(source):
         raise _deny("mount_outside_home", f"bind source {source!r} must be an absolute path")
     resolved = facts.paths.get(source)
@@ -194,13 +215,20 @@ def _check_bind_source(caller: Caller, source: str, facts: Facts, security: Secu
         raise _deny("mount_outside_home", f"bind source {source} does not exist; create it in your home first")
     if resolved.real in facts.engine_sockets or PurePosixPath(resolved.real).name in ("docker.sock", "containerd.sock"):
         raise _deny("socket_mount", f"{source} is a Docker or ds01 socket; mounting it would give away the host.")
-    allowed = [caller.home, *security.data_dirs]
+    allowed = [root for root in (caller.home, *security.data_dirs) if root]
     if not _within(resolved.real, allowed):
+        home = caller.home or f"none: {caller.home_problem or 'no home directory'}"
         raise _deny("mount_outside_home", (
-            f"bind mount of {source} (really {resolved.real}) is outside your home ({caller.home}) and the data "
+            f"bind mount of {source} (really {resolved.real}) is outside your home ({home}) and the data "
             f"directories ({', '.join(security.data_dirs) or 'none configured'}). Mount a directory under them."))
     if any(_within(socket, [resolved.real]) for socket in facts.engine_sockets):
         raise _deny("socket_mount", f"{source} contains a Docker or ds01 socket; mount a narrower directory.")
+    if security.require_nosuid_mounts and not resolved.mount_hardened:
+        raise _deny("mount_not_hardened", (
+            f"bind source {source} lies on the host mount {resolved.mount_point}, which lacks nosuid and nodev: a "
+            "file made through a container there could act as a setuid program or a device on the host. Ask an "
+            f"admin to add nosuid,nodev to the options of {resolved.mount_point} in /etc/fstab (then "
+            f"mount -o remount {resolved.mount_point})."))
 
 
 def _check_owned(caller: Caller, owner: str | None, what: str) -> None:
@@ -214,11 +242,11 @@ def _check_mounts(caller: Caller, host: dict[str, Any], facts: Facts, security: 
         if _is_volume_name(source):
             _check_owned(caller, facts.volume_owners.get(source), f"volume {source}")
         else:
-            _check_bind_source(caller, source, facts, security)
+            check_bind_source(caller, source, facts, security)
     for mount in _mounts(host):
         kind, source = field(mount, "Type"), field(mount, "Source")
         if kind == "bind":
-            _check_bind_source(caller, str(source), facts, security)
+            check_bind_source(caller, str(source), facts, security)
         elif kind == "volume" and field(field(mount, "VolumeOptions") or {}, "DriverConfig"):
             raise _deny("mount_type", "volume driver options are not allowed: they can bind any host path.")
         elif kind == "volume" and source:
@@ -273,17 +301,119 @@ def _check_escapes(caller: Caller, host: dict[str, Any], facts: Facts, security:
     _check_mounts(caller, host, facts, security)
 
 
-def check_user(caller: Caller, user: Any) -> None:
-    """Root or your own uid inside a container; never another host user's uid (it would own their files)."""
+def _go_int(text: str) -> int | None:
+    """A number as the runtime parses one (Go's Atoi: an optional sign, ASCII digits), else None."""
+    return int(text) if _GO_INT.fullmatch(text) else None
+
+
+def check_user(caller: Caller, user: Any) -> str:
+    """The canonical "uid:gid" a process of the caller runs as. Only empty, the caller's own uid, or that uid with
+    one of their own gids pass: a name is looked up in the image's /etc/passwd, which the user controls, and a
+    uid without a gid takes its groups from the image's /etc/group."""
+    own = f"{caller.uid}:{caller.gid}"
     if user in (None, ""):
-        return
+        return own
     if not isinstance(user, str):
         raise _deny("bad_request", "User must be a string")
-    uid = user.split(":", 1)[0]
-    # The runtime parses a numeric uid like Go's Atoi: an optional sign, ASCII digits only.
-    if _GO_INT.fullmatch(uid) and int(uid) not in (0, caller.uid):
-        raise _deny("foreign_uid", f"running as uid {uid} would act as another host user; use your own uid "
-                                   f"({caller.uid}) or a user name from the image.")
+    uid_text, _, gid_text = user.partition(":")
+    uid, gid = _go_int(uid_text), _go_int(gid_text) if gid_text else caller.gid
+    if uid != caller.uid or gid is None or gid not in caller.gids or gid_text.count(":"):
+        raise _deny("foreign_uid", (
+            f"running as {user!r} is not allowed: containers run as you (uid {caller.uid}, gid {caller.gid}). "
+            f"Leave --user out, or give {own} or your uid with another of your groups (id -G)."))
+    return f"{uid}:{gid}"
+
+
+def _group_add(caller: Caller, host: dict[str, Any], gpu_gid: int | None) -> list[str]:
+    """The caller's own supplementary groups, the ones asked for (each must be the caller's), and for a GPU
+    container the bare-metal group that owns /dev/nvidia*."""
+    wanted: set[int] = set(caller.gids - {caller.gid})
+    for entry in _list(field(host, "GroupAdd"), "HostConfig.GroupAdd"):
+        gid = _go_int(str(entry))
+        if gid is None:
+            raise _deny("foreign_group", (
+                f"--group-add {entry} names a group, which the engine looks up in the image's /etc/group (yours to "
+                "edit); give the numeric gid of one of your own groups (id -G)."))
+        if gid not in caller.gids:
+            raise _deny("foreign_group", f"--group-add {entry}: you are not in group {gid}; your groups are "
+                                         f"{' '.join(str(g) for g in sorted(caller.gids))}.")
+        wanted.add(gid)
+    if gpu_gid is not None:
+        wanted.add(gpu_gid)
+    return [str(gid) for gid in sorted(wanted)]
+
+
+def _security_options(host: dict[str, Any]) -> list[str]:
+    options = [str(option) for option in _list(field(host, "SecurityOpt"), "HostConfig.SecurityOpt")]
+    for option in options:
+        name, _, value = option.replace("=", ":", 1).partition(":")
+        if name.lower() == "no-new-privileges" and value.lower() not in ("", "true"):
+            raise _deny("security_opt", "no-new-privileges is always on for ds01 containers; leave "
+                                        f"{option!r} out.")
+    return [*(o for o in options if not o.lower().startswith("no-new-privileges")), NO_NEW_PRIVILEGES]
+
+
+def _cap_drop(host: dict[str, Any], security: SecuritySettings) -> tuple[list[str], list[str]]:
+    """The capabilities to drop (the request's own plus ds01's), and which of ds01's were dropped."""
+    added = {str(cap).upper().removeprefix("CAP_") for cap in _list(field(host, "CapAdd"), "HostConfig.CapAdd")}
+    kept = added & security.cap_add_allowed
+    ours = [cap for cap in DROPPED_CAPABILITIES if cap not in kept]
+    theirs = [str(cap).upper().removeprefix("CAP_") for cap in _list(field(host, "CapDrop"), "HostConfig.CapDrop")]
+    return sorted({*theirs, *ours}), ours
+
+
+def _workspace_mounted(host: dict[str, Any]) -> bool:
+    targets = [_split_bind(bind)[1].split(":", 1)[0] for bind in _list(field(host, "Binds"), "HostConfig.Binds")]
+    targets += [str(field(mount, "Target")) for mount in _mounts(host)]
+    return containers.WORKSPACE_TARGET in (t.rstrip("/") for t in targets)
+
+
+def _login_env(caller: Caller, body: dict[str, Any], host: dict[str, Any]) -> None:
+    """HOME, USER and LOGNAME for a uid the image's /etc/passwd does not know, unless the request sets them."""
+    env = [str(entry) for entry in _list(field(body, "Env"), "Env")]
+    named = {entry.split("=", 1)[0] for entry in env}
+    home = containers.WORKSPACE_TARGET if _workspace_mounted(host) else HOME_WITHOUT_WORKSPACE
+    login = caller.login or caller.user
+    for name, value in (("HOME", home), ("USER", login), ("LOGNAME", login)):
+        if name not in named:
+            env.append(f"{name}={value}")
+    set_field(body, "Env", env)
+
+
+def _run_as_caller(caller: Caller, body: dict[str, Any], host: dict[str, Any], security: SecuritySettings,
+                   gpu_gid: int | None) -> tuple[str, ...]:
+    """Rewrite the body so that the container's processes have the caller's powers on the host, no more."""
+    set_field(host, "SecurityOpt", _security_options(host))
+    if caller.is_admin and security.admin_root:
+        return ()
+    user = check_user(caller, field(body, "User"))
+    set_field(body, "User", user)
+    groups = _group_add(caller, host, gpu_gid)
+    set_field(host, "GroupAdd", groups)
+    cap_drop, dropped = _cap_drop(host, security)
+    set_field(host, "CapDrop", cap_drop)
+    _login_env(caller, body, host)
+    return (f"ds01: runs as {user} (groups {' '.join(groups) or 'none'}) with no-new-privileges; "
+            f"capabilities dropped: {', '.join(dropped) or 'none'}",)
+
+
+def runs_as_root(user: str | None) -> bool:
+    """Whether a container's configured user is root (empty means the image's default, root for most)."""
+    name = (user or "").split(":", 1)[0]
+    return name in ("", "root") or _go_int(name) == 0
+
+
+def root_with_host_mounts(found: Sequence[containers.ContainerInfo]) -> list[containers.ContainerInfo]:
+    """Containers from before ds01 ran containers as their caller: root, with host directories mounted."""
+    return [info for info in found if info.host_mounts and runs_as_root(info.user)]
+
+
+def root_container_warning(info: containers.ContainerInfo) -> str:
+    owner = info.labels.get(containers.USER) or "no ds01 owner"
+    return (f"container {info.name} ({owner}) runs as root with host directories mounted "
+            f"({', '.join(info.host_mounts)}); root there bypasses file permissions on the host. "
+            f"Fix: container remove {info.name.split(containers.LEGACY_NAME_SEPARATOR)[0]}, then create it again "
+            "(it then runs as its owner)")
 
 
 def _strip_gpu_env(body: dict[str, Any]) -> tuple[str, ...]:
@@ -365,12 +495,20 @@ def _gpu_request(host: dict[str, Any], labels: Mapping[str, str]) -> GpuRequest 
     return wanted
 
 
+def bind_sources(host: dict[str, Any]) -> tuple[str, ...]:
+    """The absolute bind sources of a create body as written, each once, in order."""
+    sources = [source for source, _ in map(_split_bind, _list(field(host, "Binds"), "HostConfig.Binds"))
+               if not _is_volume_name(source)]
+    sources += [str(field(mount, "Source")) for mount in _mounts(host) if field(mount, "Type") == "bind"]
+    return tuple(dict.fromkeys(sources))
+
+
 def plan_create(caller: Caller, body: dict[str, Any], facts: Facts, security: SecuritySettings, *,
-                cgroup_parent: str, client_type: str, created_at: str) -> CreatePlan:
-    """Check a container create body and rewrite it: limits, labels, cgroup parent; GPUs are granted later."""
+                cgroup_parent: str, client_type: str, created_at: str, run_as: RunAs) -> CreatePlan:
+    """Check a container create body and rewrite it: identity, limits, labels, cgroup parent; GPUs are granted
+    and bind sources pinned later."""
     host = _host_config(body)
     _check_escapes(caller, host, facts, security)
-    check_user(caller, field(body, "User"))
     labels = field(body, "Labels") or {}
     if not isinstance(labels, dict):
         raise _deny("bad_request", "Labels must be an object")
@@ -378,6 +516,7 @@ def plan_create(caller: Caller, body: dict[str, Any], facts: Facts, security: Se
         if key.casefold().startswith(containers.LABEL_PREFIX) and key not in ALLOWED_REQUEST_LABELS:
             raise _deny("label_reserved", f"label {key} is reserved: ds01 sets the ds01.* labels itself.")
     gpu_request = _gpu_request(host, labels)
+    notes = _run_as_caller(caller, body, host, security, run_as.gpu_gid if gpu_request is not None else None)
     _apply_limits(host, caller.limits)
     set_field(host, "CgroupParent", cgroup_parent)
     stripped = _strip_gpu_env(body)
@@ -386,21 +525,25 @@ def plan_create(caller: Caller, body: dict[str, Any], facts: Facts, security: Se
                     containers.CREATED_AT: created_at, containers.TYPE: client_type})
     set_field(body, "Labels", stamped)
     set_field(host, "DeviceRequests", [])
-    _pin_bind_sources(host, facts)
-    return CreatePlan(body=body, gpu_request=gpu_request, stripped_env=stripped)
+    return CreatePlan(body=body, gpu_request=gpu_request, stripped_env=stripped, bind_sources=bind_sources(host),
+                      notes=notes)
 
 
-def _pin_bind_sources(host: dict[str, Any], facts: Facts) -> None:
-    """Mount what was checked: the resolved path, not a symlink that could be re-pointed before start."""
+def pin_bind_sources(body: dict[str, Any], staged: Mapping[str, str], key: str, originals: Sequence[str]) -> None:
+    """Mount the pinned staging paths in place of the sources as written, and record what they stand for."""
+    host = _host_config(body)
     binds = []
     for bind in _list(field(host, "Binds"), "HostConfig.Binds"):
         source, rest = _split_bind(bind)
-        binds.append(bind if _is_volume_name(source) else f"{facts.paths[source].real}:{rest}")
+        binds.append(bind if _is_volume_name(source) else f"{staged[source]}:{rest}")
     if binds:
         set_field(host, "Binds", binds)
     for mount in _mounts(host):
         if field(mount, "Type") == "bind":
-            set_field(mount, "Source", facts.paths[str(field(mount, "Source"))].real)
+            set_field(mount, "Source", staged[str(field(mount, "Source"))])
+    labels = field(body, "Labels")
+    labels[containers.BIND_KEY] = key
+    labels[containers.BIND_SOURCES] = json.dumps(list(originals))
 
 
 def apply_grant(body: dict[str, Any], slots: Sequence[str], allocation_id: str, equivalents: str) -> None:
@@ -426,9 +569,17 @@ def check_update(caller: Caller, body: dict[str, Any]) -> None:
     _apply_limits(body, caller.limits, fill_defaults=False)
 
 
-def check_exec(caller: Caller, body: dict[str, Any]) -> None:
-    """An exec gets the create rules that apply to a process: no privilege, no foreign uid."""
+def check_exec(caller: Caller, body: dict[str, Any], container_user: str, security: SecuritySettings) -> None:
+    """An exec runs as the caller, like the container: no privilege, no other uid, no root."""
     if field(body, "Privileged"):
         raise _deny("privileged", "privileged exec is not allowed.")
-    check_user(caller, field(body, "User"))
+    if not (caller.is_admin and security.admin_root):
+        user = field(body, "User")
+        if user in (None, ""):
+            # The container's own user when it is one the caller may run as (an old root container's is not).
+            try:
+                user = check_user(caller, container_user) if container_user else check_user(caller, None)
+            except Denied:
+                user = check_user(caller, None)
+        set_field(body, "User", check_user(caller, user))
     _strip_gpu_env(body)

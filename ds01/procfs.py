@@ -110,3 +110,37 @@ def read_processes(pids: Iterable[int], root: Path = PROC) -> dict[int, ProcessI
         if info is not None:
             found[pid] = info
     return found
+
+
+@dataclass(frozen=True)
+class MountInfo:
+    mount_id: int
+    mount_point: str
+    options: frozenset[str]  # the per-mount options: rw, nosuid, nodev, noexec, relatime, ...
+    source: str  # what is mounted: a device, a tmpfs name, ...
+
+
+def _unescape_mount_field(text: str) -> str:
+    """mountinfo writes space, tab, newline and backslash in paths as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), text)
+
+
+def mount_info(mount_id: int, proc: Path = PROC) -> MountInfo:
+    """The mount with this id in this process's mount namespace, from /proc/self/mountinfo."""
+    for line in (proc / "self" / "mountinfo").read_text().splitlines():
+        fields = line.split(" ")
+        if fields[0] != str(mount_id):
+            continue
+        separator = fields.index("-")  # optional fields end at "-"
+        return MountInfo(mount_id=mount_id, mount_point=_unescape_mount_field(fields[4]),
+                         options=frozenset(fields[5].split(",")), source=_unescape_mount_field(fields[separator + 2]))
+    raise Ds01Error(f"mount {mount_id} is not in {proc}/self/mountinfo")
+
+
+def mount_of_fd(fd: int, proc: Path = PROC) -> MountInfo:
+    """The mount an open file descriptor lives on, from its mnt_id: exact, however the path was renamed since."""
+    for line in (proc / "self" / "fdinfo" / str(fd)).read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name == "mnt_id":
+            return mount_info(int(value), proc)
+    raise Ds01Error(f"{proc}/self/fdinfo/{fd} has no mnt_id; this kernel is too old for ds01's mount checks")

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from pathlib import Path
 
-from ds01 import events
+from ds01 import containers, events, policy
 from ds01.engine import Engine
 from ds01.errors import Ds01Error
 from ds01.grants import current_slots, open_allocator
 from ds01.paths import Paths
 from ds01.placement import Slot
+from ds01.proxy.binds import Pins
 from ds01.proxy.cgroups import CgroupParents
 from ds01.proxy.gate import Gate
 from ds01.proxy.server import Proxy, serve_forever, watch_engine
@@ -50,19 +52,31 @@ def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float) -> 
     engine = Engine(upstream_url)
     try:
         listed_at = time.time()
-        report = allocator.reconcile(engine.containers(), listed_at)  # crash recovery before serving
+        found = engine.containers()
+        report = allocator.reconcile(found, listed_at)  # crash recovery before serving
     finally:
         engine.close()
     events.emit("reconcile.startup", source="proxy", released=len(report.released), expired=len(report.expired),
                 adopted=len(report.adopted), unallocated=len(report.unallocated))
+    for legacy in policy.root_with_host_mounts(found):
+        print(f"ds01 proxy: WARN {policy.root_container_warning(legacy)}", file=sys.stderr, flush=True)
+        events.emit("security.root_container", source="proxy", user=legacy.labels.get(containers.USER),
+                    container=legacy.name, host_mounts=list(legacy.host_mounts))
+    pins = Pins(paths.state_dir / "binds")
+    in_use = {info.labels.get(containers.BIND_KEY) or "" for info in found}
+    for key in pins.release_unused(in_use):
+        events.emit("proxy.pin_released", source="proxy", key=key)
+    spool_dir = paths.state_dir / "spool"
+    spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     sockets = {os.path.realpath(p) for p in ("/var/run/docker.sock", "/run/docker.sock", str(listen))}
     if upstream.unix_path:
         sockets.add(os.path.realpath(upstream.unix_path))
     gate = Gate(sessions, upstream, allocator, slots=SlotCache(paths, sessions),
                 cgroups=CgroupParents(str(info.get("CgroupDriver", "cgroupfs")), str(info.get("CgroupVersion", "1"))),
-                engine_sockets=frozenset(sockets), host_cpus=float(info.get("NCPU") or os.cpu_count() or 1))
+                engine_sockets=frozenset(sockets), host_cpus=float(info.get("NCPU") or os.cpu_count() or 1),
+                pins=pins, spool_dir=spool_dir)
     stop_janitor = threading.Event()
-    janitor = threading.Thread(target=watch_engine, args=(upstream, allocator, stop_janitor), daemon=True)
+    janitor = threading.Thread(target=watch_engine, args=(upstream, allocator, pins, stop_janitor), daemon=True)
     janitor.start()
     try:
         serve_forever(Proxy(gate, upstream), listen, paths.run_dir, drain_seconds,

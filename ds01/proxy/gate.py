@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import stat
+import tempfile
 import threading
+import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, quote, urlencode
 
-from ds01 import containers, policy
+from ds01 import containers, identity, policy
 from ds01.allocator import Allocation, Allocator
 from ds01.engine import container_info
 from ds01.errors import Denied, Ds01Error
 from ds01.placement import GpuRequest, Slot
+from ds01.proxy import archive, binds
 from ds01.proxy.cgroups import CgroupParents
 from ds01.proxy.http import Head
 from ds01.proxy.routes import Route
@@ -49,6 +51,8 @@ class Forward:
     body: bytes | None = None  # a replacement body; None streams the client's own
     after: Callable[[int | None, bytes], None] | None = None  # sees the buffered response (None: forward failed)
     hijack: bool = False  # attach / exec start: the connection may turn into a raw stream
+    body_file: BinaryIO | None = None  # a replacement body spooled to a file, sent from its start
+    warnings: tuple[str, ...] = ()  # added to the Warnings of a successful create's answer
 
 
 Outcome = Deny | Reply | Forward
@@ -64,6 +68,7 @@ class Request:
     route: Route
     head: Head
     read_body: BodyReader  # the client's body, buffered up to the size cap
+    body_stream: Callable[[], BinaryIO]  # the client's body as a stream, for archives of any size
 
     @property
     def target(self) -> str:
@@ -102,7 +107,7 @@ def _client_type(head: Head, body: dict[str, Any]) -> str:
 class Gate:
     def __init__(self, sessions: Sessions, upstream: Upstream, allocator: Allocator, *,
                  slots: Callable[[], list[Slot]], cgroups: CgroupParents, engine_sockets: frozenset[str],
-                 host_cpus: float) -> None:
+                 host_cpus: float, pins: binds.Pins, spool_dir: Path) -> None:
         self.sessions = sessions
         self.upstream = upstream
         self.allocator = allocator
@@ -110,6 +115,8 @@ class Gate:
         self._cgroups = cgroups
         self._engine_sockets = engine_sockets
         self._host_cpus = host_cpus
+        self.pins = pins
+        self._spool_dir = spool_dir
         self._user_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 
     def decide(self, request: Request) -> Outcome:
@@ -166,8 +173,11 @@ class Gate:
         target = rewritten + (f"?{query}" if query else "")
         if kind == "container" and route.action == "exec" and method == "POST":
             body = policy.parse_json_object(read_body(), "exec create body")
-            policy.check_exec(caller, body)
+            container_user = str((info.get("Config") or {}).get("User") or "")
+            policy.check_exec(caller, body, container_user, self.sessions.current_config().security)
             return Forward(target, body=json.dumps(body).encode())
+        if kind == "container" and route.action == "archive" and method == "PUT":
+            return self._put_archive(request, info, target)
         if kind == "container" and route.action == "update" and method == "POST":
             body = policy.parse_json_object(read_body(), "update body")
             policy.check_update(caller, body)
@@ -180,9 +190,9 @@ class Gate:
                 return Deny("not_found", f"No such container: {ref}", status=404)
             return Forward(target, body=json.dumps(body).encode())
         if kind == "container" and method == "DELETE":
-            container_id = str(info["Id"])
-            return Forward(target, after=lambda status, _body: self._released_on_delete(status, container_id))
-        if kind == "container" and route.action == "start" and method == "POST":
+            return Forward(target, after=lambda status, _body: self._released_on_delete(status, info))
+        if kind == "container" and route.action in ("start", "restart") and method == "POST":
+            self._recheck_binds(info)
             self._regrant_on_start(request.session, info)
         hijack = (kind == "container" and route.action == "attach") or (kind == "exec" and route.action == "start")
         return Forward(target, hijack=hijack)
@@ -201,9 +211,56 @@ class Gate:
                                                 GpuRequest(devices=container.device_ids), slots=self._slots())
             self.allocator.bind(allocation.id, container.id, container.name)
 
-    def _released_on_delete(self, status: int | None, container_id: str) -> None:
+    def _released_on_delete(self, status: int | None, info: dict[str, Any]) -> None:
         if status == 204:
-            self.allocator.release_container(container_id)
+            self.allocator.release_container(str(info["Id"]))
+            self.pins.release(((info.get("Config") or {}).get("Labels") or {}).get(containers.BIND_KEY) or "")
+
+    def _recheck_binds(self, info: dict[str, Any]) -> None:
+        """Before the engine mounts a container's binds again: each pinned source must still be where, and what,
+        it was when checked, under today's rules for its owner; a pin lost to a reboot is made again."""
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        key = labels.get(containers.BIND_KEY)
+        if not key:
+            return
+        originals = [str(path) for path in json.loads(labels.get(containers.BIND_SOURCES) or "[]")]
+        owner = self.sessions.for_uid(int(labels[containers.UID])).caller
+        security = self.sessions.current_config().security
+        name = str(info.get("Name") or "").lstrip("/")
+        with binds.opened(originals) as opened:
+            facts = policy.Facts({path: source.resolved for path, source in opened.items()}, {}, {},
+                                 self._engine_sockets)
+            for index, original in enumerate(originals):
+                policy.check_bind_source(owner, original, facts, security)
+                source, pinned = opened[original], self.pins.pinned(key, index)
+                if pinned is None:
+                    self.pins.pin(key, index, source)
+                elif pinned != (source.device, source.inode) or source.resolved.real != original:
+                    raise Denied("bind_source_changed", (
+                        f"the bind source {original} of {name} was moved or replaced since the container was "
+                        "created, so it is not started. Put it back, or remove the container and create it again."))
+
+    def _put_archive(self, request: Request, info: dict[str, Any], target: str) -> Outcome:
+        """docker cp into a container: only where no host directory is mounted, and only the caller's files."""
+        caller = request.session.caller
+        host_mounts = [m for m in info.get("Mounts") or [] if m.get("Type") == "bind"]
+        if host_mounts:
+            labels = (info.get("Config") or {}).get("Labels") or {}
+            origin = containers.original_bind_source
+            shown = ", ".join(f"{m.get('Destination')} (from {origin(labels, m.get('Source'))})" for m in host_mounts)
+            raise Denied("archive_into_host_mounts", (
+                f"copying into {str(info.get('Name') or '').lstrip('/')} is refused: it mounts host directories "
+                f"({shown}), and the engine writes a copy as root, past the permissions on the host. Copy on the "
+                "host instead (cp FILE DIR), where your own permissions apply."))
+        spool = tempfile.TemporaryFile(dir=self._spool_dir)  # noqa: SIM115 - handed to the forwarder, which closes it
+        try:
+            archive.rewrite(request.body_stream(), spool, caller.uid, caller.gid)
+            spool.seek(0)
+        except BaseException:
+            spool.close()
+            raise
+        return Forward(target, body_file=spool)
+
 
     def _create_owned(self, request: Request, kind: str) -> Outcome:
         session = request.session
@@ -223,14 +280,8 @@ class Gate:
                                           containers.UID: str(session.caller.uid)})
         return Forward(request.target, body=json.dumps(body).encode())
 
-    def _facts(self, refs: policy.References) -> policy.Facts:
-        paths = {}
-        for source in refs.bind_sources:
-            try:
-                real = os.path.realpath(source, strict=True)
-                paths[source] = policy.ResolvedPath(real, stat.S_ISSOCK(os.stat(real).st_mode))
-            except OSError:
-                continue  # missing: the policy refuses it
+    def _facts(self, refs: policy.References, opened: dict[str, binds.OpenedSource]) -> policy.Facts:
+        paths = {path: source.resolved for path, source in opened.items()}
         owners = {ref: self._owner_of("container", ref)[1] for ref in refs.containers}
         volumes = {name: self._owner_of("volume", name)[1] for name in refs.volumes}
         return policy.Facts(paths, owners, volumes, self._engine_sockets)
@@ -243,27 +294,35 @@ class Gate:
         return len(listed)
 
     def _create(self, request: Request) -> Outcome:
-        head, query = request.head, request.query
         caller = request.session.caller
         # The engine refuses more CPUs than the host has, so the default is capped at the host's count.
         caller = dataclasses.replace(caller, limits=dataclasses.replace(
             caller.limits, cpus=min(caller.limits.cpus, self._host_cpus)))
-        config = self.sessions.current_config()
         body = policy.parse_json_object(request.read_body(), "container create body")
+        refs = policy.references(body)
+        with binds.opened(refs.bind_sources) as opened:
+            return self._create_checked(request, caller, body, refs, opened)
+
+    def _create_checked(self, request: Request, caller: policy.Caller, body: dict[str, Any],
+                        refs: policy.References, opened: dict[str, binds.OpenedSource]) -> Outcome:
+        head, query = request.head, request.query
+        config = self.sessions.current_config()
         plan = policy.plan_create(
-            caller, body, self._facts(policy.references(body)), config.security,
-            cgroup_parent=self._cgroups.name(caller.user),
-            client_type=_client_type(head, body), created_at=datetime.now(UTC).isoformat(timespec="seconds"))
+            caller, body, self._facts(refs, opened), config.security,
+            cgroup_parent=self._cgroups.name(caller.user), client_type=_client_type(head, body),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            run_as=policy.RunAs(gpu_gid=identity.group_id(config.bare_metal.group)))
         dry_run = (head.get(DRY_RUN_HEADER) or "").lower() in ("1", "true")
         lock = self._user_locks[caller.user]
+        key = uuid.uuid4().hex
         lock.acquire()  # count, reserve and create one at a time per user; released once the create is answered
+        allocation: Allocation | None = None
         try:
             count = self._count_containers(caller.user)
             if count >= caller.limits.max_containers:
                 raise Denied("max_containers", (
                     f"you have {count} containers and may have {caller.limits.max_containers}. Remove one "
                     "(container remove NAME) first."))
-            allocation: Allocation | None = None
             if plan.gpu_request is not None:
                 args = (caller.user, caller.uid, caller.limits, plan.gpu_request)
                 allocation = (self.allocator.preview(*args, slots=self._slots()) if dry_run
@@ -273,13 +332,23 @@ class Gate:
                 lock.release()
                 return self._dry_run_reply(plan, allocation)
             self._cgroups.ensure(caller.user, caller.limits.user_cpus, caller.limits.user_memory_bytes)
+            if plan.bind_sources:
+                staged = {source: str(self.pins.pin(key, index, opened[source]))
+                          for index, source in enumerate(plan.bind_sources)}
+                policy.pin_bind_sources(plan.body, staged, key,
+                                        [opened[source].resolved.real for source in plan.bind_sources])
         except BaseException:
+            self.pins.release(key)
+            if allocation is not None and not dry_run:
+                self.allocator.release(allocation.id)
             lock.release()
             raise
         name = dict(parse_qsl(query)).get("name")
 
         def after(status: int | None, response: bytes) -> None:
             try:
+                if status != 201:
+                    self.pins.release(key)
                 if allocation is None:
                     return
                 if status == 201:
@@ -290,7 +359,7 @@ class Gate:
             finally:
                 lock.release()
 
-        return Forward(request.target, body=json.dumps(plan.body).encode(), after=after)
+        return Forward(request.target, body=json.dumps(plan.body).encode(), after=after, warnings=plan.notes)
 
     def _dry_run_reply(self, plan: policy.CreatePlan, allocation: Allocation | None) -> Outcome:
         image = str(policy.field(plan.body, "Image") or "")
@@ -303,4 +372,6 @@ class Gate:
             "gpu_equivalents": format_equivalents(allocation.gpu_equivalents) if allocation else "0",
             "cpus": (policy.field(host, "NanoCpus") or 0) / 1e9, "memory_bytes": policy.field(host, "Memory"),
             "shm_size_bytes": policy.field(host, "ShmSize"), "pids_limit": policy.field(host, "PidsLimit"),
-            "cgroup_parent": policy.field(host, "CgroupParent"), "stripped_env": list(plan.stripped_env)})
+            "cgroup_parent": policy.field(host, "CgroupParent"), "stripped_env": list(plan.stripped_env),
+            "user": policy.field(plan.body, "User"), "group_add": policy.field(host, "GroupAdd") or [],
+            "cap_drop": policy.field(host, "CapDrop") or [], "notes": list(plan.notes)})

@@ -7,10 +7,11 @@ the policy must read are buffered, with a size cap.
 from __future__ import annotations
 
 import contextlib
+import io
 import socket
 import threading
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 1024 * 1024
@@ -130,6 +131,40 @@ def read_body(rfile: BinaryIO, head: Head, limit: int = MAX_BODY_BYTES) -> bytes
     if length > limit:
         raise BodyTooLarge(limit)
     return _read_exact(rfile, length)
+
+
+class BodyStream(io.RawIOBase):
+    """A request body read as a stream, de-chunked, never buffered whole."""
+
+    def __init__(self, rfile: BinaryIO, head: Head) -> None:
+        self._rfile = rfile
+        self._chunked = _chunked(head)
+        self._left = 0 if self._chunked else (_length(head) or 0)
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._done:
+            return 0
+        if self._left == 0 and self._chunked:
+            self._left = _chunk_size(self._rfile.readline(1024))
+            if self._left == 0:
+                _skip_trailers(self._rfile)
+                self._done = True
+                return 0
+        if self._left == 0:
+            self._done = True
+            return 0
+        data = self._rfile.read(min(len(buffer), self._left, BLOCK))
+        if not data:
+            raise HttpError("connection closed in the middle of a body")
+        buffer[:len(data)] = data
+        self._left -= len(data)
+        if self._left == 0 and self._chunked:
+            self._rfile.readline(3)
+        return len(data)
 
 
 class BodyTooLarge(HttpError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from ds01.allocator import Allocator
 from ds01.daemon import only_instance, stop_on_signals
 from ds01.errors import Busy, Denied, Ds01Error, EngineError
 from ds01.proxy import http
+from ds01.proxy.binds import Pins
 from ds01.proxy.gate import Deny, Forward, Gate, Reply, Request
 from ds01.proxy.routes import classify
 from ds01.proxy.session import Session, peer_uid
@@ -138,7 +140,13 @@ class Proxy:
                     raise Denied("body_too_large", f"the request body is larger than {exc.limit} bytes") from None
             return buffered[0]
 
-        request = Request(session, method, path, query, classify(method, path), head, read_body)
+        def body_stream() -> BinaryIO:
+            if buffered:
+                raise Ds01Error("the request body was already read")
+            buffered.append(b"")  # consumed: nothing is left to relay
+            return io.BufferedReader(http.BodyStream(rfile, head), http.BLOCK)
+
+        request = Request(session, method, path, query, classify(method, path), head, read_body, body_stream)
         outcome = self._decide(request)
         user = session.caller.user
         if isinstance(outcome, Deny):
@@ -176,15 +184,7 @@ class Proxy:
         try:
             upstream, upstream_r = link.open()
             head.start = " ".join([head.start.split(" ")[0], forward.target, "HTTP/1.1"])
-            body = forward.body if forward.body is not None else (buffered[0] if buffered else None)
-            if body is not None:
-                head.remove("Transfer-Encoding")
-                head.set("Content-Length", str(len(body)))
-                upstream.sendall(head.encode() + body)
-            else:
-                upstream.sendall(head.encode())
-                if http.request_has_body(head):
-                    http.relay_body(rfile, upstream, head)
+            _send_request(upstream, rfile, head, forward, buffered)
             answer = http.read_head(upstream_r)
             if answer is None:
                 raise EngineError("the engine closed the connection without answering")
@@ -194,6 +194,7 @@ class Proxy:
                     if http.response_has_body(answer, method) else b""
                 callback, after = after, None
                 callback(answer.status, data)
+                data = _with_warnings(answer.status, data, forward.warnings)
                 answer.remove("Transfer-Encoding")
                 answer.set("Content-Length", str(len(data)))
                 client.sendall(answer.encode() + data)
@@ -212,8 +213,46 @@ class Proxy:
             client.sendall(_error(502, "engine_error", str(exc)))
             return False
         finally:
+            if forward.body_file is not None:
+                forward.body_file.close()
             if after is not None:
                 after(None, b"")
+
+
+def _send_request(upstream: socket.socket, rfile: BinaryIO, head: http.Head, forward: Forward,
+                  buffered: list[bytes]) -> None:
+    """The request upstream: a replacement body (spooled or in memory), the buffered one, or the client's own."""
+    body = forward.body if forward.body is not None else (buffered[0] if buffered else None)
+    if forward.body_file is not None:
+        _send_file(upstream, head, forward.body_file)
+    elif body is not None:
+        head.remove("Transfer-Encoding")
+        head.set("Content-Length", str(len(body)))
+        upstream.sendall(head.encode() + body)
+    else:
+        upstream.sendall(head.encode())
+        if http.request_has_body(head):
+            http.relay_body(rfile, upstream, head)
+
+
+def _send_file(upstream: socket.socket, head: http.Head, body: BinaryIO) -> None:
+    """A spooled body, sent with its own length from its first byte."""
+    length = body.seek(0, io.SEEK_END)
+    body.seek(0)
+    head.remove("Transfer-Encoding")
+    head.set("Content-Length", str(length))
+    upstream.sendall(head.encode())
+    while block := body.read(http.BLOCK):
+        upstream.sendall(block)
+
+
+def _with_warnings(status: int, data: bytes, warnings: tuple[str, ...]) -> bytes:
+    """A create's answer with the proxy's notes added to the engine's Warnings, which clients print."""
+    if status != 201 or not warnings:
+        return data
+    answer = json.loads(data)
+    answer["Warnings"] = [*(answer.get("Warnings") or []), *warnings]
+    return json.dumps(answer).encode()
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -232,9 +271,9 @@ class _Handler(socketserver.BaseRequestHandler):
         server.proxy.serve(self.request)
 
 
-def watch_engine(upstream: Upstream, allocator: Allocator, stop: threading.Event) -> None:
-    """From the engine's event stream: release the GPUs of containers it removes on its own (--rm, prune),
-    and record the containers the kernel's OOM killer hit."""
+def watch_engine(upstream: Upstream, allocator: Allocator, pins: Pins, stop: threading.Event) -> None:
+    """From the engine's event stream: release the GPUs and pinned bind sources of the containers it removes on
+    its own (--rm, prune), and record the containers the kernel's OOM killer hit."""
     query = urlencode({"filters": json.dumps({"type": ["container"], "event": ["destroy", "oom"]})})
     while not stop.is_set():
         try:
@@ -254,6 +293,7 @@ def watch_engine(upstream: Upstream, allocator: Allocator, stop: threading.Event
                                     container=attributes.get("name"), id=container_id)
                     else:
                         allocator.release_container(container_id)
+                        pins.release((actor.get("Attributes") or {}).get(containers.BIND_KEY) or "")
         except (OSError, EngineError, http.HttpError, ValueError, Ds01Error) as exc:
             events.emit("proxy.event_stream_lost", source="proxy", error=str(exc))
             stop.wait(2.0)

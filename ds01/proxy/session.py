@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import pwd
+import os
 import socket
 import struct
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +26,24 @@ def peer_uid(sock: socket.socket) -> int:
     """The uid of the process at the other end of a unix socket, as the kernel recorded it at connect()."""
     _pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
     return int(uid)
+
+
+def bind_home(home: str, uid: int, roots: Sequence[str]) -> tuple[str, str]:
+    """(the real home, "") when it counts for bind mounts: below a home root and owned by the user; else
+    ("", why not). Service accounts with / for a home and directory-only users have none."""
+    if not home:
+        return "", "the account has no home directory on this host"
+    try:
+        real = os.path.realpath(home, strict=True)
+        owner = os.stat(real).st_uid
+    except OSError as exc:
+        return "", f"{home} cannot be read ({exc.strerror})"
+    real_roots = [os.path.realpath(root) for root in roots]
+    if not any(real.startswith(root.rstrip("/") + "/") for root in real_roots):
+        return "", f"{home} is not below the home roots ({', '.join(roots) or 'none configured'})"
+    if owner != uid:
+        return "", f"{home} is not owned by the account"
+    return real, ""
 
 
 @dataclass(frozen=True)
@@ -70,12 +89,10 @@ class Sessions:
                 return cached[1]
         user = identity.resolve_user(uid, config.ldap)
         effective = effective_limits(config, user.name, user.groups, datetime.now(UTC))
-        try:
-            home = pwd.getpwuid(uid).pw_dir
-        except KeyError:
-            home = ""  # a directory-only user has no home here, so no bind mounts either
+        home, home_problem = bind_home(user.home, uid, config.security.home_roots)
         caller = Caller(uid=uid, user=user.sanitized, home=home, is_admin=uid == 0 or effective.is_admin,
-                        limits=effective.limits)
+                        limits=effective.limits, gid=user.gid, gids=frozenset(user.gids), login=user.name,
+                        home_problem=home_problem)
         session = Session(caller=caller, login=user.name)
         with self._lock:
             self._cache[uid] = (now, session)

@@ -94,7 +94,12 @@ def test_every_section_key_with_its_default(title: str, table: dict[str, tuple[s
 def test_security_containers_admins_identity_keys() -> None:
     for key in ("data_dirs", "cap_add", "allow_endpoints"):
         assert row(section("`security`"), key)[1] == "`[]`"
-    assert {f.name for f in fields(SecuritySettings)} == {"data_dirs", "cap_add_allowed", "allowed_endpoints"}
+    defaults = SecuritySettings()
+    assert row(section("`security`"), "home_roots")[1] == f"`[{', '.join(defaults.home_roots)}]`"
+    for key in ("admin_root", "require_nosuid_mounts"):
+        assert row(section("`security`"), key)[1] == f"`{shown(getattr(defaults, key))}`"
+    assert {f.name for f in fields(SecuritySettings)} == {"data_dirs", "home_roots", "cap_add_allowed",
+                                                           "allowed_endpoints", "admin_root", "require_nosuid_mounts"}
     row(section("`containers`"), "default_image")
     assert row(section("`containers`"), "workspace_root")[1] == f"`{ContainerDefaults().workspace_root}`"
     for key in ("users", "groups"):

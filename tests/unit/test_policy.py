@@ -25,9 +25,14 @@ KELVIN = "\u212a"  # KELVIN SIGN: folds to "k"
 
 LIMITS = BUILTIN_DEFAULTS.with_overrides({"cpus": 4.0, "memory_bytes": 8 * GIB, "shm_size_bytes": GIB,
                                           "pids_limit": 1000})
-ALICE = Caller(uid=1000, user="alice", home="/home/alice", is_admin=False, limits=LIMITS)
-AL = Caller(uid=1003, user="al", home="/home/al", is_admin=False, limits=LIMITS)
-ADMIN = Caller(uid=1002, user="boss", home="/home/boss", is_admin=True, limits=LIMITS)
+ALICE = Caller(uid=1000, user="alice", home="/home/alice", is_admin=False, limits=LIMITS, gid=1000,
+               gids=frozenset({1000, 100}), login="alice")
+AL = Caller(uid=1003, user="al", home="/home/al", is_admin=False, limits=LIMITS, gid=1003, gids=frozenset({1003}),
+            login="al")
+ADMIN = Caller(uid=1002, user="boss", home="/home/boss", is_admin=True, limits=LIMITS, gid=1002,
+               gids=frozenset({1002}), login="boss")
+GPU_GID = 993
+RUN_AS = policy.RunAs(gpu_gid=GPU_GID)
 
 SECURITY = SecuritySettings(data_dirs=("/data",), cap_add_allowed=frozenset({"SYS_PTRACE"}))
 CGROUP = "ds01-alice.slice"
@@ -44,6 +49,7 @@ PATHS = {
     "/home/alice": real("/home/alice"),
     "/home/alice/work": real("/home/alice/work"),
     "/home/alice/work/": real("/home/alice/work"),
+    "/home/alice/suid": ResolvedPath("/home/alice/suid", False, mount_point="/home", mount_hardened=False),
     "/home/alice/link": real("/etc"),  # a symlink pointing out of the home
     "/home/alice/data-link": real("/data/shared"),  # a symlink into a data directory
     "/home/alice/sock-link": real("/run/docker.sock", is_socket=True),
@@ -75,7 +81,7 @@ def host(**fields: Any) -> dict[str, Any]:
 def plan(body: dict[str, Any], *, caller: Caller = ALICE, facts: Facts = FACTS,
          security: SecuritySettings = SECURITY, client_type: str = "docker") -> policy.CreatePlan:
     return policy.plan_create(caller, body, facts, security, cgroup_parent=CGROUP, client_type=client_type,
-                              created_at=NOW)
+                              created_at=NOW, run_as=RUN_AS)
 
 
 def refused(body: dict[str, Any], reason: str, **kwargs: Any) -> Denied:
@@ -122,7 +128,12 @@ DENIALS: list[tuple[str, dict[str, Any], str, str]] = [
     ("not-owner", host(Binds=["bobs-data:/d"]), "not_owner", "only refer to your own containers and volumes"),
     ("mount-type", host(Mounts=[{"Type": "npipe", "Source": "//./pipe/docker_engine", "Target": "/p"}]),
      "mount_type", "use bind, volume or tmpfs"),
-    ("foreign-uid", {"Image": "busybox", "User": "1001"}, "foreign_uid", "use your own uid (1000)"),
+    ("foreign-uid", {"Image": "busybox", "User": "1001"}, "foreign_uid", "containers run as you (uid 1000, gid 1000)"),
+    ("foreign-group", host(GroupAdd=["0"]), "foreign_group", "you are not in group 0"),
+    ("group-name", host(GroupAdd=["docker"]), "foreign_group", "names a group"),
+    ("no-new-privileges-off", host(SecurityOpt=["no-new-privileges=false"]), "security_opt",
+     "no-new-privileges is always on"),
+    ("mount-not-hardened", host(Binds=["/home/alice/suid:/x"]), "mount_not_hardened", "nosuid,nodev"),
     ("label-reserved", {"Image": "busybox", "Labels": {"ds01.user": "bob"}}, "label_reserved",
      "ds01 sets the ds01.* labels itself"),
     ("limit-cpus", host(NanoCpus=5 * 10**9), "limit_cpus", "your per-container limit is 4"),
@@ -207,7 +218,7 @@ def test_top_level_fields_are_case_insensitive() -> None:
     refused({"user": "1001"}, "foreign_uid")
     refused({"LABELS": {"ds01.uid": "0"}}, "label_reserved")
     result = plan({"env": ["NVIDIA_VISIBLE_DEVICES=all", "A=1"], "labels": {"x": "y"}})
-    assert result.body["Env"] == ["A=1"]
+    assert result.body["Env"] == ["A=1", "HOME=/tmp", "USER=alice", "LOGNAME=alice"]
     assert "env" not in result.body
     assert "labels" not in result.body
     assert result.body["Labels"]["x"] == "y"
@@ -377,15 +388,22 @@ def test_gpu_environment_is_stripped_and_reported() -> None:
            "MY_NVIDIA_VAR=1", "HOME=/root", "NVIDIA_REQUIRE_CUDA", "CUDA_HOME=/usr/local/cuda", "X=NVIDIA_Y=1"]
     result = plan({"Image": "busybox", "Env": env})
     assert result.body["Env"] == ["PATH=/usr/bin", "MY_NVIDIA_VAR=1", "HOME=/root", "CUDA_HOME=/usr/local/cuda",
-                                  "X=NVIDIA_Y=1"]
+                                  "X=NVIDIA_Y=1", "USER=alice", "LOGNAME=alice"]
     assert result.stripped_env == ("NVIDIA_VISIBLE_DEVICES=all", "CUDA_VISIBLE_DEVICES=0,1",
                                    "nvidia_driver_capabilities=all", "NVIDIA_REQUIRE_CUDA")
 
 
-def test_no_environment_gives_an_empty_one() -> None:
+def test_no_environment_gets_the_login_variables() -> None:
     result = plan({"Image": "busybox"})
-    assert result.body["Env"] == []
+    assert result.body["Env"] == ["HOME=/tmp", "USER=alice", "LOGNAME=alice"]
     assert result.stripped_env == ()
+
+
+def test_home_is_the_workspace_when_one_is_mounted() -> None:
+    result = plan(host(Binds=["/home/alice/work:/workspace"]))
+    assert "HOME=/workspace" in result.body["Env"]
+    result = plan(host(Mounts=[{"Type": "bind", "Source": "/home/alice/work", "Target": "/workspace/"}]))
+    assert "HOME=/workspace" in result.body["Env"]
 
 
 # --- limits ------------------------------------------------------------------------------------------------------
@@ -515,20 +533,43 @@ def test_missing_source_is_refused() -> None:
     refused(host(Mounts=[{"Type": "bind", "Target": "/x"}]), "mount_outside_home")
 
 
-def test_bind_sources_are_pinned_to_their_real_paths() -> None:
+def test_bind_sources_are_listed_once_and_pinned_to_staging_paths() -> None:
     result = plan(host(
         Binds=["/home/alice/data-link:/d:ro", "my-data:/v", "/home/alice/work/:/w"],
         Mounts=[{"Type": "bind", "Source": "/home/alice/data-link", "Target": "/m", "ReadOnly": True},
                 {"type": "bind", "source": "/home/alice/work/", "target": "/n"},
                 {"Type": "volume", "Source": "my-data", "Target": "/mv"},
                 {"Type": "tmpfs", "Target": "/t"}]))
+    assert result.bind_sources == ("/home/alice/data-link", "/home/alice/work/")
+    staged = {"/home/alice/data-link": "/pins/k/0", "/home/alice/work/": "/pins/k/1"}
+    policy.pin_bind_sources(result.body, staged, "k", ["/data/shared", "/home/alice/work"])
     hc = host_config(result)
-    assert hc["Binds"] == ["/data/shared:/d:ro", "my-data:/v", "/home/alice/work:/w"]
+    assert hc["Binds"] == ["/pins/k/0:/d:ro", "my-data:/v", "/pins/k/1:/w"]
     assert hc["Mounts"] == [
-        {"Type": "bind", "Target": "/m", "ReadOnly": True, "Source": "/data/shared"},
-        {"type": "bind", "target": "/n", "Source": "/home/alice/work"},
+        {"Type": "bind", "Target": "/m", "ReadOnly": True, "Source": "/pins/k/0"},
+        {"type": "bind", "target": "/n", "Source": "/pins/k/1"},
         {"Type": "volume", "Source": "my-data", "Target": "/mv"},
         {"Type": "tmpfs", "Target": "/t"}]
+    labels = result.body["Labels"]
+    assert labels[containers.BIND_KEY] == "k"
+    assert json.loads(labels[containers.BIND_SOURCES]) == ["/data/shared", "/home/alice/work"]
+    assert containers.original_bind_source(labels, "/pins/k/1") == "/home/alice/work"
+    assert containers.original_bind_source(labels, "/elsewhere") == "/elsewhere"
+
+
+def test_unhardened_mounts_pass_only_when_the_admin_turns_the_check_off() -> None:
+    denial = refused(host(Binds=["/home/alice/suid:/x"]), "mount_not_hardened")
+    assert "/etc/fstab" in denial.message and "/home" in denial.message
+    plan(host(Binds=["/home/alice/suid:/x"]), security=SecuritySettings(require_nosuid_mounts=False))
+
+
+def test_a_caller_without_a_home_binds_only_data_dirs() -> None:
+    homeless = Caller(uid=998, user="svc", home="", is_admin=False, limits=LIMITS, gid=998, gids=frozenset({998}),
+                      home_problem="/ is not below the home roots (/home)")
+    for source in ("/", "/etc", "/home/alice"):
+        denial = refused(host(Binds=[f"{source}:/x"]), "mount_outside_home", caller=homeless)
+        assert "none: / is not below the home roots" in denial.message
+    plan(host(Binds=["/data/shared:/x"]), caller=homeless)
 
 
 # --- volumes, VolumesFrom, container namespaces: the caller must own them ---------------------------------------
@@ -669,19 +710,23 @@ def test_other_mount_types_are_refused(mount_type: str | None) -> None:
 
 # --- users -------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("user", [None, "", "0", "0:0", "1000", "1000:1000", "01000", "root", "alice", "nobody:nogroup",
-                                  "1000:0", "0:1001", "user1001"])
-def test_allowed_users(user: str | None) -> None:
-    policy.check_user(ALICE, user)
-    plan({"Image": "busybox", "User": user})
+@pytest.mark.parametrize(("user", "runs_as"), [(None, "1000:1000"), ("", "1000:1000"), ("1000", "1000:1000"),
+                                              ("1000:1000", "1000:1000"), ("01000", "1000:1000"),
+                                              ("1000:100", "1000:100"), ("+1000:0100", "1000:100"),
+                                              ("1000:", "1000:1000")])
+def test_the_caller_runs_as_themselves(user: str | None, runs_as: str) -> None:
+    assert policy.check_user(ALICE, user) == runs_as
+    assert plan({"Image": "busybox", "User": user}).body["User"] == runs_as
 
 
-@pytest.mark.parametrize("user", ["1001", "1001:1000", "65534", "2000:2000", "00001001"])
-def test_other_numeric_uids_are_refused(user: str) -> None:
+@pytest.mark.parametrize("user", ["0", "0:0", "root", "alice", "nobody:nogroup", "1000:0", "0:1000", "user1001",
+                                  "1001", "1001:1000", "65534", "2000:2000", "00001001", "1000:1000:1",
+                                  "1000:docker", "+1001", "+1001:1000", "+01001", " 1000"])
+def test_any_other_user_is_refused(user: str) -> None:
     with pytest.raises(Denied) as info:
         policy.check_user(ALICE, user)
     assert info.value.reason == "foreign_uid"
-    assert "use your own uid (1000)" in info.value.message
+    assert "containers run as you (uid 1000, gid 1000)" in info.value.message
 
 
 @pytest.mark.parametrize("user", [1000, 0, ["0"], {"uid": 0}])
@@ -691,26 +736,61 @@ def test_non_string_users_are_refused(user: Any) -> None:
     assert info.value.reason == "bad_request"
 
 
-@pytest.mark.parametrize("user", ["+1001", "+1001:1000", "+01001"])
-def test_signed_numeric_uid_is_another_users_uid(user: str) -> None:
-    # The engine and runc parse the uid with Go's strconv.Atoi, which accepts a leading "+": "+1001" runs as 1001.
-    with pytest.raises(Denied) as info:
-        policy.check_user(ALICE, user)
-    assert info.value.reason == "foreign_uid"
+def test_the_container_gets_the_callers_groups_and_no_new_privileges() -> None:
+    result = plan(host(SecurityOpt=["no-new-privileges"], GroupAdd=["100"]))
+    hc = host_config(result)
+    assert hc["GroupAdd"] == ["100"]
+    assert hc["SecurityOpt"] == [policy.NO_NEW_PRIVILEGES]
+    assert set(hc["CapDrop"]) == set(policy.DROPPED_CAPABILITIES)
+    assert result.notes and "runs as 1000:1000" in result.notes[0] and "CHOWN" in result.notes[0]
+
+
+def test_a_gpu_container_also_gets_the_gpu_group() -> None:
+    hc = host_config(plan(host(DeviceRequests=[gpu(Count=1)])))
+    assert hc["GroupAdd"] == ["100", str(GPU_GID)]
+    assert host_config(plan(host()))["GroupAdd"] == ["100"]
+
+
+def test_an_allowed_capability_is_kept_only_when_asked_for() -> None:
+    security = SecuritySettings(cap_add_allowed=frozenset({"CHOWN"}))
+    assert "CHOWN" not in host_config(plan(host(CapAdd=["CAP_CHOWN"]), security=security))["CapDrop"]
+    assert "CHOWN" in host_config(plan(host(), security=security))["CapDrop"]
+    refused(host(CapAdd=["SETUID"]), "capability")
+
+
+def test_admin_root_lets_admins_run_as_root_only() -> None:
+    security = SecuritySettings(admin_root=True)
+    result = plan({"Image": "busybox", "User": "0:0"}, caller=ADMIN, security=security)
+    assert result.body["User"] == "0:0" and "CapDrop" not in host_config(result)
+    assert host_config(result)["SecurityOpt"] == [policy.NO_NEW_PRIVILEGES]
+    refused({"Image": "busybox", "User": "0"}, "foreign_uid", caller=ADMIN)
+    refused({"Image": "busybox", "User": "0"}, "foreign_uid", security=security)
+
+
+def test_root_containers_with_host_mounts_are_found() -> None:
+    def info(name: str, user: str, mounts: tuple[str, ...]) -> containers.ContainerInfo:
+        return containers.ContainerInfo(id=name, name=name, labels={containers.USER: "alice"}, status="running",
+                                        device_ids=(), gpu_count=0, user=user, host_mounts=mounts)
+    found = [info("a._.1000", "", ("/home/alice",)), info("b", "0:0", ("/data",)), info("c", "1000:1000", ("/x",)),
+             info("d", "root", ()), info("e", "root", ("/y",))]
+    assert [i.name for i in policy.root_with_host_mounts(found)] == ["a._.1000", "b", "e"]
+    assert "container remove a, then create it again" in policy.root_container_warning(found[0])
 
 
 # --- exec --------------------------------------------------------------------------------------------------------
 
-def test_exec_is_allowed_and_loses_gpu_environment() -> None:
+def test_exec_runs_as_the_caller_and_loses_gpu_environment() -> None:
     body = {"Cmd": ["sh"], "User": "1000", "Env": ["NVIDIA_VISIBLE_DEVICES=all", "CUDA_VISIBLE_DEVICES=1", "A=b"]}
-    policy.check_exec(ALICE, body)
-    assert body == {"Cmd": ["sh"], "User": "1000", "Env": ["A=b"]}
+    policy.check_exec(ALICE, body, "1000:1000", SECURITY)
+    assert body == {"Cmd": ["sh"], "User": "1000:1000", "Env": ["A=b"]}
 
 
-def test_exec_without_env_gets_an_empty_one() -> None:
+@pytest.mark.parametrize(("container_user", "runs_as"), [("1000:100", "1000:100"), ("", "1000:1000"),
+                                                         ("0", "1000:1000"), ("root", "1000:1000")])
+def test_exec_without_user_takes_the_containers_own_or_the_callers(container_user: str, runs_as: str) -> None:
     body: dict[str, Any] = {"Cmd": ["sh"]}
-    policy.check_exec(ALICE, body)
-    assert body == {"Cmd": ["sh"], "Env": []}
+    policy.check_exec(ALICE, body, container_user, SECURITY)
+    assert body == {"Cmd": ["sh"], "User": runs_as, "Env": []}
 
 
 @pytest.mark.parametrize(("body", "reason"), [
@@ -719,17 +799,25 @@ def test_exec_without_env_gets_an_empty_one() -> None:
     ({"PRIVILEGED": "true"}, "privileged"),
     ({"User": "1001"}, "foreign_uid"),
     ({"user": "4242:0"}, "foreign_uid"),
+    ({"User": "0"}, "foreign_uid"),
+    ({"User": "root"}, "foreign_uid"),
+    ({"User": "0:0"}, "foreign_uid"),
+    ({"User": "bob"}, "foreign_uid"),
     ({"User": 0}, "bad_request"),
     ({"Env": "A=b"}, "bad_request"),
 ])
 def test_exec_denials(body: dict[str, Any], reason: str) -> None:
     with pytest.raises(Denied) as info:
-        policy.check_exec(ALICE, body)
+        policy.check_exec(ALICE, body, "1000:1000", SECURITY)
     assert info.value.reason == reason
 
 
-def test_exec_privileged_false_is_fine() -> None:
-    policy.check_exec(ALICE, {"Privileged": False, "User": "root"})
+def test_exec_as_root_only_for_admins_with_admin_root() -> None:
+    body = {"Privileged": False, "User": "root"}
+    policy.check_exec(ADMIN, body, "", SecuritySettings(admin_root=True))
+    assert body["User"] == "root"
+    with pytest.raises(Denied):
+        policy.check_exec(ADMIN, {"User": "root"}, "", SECURITY)
 
 
 # --- update ------------------------------------------------------------------------------------------------------
