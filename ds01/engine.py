@@ -246,10 +246,9 @@ class Details:
 
 def details(inspected: dict[str, Any]) -> Details:
     host = inspected.get("HostConfig") or {}
-    workspace = next((m.get("Source") for m in inspected.get("Mounts") or [] if m.get("Destination") == WORKSPACE),
-                     None)
-    return Details(info=container_info(inspected), image=str((inspected.get("Config") or {}).get("Image") or ""),
-                   created=str(inspected.get("Created") or ""), workspace=workspace,
+    info = container_info(inspected)
+    return Details(info=info, image=str((inspected.get("Config") or {}).get("Image") or ""),
+                   created=str(inspected.get("Created") or ""), workspace=info.workspace,
                    cpus=(host.get("NanoCpus") or 0) / 1e9 or None, memory_bytes=host.get("Memory") or None,
                    shm_size_bytes=host.get("ShmSize") or None)
 

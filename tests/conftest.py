@@ -19,6 +19,8 @@ from typing import Any
 import docker
 import pytest
 
+from ds01.proxy.binds import Pins
+
 REPO = Path(__file__).resolve().parents[1]
 TESTBED_SCRIPT = REPO / "scripts" / "testbed"
 TOPOLOGIES = REPO / "tests" / "fakes" / "topologies"
@@ -134,6 +136,11 @@ class ProxyHandle:
     def config(self) -> Path:
         return self.root / "etc" / "resource-limits.yaml"
 
+    @property
+    def data(self) -> Path:
+        """This proxy's data directory (security.data_dirs): on the test bed's nosuid,nodev data mount."""
+        return Path(self.env["DS01_TESTBED_DATA"]) / self.root.name
+
     def events(self) -> list[dict[str, Any]]:
         log = self.root / "log" / "events.jsonl"
         return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
@@ -148,13 +155,15 @@ class ProxyHandle:
 
 
 def start_proxy(testbed: Testbed, root: Path, *, ttl: str = "60s") -> ProxyHandle:
-    for sub in ("etc", "state", "log", "run", "data"):
+    for sub in ("etc", "state", "log", "run"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
     (root / "run").chmod(0o755)
-    (root / "data").chmod(0o1777)
+    data = Path(testbed.env["DS01_TESTBED_DATA"]) / root.name
+    data.mkdir(exist_ok=True)
+    data.chmod(0o1777)
     text = (Path(testbed.env["DS01_CONFIG"])).read_text()
-    for shipped, wanted in (("data_dirs: []", f"data_dirs: [{root / 'data'}]"),
+    for shipped, wanted in (("data_dirs: []", f"data_dirs: [{data}]"),
                             ("cap_add: []", "cap_add: [SYS_PTRACE]"),
                             ("reservation_ttl: 60s", f"reservation_ttl: {ttl}"),
                             ("users: {}\n", "users:\n  bob:\n    group: researcher\n")):
@@ -186,7 +195,15 @@ def stop_proxy(handle: ProxyHandle, engine: docker.DockerClient) -> None:
         container.remove(force=True)
     for volume in engine.volumes.list(filters={"label": "ds01.user"}):
         volume.remove(force=True)
+    release_pins(handle.root / "state" / "binds")
+    shutil.rmtree(handle.data, ignore_errors=True)
     shutil.rmtree(handle.root, ignore_errors=True)
+
+
+def release_pins(binds: Path) -> None:
+    """Unmount what a stopped proxy left pinned (the containers are gone), so no tree removal reaches into it."""
+    if binds.is_dir():
+        Pins(binds).release_unused(set())
 
 
 @pytest.fixture(scope="module")

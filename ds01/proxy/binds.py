@@ -14,6 +14,7 @@ import ctypes
 import errno
 import os
 import stat
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,7 @@ class Pins:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._lock = threading.Lock()  # a delete's answer and the engine's destroy event release the same key
         root.mkdir(parents=True, exist_ok=True)
         os.chown(root, 0, 0)
         root.chmod(0o700)  # only root (the engine) goes through it
@@ -136,17 +138,18 @@ class Pins:
     def release(self, key: str) -> None:
         """Unmount and remove one container's staging directory."""
         folder = self.root / key
-        if not key.isalnum() or not folder.is_dir():
-            return
-        for entry in folder.iterdir():
-            _unmount(entry)
-        # Only after every unmount: a still-mounted source would have its contents deleted.
-        for entry in folder.iterdir():
-            if entry.is_dir() and not entry.is_symlink():
-                entry.rmdir()
-            else:
-                entry.unlink()
-        folder.rmdir()
+        with self._lock:
+            if not key.isalnum() or not folder.is_dir():
+                return
+            for entry in folder.iterdir():
+                _unmount(entry)
+            # Only after every unmount, and never recursively: a mounted source would lose its contents.
+            for entry in folder.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    entry.rmdir()
+                else:
+                    entry.unlink()
+            folder.rmdir()
 
     def keys(self) -> list[str]:
         return sorted(entry.name for entry in self.root.iterdir() if entry.is_dir())

@@ -136,6 +136,9 @@ def test_ldap_only_user_gets_member_uid_groups(anonymous: LdapSettings, events: 
         name="jane.doe@lab.example",
         sanitized=sanitize_username("jane.doe@lab.example"),
         groups=("lab-users", "ml-researchers"),
+        gid=20000,
+        gids=(20000, 20010),
+        home="",  # known only to the directory: no home on this host, so no bind mounts
     )
     assert user.sanitized.startswith("jane_doe_lab_example_")
     assert _logged(events) == []
