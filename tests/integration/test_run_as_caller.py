@@ -1,0 +1,367 @@
+"""No user gains host powers through containers: each attack as alice, through the proxy, judged by what the host,
+the engine or bob ended up with, never by the refusal alone."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import sys
+import tarfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from ds01 import containers
+from tests.conftest import TEST_IMAGE, ProxyHandle, Testbed, start_proxy, stop_proxy
+
+ESCAPE_C = r"""
+#include <stdio.h>
+#include <unistd.h>
+int main(void) { setuid(0); setgid(0); printf("uid=%d euid=%d\n", (int)getuid(), (int)geteuid()); return 0; }
+"""
+SECRET = "bob's secret"
+
+
+def account(user: str) -> pwd.struct_passwd:
+    return pwd.getpwnam(user)
+
+
+def docker_as(proxy: ProxyHandle, user: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return proxy.as_user(user, "docker", *args, stdin=stdin)
+
+
+def owned_dir(path: Path, user: str, mode: int = 0o755) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chown(path, account(user).pw_uid, account(user).pw_gid)
+    path.chmod(mode)
+    return path
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """A fresh directory of alice's in her (nosuid,nodev) home."""
+    path = owned_dir(Path(account("alice").pw_dir) / f"attack-{uuid.uuid4().hex[:8]}", "alice")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def no_privileged_files(tree: Path, user: str = "alice") -> None:
+    """Everything under `tree` is the user's own: no file of root's or anyone else's, so a setuid or setgid bit
+    could only ever give the user themselves; and no device node."""
+    mine = account(user)
+    own_gids = set(os.getgrouplist(user, mine.pw_gid))
+    for path in [tree, *tree.rglob("*")]:
+        info = path.lstat()
+        assert info.st_uid == mine.pw_uid, f"{path} is owned by uid {info.st_uid}"
+        assert not info.st_mode & stat.S_ISGID or info.st_gid in own_gids, f"{path} is setgid to {info.st_gid}"
+        assert not (stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)), f"{path} is a device node"
+
+
+def crafted_tar(*members: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for member, data in members:
+            archive.addfile(member, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+def entry(name: str, *, data: bytes = b"", mode: int = 0o644, uid: int = 0, kind: bytes = tarfile.REGTYPE,
+          **extra: object) -> tuple[tarfile.TarInfo, bytes | None]:
+    member = tarfile.TarInfo(name)
+    member.type, member.mode, member.uid, member.gid = kind, mode, uid, uid
+    member.size = len(data) if kind == tarfile.REGTYPE else 0
+    for key, value in extra.items():
+        setattr(member, key, value)
+    return member, data if kind == tarfile.REGTYPE else None
+
+
+def put_archive(proxy: ProxyHandle, user: str, container: str, path: str, tar: bytes) -> tuple[int, str]:
+    """PUT /containers/ID/archive with curl as `user`: (status, body)."""
+    file = Path(f"/tmp/ds01-tar-{uuid.uuid4().hex}")
+    file.write_bytes(tar)
+    file.chmod(0o644)
+    try:
+        result = proxy.as_user(user, "curl", "-sS", "--unix-socket", str(proxy.socket), "-X", "PUT", "-w",
+                               "\n%{http_code}", "-H", "Content-Type: application/x-tar", "--data-binary",
+                               f"@{file}", f"http://docker/v1.41/containers/{container}/archive?path={path}")
+    finally:
+        file.unlink()
+    body, _, status = result.stdout.rpartition("\n")
+    return int(status), body
+
+
+def files_in(engine: docker.DockerClient, container: str, path: str) -> dict[str, tarfile.TarInfo]:
+    """What the engine really holds at `path` in the container, read back directly (not through the proxy)."""
+    stream, _ = engine.api.get_archive(container, path)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
+        return {member.name: member for member in archive.getmembers()}
+
+
+# --- 1. identity: containers and execs run as the caller -----------------------------------------------------------
+
+def test_containers_and_execs_run_as_the_caller(proxy: ProxyHandle, engine: docker.DockerClient) -> None:
+    alice = account("alice")
+    ran = docker_as(proxy, "alice", "run", "--rm", TEST_IMAGE, "sh", "-c", "id -u; id -g; echo $HOME $USER; "
+                    "grep -E '^(NoNewPrivs|CapBnd)' /proc/self/status")
+    assert ran.returncode == 0, ran.stderr
+    uid, gid, env, bounding, no_new_privs = ran.stdout.split("\n")[:5]
+    assert (uid, gid, env) == (str(alice.pw_uid), str(alice.pw_gid), "/tmp alice")
+    assert no_new_privs.split() == ["NoNewPrivs:", "1"]
+    chown_setuid_mknod = (1 << 0) | (1 << 7) | (1 << 27)
+    assert int(bounding.split()[1], 16) & chown_setuid_mknod == 0  # CAP_CHOWN, CAP_SETUID and CAP_MKNOD are gone
+    assert "runs as 1001:1001" in ran.stderr and "capabilities dropped" in ran.stderr  # the reply's notes
+
+    assert docker_as(proxy, "alice", "run", "-d", "--name", "who", TEST_IMAGE, "sleep", "300").returncode == 0
+    try:
+        assert engine.containers.get("who").attrs["Config"]["User"] == f"{alice.pw_uid}:{alice.pw_gid}"
+        execd = docker_as(proxy, "alice", "exec", "who", "id", "-u")
+        assert execd.stdout.strip() == str(alice.pw_uid)
+        for user in ("0", "root", "0:0", "bob", "1002", f"{alice.pw_uid}:0"):
+            refused = docker_as(proxy, "alice", "exec", "-u", user, "who", "id", "-u")
+            assert refused.returncode != 0 and refused.stdout == "", user
+            assert "containers run as you" in refused.stderr
+    finally:
+        engine.containers.get("who").remove(force=True)
+
+
+@pytest.mark.parametrize("args", [["--user", "0"], ["--user", "root"], ["--user", "0:0"], ["--user", "1002"],
+                                  ["--group-add", "0"], ["--group-add", "docker"], ["--cap-add", "SETUID"],
+                                  ["--security-opt", "no-new-privileges=false"]])
+def test_root_and_other_identities_are_refused(proxy: ProxyHandle, engine: docker.DockerClient,
+                                               args: list[str]) -> None:
+    name = f"ident-{uuid.uuid4().hex[:8]}"
+    result = docker_as(proxy, "alice", "run", "--name", name, *args, TEST_IMAGE, "id")
+    assert result.returncode != 0 and "ds01:" in result.stderr
+    assert "uid=" not in result.stdout  # nothing ran
+    assert not engine.containers.list(all=True, filters={"name": name})  # and nothing was created
+
+
+def test_own_groups_pass_and_a_gpu_container_gets_the_gpu_group(proxy: ProxyHandle) -> None:
+    gpu_gid = str(subprocess.run(["getent", "group", "ds01-gpu"], capture_output=True, text=True,
+                                 check=True).stdout.split(":")[2])
+    gpu = docker_as(proxy, "alice", "run", "--rm", "--gpus", "1", TEST_IMAGE, "id", "-G")
+    assert gpu.returncode == 0, gpu.stderr
+    assert gpu_gid in gpu.stdout.split()
+    plain = docker_as(proxy, "alice", "run", "--rm", "--group-add", str(account("alice").pw_gid), TEST_IMAGE,
+                      "id", "-G")
+    assert plain.returncode == 0 and gpu_gid not in plain.stdout.split()
+
+
+# --- 2. setuid files, device nodes, file capabilities ---------------------------------------------------------------
+
+def test_setuid_through_a_bind_mount_gives_no_root(proxy: ProxyHandle, scratch: Path, tmp_path: Path) -> None:
+    source = tmp_path / "esc.c"
+    source.write_text(ESCAPE_C)
+    subprocess.run(["gcc", "-o", str(scratch / "esc"), str(source)], check=True)
+    os.chown(scratch / "esc", account("alice").pw_uid, account("alice").pw_gid)
+    attack = docker_as(proxy, "alice", "run", "--rm", "-v", f"{scratch}:/x", TEST_IMAGE, "sh", "-c",
+                       "chown 0:0 /x/esc; chmod 4755 /x/esc; mknod /x/memdev c 1 1; chmod 666 /x/memdev; "
+                       "mknod /x/disk b 8 0; true")
+    assert attack.returncode == 0, attack.stderr
+    assert "Operation not permitted" in attack.stderr
+    no_privileged_files(scratch)
+    ran = proxy.as_user("alice", str(scratch / "esc"))
+    assert ran.stdout.strip() == f"uid={account('alice').pw_uid} euid={account('alice').pw_uid}"
+
+
+def test_docker_cp_into_a_bind_mount_is_refused_and_writes_nothing(proxy: ProxyHandle, engine: docker.DockerClient,
+                                                                    scratch: Path) -> None:
+    assert docker_as(proxy, "alice", "run", "-d", "--name", "cp-bind", "-v", f"{scratch}:/x", TEST_IMAGE,
+                     "sleep", "300").returncode == 0
+    try:
+        tar = crafted_tar(entry("esc", data=b"#!/bin/sh\nid\n", mode=0o4755))
+        status, body = put_archive(proxy, "alice", "cp-bind", "/x", tar)
+        assert status == 403 and "mounts host directories" in body and str(scratch) in body
+        (scratch.parent / "esc-src").write_text("#!/bin/sh\nid\n")
+        cli = docker_as(proxy, "alice", "cp", str(scratch.parent / "esc-src"), "cp-bind:/x/esc")
+        (scratch.parent / "esc-src").unlink()
+        assert cli.returncode != 0 and "mounts host directories" in cli.stderr
+        assert list(scratch.iterdir()) == []
+    finally:
+        engine.containers.get("cp-bind").remove(force=True)
+
+
+def test_docker_cp_lands_as_the_callers_plain_files(proxy: ProxyHandle, engine: docker.DockerClient) -> None:
+    assert docker_as(proxy, "alice", "run", "-d", "--name", "cp-plain", TEST_IMAGE, "sleep", "300").returncode == 0
+    alice = account("alice")
+    try:
+        tar = crafted_tar(entry("drop", kind=tarfile.DIRTYPE, mode=0o6755),
+                          entry("drop/esc", data=b"#!/bin/sh\nid\n", mode=0o6755),
+                          entry("drop/cap", data=b"x", pax_headers={"SCHILY.xattr.security.capability": "\x01"}),
+                          entry("drop/link", kind=tarfile.LNKTYPE, linkname="drop/esc"))
+        status, body = put_archive(proxy, "alice", "cp-plain", "/tmp", tar)
+        assert status == 200, body
+        held = files_in(engine, "cp-plain", "/tmp/drop")
+        assert set(held) == {"drop", "drop/esc", "drop/cap", "drop/link"}
+        for member in held.values():
+            assert (member.uid, member.gid) == (alice.pw_uid, alice.pw_gid), member.name
+            assert not member.mode & (stat.S_ISUID | stat.S_ISGID), member.name
+            assert not any(key.startswith("SCHILY.xattr") for key in member.pax_headers), member.name
+    finally:
+        engine.containers.get("cp-plain").remove(force=True)
+
+
+@pytest.mark.parametrize(("bad", "what"), [
+    (entry("mem", kind=tarfile.CHRTYPE, devmajor=1, devminor=1, mode=0o666), "device node"),
+    (entry("disk", kind=tarfile.BLKTYPE, devmajor=8, devminor=0), "device node"),
+    (entry("fifo", kind=tarfile.FIFOTYPE), "FIFO"),
+    (entry("shadow", kind=tarfile.LNKTYPE, linkname="/etc/shadow"), "hard link"),
+    (entry("../../etc/cron.d/x", data=b"* * * * * root id\n"), "leaves the destination"),
+])
+def test_a_bad_archive_entry_refuses_the_whole_copy(proxy: ProxyHandle, engine: docker.DockerClient,
+                                                     bad: tuple[tarfile.TarInfo, bytes | None], what: str) -> None:
+    assert docker_as(proxy, "alice", "run", "-d", "--name", "cp-bad", TEST_IMAGE, "sleep", "300").returncode == 0
+    try:
+        tar = crafted_tar(entry("before", data=b"1"), bad, entry("after", data=b"2"))
+        status, body = put_archive(proxy, "alice", "cp-bad", "/tmp", tar)
+        assert status == 403 and what in body and "nothing was copied" in body
+        listing = engine.containers.get("cp-bad").exec_run(["ls", "/tmp"]).output.decode().split()
+        assert listing == []  # not even the entry before the bad one
+    finally:
+        engine.containers.get("cp-bad").remove(force=True)
+
+
+# --- 3. file permissions hold inside containers -------------------------------------------------------------------
+
+def test_bobs_private_files_stay_private(proxy: ProxyHandle, scratch: Path) -> None:
+    bob = account("bob")
+    secret_in_home = scratch / "bobfile"
+    secret_in_home.write_text(SECRET)
+    os.chown(secret_in_home, bob.pw_uid, bob.pw_gid)
+    secret_in_home.chmod(0o600)
+    assert proxy.as_user("alice", "cat", str(secret_in_home)).returncode != 0  # as over ssh
+    read = docker_as(proxy, "alice", "run", "--rm", "-v", f"{scratch}:/s", TEST_IMAGE, "cat", "/s/bobfile")
+    assert read.returncode != 0 and SECRET not in read.stdout and "Permission denied" in read.stderr
+
+    bobs_dir = owned_dir(proxy.data / f"bob-{uuid.uuid4().hex[:6]}", "bob", 0o700)
+    (bobs_dir / "results.csv").write_text(SECRET)
+    os.chown(bobs_dir / "results.csv", bob.pw_uid, bob.pw_gid)
+    read = docker_as(proxy, "alice", "run", "--rm", "-v", f"{proxy.data}:/d", TEST_IMAGE, "sh", "-c",
+                     f"cat /d/{bobs_dir.name}/results.csv; rm -rf /d/{bobs_dir.name}")
+    assert SECRET not in read.stdout and "Permission denied" in read.stderr
+    assert (bobs_dir / "results.csv").read_text() == SECRET  # and not deleted either
+
+
+# --- 4. host mounts and bind sources ---------------------------------------------------------------------------------
+
+def test_a_bind_from_a_mount_without_nosuid_is_refused(proxy: ProxyHandle, engine: docker.DockerClient,
+                                                        scratch: Path) -> None:
+    outside = Path(f"/var/tmp/ds01-unhardened-{uuid.uuid4().hex[:6]}")
+    owned_dir(outside, "alice")
+    target = owned_dir(scratch / "unhardened", "alice")
+    subprocess.run(["mount", "--bind", str(outside), str(target)], check=True)
+    try:
+        name = f"nosuid-{uuid.uuid4().hex[:6]}"
+        result = docker_as(proxy, "alice", "run", "--name", name, "-v", f"{target}:/x", TEST_IMAGE, "sh", "-c",
+                           "cp /bin/busybox /x/esc && chmod 4755 /x/esc")
+        assert result.returncode != 0 and "lacks nosuid and nodev" in result.stderr
+        assert f"options of {target}" in result.stderr and "/etc/fstab" in result.stderr
+        assert not engine.containers.list(all=True, filters={"name": name})
+        assert list(outside.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+        shutil.rmtree(outside)
+
+
+def test_a_symlink_swap_between_create_and_start_mounts_nothing_new(
+        proxy: ProxyHandle, engine: docker.DockerClient, scratch: Path) -> None:
+    checked = owned_dir(scratch / "project", "alice")
+    (checked / "marker").write_text("mine")
+    created = docker_as(proxy, "alice", "create", "--name", "swap", "-v", f"{checked}:/x", TEST_IMAGE,
+                        "sh", "-c", "ls /x; touch /x/planted; sleep 300")
+    assert created.returncode == 0, created.stderr
+    try:
+        mounted = engine.containers.get("swap").attrs["Mounts"][0]["Source"]
+        assert os.stat(mounted).st_ino == checked.stat().st_ino  # the pin is the checked directory itself
+        assert proxy.as_user("alice", "sh", "-c", f"mv {checked} {checked}.old && ln -s /etc {checked}").returncode == 0
+        etc_before = sorted(os.listdir("/etc"))
+        started = docker_as(proxy, "alice", "start", "swap")
+        assert started.returncode != 0 and "(really /etc) is outside your home" in started.stderr
+        assert engine.containers.get("swap").status == "created"
+        copied = put_archive(proxy, "alice", "swap", "/x", crafted_tar(entry("ld.so.preload", data=b"/x/evil.so")))
+        assert copied[0] == 403
+        restarted = docker_as(proxy, "alice", "restart", "swap")
+        assert restarted.returncode != 0 and "(really /etc) is outside your home" in restarted.stderr
+        # Swapped for another directory of her own: the rule passes, but it is not what was checked.
+        decoy = owned_dir(scratch / "decoy", "alice")
+        assert proxy.as_user("alice", "sh", "-c", f"rm {checked} && mv {decoy} {checked}").returncode == 0
+        swapped = docker_as(proxy, "alice", "start", "swap")
+        assert swapped.returncode != 0 and "was moved or replaced" in swapped.stderr
+        assert proxy.as_user("alice", "rmdir", str(checked)).returncode == 0
+        assert proxy.as_user("alice", "ln", "-s", "/etc", str(checked)).returncode == 0
+        assert sorted(os.listdir("/etc")) == etc_before and not Path("/etc/planted").exists()
+        # Put back, it starts, and what it sees is the directory that was checked.
+        assert proxy.as_user("alice", "sh", "-c", f"rm {checked} && mv {checked}.old {checked}").returncode == 0
+        assert docker_as(proxy, "alice", "start", "swap").returncode == 0
+        assert "marker" in engine.containers.get("swap").exec_run(["ls", "/x"]).output.decode()
+    finally:
+        engine.containers.get("swap").remove(force=True)
+    binds = proxy.root / "state" / "binds"
+    deadline = time.monotonic() + 10  # released by the proxy on the engine's destroy event
+    while [key for key in os.listdir(binds) if (binds / key).is_dir()] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [key for key in os.listdir(binds) if (binds / key).is_dir()], "the pins outlive their container"
+
+
+def test_homes_that_are_not_real_homes_give_no_binds(proxy: ProxyHandle, engine: docker.DockerClient) -> None:
+    service = "ds01svc"
+    if subprocess.run(["id", service], capture_output=True, check=False).returncode != 0:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/", service], check=True)
+    name = f"svc-{uuid.uuid4().hex[:6]}"
+    result = docker_as(proxy, service, "run", "--name", name, "-v", "/etc:/x", TEST_IMAGE, "cat", "/x/shadow")
+    assert result.returncode != 0 and "is not below the home roots" in result.stderr
+    assert not engine.containers.list(all=True, filters={"name": name})
+
+
+def test_a_directory_only_user_binds_nothing(testbed: Testbed, engine: docker.DockerClient) -> None:
+    """A private proxy with identity from the test bed's slapd; jane (uid 20001) is known only to LDAP."""
+    handle = start_proxy(testbed, testbed.dir / "proxy-tests" / f"ldap{uuid.uuid4().hex[:6]}")
+    ldap = (f"identity:\n  source: ldap\n  ldap:\n    uri: {testbed.env['DS01_TEST_LDAP_URI']}\n"
+            f"    base_dn: {testbed.env['DS01_TEST_LDAP_BASE_DN']}\n")
+    handle.config.write_text(handle.config.read_text().replace("identity:\n  source: nss\n", ldap))
+    try:
+        body = {"Image": TEST_IMAGE, "Cmd": ["cat", "/x/shadow"], "HostConfig": {"Binds": ["/etc:/x"]}}
+        result = subprocess.run(
+            ["setpriv", "--reuid", "20001", "--regid", "20000", "--clear-groups", "curl", "-sS", "--unix-socket",
+             str(handle.socket), "-H", "Content-Type: application/json", "-d", json.dumps(body), "-w", "\n%{http_code}",
+             "http://docker/v1.41/containers/create"], capture_output=True, text=True, check=False)
+        answer, _, status = result.stdout.rpartition("\n")
+        assert status == "403", result.stdout + result.stderr
+        assert "no home directory on this host" in answer
+        assert not engine.containers.list(all=True, filters={"label": f"{containers.UID}=20001"})
+    finally:
+        stop_proxy(handle, engine)
+
+
+# --- 5. the ordinary path keeps working ------------------------------------------------------------------------------
+
+def test_a_workspace_gets_the_callers_own_files(proxy: ProxyHandle) -> None:
+    name = f"ws{uuid.uuid4().hex[:6]}"
+    container = str(Path(sys.executable).parent / "container")
+    created = proxy.as_user("alice", container, "create", name, "--cpu-only")
+    assert created.returncode == 0, created.stderr
+    workspace = Path(account("alice").pw_dir) / "workspace" / name
+    try:
+        # What `pip install --user` does: write under $HOME/.local, which is the workspace.
+        installed = proxy.as_user("alice", container, "exec", name, "--", "sh", "-c",
+                                  "mkdir -p $HOME/.local/lib/python3/site-packages && "
+                                  "echo 'x = 1' > $HOME/.local/lib/python3/site-packages/pkg.py && id -u")
+        assert installed.returncode == 0, installed.stderr
+        assert installed.stdout.strip() == str(account("alice").pw_uid)
+        package = workspace / ".local" / "lib" / "python3" / "site-packages" / "pkg.py"
+        assert package.read_text() == "x = 1\n" and package.owner() == "alice"
+        no_privileged_files(workspace)
+    finally:
+        proxy.as_user("alice", container, "remove", name, "-f")
+        shutil.rmtree(workspace, ignore_errors=True)
