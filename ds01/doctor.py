@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ds01 import nvml
+from ds01 import nvml, policy, procfs
 from ds01.config import load_config
+from ds01.engine import Engine
 from ds01.errors import Ds01Error, EngineError, NvmlError
 from ds01.install import MODPROBE, UDEV_RULES
 from ds01.limits import Config
@@ -280,6 +281,43 @@ def check_nvml() -> Check:
     return Check("nvml", PASS, detail)
 
 
+def _mount_of(path: str) -> procfs.MountInfo:
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        return procfs.mount_of_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def check_bind_mounts(config: Config | None) -> Check:
+    """Bind sources must lie on nosuid,nodev mounts; the homes and data directories are where they come from."""
+    if config is None:
+        return Check("bind mounts", WARN, "not checked: the config does not load", "fix the config first")
+    if not config.security.require_nosuid_mounts:
+        return Check("bind mounts", FAIL, "security.require_nosuid_mounts is false: bind sources on mounts without "
+                     "nosuid,nodev are let through, so a setuid or device file made in a container acts as one on the "
+                     "host", "add nosuid,nodev to the home and data mounts in /etc/fstab, remount them, then set "
+                     "security.require_nosuid_mounts: true")
+    roots = [root for root in (*config.security.home_roots, *config.security.data_dirs) if os.path.isdir(root)]
+    weak = sorted({mount.mount_point for mount in map(_mount_of, roots) if not {"nosuid", "nodev"} <= mount.options})
+    if weak:
+        return Check("bind mounts", WARN, f"mounts without nosuid,nodev: {', '.join(weak)}; users' bind mounts from "
+                     "them are refused", "add nosuid,nodev to their options in /etc/fstab, then mount -o remount")
+    return Check("bind mounts", PASS, f"{', '.join(roots) or 'no home roots or data directories'}: nosuid,nodev")
+
+
+def check_root_containers(options: Options) -> Check:
+    engine = Engine(options.engine)
+    try:
+        legacy = policy.root_with_host_mounts(engine.containers())
+    finally:
+        engine.close()
+    if legacy:
+        return Check("root containers", WARN, "; ".join(policy.root_container_warning(i) for i in legacy),
+                     "remove each and create it again: ds01 now runs containers as their owner")
+    return Check("root containers", PASS, "no container runs as root with host directories mounted")
+
+
 def _guarded(name: str, check: Callable[[], Check], debug: bool) -> Check:
     """A check that raises becomes a FAIL with the error: the doctor itself never crashes on a broken host."""
     try:
@@ -303,5 +341,7 @@ def run_checks(options: Options) -> list[Check]:
         ("udev rules", lambda: check_udev(options, config)),
         ("driver options", lambda: check_driver_options(options, config)),
         ("nvml", check_nvml),
+        ("bind mounts", lambda: check_bind_mounts(config)),
+        ("root containers", lambda: check_root_containers(options)),
     ]
     return [first, *(_guarded(name, check, options.debug) for name, check in checks)]

@@ -21,7 +21,6 @@ import docker
 import pytest
 
 from ds01 import containers
-
 from tests.conftest import TEST_IMAGE, ProxyHandle
 
 CONTAINER = str(Path(sys.executable).parent / "container")

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 
 from ds01.cli import doctor_cmd, new_parser, run
@@ -181,3 +182,41 @@ def test_udev_rules_and_device_files_under_a_root(bed: ProxyHandle, scratch_grou
     _, checks, _ = doctor(capsys, "--root", str(root))
     warned = checks["driver options"]
     assert warned["status"] == "WARN" and "reload the nvidia modules" in warned["fix"]
+
+
+def test_turning_off_the_nosuid_check_is_a_fail(testbed: Testbed, bed: ProxyHandle, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    code, checks, _ = doctor(capsys, "--proxy-socket", str(bed.socket), "--engine", testbed.docker_host,
+                             "--root", str(tmp_path))
+    assert checks["bind mounts"]["status"] == "PASS"  # the test bed's homes and data dir are nosuid,nodev
+    relaxed = tmp_path / "relaxed.yaml"
+    relaxed.write_text(bed.config.read_text().replace("require_nosuid_mounts: true", "require_nosuid_mounts: false"))
+    monkeypatch.setenv("DS01_CONFIG", str(relaxed))
+    code, checks, _ = doctor(capsys, "--proxy-socket", str(bed.socket), "--engine", testbed.docker_host,
+                             "--root", str(tmp_path))
+    assert code == 1 and checks["bind mounts"]["status"] == "FAIL"
+    assert "require_nosuid_mounts is false" in checks["bind mounts"]["detail"]
+
+
+def test_root_containers_with_host_mounts_are_reported_with_the_fix(
+        testbed: Testbed, bed: ProxyHandle, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A container made before ds01 ran containers as their caller: root, with alice's home mounted."""
+    client = docker.DockerClient(base_url=testbed.docker_host)
+    old = client.containers.create("ds01-test/busybox:latest", ["sleep", "60"], name="old._.1001",
+                                   labels={"ds01.user": "alice", "ds01.uid": "1001"},
+                                   volumes={"/home/alice": {"bind": "/h", "mode": "rw"}})
+    try:
+        _, checks, _ = doctor(capsys, "--proxy-socket", str(bed.socket), "--engine", testbed.docker_host,
+                                 "--root", str(tmp_path))
+        check = checks["root containers"]
+        assert check["status"] == "WARN" and "old._.1001 (alice) runs as root" in check["detail"]
+        assert "container remove old, then create it again" in check["detail"]
+        reconciled = subprocess.run([str(REPO / ".venv" / "bin" / "ds01"), "reconcile", "--dry-run"],
+                                    capture_output=True, text=True, check=False,
+                                    env={**bed.env, "DOCKER_HOST": testbed.docker_host})
+        assert "WARN container old._.1001 (alice) runs as root with host directories mounted (/home/alice)" \
+            in reconciled.stderr
+    finally:
+        old.remove(force=True)
+        client.close()

@@ -28,7 +28,7 @@ ESCAPE_C = r"""
 #include <unistd.h>
 int main(void) { setuid(0); setgid(0); printf("uid=%d euid=%d\n", (int)getuid(), (int)geteuid()); return 0; }
 """
-SECRET = "bob's secret"
+PRIVATE_TEXT = "bob's private results"
 
 
 def account(user: str) -> pwd.struct_passwd:
@@ -237,20 +237,20 @@ def test_a_bad_archive_entry_refuses_the_whole_copy(proxy: ProxyHandle, engine: 
 def test_bobs_private_files_stay_private(proxy: ProxyHandle, scratch: Path) -> None:
     bob = account("bob")
     secret_in_home = scratch / "bobfile"
-    secret_in_home.write_text(SECRET)
+    secret_in_home.write_text(PRIVATE_TEXT)
     os.chown(secret_in_home, bob.pw_uid, bob.pw_gid)
     secret_in_home.chmod(0o600)
     assert proxy.as_user("alice", "cat", str(secret_in_home)).returncode != 0  # as over ssh
     read = docker_as(proxy, "alice", "run", "--rm", "-v", f"{scratch}:/s", TEST_IMAGE, "cat", "/s/bobfile")
-    assert read.returncode != 0 and SECRET not in read.stdout and "Permission denied" in read.stderr
+    assert read.returncode != 0 and PRIVATE_TEXT not in read.stdout and "Permission denied" in read.stderr
 
     bobs_dir = owned_dir(proxy.data / f"bob-{uuid.uuid4().hex[:6]}", "bob", 0o700)
-    (bobs_dir / "results.csv").write_text(SECRET)
+    (bobs_dir / "results.csv").write_text(PRIVATE_TEXT)
     os.chown(bobs_dir / "results.csv", bob.pw_uid, bob.pw_gid)
     read = docker_as(proxy, "alice", "run", "--rm", "-v", f"{proxy.data}:/d", TEST_IMAGE, "sh", "-c",
                      f"cat /d/{bobs_dir.name}/results.csv; rm -rf /d/{bobs_dir.name}")
-    assert SECRET not in read.stdout and "Permission denied" in read.stderr
-    assert (bobs_dir / "results.csv").read_text() == SECRET  # and not deleted either
+    assert PRIVATE_TEXT not in read.stdout and "Permission denied" in read.stderr
+    assert (bobs_dir / "results.csv").read_text() == PRIVATE_TEXT  # and not deleted either
 
 
 # --- 4. host mounts and bind sources ---------------------------------------------------------------------------------
