@@ -175,6 +175,31 @@ def test_setuid_through_a_bind_mount_gives_no_root(proxy: ProxyHandle, scratch: 
     assert ran.stdout.strip() == f"uid={account('alice').pw_uid} euid={account('alice').pw_uid}"
 
 
+SETCAP_C = r"""
+#include <stdio.h>
+#include <sys/xattr.h>
+int main(int argc, char **argv) {
+    unsigned int cap[5] = {0x02000001u, 1u << 7, 0, 0, 0};  /* revision 2: CAP_SETUID permitted, effective */
+    if (setxattr(argv[1], "security.capability", cap, sizeof cap, 0) != 0) { perror("setxattr"); return 1; }
+    return 0;
+}
+"""
+
+
+def test_file_capabilities_cannot_be_set_through_a_bind_mount(proxy: ProxyHandle, scratch: Path,
+                                                               tmp_path: Path) -> None:
+    (tmp_path / "setcap.c").write_text(SETCAP_C)
+    subprocess.run(["gcc", "-static", "-o", str(scratch / "setcap"), str(tmp_path / "setcap.c")], check=True)
+    shutil.copy("/bin/busybox", scratch / "tool")
+    for path in (scratch / "setcap", scratch / "tool"):
+        os.chown(path, account("alice").pw_uid, account("alice").pw_gid)
+    attack = docker_as(proxy, "alice", "run", "--rm", "-v", f"{scratch}:/x", TEST_IMAGE, "/x/setcap", "/x/tool")
+    assert attack.returncode != 0 and "Operation not permitted" in attack.stderr
+    with pytest.raises(OSError):  # no capability attribute on the host's file
+        os.getxattr(scratch / "tool", "security.capability")
+    no_privileged_files(scratch)
+
+
 def test_docker_cp_into_a_bind_mount_is_refused_and_writes_nothing(proxy: ProxyHandle, engine: docker.DockerClient,
                                                                     scratch: Path) -> None:
     assert docker_as(proxy, "alice", "run", "-d", "--name", "cp-bind", "-v", f"{scratch}:/x", TEST_IMAGE,
@@ -365,3 +390,47 @@ def test_a_workspace_gets_the_callers_own_files(proxy: ProxyHandle) -> None:
     finally:
         proxy.as_user("alice", container, "remove", name, "-f")
         shutil.rmtree(workspace, ignore_errors=True)
+
+
+STREAM_GIB_ARCHIVE = r"""
+import http.client, socket, sys, tarfile
+class Unix(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX); self.sock.connect(sys.argv[1])
+size = 1 << 30
+member = tarfile.TarInfo("big"); member.size = size; member.mode = 0o4755
+def body():
+    yield member.tobuf(tarfile.PAX_FORMAT)
+    block = bytes(1 << 20)
+    for _ in range(size // len(block)):
+        yield block
+    yield bytes(1024)  # the end-of-archive marker
+conn = Unix("localhost", timeout=600)
+conn.request("PUT", f"/v1.41/containers/{sys.argv[2]}/archive?path=/tmp", body=body(),
+             headers={"Content-Type": "application/x-tar"}, encode_chunked=True)
+print(conn.getresponse().status)
+"""
+
+
+def peak_rss_bytes(pid: int) -> int:
+    line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
+def test_a_one_gib_archive_streams_in_flat_memory(proxy: ProxyHandle, engine: docker.DockerClient,
+                                                  tmp_path: Path) -> None:
+    assert docker_as(proxy, "alice", "run", "-d", "--name", "cp-big", TEST_IMAGE, "sleep", "600").returncode == 0
+    script = Path(f"/tmp/ds01-stream-{uuid.uuid4().hex}.py")
+    script.write_text(STREAM_GIB_ARCHIVE)
+    script.chmod(0o644)
+    try:
+        before = peak_rss_bytes(proxy.process.pid)
+        sent = proxy.as_user("alice", sys.executable, str(script), str(proxy.socket), "cp-big", timeout=600)
+        assert sent.stdout.strip() == "200", sent.stderr
+        growth = peak_rss_bytes(proxy.process.pid) - before
+        assert growth < 64 * 2**20, f"the proxy's peak memory grew by {growth / 2**20:.0f} MiB for a 1 GiB copy"
+        landed = engine.containers.get("cp-big").exec_run(["stat", "-c", "%u %s %a", "/tmp/big"]).output.decode()
+        assert landed.split() == [str(account("alice").pw_uid), str(1 << 30), "755"]  # the caller's, no setuid bit
+    finally:
+        script.unlink()
+        engine.containers.get("cp-big").remove(force=True)
