@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ds01 import nvml, policy, procfs
+from ds01 import nvml, procfs, runas
 from ds01.config import load_config
 from ds01.engine import Engine
 from ds01.errors import Ds01Error, EngineError, NvmlError
@@ -309,11 +309,11 @@ def check_bind_mounts(config: Config | None) -> Check:
 def check_root_containers(options: Options) -> Check:
     engine = Engine(options.engine)
     try:
-        legacy = policy.root_with_host_mounts(engine.containers())
+        legacy = runas.root_with_host_mounts(engine.containers())
     finally:
         engine.close()
     if legacy:
-        return Check("root containers", WARN, "; ".join(policy.root_container_warning(i) for i in legacy),
+        return Check("root containers", WARN, "; ".join(runas.root_container_warning(i) for i in legacy),
                      "remove each and create it again: ds01 now runs containers as their owner")
     return Check("root containers", PASS, "no container runs as root with host directories mounted")
 

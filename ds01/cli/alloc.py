@@ -8,7 +8,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from ds01 import identity, policy
+from ds01 import identity, runas
 from ds01.allocator import Allocation
 from ds01.cli import Commands, add_command, add_format_option
 from ds01.cli.output import print_json, print_table
@@ -150,8 +150,8 @@ def reconcile_allocations(args: argparse.Namespace) -> int:
     for info in report.unallocated:
         devices = ",".join(info.device_ids) or ("all GPUs" if info.gpu_count == -1 else f"{info.gpu_count} GPUs")
         print(f"container {info.name} ({info.id[:12]}) holds {devices} without an allocation", file=sys.stderr)
-    for info in policy.root_with_host_mounts(found):
-        print(f"WARN {policy.root_container_warning(info)}", file=sys.stderr)
+    for info in runas.root_with_host_mounts(found):
+        print(f"WARN {runas.root_container_warning(info)}", file=sys.stderr)
     if not (report.released or report.expired or report.adopted or report.unallocated):
         print("consistent: every allocation has its container and every GPU container its allocation")
     return EXIT_FAILURE if report.unallocated else 0

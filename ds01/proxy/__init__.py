@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-from ds01 import containers, events, policy
+from ds01 import containers, events, runas
 from ds01.engine import Engine
 from ds01.errors import Ds01Error
 from ds01.grants import current_slots, open_allocator
@@ -58,8 +58,8 @@ def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float) -> 
         engine.close()
     events.emit("reconcile.startup", source="proxy", released=len(report.released), expired=len(report.expired),
                 adopted=len(report.adopted), unallocated=len(report.unallocated))
-    for legacy in policy.root_with_host_mounts(found):
-        print(f"ds01 proxy: WARN {policy.root_container_warning(legacy)}", file=sys.stderr, flush=True)
+    for legacy in runas.root_with_host_mounts(found):
+        print(f"ds01 proxy: WARN {runas.root_container_warning(legacy)}", file=sys.stderr, flush=True)
         events.emit("security.root_container", source="proxy", user=legacy.labels.get(containers.USER),
                     container=legacy.name, host_mounts=list(legacy.host_mounts))
     pins = Pins(paths.state_dir / "binds")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, quote, urlencode
 
-from ds01 import containers, identity, policy
+from ds01 import bodies, containers, identity, policy, runas
 from ds01.allocator import Allocation, Allocator
 from ds01.engine import container_info
 from ds01.errors import Denied, Ds01Error
@@ -94,7 +94,7 @@ def _with_owner_filter(query: str, user: str, key: str = "filters") -> str:
 
 
 def _client_type(head: Head, body: dict[str, Any]) -> str:
-    labels = policy.field(body, "Labels") or {}
+    labels = bodies.field(body, "Labels") or {}
     if (head.get("User-Agent") or "").startswith(CLIENT_HEADER_PREFIX):
         return "container"
     if "com.docker.compose.project" in labels:
@@ -172,19 +172,19 @@ class Gate:
         rewritten = "/".join([prefix, collection, quote(real, safe=""), *([route.action] if route.action else [])])
         target = rewritten + (f"?{query}" if query else "")
         if kind == "container" and route.action == "exec" and method == "POST":
-            body = policy.parse_json_object(read_body(), "exec create body")
+            body = bodies.parse_json_object(read_body(), "exec create body")
             container_user = str((info.get("Config") or {}).get("User") or "")
             policy.check_exec(caller, body, container_user, self.sessions.current_config().security)
             return Forward(target, body=json.dumps(body).encode())
         if kind == "container" and route.action == "archive" and method == "PUT":
             return self._put_archive(request, info, target)
         if kind == "container" and route.action == "update" and method == "POST":
-            body = policy.parse_json_object(read_body(), "update body")
+            body = bodies.parse_json_object(read_body(), "update body")
             policy.check_update(caller, body)
             return Forward(target, body=json.dumps(body).encode())
         if kind == "network" and route.action in ("connect", "disconnect"):
-            body = policy.parse_json_object(read_body(), f"network {route.action} body")
-            ref = str(policy.field(body, "Container") or "")
+            body = bodies.parse_json_object(read_body(), f"network {route.action} body")
+            ref = str(bodies.field(body, "Container") or "")
             _, container_owner = self._owner_of("container", ref)
             if container_owner != caller.user and not caller.is_admin:
                 return Deny("not_found", f"No such container: {ref}", status=404)
@@ -264,19 +264,19 @@ class Gate:
 
     def _create_owned(self, request: Request, kind: str) -> Outcome:
         session = request.session
-        body = policy.parse_json_object(request.read_body(), f"{kind} create body")
-        labels = policy.field(body, "Labels") or {}
+        body = bodies.parse_json_object(request.read_body(), f"{kind} create body")
+        labels = bodies.field(body, "Labels") or {}
         if not isinstance(labels, dict):
             return Deny("bad_request", "Labels must be an object")
         if any(key.casefold().startswith(containers.LABEL_PREFIX) for key in labels):
             return Deny("label_reserved", "ds01.* labels are reserved: ds01 sets them itself.")
-        if kind == "network" and policy.field(body, "Driver") not in (None, "", "bridge"):
+        if kind == "network" and bodies.field(body, "Driver") not in (None, "", "bridge"):
             return Deny("network_driver", "only bridge networks can be created.")
-        if kind == "volume" and (policy.field(body, "Driver") not in (None, "", "local")
-                                 or policy.field(body, "DriverOpts")):
+        if kind == "volume" and (bodies.field(body, "Driver") not in (None, "", "local")
+                                 or bodies.field(body, "DriverOpts")):
             return Deny("volume_driver", "only plain local volumes can be created: driver options can bind any "
                                          "host path.")
-        policy.set_field(body, "Labels", {**labels, containers.USER: session.caller.user,
+        bodies.set_field(body, "Labels", {**labels, containers.USER: session.caller.user,
                                           containers.UID: str(session.caller.uid)})
         return Forward(request.target, body=json.dumps(body).encode())
 
@@ -298,12 +298,12 @@ class Gate:
         # The engine refuses more CPUs than the host has, so the default is capped at the host's count.
         caller = dataclasses.replace(caller, limits=dataclasses.replace(
             caller.limits, cpus=min(caller.limits.cpus, self._host_cpus)))
-        body = policy.parse_json_object(request.read_body(), "container create body")
+        body = bodies.parse_json_object(request.read_body(), "container create body")
         refs = policy.references(body)
         with binds.opened(refs.bind_sources) as opened:
             return self._create_checked(request, caller, body, refs, opened)
 
-    def _create_checked(self, request: Request, caller: policy.Caller, body: dict[str, Any],
+    def _create_checked(self, request: Request, caller: runas.Caller, body: dict[str, Any],
                         refs: policy.References, opened: dict[str, binds.OpenedSource]) -> Outcome:
         head, query = request.head, request.query
         config = self.sessions.current_config()
@@ -311,7 +311,7 @@ class Gate:
             caller, body, self._facts(refs, opened), config.security,
             cgroup_parent=self._cgroups.name(caller.user), client_type=_client_type(head, body),
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            run_as=policy.RunAs(gpu_gid=identity.group_id(config.bare_metal.group)))
+            gpu_gid=identity.group_id(config.bare_metal.group))
         dry_run = (head.get(DRY_RUN_HEADER) or "").lower() in ("1", "true")
         lock = self._user_locks[caller.user]
         key = uuid.uuid4().hex
@@ -362,16 +362,16 @@ class Gate:
         return Forward(request.target, body=json.dumps(plan.body).encode(), after=after, warnings=plan.notes)
 
     def _dry_run_reply(self, plan: policy.CreatePlan, allocation: Allocation | None) -> Outcome:
-        image = str(policy.field(plan.body, "Image") or "")
+        image = str(bodies.field(plan.body, "Image") or "")
         if image and self.upstream.inspect("image", image) is None:
             return Deny("image_missing", f"image {image} is not on this host; pull it or pick another.", status=404)
-        host = policy.field(plan.body, "HostConfig") or {}
+        host = bodies.field(plan.body, "HostConfig") or {}
         return Reply(200, {
             "dry_run": True, "image": image,
             "gpus": list(allocation.slots) if allocation else [],
             "gpu_equivalents": format_equivalents(allocation.gpu_equivalents) if allocation else "0",
-            "cpus": (policy.field(host, "NanoCpus") or 0) / 1e9, "memory_bytes": policy.field(host, "Memory"),
-            "shm_size_bytes": policy.field(host, "ShmSize"), "pids_limit": policy.field(host, "PidsLimit"),
-            "cgroup_parent": policy.field(host, "CgroupParent"), "stripped_env": list(plan.stripped_env),
-            "user": policy.field(plan.body, "User"), "group_add": policy.field(host, "GroupAdd") or [],
-            "cap_drop": policy.field(host, "CapDrop") or [], "notes": list(plan.notes)})
+            "cpus": (bodies.field(host, "NanoCpus") or 0) / 1e9, "memory_bytes": bodies.field(host, "Memory"),
+            "shm_size_bytes": bodies.field(host, "ShmSize"), "pids_limit": bodies.field(host, "PidsLimit"),
+            "cgroup_parent": bodies.field(host, "CgroupParent"), "stripped_env": list(plan.stripped_env),
+            "user": bodies.field(plan.body, "User"), "group_add": bodies.field(host, "GroupAdd") or [],
+            "cap_drop": bodies.field(host, "CapDrop") or [], "notes": list(plan.notes)})

@@ -16,7 +16,7 @@ from ds01 import events, identity
 from ds01.config import load_config
 from ds01.errors import ConfigError
 from ds01.limits import Config, effective_limits
-from ds01.policy import Caller
+from ds01.runas import Caller
 
 _UCRED = struct.Struct("3i")
 CACHE_SECONDS = 30.0

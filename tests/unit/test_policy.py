@@ -13,11 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ds01 import containers, policy
+from ds01 import bodies, containers, policy, runas
 from ds01.errors import Denied
 from ds01.limits import BUILTIN_DEFAULTS, SecuritySettings
 from ds01.placement import GpuRequest
-from ds01.policy import Caller, Facts, ResolvedPath
+from ds01.policy import Facts, ResolvedPath
+from ds01.runas import Caller
 
 GIB = 2**30
 LONG_S = "\u017f"  # LATIN SMALL LETTER LONG S: folds to "s", and Go's JSON decoder matches it to "s" too
@@ -32,7 +33,6 @@ AL = Caller(uid=1003, user="al", home="/home/al", is_admin=False, limits=LIMITS,
 ADMIN = Caller(uid=1002, user="boss", home="/home/boss", is_admin=True, limits=LIMITS, gid=1002,
                gids=frozenset({1002}), login="boss")
 GPU_GID = 993
-RUN_AS = policy.RunAs(gpu_gid=GPU_GID)
 
 SECURITY = SecuritySettings(data_dirs=("/data",), cap_add_allowed=frozenset({"SYS_PTRACE"}))
 CGROUP = "ds01-alice.slice"
@@ -81,7 +81,7 @@ def host(**fields: Any) -> dict[str, Any]:
 def plan(body: dict[str, Any], *, caller: Caller = ALICE, facts: Facts = FACTS,
          security: SecuritySettings = SECURITY, client_type: str = "docker") -> policy.CreatePlan:
     return policy.plan_create(caller, body, facts, security, cgroup_parent=CGROUP, client_type=client_type,
-                              created_at=NOW, run_as=RUN_AS)
+                              created_at=NOW, gpu_gid=GPU_GID)
 
 
 def refused(body: dict[str, Any], reason: str, **kwargs: Any) -> Denied:
@@ -164,8 +164,8 @@ def test_denial(body: dict[str, Any], reason: str, hint: str) -> None:
 
 
 def test_every_reason_code_in_the_policy_is_exercised() -> None:
-    source = inspect.getsource(policy)
-    reasons = set(re.findall(r'_deny\("([a-z_]+)"', source))
+    source = "".join(inspect.getsource(module) for module in (policy, runas, bodies))
+    reasons = set(re.findall(r'(?:_deny|Denied)\("([a-z_]+)"', source))
     templated = re.findall(r'_deny\(f"([a-z_]+)\{what\}"', source)
     assert templated == ["limit_"]
     reasons |= {"limit_memory", "limit_shm"}
@@ -225,14 +225,14 @@ def test_top_level_fields_are_case_insensitive() -> None:
 
 
 def test_field_and_set_field() -> None:
-    assert policy.field(None, "Image") is None
-    assert policy.field({}, "Image") is None
-    assert policy.field({"image": "a"}, "Image") == "a"
-    assert policy.field({f"Ho{LONG_S}tConfig": 1}, "HostConfig") == 1
-    assert policy.field({f"{KELVIN}ernelMemory": 5}, "KernelMemory") == 5
-    assert policy.field({"Image": "a"}, "Imag") is None
+    assert bodies.field(None, "Image") is None
+    assert bodies.field({}, "Image") is None
+    assert bodies.field({"image": "a"}, "Image") == "a"
+    assert bodies.field({f"Ho{LONG_S}tConfig": 1}, "HostConfig") == 1
+    assert bodies.field({f"{KELVIN}ernelMemory": 5}, "KernelMemory") == 5
+    assert bodies.field({"Image": "a"}, "Imag") is None
     obj: dict[str, Any] = {"image": "a", "IMAGE": "b", "Other": 1}
-    policy.set_field(obj, "Image", "c")
+    bodies.set_field(obj, "Image", "c")
     assert obj == {"Image": "c", "Other": 1}
 
 
@@ -252,7 +252,7 @@ def test_field_and_set_field() -> None:
 ])
 def test_duplicate_and_case_variant_keys_are_refused(raw: bytes) -> None:
     with pytest.raises(Denied) as info:
-        policy.parse_json_object(raw, "container create body")
+        bodies.parse_json_object(raw, "container create body")
     assert info.value.reason == "bad_request"
     assert "twice" in info.value.message
     assert "send each field once" in info.value.message
@@ -260,7 +260,7 @@ def test_duplicate_and_case_variant_keys_are_refused(raw: bytes) -> None:
 
 def test_duplicate_message_names_both_spellings() -> None:
     with pytest.raises(Denied) as info:
-        policy.parse_json_object(b'{"Image": "a", "IMAGE": "b"}', "container create body")
+        bodies.parse_json_object(b'{"Image": "a", "IMAGE": "b"}', "container create body")
     assert "'Image'" in info.value.message
     assert "'IMAGE'" in info.value.message
     assert "container create body" in info.value.message
@@ -281,7 +281,7 @@ def test_duplicate_message_names_both_spellings() -> None:
 ])
 def test_malformed_bodies_are_refused(raw: bytes, hint: str) -> None:
     with pytest.raises(Denied) as info:
-        policy.parse_json_object(raw, "exec create body")
+        bodies.parse_json_object(raw, "exec create body")
     assert info.value.reason == "bad_request"
     assert hint in info.value.message
     assert "exec create body" in info.value.message
@@ -289,10 +289,10 @@ def test_malformed_bodies_are_refused(raw: bytes, hint: str) -> None:
 
 def test_well_formed_bodies_parse() -> None:
     raw = b'{"Image": "a", "Labels": {"ds01.x": "1", "b": "2"}, "HostConfig": {"Binds": ["/h:/h"]}}'
-    assert policy.parse_json_object(raw, "body") == json.loads(raw)
-    assert policy.parse_json_object(b"{}", "body") == {}
+    assert bodies.parse_json_object(raw, "body") == json.loads(raw)
+    assert bodies.parse_json_object(b"{}", "body") == {}
     # The same name in different objects is not a duplicate.
-    assert policy.parse_json_object(b'{"a": {"a": {"A": 1}}}', "body") == {"a": {"a": {"A": 1}}}
+    assert bodies.parse_json_object(b'{"a": {"a": {"A": 1}}}', "body") == {"a": {"a": {"A": 1}}}
 
 
 # --- labels ------------------------------------------------------------------------------------------------------
@@ -715,7 +715,7 @@ def test_other_mount_types_are_refused(mount_type: str | None) -> None:
                                               ("1000:100", "1000:100"), ("+1000:0100", "1000:100"),
                                               ("1000:", "1000:1000")])
 def test_the_caller_runs_as_themselves(user: str | None, runs_as: str) -> None:
-    assert policy.check_user(ALICE, user) == runs_as
+    assert runas.check_user(ALICE, user) == runs_as
     assert plan({"Image": "busybox", "User": user}).body["User"] == runs_as
 
 
@@ -724,7 +724,7 @@ def test_the_caller_runs_as_themselves(user: str | None, runs_as: str) -> None:
                                   "1000:docker", "+1001", "+1001:1000", "+01001", " 1000"])
 def test_any_other_user_is_refused(user: str) -> None:
     with pytest.raises(Denied) as info:
-        policy.check_user(ALICE, user)
+        runas.check_user(ALICE, user)
     assert info.value.reason == "foreign_uid"
     assert "containers run as you (uid 1000, gid 1000)" in info.value.message
 
@@ -732,7 +732,7 @@ def test_any_other_user_is_refused(user: str) -> None:
 @pytest.mark.parametrize("user", [1000, 0, ["0"], {"uid": 0}])
 def test_non_string_users_are_refused(user: Any) -> None:
     with pytest.raises(Denied) as info:
-        policy.check_user(ALICE, user)
+        runas.check_user(ALICE, user)
     assert info.value.reason == "bad_request"
 
 
@@ -740,8 +740,8 @@ def test_the_container_gets_the_callers_groups_and_no_new_privileges() -> None:
     result = plan(host(SecurityOpt=["no-new-privileges"], GroupAdd=["100"]))
     hc = host_config(result)
     assert hc["GroupAdd"] == ["100"]
-    assert hc["SecurityOpt"] == [policy.NO_NEW_PRIVILEGES]
-    assert set(hc["CapDrop"]) == set(policy.DROPPED_CAPABILITIES)
+    assert hc["SecurityOpt"] == [runas.NO_NEW_PRIVILEGES]
+    assert set(hc["CapDrop"]) == set(runas.DROPPED_CAPABILITIES)
     assert result.notes and "runs as 1000:1000" in result.notes[0] and "CHOWN" in result.notes[0]
 
 
@@ -762,7 +762,7 @@ def test_admin_root_lets_admins_run_as_root_only() -> None:
     security = SecuritySettings(admin_root=True)
     result = plan({"Image": "busybox", "User": "0:0"}, caller=ADMIN, security=security)
     assert result.body["User"] == "0:0" and "CapDrop" not in host_config(result)
-    assert host_config(result)["SecurityOpt"] == [policy.NO_NEW_PRIVILEGES]
+    assert host_config(result)["SecurityOpt"] == [runas.NO_NEW_PRIVILEGES]
     refused({"Image": "busybox", "User": "0"}, "foreign_uid", caller=ADMIN)
     refused({"Image": "busybox", "User": "0"}, "foreign_uid", security=security)
 
@@ -773,8 +773,8 @@ def test_root_containers_with_host_mounts_are_found() -> None:
                                         device_ids=(), gpu_count=0, user=user, host_mounts=mounts)
     found = [info("a._.1000", "", ("/home/alice",)), info("b", "0:0", ("/data",)), info("c", "1000:1000", ("/x",)),
              info("d", "root", ()), info("e", "root", ("/y",))]
-    assert [i.name for i in policy.root_with_host_mounts(found)] == ["a._.1000", "b", "e"]
-    assert "container remove a, then create it again" in policy.root_container_warning(found[0])
+    assert [i.name for i in runas.root_with_host_mounts(found)] == ["a._.1000", "b", "e"]
+    assert "container remove a, then create it again" in runas.root_container_warning(found[0])
 
 
 # --- exec --------------------------------------------------------------------------------------------------------
@@ -862,7 +862,7 @@ def test_update_cannot_lift_a_limit(body: dict[str, Any]) -> None:
         policy.check_update(ALICE, body)
     except Denied:
         return
-    pids, quota = policy.field(body, "PidsLimit"), policy.field(body, "CpuQuota")
+    pids, quota = bodies.field(body, "PidsLimit"), bodies.field(body, "CpuQuota")
     assert pids is None or 0 < pids <= LIMITS.pids_limit
     assert quota is None or quota >= 0
 
@@ -989,7 +989,7 @@ def gpu_variable(entry: str) -> bool:
 def test_plan_create_output_is_always_confined(body: dict[str, Any], client_type: str) -> None:
     """Through the proxy's own pipeline (strict parse, then plan): a refusal, or a body that is confined."""
     try:
-        parsed = policy.parse_json_object(json.dumps(body).encode(), "container create body")
+        parsed = bodies.parse_json_object(json.dumps(body).encode(), "container create body")
         result = plan(parsed, facts=PROPERTY_FACTS, client_type=client_type)
     except Denied:
         return
@@ -1011,18 +1011,18 @@ def test_plan_create_output_is_always_confined(body: dict[str, Any], client_type
     assert [k for k in out if k.casefold() == "env"] == ["Env"]
     assert not any(gpu_variable(entry) for entry in out["Env"])
     assert all(gpu_variable(entry) for entry in result.stripped_env)
-    assert 0 < policy.field(hc, "Memory") <= LIMITS.memory_bytes
-    assert 0 < policy.field(hc, "ShmSize") <= LIMITS.shm_size_bytes
-    assert 0 < policy.field(hc, "PidsLimit") <= LIMITS.pids_limit
-    nano = policy.field(hc, "NanoCpus")
+    assert 0 < bodies.field(hc, "Memory") <= LIMITS.memory_bytes
+    assert 0 < bodies.field(hc, "ShmSize") <= LIMITS.shm_size_bytes
+    assert 0 < bodies.field(hc, "PidsLimit") <= LIMITS.pids_limit
+    nano = bodies.field(hc, "NanoCpus")
     if nano:
         assert nano <= LIMITS.cpus * 1e9
     else:
-        quota, period = policy.field(hc, "CpuQuota"), policy.field(hc, "CpuPeriod") or 100_000
+        quota, period = bodies.field(hc, "CpuQuota"), bodies.field(hc, "CpuPeriod") or 100_000
         assert quota is None or quota <= 0 or quota / period <= LIMITS.cpus
-    sources = [bind.split(":", 1)[0] for bind in policy.field(hc, "Binds") or []]
-    mounts = policy.field(hc, "Mounts") or []
-    sources += [policy.field(m, "Source") for m in mounts if policy.field(m, "Type") == "bind"]
+    sources = [bind.split(":", 1)[0] for bind in bodies.field(hc, "Binds") or []]
+    mounts = bodies.field(hc, "Mounts") or []
+    sources += [bodies.field(m, "Source") for m in mounts if bodies.field(m, "Type") == "bind"]
     assert all(s in ("/home/alice", "/home/alice/work", "/data/shared", "my-data") for s in sources)
 
 
@@ -1047,7 +1047,7 @@ JSON_VALUES = st.recursive(
                      JSON_VALUES.map(lambda v: json.dumps(v).encode())))
 def test_parse_json_object_raises_only_denied(raw: bytes) -> None:
     try:
-        value = policy.parse_json_object(raw, "body")
+        value = bodies.parse_json_object(raw, "body")
     except Denied as denial:
         assert denial.reason == "bad_request"
         return
@@ -1061,6 +1061,6 @@ def test_parse_json_object_accepts_exactly_the_bodies_without_folded_duplicates(
     raw = json.dumps(value, ensure_ascii=False).encode()
     if fold_collision(value):
         with pytest.raises(Denied):
-            policy.parse_json_object(raw, "body")
+            bodies.parse_json_object(raw, "body")
     else:
-        assert policy.parse_json_object(raw, "body") == value
+        assert bodies.parse_json_object(raw, "body") == value
