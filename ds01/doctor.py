@@ -298,12 +298,15 @@ def check_bind_mounts(config: Config | None) -> Check:
                      "nosuid,nodev are let through, so a setuid or device file made in a container acts as one on the "
                      "host", "add nosuid,nodev to the home and data mounts in /etc/fstab, remount them, then set "
                      "security.require_nosuid_mounts: true")
-    roots = [root for root in (*config.security.home_roots, *config.security.data_dirs) if os.path.isdir(root)]
-    weak = sorted({mount.mount_point for mount in map(_mount_of, roots) if not {"nosuid", "nodev"} <= mount.options})
+    homes = [str(home) for root in config.security.home_roots if os.path.isdir(root)
+             for home in sorted(Path(root).iterdir()) if home.is_dir() and not home.is_symlink()]
+    places = [*homes, *(path for path in config.security.data_dirs if os.path.isdir(path))]
+    weak = sorted({mount.mount_point for mount in map(_mount_of, places) if not {"nosuid", "nodev"} <= mount.options})
     if weak:
         return Check("bind mounts", WARN, f"mounts without nosuid,nodev: {', '.join(weak)}; users' bind mounts from "
                      "them are refused", "add nosuid,nodev to their options in /etc/fstab, then mount -o remount")
-    return Check("bind mounts", PASS, f"{', '.join(roots) or 'no home roots or data directories'}: nosuid,nodev")
+    return Check("bind mounts", PASS, f"{len(homes)} homes and {len(places) - len(homes)} data directories lie on "
+                 "nosuid,nodev mounts")
 
 
 def check_root_containers(options: Options) -> Check:
