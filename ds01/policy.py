@@ -302,8 +302,10 @@ def plan_create(caller: Caller, body: dict[str, Any], facts: Facts, security: Se
     set_field(host, "CgroupParent", cgroup_parent)
     stripped = _strip_gpu_env(body)
     stamped = {k: v for k, v in labels.items() if k not in ALLOWED_REQUEST_LABELS}
+    # The bind labels are written empty when unused, so that an image's own labels of those names never show.
     stamped.update({containers.USER: caller.user, containers.UID: str(caller.uid),
-                    containers.CREATED_AT: created_at, containers.TYPE: client_type})
+                    containers.CREATED_AT: created_at, containers.TYPE: client_type,
+                    containers.BIND_KEY: "", containers.BIND_SOURCES: ""})
     set_field(body, "Labels", stamped)
     set_field(host, "DeviceRequests", [])
     return CreatePlan(body=body, gpu_request=gpu_request, stripped_env=stripped, bind_sources=bind_sources(host),

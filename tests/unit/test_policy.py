@@ -38,7 +38,8 @@ SECURITY = SecuritySettings(data_dirs=("/data",), cap_add_allowed=frozenset({"SY
 CGROUP = "ds01-alice.slice"
 NOW = "2025-01-02T03:04:05+00:00"
 ENGINE_SOCKETS = frozenset({"/run/docker.sock", "/data/ds01/ds01.sock"})
-STAMPED = {containers.USER, containers.UID, containers.CREATED_AT, containers.TYPE}
+STAMPED = {containers.USER, containers.UID, containers.CREATED_AT, containers.TYPE, containers.BIND_KEY,
+           containers.BIND_SOURCES}
 
 
 def real(path: str, *, is_socket: bool = False) -> ResolvedPath:
@@ -301,7 +302,8 @@ def test_labels_are_stamped_and_client_labels_kept() -> None:
     result = plan({"Image": "busybox", "Labels": {"com.example.app": "x", "ds01x": "kept"}}, client_type="compose")
     assert result.body["Labels"] == {
         "com.example.app": "x", "ds01x": "kept",
-        containers.USER: "alice", containers.UID: "1000", containers.CREATED_AT: NOW, containers.TYPE: "compose"}
+        containers.USER: "alice", containers.UID: "1000", containers.CREATED_AT: NOW, containers.TYPE: "compose",
+        containers.BIND_KEY: "", containers.BIND_SOURCES: ""}  # empty: an image's labels of these names never show
 
 
 def test_labels_are_stamped_without_client_labels() -> None:
