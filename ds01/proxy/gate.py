@@ -30,6 +30,7 @@ from ds01.units import format_equivalents
 
 DRY_RUN_HEADER = "X-DS01-Dry-Run"
 CLIENT_HEADER_PREFIX = "ds01-container/"
+PULL_PARAMETERS = frozenset({"fromImage", "tag", "platform"})
 
 
 @dataclass
@@ -137,6 +138,8 @@ class Gate:
             return Forward(target if caller.is_admin else f"{path}?{_with_owner_filter(request.query, caller.user)}")
         if kind == "list_networks":
             return Forward(target)
+        if kind == "pull":
+            return self._pull(request)
         if kind == "create_container":
             return self._create(request)
         if kind in ("create_volume", "create_network"):
@@ -145,6 +148,20 @@ class Gate:
             return self._object(request)
         return Deny("unknown_endpoint", f"{method} {path} is not allowed through the ds01 proxy. Only the "
                                         "endpoints docker, docker-py, compose and dev containers need are open.")
+
+    @staticmethod
+    def _pull(request: Request) -> Outcome:
+        """A pull from a registry is open; `docker import` (fromSrc) is for admins: it can point any tag, one that
+        others run, at an image of the caller's making, and makes the engine fetch any URL."""
+        params = {name for name, _ in parse_qsl(request.query, keep_blank_values=True)}
+        if request.session.caller.is_admin or params <= PULL_PARAMETERS:
+            return Forward(request.target)
+        if "fromSrc" in params:
+            return Deny("admin_only", "docker import is for admins only: it can replace an image tag that others "
+                                      "use. Pull images from a registry (docker pull), or ask an admin.")
+        unknown = ", ".join(sorted(params - PULL_PARAMETERS))
+        return Deny("bad_request", f"image pull parameter(s) {unknown} are not allowed; a pull takes "
+                                   f"{', '.join(sorted(PULL_PARAMETERS))}.")
 
     def _owner_of(self, kind: str, name: str) -> tuple[dict[str, Any] | None, str | None]:
         info = self.upstream.inspect(kind, name)
@@ -176,8 +193,8 @@ class Gate:
             container_user = str((info.get("Config") or {}).get("User") or "")
             policy.check_exec(caller, body, container_user, self.sessions.current_config().security)
             return Forward(target, body=json.dumps(body).encode())
-        if kind == "container" and route.action == "archive" and method == "PUT":
-            return self._put_archive(request, info, target)
+        if kind == "container" and route.action == "archive":
+            return self._archive(request, info, target)
         if kind == "container" and route.action == "update" and method == "POST":
             body = bodies.parse_json_object(read_body(), "update body")
             policy.check_update(caller, body)
@@ -240,18 +257,26 @@ class Gate:
                         f"the bind source {original} of {name} was moved or replaced since the container was "
                         "created, so it is not started. Put it back, or remove the container and create it again."))
 
-    def _put_archive(self, request: Request, info: dict[str, Any], target: str) -> Outcome:
-        """docker cp into a container: only where no host directory is mounted, and only the caller's files."""
+    def _archive(self, request: Request, info: dict[str, Any], target: str) -> Outcome:
+        """docker cp, either way: only where no host directory is mounted (the engine reads and writes those as
+        root, past the permissions on the host), and what goes in is only the caller's own files."""
         caller = request.session.caller
         host_mounts = [m for m in info.get("Mounts") or [] if m.get("Type") == "bind"]
-        if host_mounts:
+        if host_mounts and not (caller.is_admin and request.method in ("GET", "HEAD")):
             labels = (info.get("Config") or {}).get("Labels") or {}
             origin = containers.original_bind_source
             shown = ", ".join(f"{m.get('Destination')} (from {origin(labels, m.get('Source'))})" for m in host_mounts)
-            raise Denied("archive_into_host_mounts", (
-                f"copying into {str(info.get('Name') or '').lstrip('/')} is refused: it mounts host directories "
-                f"({shown}), and the engine writes a copy as root, past the permissions on the host. Copy on the "
-                "host instead (cp FILE DIR), where your own permissions apply."))
+            name = str(info.get("Name") or "").lstrip("/")
+            if request.method == "PUT":
+                what, fix = f"copying into {name}", "Copy on the host instead (cp FILE DIR)"
+            else:
+                what, fix = f"copying out of {name}", ("Read the files on the host, or copy them inside the container "
+                                                       "into a mounted directory")
+            raise Denied("archive_with_host_mounts", (
+                f"{what} is refused: it mounts host directories ({shown}), and the engine copies as root, past the "
+                f"permissions on the host. {fix}, where your own permissions apply."))
+        if request.method != "PUT":
+            return Forward(target)
         spool = tempfile.TemporaryFile(dir=self._spool_dir)  # noqa: SIM115 - handed to the forwarder, which closes it
         try:
             archive.rewrite(request.body_stream(), spool, caller.uid, caller.gid)

@@ -32,7 +32,7 @@ def _images(method: str, segments: list[str]) -> Route:
     if segments[1:] == ["json"] and method == "GET":
         return Route("open")
     if segments[1:] == ["create"] and method == "POST":
-        return Route("open")  # pull
+        return Route("pull")  # or an import (fromSrc), which the gate tells apart by the query
     if segments[1:] == ["load"] and method == "POST":
         return Route("gated", group="image_load")
     if len(segments) >= 3 and segments[-1] in ("json", "history") and method == "GET":

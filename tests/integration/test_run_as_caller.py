@@ -278,6 +278,59 @@ def test_bobs_private_files_stay_private(proxy: ProxyHandle, scratch: Path) -> N
     assert (bobs_dir / "results.csv").read_text() == PRIVATE_TEXT  # and not deleted either
 
 
+def test_docker_cp_out_of_a_container_with_host_mounts_reads_nothing_of_bobs(
+        proxy: ProxyHandle, engine: docker.DockerClient, scratch: Path) -> None:
+    """The engine reads a copy out as root: from a container that mounts alice's tree, it would read bob's file."""
+    bob = account("bob")
+    secret = scratch / "bobfile"
+    secret.write_text(PRIVATE_TEXT)
+    os.chown(secret, bob.pw_uid, bob.pw_gid)
+    secret.chmod(0o600)
+    created = docker_as(proxy, "alice", "create", "--name", "cp-out", "-v", f"{scratch}:/h", TEST_IMAGE, "true")
+    assert created.returncode == 0, created.stderr
+    try:
+        copied = proxy.as_user("alice", "sh", "-c", "docker cp cp-out:/h/bobfile - | tar xOf -")
+        assert PRIVATE_TEXT not in copied.stdout and "copying out of cp-out is refused" in copied.stderr
+        stat_only = proxy.as_user("alice", "curl", "-sS", "-I", "--unix-socket", str(proxy.socket),
+                                  "http://docker/v1.41/containers/cp-out/archive?path=/h/bobfile")
+        assert "403" in stat_only.stdout.split("\n")[0] and "X-Docker-Container-Path-Stat" not in stat_only.stdout
+    finally:
+        engine.containers.get("cp-out").remove(force=True)
+    assert docker_as(proxy, "alice", "run", "-d", "--name", "cp-out2", TEST_IMAGE, "sh", "-c",
+                     "echo result > /tmp/out; sleep 60").returncode == 0
+    try:  # without host mounts, copying out works as usual
+        copied = proxy.as_user("alice", "sh", "-c", "sleep 1; docker cp cp-out2:/tmp/out - | tar xOf -")
+        assert copied.stdout.strip() == "result", copied.stderr
+    finally:
+        engine.containers.get("cp-out2").remove(force=True)
+
+
+def test_docker_import_cannot_replace_a_tag_others_run(proxy: ProxyHandle, engine: docker.DockerClient,
+                                                       tmp_path: Path) -> None:
+    victim = "ds01-victim/shared:1"
+    engine.images.get(TEST_IMAGE).tag(victim)
+    before = engine.images.get(victim).id
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    (rootfs / "bin" / "id").write_text("#!/bin/sh\necho TROJAN\n")
+    trojan = Path(f"/tmp/ds01-trojan-{uuid.uuid4().hex}.tar")
+    with tarfile.open(trojan, "w") as out:
+        out.add(rootfs, arcname=".")
+    trojan.chmod(0o644)
+    try:
+        imported = docker_as(proxy, "alice", "import", str(trojan), victim)
+        assert imported.returncode != 0 and "docker import is for admins only" in imported.stderr
+        assert engine.images.get(victim).id == before  # the tag still names the image it named
+        by_url = docker_as(proxy, "alice", "import", "http://127.0.0.1:9/", "ds01-victim/other:1")
+        assert by_url.returncode != 0 and "for admins only" in by_url.stderr  # the engine fetched nothing
+        pulled = proxy.as_user("alice", "curl", "-sS", "-X", "POST", "--unix-socket", str(proxy.socket),
+                               "http://docker/v1.41/images/create?fromImage=busybox&tag=1&repo=x")
+        assert "repo are not allowed" in pulled.stdout
+    finally:
+        trojan.unlink()
+        engine.images.remove(victim)
+
+
 # --- 4. host mounts and bind sources ---------------------------------------------------------------------------------
 
 def test_a_bind_from_a_mount_without_nosuid_is_refused(proxy: ProxyHandle, engine: docker.DockerClient,

@@ -26,7 +26,6 @@ OPEN = [
     ("GET", "/version"),
     ("GET", "/info"),
     ("GET", "/images/json"),
-    ("POST", "/images/create"),
     ("GET", "/images/busybox/json"),
     ("GET", "/images/busybox:latest/json"),
     ("GET", "/images/library/ubuntu/json"),
@@ -41,6 +40,10 @@ OPEN = [
 @pytest.mark.parametrize(("method", "path", "route"), all_prefixes([(m, p, Route("open")) for m, p in OPEN]))
 def test_open_endpoints(method: str, path: str, route: Route) -> None:
     assert classify(method, path) == route
+
+
+def test_image_create_is_a_pull_the_gate_checks() -> None:
+    assert classify("POST", "/v1.41/images/create") == Route("pull")
 
 
 CLOSED_VARIANTS = [
