@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -36,6 +37,24 @@ class ResolvedPath:
     is_socket: bool
     mount_point: str = "/"  # of the host mount it lies on
     mount_hardened: bool = True  # that mount has nosuid and nodev
+    ancestors: tuple[Ancestor, ...] = ()  # the directories above it, from / down
+
+
+@dataclass(frozen=True)
+class Ancestor:
+    path: str
+    uid: int
+    gid: int
+    mode: int
+
+
+def _can_search(caller: Caller, directory: Ancestor) -> bool:
+    """Whether the caller may pass through a directory, by its owner, group and mode bits, as the kernel decides."""
+    if directory.uid == caller.uid:
+        return bool(directory.mode & stat.S_IXUSR)
+    if directory.gid in caller.gids:
+        return bool(directory.mode & stat.S_IXGRP)
+    return bool(directory.mode & stat.S_IXOTH)
 
 
 @dataclass(frozen=True)
@@ -119,6 +138,11 @@ def check_bind_source(caller: Caller, source: str, facts: Facts, security: Secur
             f"directories ({', '.join(security.data_dirs) or 'none configured'}). Mount a directory under them."))
     if any(_within(socket, [resolved.real]) for socket in facts.engine_sockets):
         raise _deny("socket_mount", f"{source} contains a Docker or ds01 socket; mount a narrower directory.")
+    blocked = next((a for a in resolved.ancestors if not _can_search(caller, a)), None)
+    if blocked is not None:
+        raise _deny("mount_outside_home", (
+            f"bind source {source} lies inside {blocked.path}, which you may not enter (mode "
+            f"{blocked.mode & 0o7777:o}); a container reaches only what you can reach on the host."))
     if security.require_nosuid_mounts and not resolved.mount_hardened:
         raise _deny("mount_not_hardened", (
             f"bind source {source} lies on the host mount {resolved.mount_point}, which lacks nosuid and nodev: a "

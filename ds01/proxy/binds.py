@@ -17,7 +17,7 @@ import stat
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ds01 import policy, procfs
 from ds01.errors import Ds01Error
@@ -63,8 +63,18 @@ def open_source(path: str) -> OpenedSource | None:
         raise
     hardened = {"nosuid", "nodev"} <= mount.options
     resolved = policy.ResolvedPath(real=real, is_socket=stat.S_ISSOCK(info.st_mode), mount_point=mount.mount_point,
-                                   mount_hardened=hardened)
+                                   mount_hardened=hardened, ancestors=_ancestors(real))
     return OpenedSource(fd=fd, resolved=resolved, device=info.st_dev, inode=info.st_ino)
+
+
+def _ancestors(real: str) -> tuple[policy.Ancestor, ...]:
+    """Owner, group and mode of each directory above `real`, from / down. Moving an entry takes write access to
+    the directory holding it, so a directory that bars the caller stays above what it holds."""
+    found = []
+    for parent in reversed(PurePosixPath(real).parents):
+        info = os.lstat(parent)
+        found.append(policy.Ancestor(str(parent), info.st_uid, info.st_gid, info.st_mode))
+    return tuple(found)
 
 
 @contextlib.contextmanager

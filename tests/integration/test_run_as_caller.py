@@ -331,6 +331,24 @@ def test_docker_import_cannot_replace_a_tag_others_run(proxy: ProxyHandle, engin
         engine.images.remove(victim)
 
 
+def test_a_directory_behind_one_of_bobs_cannot_be_mounted(proxy: ProxyHandle, engine: docker.DockerClient) -> None:
+    """bob's 0700 directory guards a world-readable one inside it: alice cannot reach it over ssh, nor by binding
+    the inner directory directly (root's path lookup would pass where hers does not)."""
+    bob = account("bob")
+    guard = owned_dir(proxy.data / f"bob-{uuid.uuid4().hex[:6]}", "bob", 0o700)
+    inner = owned_dir(guard / "public", "bob", 0o755)
+    (inner / "notes").write_text(PRIVATE_TEXT)
+    os.chown(inner / "notes", bob.pw_uid, bob.pw_gid)
+    try:
+        assert proxy.as_user("alice", "cat", str(inner / "notes")).returncode != 0  # as over ssh
+        name = f"guard-{uuid.uuid4().hex[:6]}"
+        result = docker_as(proxy, "alice", "run", "--name", name, "-v", f"{inner}:/p", TEST_IMAGE, "cat", "/p/notes")
+        assert PRIVATE_TEXT not in result.stdout and f"lies inside {guard}, which you may not enter" in result.stderr
+        assert not engine.containers.list(all=True, filters={"name": name})
+    finally:
+        shutil.rmtree(guard)
+
+
 # --- 4. host mounts and bind sources ---------------------------------------------------------------------------------
 
 def test_a_bind_from_a_mount_without_nosuid_is_refused(proxy: ProxyHandle, engine: docker.DockerClient,

@@ -565,6 +565,22 @@ def test_unhardened_mounts_pass_only_when_the_admin_turns_the_check_off() -> Non
     plan(host(Binds=["/home/alice/suid:/x"]), security=SecuritySettings(require_nosuid_mounts=False))
 
 
+def test_a_source_behind_a_directory_the_caller_cannot_enter_is_refused() -> None:
+    def under(*chain: tuple[str, int, int, int]) -> Facts:
+        ancestors = tuple(policy.Ancestor(path, uid, gid, mode) for path, uid, gid, mode in chain)
+        paths = {**PATHS, "/data/bob/public": ResolvedPath("/data/bob/public", False, ancestors=ancestors)}
+        return Facts(paths, CONTAINER_OWNERS, VOLUME_OWNERS, ENGINE_SOCKETS)
+    root = ("/", 0, 0, 0o40755)
+    data = ("/data", 0, 0, 0o41777)
+    denial = refused(host(Binds=["/data/bob/public:/p"]), "mount_outside_home",
+                     facts=under(root, data, ("/data/bob", 1002, 1002, 0o40700)))
+    assert "lies inside /data/bob, which you may not enter (mode 700)" in denial.message
+    plan(host(Binds=["/data/bob/public:/p"]), facts=under(root, data, ("/data/bob", 1002, 100, 0o40750)))  # group
+    plan(host(Binds=["/data/bob/public:/p"]), facts=under(root, data, ("/data/bob", 1002, 1002, 0o40701)))  # other
+    refused(host(Binds=["/data/bob/public:/p"]), "mount_outside_home",
+            facts=under(root, data, ("/data/bob", 1000, 1000, 0o40077)))  # the owner's own bits apply to the owner
+
+
 def test_a_caller_without_a_home_binds_only_data_dirs() -> None:
     homeless = Caller(uid=998, user="svc", home="", is_admin=False, limits=LIMITS, gid=998, gids=frozenset({998}),
                       home_problem="/ is not below the home roots (/home)")
