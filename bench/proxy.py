@@ -47,6 +47,8 @@ from urllib.parse import urlencode
 
 import docker
 
+from ds01.proxy.binds import Pins
+
 IMAGE = "ds01-test/busybox:latest"
 FIXTURE_LABEL = "ds01.bench-proxy"
 FIXTURE_COUNTS = {"root": 100, "alice": 20}
@@ -128,6 +130,7 @@ class Proxy:
     root: Path
     process: subprocess.Popen[bytes]
     env: dict[str, str]  # DS01_* for the proxy and its clients
+    data: Path  # its data dir (security.data_dirs), where workspaces go
 
     @property
     def socket(self) -> Path:
@@ -154,18 +157,21 @@ class Proxy:
 def running_proxy(upstream: str, keep: bool) -> Iterator[Proxy]:
     base = Path(os.environ.get("DS01_TESTBED_DIR") or tempfile.gettempdir())
     root = Path(tempfile.mkdtemp(prefix="bench-proxy-", dir=base))
-    for sub in ("etc", "state", "log", "run", "data"):
+    for sub in ("etc", "state", "log", "run"):
         (root / sub).mkdir()
-    for directory in (root, root / "run", root / "data"):
-        directory.chmod(0o755)  # alice reaches the socket; root's workspaces go under data
+    # Root's workspaces go under a data dir on the test bed's nosuid,nodev data mount, as bind sources must.
+    data = Path(os.environ["DS01_TESTBED_DATA"]) / root.name
+    data.mkdir()
+    for directory in (root, root / "run", data):
+        directory.chmod(0o755)  # alice reaches the socket
     config = root / "etc" / "resource-limits.yaml"
-    config.write_text(roomy_config(Path(os.environ["DS01_CONFIG"]).read_text(), root / "data"))
+    config.write_text(roomy_config(Path(os.environ["DS01_CONFIG"]).read_text(), data))
     env = {**os.environ, "DS01_CONFIG": str(config), "DS01_STATE_DIR": str(root / "state"),
            "DS01_LOG_DIR": str(root / "log"), "DS01_RUN_DIR": str(root / "run")}
     process = subprocess.Popen([str(BIN / "ds01"), "proxy", "--listen", str(root / "run" / "docker.sock"),
                                 "--upstream", upstream, "--drain-seconds", "2"],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    proxy = Proxy(root, process, env)
+    proxy = Proxy(root, process, env, data)
     try:
         deadline = time.monotonic() + 30
         while not proxy.socket.exists():
@@ -184,6 +190,9 @@ def running_proxy(upstream: str, keep: bool) -> Iterator[Proxy]:
         if keep:
             print(f"\nkept the proxy's dir: {root} (events: {proxy.events_log})")
         else:
+            if (root / "state" / "binds").is_dir():  # unmount before any tree removal could reach through a pin
+                Pins(root / "state" / "binds").release_unused(set())
+            shutil.rmtree(data, ignore_errors=True)
             shutil.rmtree(root, ignore_errors=True)
 
 
@@ -262,7 +271,7 @@ class Commands:
     def create_start(self) -> tuple[Callable[[], float], Callable[[], float]]:
         def through() -> float:
             name = self.next_name()
-            workspace = self.proxy.root / "data" / name
+            workspace = self.proxy.data / name
             try:
                 return timed([str(BIN / "container"), "create", name, "--cpu-only", "--image", IMAGE,
                               "--workspace", str(workspace), "--", "true"], self.root_proxy_env)[0]

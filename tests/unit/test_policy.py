@@ -1053,11 +1053,13 @@ def fold_collision(value: Any) -> bool:
     return False
 
 
-JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(
-        st.one_of(st.text(max_size=4), spellings("Key"), spellings("Privileged")), children, max_size=4),
-    max_leaves=20)
+def json_containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    keys = st.one_of(st.text(max_size=4), spellings("Key"), spellings("Privileged"))
+    return st.lists(children, max_size=3) | st.dictionaries(keys, children, max_size=4)
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5), json_containers,
+                           max_leaves=20)
 
 
 @settings(max_examples=300, deadline=None)
