@@ -30,9 +30,9 @@ class Caller:
     home: str  # real path of a home that counts for bind mounts; "" for none
     is_admin: bool
     limits: LimitValues
-    gid: int = -1  # primary group
-    gids: frozenset[int] = frozenset()  # every group the user is in, primary included
-    login: str = ""  # the login name, for USER and LOGNAME inside
+    gid: int  # primary group
+    gids: frozenset[int]  # every group the user is in, primary included
+    login: str  # the login name, for USER and LOGNAME inside
     home_problem: str = ""  # why `home` is empty, for the message
 
 

@@ -460,7 +460,8 @@ def test_cpu_quota_and_period_count_as_cpus(quota: int, period: int | None, allo
 
 
 def test_fractional_cpu_limit() -> None:
-    caller = Caller(1000, "alice", "/home/alice", False, LIMITS.with_overrides({"cpus": 0.5}))
+    caller = Caller(1000, "alice", "/home/alice", False, LIMITS.with_overrides({"cpus": 0.5}), 1000,
+                    frozenset({1000}), "alice")
     assert host_config(plan({"Image": "busybox"}, caller=caller))["NanoCpus"] == 500_000_000
     denial = refused(host(NanoCpus=600_000_000), "limit_cpus", caller=caller)
     assert "0.6 CPUs" in denial.message
@@ -583,6 +584,7 @@ def test_a_source_behind_a_directory_the_caller_cannot_enter_is_refused() -> Non
 
 def test_a_caller_without_a_home_binds_only_data_dirs() -> None:
     homeless = Caller(uid=998, user="svc", home="", is_admin=False, limits=LIMITS, gid=998, gids=frozenset({998}),
+                      login="svc",
                       home_problem="/ is not below the home roots (/home)")
     for source in ("/", "/etc", "/home/alice"):
         denial = refused(host(Binds=[f"{source}:/x"]), "mount_outside_home", caller=homeless)
