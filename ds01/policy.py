@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import posixpath
-import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -18,6 +17,7 @@ from typing import Any
 
 from ds01 import containers, runas
 from ds01.bodies import as_list, field, host_config, is_volume_name, mounts_of, set_field, split_bind
+from ds01.destinations import check_destinations
 from ds01.errors import Denied
 from ds01.limits import LimitValues, SecuritySettings
 from ds01.placement import GpuRequest
@@ -37,24 +37,7 @@ class ResolvedPath:
     is_socket: bool
     mount_point: str = "/"  # of the host mount it lies on
     mount_hardened: bool = True  # that mount has nosuid and nodev
-    ancestors: tuple[Ancestor, ...] = ()  # the directories above it, from / down
-
-
-@dataclass(frozen=True)
-class Ancestor:
-    path: str
-    uid: int
-    gid: int
-    mode: int
-
-
-def _can_search(caller: Caller, directory: Ancestor) -> bool:
-    """Whether the caller may pass through a directory, by its owner, group and mode bits, as the kernel decides."""
-    if directory.uid == caller.uid:
-        return bool(directory.mode & stat.S_IXUSR)
-    if directory.gid in caller.gids:
-        return bool(directory.mode & stat.S_IXGRP)
-    return bool(directory.mode & stat.S_IXOTH)
+    closed_at: str | None = None  # the first directory above it the caller may not enter, by the kernel's word
 
 
 @dataclass(frozen=True)
@@ -65,6 +48,7 @@ class Facts:
     container_owners: Mapping[str, str | None]  # container reference -> ds01.user (None: unknown or unowned)
     volume_owners: Mapping[str, str | None]  # named volume -> ds01.user (None: missing or unowned)
     engine_sockets: frozenset[str]  # real paths of the engine's and ds01's own sockets
+    image_working_dir: str = ""  # the image's WORKDIR, where the request sets none
 
 
 @dataclass(frozen=True)
@@ -138,11 +122,10 @@ def check_bind_source(caller: Caller, source: str, facts: Facts, security: Secur
             f"directories ({', '.join(security.data_dirs) or 'none configured'}). Mount a directory under them."))
     if any(_within(socket, [resolved.real]) for socket in facts.engine_sockets):
         raise _deny("socket_mount", f"{source} contains a Docker or ds01 socket; mount a narrower directory.")
-    blocked = next((a for a in resolved.ancestors if not _can_search(caller, a)), None)
-    if blocked is not None:
+    if resolved.closed_at is not None:
         raise _deny("mount_outside_home", (
-            f"bind source {source} lies inside {blocked.path}, which you may not enter (mode "
-            f"{blocked.mode & 0o7777:o}); a container reaches only what you can reach on the host."))
+            f"bind source {source} lies inside {resolved.closed_at}, which you may not enter; a container reaches "
+            "only what you can reach on the host."))
     if security.require_nosuid_mounts and not resolved.mount_hardened:
         raise _deny("mount_not_hardened", (
             f"bind source {source} lies on the host mount {resolved.mount_point}, which lacks nosuid and nodev: a "
@@ -320,6 +303,7 @@ def plan_create(caller: Caller, body: dict[str, Any], facts: Facts, security: Se
     for key in labels:
         if key.casefold().startswith(containers.LABEL_PREFIX) and key not in ALLOWED_REQUEST_LABELS:
             raise _deny("label_reserved", f"label {key} is reserved: ds01 sets the ds01.* labels itself.")
+    check_destinations(body, host, facts.image_working_dir)
     gpu_request = _gpu_request(host, labels)
     notes = runas.run_as_caller(caller, body, host, security, gpu_gid if gpu_request is not None else None)
     _apply_limits(host, caller.limits)

@@ -14,12 +14,13 @@ import ctypes
 import errno
 import os
 import stat
+import subprocess
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ds01 import policy, procfs
+from ds01 import policy, procfs, runas
 from ds01.errors import Ds01Error
 
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REMOUNT, _MS_BIND = 1, 2, 4, 8, 32, 4096
@@ -48,7 +49,7 @@ class OpenedSource:
     inode: int
 
 
-def open_source(path: str) -> OpenedSource | None:
+def open_source(path: str, caller: runas.Caller) -> OpenedSource | None:
     """The object a bind source names now, held open; None when it does not exist."""
     try:
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
@@ -63,27 +64,41 @@ def open_source(path: str) -> OpenedSource | None:
         raise
     hardened = {"nosuid", "nodev"} <= mount.options
     resolved = policy.ResolvedPath(real=real, is_socket=stat.S_ISSOCK(info.st_mode), mount_point=mount.mount_point,
-                                   mount_hardened=hardened, ancestors=_ancestors(real))
+                                   mount_hardened=hardened, closed_at=_first_closed(real, caller))
     return OpenedSource(fd=fd, resolved=resolved, device=info.st_dev, inode=info.st_ino)
 
 
-def _ancestors(real: str) -> tuple[policy.Ancestor, ...]:
-    """Owner, group and mode of each directory above `real`, from / down. Moving an entry takes write access to
-    the directory holding it, so a directory that bars the caller stays above what it holds."""
-    found = []
-    for parent in reversed(PurePosixPath(real).parents):
-        info = os.lstat(parent)
-        found.append(policy.Ancestor(str(parent), info.st_uid, info.st_gid, info.st_mode))
-    return tuple(found)
+# The first argument the caller may not enter (search permission, ACLs included), printed; exit 1 then.
+_FIRST_CLOSED = 'for d do [ -x "$d" ] || { printf %s "$d"; exit 1; }; done'
+
+
+def _first_closed(real: str, caller: runas.Caller) -> str | None:
+    """The first directory above `real` that the caller may not enter, asked of the kernel as the caller. Moving an
+    entry takes write access to the directory holding it, so a directory that bars the caller stays above what
+    it holds, whatever the caller renames."""
+    if caller.uid == 0:
+        return None
+    parents = [str(parent) for parent in reversed(PurePosixPath(real).parents)]
+    try:
+        walk = subprocess.run(["/bin/sh", "-c", _FIRST_CLOSED, "sh", *parents], user=caller.uid, group=caller.gid,
+                              extra_groups=sorted(caller.gids), capture_output=True, text=True, check=False,
+                              timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise Ds01Error(f"cannot check the way to {real} as uid {caller.uid}: {exc}") from exc
+    if walk.returncode == 0:
+        return None
+    if walk.returncode == 1 and walk.stdout:
+        return walk.stdout
+    raise Ds01Error(f"cannot check the way to {real} as uid {caller.uid}: {walk.stderr.strip() or walk.returncode}")
 
 
 @contextlib.contextmanager
-def opened(paths: Sequence[str]) -> Iterator[dict[str, OpenedSource]]:
+def opened(paths: Sequence[str], caller: runas.Caller) -> Iterator[dict[str, OpenedSource]]:
     """Each existing path opened for the block (a missing one is left out: the policy refuses it)."""
     sources: dict[str, OpenedSource] = {}
     try:
         for path in paths:
-            if path not in sources and (source := open_source(path)) is not None:
+            if path not in sources and (source := open_source(path, caller)) is not None:
                 sources[path] = source
         yield sources
     finally:

@@ -244,7 +244,7 @@ class Gate:
         owner = self.sessions.for_uid(int(labels[containers.UID])).caller
         security = self.sessions.current_config().security
         name = str(info.get("Name") or "").lstrip("/")
-        with binds.opened(originals) as opened:
+        with binds.opened(originals, owner) as opened:
             facts = policy.Facts({path: source.resolved for path, source in opened.items()}, {}, {},
                                  self._engine_sockets)
             for index, original in enumerate(originals):
@@ -305,11 +305,16 @@ class Gate:
                                           containers.UID: str(session.caller.uid)})
         return Forward(request.target, body=json.dumps(body).encode())
 
-    def _facts(self, refs: policy.References, opened: dict[str, binds.OpenedSource]) -> policy.Facts:
+    def _facts(self, body: dict[str, Any], refs: policy.References,
+               opened: dict[str, binds.OpenedSource]) -> policy.Facts:
         paths = {path: source.resolved for path, source in opened.items()}
         owners = {ref: self._owner_of("container", ref)[1] for ref in refs.containers}
         volumes = {name: self._owner_of("volume", name)[1] for name in refs.volumes}
-        return policy.Facts(paths, owners, volumes, self._engine_sockets)
+        working_dir = ""
+        if refs.bind_sources and not bodies.field(body, "WorkingDir"):
+            image = self.upstream.inspect("image", str(bodies.field(body, "Image") or ""))
+            working_dir = str(((image or {}).get("Config") or {}).get("WorkingDir") or "")
+        return policy.Facts(paths, owners, volumes, self._engine_sockets, working_dir)
 
     def _count_containers(self, user: str) -> int:
         query = {"all": "1", "filters": json.dumps({"label": [f"{containers.USER}={user}"]})}
@@ -325,7 +330,7 @@ class Gate:
             caller.limits, cpus=min(caller.limits.cpus, self._host_cpus)))
         body = bodies.parse_json_object(request.read_body(), "container create body")
         refs = policy.references(body)
-        with binds.opened(refs.bind_sources) as opened:
+        with binds.opened(refs.bind_sources, caller) as opened:
             return self._create_checked(request, caller, body, refs, opened)
 
     def _create_checked(self, request: Request, caller: runas.Caller, body: dict[str, Any],
@@ -333,7 +338,7 @@ class Gate:
         head, query = request.head, request.query
         config = self.sessions.current_config()
         plan = policy.plan_create(
-            caller, body, self._facts(refs, opened), config.security,
+            caller, body, self._facts(body, refs, opened), config.security,
             cgroup_parent=self._cgroups.name(caller.user), client_type=_client_type(head, body),
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             gpu_gid=identity.group_id(config.bare_metal.group))

@@ -349,6 +349,82 @@ def test_a_directory_behind_one_of_bobs_cannot_be_mounted(proxy: ProxyHandle, en
         shutil.rmtree(guard)
 
 
+FLIP_C = r"""
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+#include <linux/fs.h>
+int main(int argc, char **argv) {  /* swap two names as fast as possible, for the seconds asked */
+    alarm(atoi(argv[3]));
+    for (;;) syscall(SYS_renameat2, AT_FDCWD, argv[1], AT_FDCWD, argv[2], RENAME_EXCHANGE);
+}
+"""
+
+
+def test_no_mount_point_is_made_inside_a_host_directory(proxy: ProxyHandle, engine: docker.DockerClient,
+                                                         tmp_path: Path) -> None:
+    """runc makes missing mount points and working directories as root inside what is mounted above them; with a
+    symlink swapped in (CVE-2024-45310) anywhere on the host. Here bob's read-only directory and /etc stay clean."""
+    bob = account("bob")
+    bobs = owned_dir(proxy.data / f"bobshare-{uuid.uuid4().hex[:6]}", "bob", 0o755)
+    mine = owned_dir(proxy.data / f"al-{uuid.uuid4().hex[:6]}", "alice")
+    (mine / "f.txt").write_text("x")
+    os.chown(mine / "f.txt", account("alice").pw_uid, account("alice").pw_gid)
+    race = owned_dir(mine / "race", "alice")
+    owned_dir(race / "a", "alice")
+    assert proxy.as_user("alice", "ln", "-s", "/etc", str(race / "b")).returncode == 0
+    (tmp_path / "flip.c").write_text(FLIP_C)
+    flip = Path(f"/tmp/ds01-flip-{uuid.uuid4().hex[:6]}")
+    subprocess.run(["gcc", "-O2", "-o", str(flip), str(tmp_path / "flip.c")], check=True)
+    etc_before = sorted(os.listdir("/etc"))
+    try:
+        nested = [["-v", f"{bobs}:/v", "-v", f"{mine / 'f.txt'}:/v/newdir/newfile"],
+                  ["-v", f"{bobs}:/v", "--tmpfs", "/v/tmpfsdir"],
+                  ["-v", f"{bobs}:/v", "-w", "/v/wd/deep"],
+                  ["-v", f"{bobs}:/v", "--mount", "type=volume,target=/v/vol"]]
+        for args in nested:
+            refused = docker_as(proxy, "alice", "run", "--rm", *args, TEST_IMAGE, "true")
+            assert refused.returncode != 0 and "ds01:" in refused.stderr, args
+        assert os.listdir(bobs) == [] and bobs.stat().st_uid == bob.pw_uid
+        alice = account("alice")  # the swapper runs as alice herself, so that killing it stops the swaps
+        swapping = subprocess.Popen([str(flip), str(race / "a"), str(race / "b"), "20"], user=alice.pw_uid,
+                                    group=alice.pw_gid, extra_groups=[])
+        try:
+            for _ in range(5):
+                docker_as(proxy, "alice", "run", "--rm", "-v", f"{race}:/w", "--tmpfs", "/w/a/pwned_dir",
+                          TEST_IMAGE, "true")
+                docker_as(proxy, "alice", "run", "--rm", "-v", f"{race}:/w", "-v", f"{mine / 'f.txt'}:/w/a/pwned",
+                          TEST_IMAGE, "true")
+        finally:
+            swapping.kill()
+            swapping.wait()
+        assert sorted(os.listdir("/etc")) == etc_before
+        made_by_root = [os.path.join(top, name) for top, dirs, files in os.walk(race) for name in dirs + files
+                        if os.lstat(os.path.join(top, name)).st_uid == 0]
+        assert made_by_root == []
+    finally:
+        flip.unlink()
+        shutil.rmtree(bobs, ignore_errors=True)
+        shutil.rmtree(mine, ignore_errors=True)
+
+
+def test_an_acl_that_shuts_alice_out_holds_in_containers(proxy: ProxyHandle, engine: docker.DockerClient) -> None:
+    bob = account("bob")
+    guarded = owned_dir(proxy.data / f"bobacl-{uuid.uuid4().hex[:6]}", "bob", 0o755)
+    inner = owned_dir(guarded / "sub", "bob", 0o755)
+    (inner / "s.txt").write_text(PRIVATE_TEXT)
+    os.chown(inner / "s.txt", bob.pw_uid, bob.pw_gid)
+    subprocess.run(["setfacl", "-m", f"u:{account('alice').pw_uid}:---", str(guarded)], check=True)
+    try:
+        assert proxy.as_user("alice", "cat", str(inner / "s.txt")).returncode != 0  # as over ssh
+        read = docker_as(proxy, "alice", "run", "--rm", "-v", f"{inner}:/x", TEST_IMAGE, "cat", "/x/s.txt")
+        assert PRIVATE_TEXT not in read.stdout and f"lies inside {guarded}, which you may not enter" in read.stderr
+    finally:
+        shutil.rmtree(guarded)
+
+
 # --- 4. host mounts and bind sources ---------------------------------------------------------------------------------
 
 def test_a_bind_from_a_mount_without_nosuid_is_refused(proxy: ProxyHandle, engine: docker.DockerClient,

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ds01 import bodies, containers, policy, runas
+from ds01 import bodies, containers, destinations, policy, runas
 from ds01.errors import Denied
 from ds01.limits import BUILTIN_DEFAULTS, SecuritySettings
 from ds01.placement import GpuRequest
@@ -135,6 +135,7 @@ DENIALS: list[tuple[str, dict[str, Any], str, str]] = [
     ("no-new-privileges-off", host(SecurityOpt=["no-new-privileges=false"]), "security_opt",
      "no-new-privileges is always on"),
     ("mount-not-hardened", host(Binds=["/home/alice/suid:/x"]), "mount_not_hardened", "nosuid,nodev"),
+    ("nested-mount", host(Binds=["/home/alice/work:/w"], Tmpfs={"/w/t": ""}), "nested_mount", "side by side"),
     ("label-reserved", {"Image": "busybox", "Labels": {"ds01.user": "bob"}}, "label_reserved",
      "ds01 sets the ds01.* labels itself"),
     ("limit-cpus", host(NanoCpus=5 * 10**9), "limit_cpus", "your per-container limit is 4"),
@@ -165,7 +166,7 @@ def test_denial(body: dict[str, Any], reason: str, hint: str) -> None:
 
 
 def test_every_reason_code_in_the_policy_is_exercised() -> None:
-    source = "".join(inspect.getsource(module) for module in (policy, runas, bodies))
+    source = "".join(inspect.getsource(module) for module in (policy, runas, bodies, destinations))
     reasons = set(re.findall(r'(?:_deny|Denied)\("([a-z_]+)"', source))
     templated = re.findall(r'_deny\(f"([a-z_]+)\{what\}"', source)
     assert templated == ["limit_"]
@@ -174,7 +175,8 @@ def test_every_reason_code_in_the_policy_is_exercised() -> None:
 
 
 def test_admins_are_excepted_from_ownership_only() -> None:
-    plan(host(Binds=["bobs-data:/d"], VolumesFrom=["bobs"], NetworkMode="container:bobs"), caller=ADMIN)
+    plan(host(Binds=["bobs-data:/d"], NetworkMode="container:bobs"), caller=ADMIN)
+    plan(host(VolumesFrom=["bobs"]), caller=ADMIN)
     refused(host(Privileged=True), "privileged", caller=ADMIN)
     refused(host(Binds=["/etc:/e"]), "mount_outside_home", caller=ADMIN)
     refused(host(PidMode="host"), "host_namespace", caller=ADMIN)
@@ -567,19 +569,32 @@ def test_unhardened_mounts_pass_only_when_the_admin_turns_the_check_off() -> Non
 
 
 def test_a_source_behind_a_directory_the_caller_cannot_enter_is_refused() -> None:
-    def under(*chain: tuple[str, int, int, int]) -> Facts:
-        ancestors = tuple(policy.Ancestor(path, uid, gid, mode) for path, uid, gid, mode in chain)
-        paths = {**PATHS, "/data/bob/public": ResolvedPath("/data/bob/public", False, ancestors=ancestors)}
-        return Facts(paths, CONTAINER_OWNERS, VOLUME_OWNERS, ENGINE_SOCKETS)
-    root = ("/", 0, 0, 0o40755)
-    data = ("/data", 0, 0, 0o41777)
-    denial = refused(host(Binds=["/data/bob/public:/p"]), "mount_outside_home",
-                     facts=under(root, data, ("/data/bob", 1002, 1002, 0o40700)))
-    assert "lies inside /data/bob, which you may not enter (mode 700)" in denial.message
-    plan(host(Binds=["/data/bob/public:/p"]), facts=under(root, data, ("/data/bob", 1002, 100, 0o40750)))  # group
-    plan(host(Binds=["/data/bob/public:/p"]), facts=under(root, data, ("/data/bob", 1002, 1002, 0o40701)))  # other
-    refused(host(Binds=["/data/bob/public:/p"]), "mount_outside_home",
-            facts=under(root, data, ("/data/bob", 1000, 1000, 0o40077)))  # the owner's own bits apply to the owner
+    paths = {**PATHS, "/data/bob/public": ResolvedPath("/data/bob/public", False, closed_at="/data/bob")}
+    facts = Facts(paths, CONTAINER_OWNERS, VOLUME_OWNERS, ENGINE_SOCKETS)
+    denial = refused(host(Binds=["/data/bob/public:/p"]), "mount_outside_home", facts=facts)
+    assert "lies inside /data/bob, which you may not enter" in denial.message
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    (host(Binds=["/home/alice/work:/w", "/home/alice/work:/w/a"]), "/w/a lies inside the bind mounted at /w"),
+    (host(Binds=["/home/alice/work:/w"], Tmpfs={"/w/t": ""}), "/w/t lies inside the bind mounted at /w"),
+    (host(Binds=["my-data:/v"], Mounts=[{"Type": "tmpfs", "Target": "/v/x/../t"}]), "/v/t lies inside the volume"),
+    ({"Image": "busybox", "Volumes": {"/anon": {}}, "HostConfig": {"Binds": ["/home/alice/work:/anon/w/"]}},
+     "/anon/w lies inside the volume mounted at /anon"),
+    ({"Image": "busybox", "WorkingDir": "/w/deep", "HostConfig": {"Binds": ["/home/alice/work:/w"]}},
+     "the working directory /w/deep lies below the host directory mounted at /w"),
+    (host(VolumesFrom=["mine"], Binds=["/home/alice/work:/w"]), "--volumes-from cannot be combined"),
+])
+def test_no_mount_point_or_working_dir_is_made_inside_a_mount(body: dict[str, Any], words: str) -> None:
+    assert words in refused(body, "nested_mount").message
+
+
+def test_side_by_side_mounts_and_the_mount_as_working_dir_pass() -> None:
+    plan({"Image": "busybox", "WorkingDir": "/w", "Volumes": {"/cache": {}},
+          "HostConfig": {"Binds": ["/home/alice/work:/w", "my-data:/wa"], "Tmpfs": {"/t": ""},
+                         "Mounts": [{"Type": "tmpfs", "Target": "/t/x"}]}})  # inside a tmpfs is fine
+    image_dir = Facts(PATHS, CONTAINER_OWNERS, VOLUME_OWNERS, ENGINE_SOCKETS, image_working_dir="/w/src")
+    refused(host(Binds=["/home/alice/work:/w"]), "nested_mount", facts=image_dir)  # the image's WORKDIR counts
 
 
 def test_a_caller_without_a_home_binds_only_data_dirs() -> None:
