@@ -12,6 +12,7 @@ import pwd
 import re
 import socket
 import stat
+import subprocess
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -309,12 +310,35 @@ def check_bind_mounts(config: Config | None) -> Check:
                  "nosuid,nodev mounts")
 
 
-def check_root_containers(options: Options) -> Check:
-    engine = Engine(options.engine)
+RUNC_FIXED = (1, 1, 14)  # mount-point races (CVE-2024-45310) and the fd leak (CVE-2024-21626) are fixed from here
+
+
+def check_runc() -> Check:
     try:
-        legacy = runas.root_with_host_mounts(engine.containers())
-    finally:
-        engine.close()
+        shown = subprocess.run(["runc", "--version"], capture_output=True, text=True, check=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return Check("runc", WARN, f"runc --version did not answer ({exc})", "check the engine's runtime by hand")
+    found = re.search(r"runc version (\d+)\.(\d+)\.(\d+)", shown)
+    if found is None:
+        return Check("runc", WARN, f"cannot read a version from: {shown.strip()[:80]!r}", "check it by hand")
+    version = tuple(int(part) for part in found.groups())
+    text = ".".join(map(str, version))
+    if version < RUNC_FIXED:
+        return Check("runc", WARN, f"runc {text} is older than {'.'.join(map(str, RUNC_FIXED))}: it has known "
+                     "mount-point races (CVE-2024-45310) that ds01's rules keep out of reach, as far as they are "
+                     "known", "upgrade runc (or the engine's bundled one)")
+    return Check("runc", PASS, f"runc {text}")
+
+
+def check_root_containers(options: Options) -> Check:
+    try:
+        engine = Engine(options.engine)
+        try:
+            legacy = runas.root_with_host_mounts(engine.containers())
+        finally:
+            engine.close()
+    except EngineError as exc:
+        return Check("root containers", WARN, f"not checked: {exc}", "start the engine (see above)")
     if legacy:
         return Check("root containers", WARN, "; ".join(runas.root_container_warning(i) for i in legacy),
                      "remove each and create it again: ds01 now runs containers as their owner")
@@ -346,5 +370,6 @@ def run_checks(options: Options) -> list[Check]:
         ("nvml", check_nvml),
         ("bind mounts", lambda: check_bind_mounts(config)),
         ("root containers", lambda: check_root_containers(options)),
+        ("runc", check_runc),
     ]
     return [first, *(_guarded(name, check, options.debug) for name, check in checks)]
