@@ -69,3 +69,14 @@ def check_destinations(body: dict[str, Any], host: dict[str, Any], image_working
             f"the working directory {working_dir} lies below the host directory mounted at {outer.path}: if it is "
             f"missing, the engine creates it there as root. Use {outer.path} as the working directory and cd "
             "inside, or mount the directory you want to work in."))
+
+
+def check_restart_policy(caller_is_admin: bool, restart_policy: Any, has_host_mounts: bool) -> None:
+    """A container that mounts host directories starts only through the proxy, which checks each start; the
+    engine's own restarts would skip that check."""
+    name = field(restart_policy, "Name") if isinstance(restart_policy, dict) else restart_policy
+    if has_host_mounts and not caller_is_admin and name not in (None, "", "no"):
+        raise Denied("restart_policy", (
+            f"restart policy {name!r} is not allowed for a container that mounts host directories: ds01 checks "
+            "every start of such a container, and the engine's own restarts would skip that. Start it again with "
+            "docker start or container start."))

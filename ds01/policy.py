@@ -17,7 +17,7 @@ from typing import Any
 
 from ds01 import containers, runas
 from ds01.bodies import as_list, field, host_config, is_volume_name, mounts_of, set_field, split_bind
-from ds01.destinations import check_destinations
+from ds01.destinations import check_destinations, check_restart_policy
 from ds01.errors import Denied
 from ds01.limits import LimitValues, SecuritySettings
 from ds01.placement import GpuRequest
@@ -304,6 +304,7 @@ def plan_create(caller: Caller, body: dict[str, Any], facts: Facts, security: Se
         if key.casefold().startswith(containers.LABEL_PREFIX) and key not in ALLOWED_REQUEST_LABELS:
             raise _deny("label_reserved", f"label {key} is reserved: ds01 sets the ds01.* labels itself.")
     check_destinations(body, host, facts.image_working_dir)
+    check_restart_policy(caller.is_admin, field(host, "RestartPolicy"), bool(bind_sources(host)))
     gpu_request = _gpu_request(host, labels)
     notes = runas.run_as_caller(caller, body, host, security, gpu_gid if gpu_request is not None else None)
     _apply_limits(host, caller.limits)
@@ -347,8 +348,9 @@ def apply_grant(body: dict[str, Any], slots: Sequence[str], allocation_id: str, 
     labels[containers.GPU_EQUIVALENTS] = equivalents
 
 
-def check_update(caller: Caller, body: dict[str, Any]) -> None:
+def check_update(caller: Caller, body: dict[str, Any], has_host_mounts: bool) -> None:
     """`docker update` may lower limits or raise them up to the user's own, and touches nothing else of note."""
+    check_restart_policy(caller.is_admin, field(body, "RestartPolicy"), has_host_mounts)
     for name in ("Devices", "DeviceCgroupRules", "DeviceRequests", "CgroupParent"):
         if field(body, name):
             raise _deny("devices" if name.startswith("Device") else "cgroup_parent", f"{name} cannot be updated.")

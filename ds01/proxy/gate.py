@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, quote, urlencode
 
-from ds01 import bodies, containers, identity, policy, runas
+from ds01 import bodies, containers, destinations, identity, overlay, policy, runas
 from ds01.allocator import Allocation, Allocator
 from ds01.engine import container_info
 from ds01.errors import Denied, Ds01Error
@@ -197,7 +197,7 @@ class Gate:
             return self._archive(request, info, target)
         if kind == "container" and route.action == "update" and method == "POST":
             body = bodies.parse_json_object(read_body(), "update body")
-            policy.check_update(caller, body)
+            policy.check_update(caller, body, any(m.get("Type") == "bind" for m in info.get("Mounts") or []))
             return Forward(target, body=json.dumps(body).encode())
         if kind == "network" and route.action in ("connect", "disconnect"):
             body = bodies.parse_json_object(read_body(), f"network {route.action} body")
@@ -210,6 +210,7 @@ class Gate:
             return Forward(target, after=lambda status, _body: self._released_on_delete(status, info))
         if kind == "container" and route.action in ("start", "restart") and method == "POST":
             self._recheck_binds(info)
+            self._check_mount_paths(info)
             self._regrant_on_start(request.session, info)
         hijack = (kind == "container" and route.action == "attach") or (kind == "exec" and route.action == "start")
         return Forward(target, hijack=hijack)
@@ -256,6 +257,31 @@ class Gate:
                     raise Denied("bind_source_changed", (
                         f"the bind source {original} of {name} was moved or replaced since the container was "
                         "created, so it is not started. Put it back, or remove the container and create it again."))
+
+    @staticmethod
+    def _check_mount_paths(info: dict[str, Any]) -> None:
+        """The runtime follows symlinks in the container's own filesystem as it makes mount points and the working
+        directory; one there (from the image, or left by the container's processes) could lead it into a mounted
+        host directory, where it makes them as root. The container is stopped: what is checked is what starts."""
+        config, host = info.get("Config") or {}, info.get("HostConfig") or {}
+        found = destinations.destinations(config, host)
+        if not any(d.kind == "bind" for d in found):
+            return
+        name = str(info.get("Name") or "").lstrip("/")
+        layers = overlay.layers_of(info)
+        if layers is None:
+            raise Denied("mount_path_symlink", (
+                f"{name} mounts host directories, and this engine's storage driver "
+                f"({(info.get('GraphDriver') or {}).get('Name')}) does not let ds01 check the container's paths to "
+                "them; ask an admin to use overlay2."))
+        for path in [d.path for d in found] + [str(config.get("WorkingDir") or "/")]:
+            link = overlay.first_symlink(layers, path)
+            if link is not None:
+                raise Denied("mount_path_symlink", (
+                    f"{link.path} in {name} is a symlink (to {link.target}) on the way to a mount point or the "
+                    "working directory: the engine would follow it while making them, perhaps into a mounted host "
+                    "directory. Remove the container and create it with mounts elsewhere, or use an image without "
+                    "that symlink."))
 
     def _archive(self, request: Request, info: dict[str, Any], target: str) -> Outcome:
         """docker cp, either way: only where no host directory is mounted (the engine reads and writes those as

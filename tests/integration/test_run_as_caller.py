@@ -410,6 +410,33 @@ def test_no_mount_point_is_made_inside_a_host_directory(proxy: ProxyHandle, engi
         shutil.rmtree(mine, ignore_errors=True)
 
 
+def test_a_symlink_in_the_image_cannot_lead_a_mount_point_into_a_host_directory(
+        proxy: ProxyHandle, engine: docker.DockerClient) -> None:
+    """An image (anyone can pull one) with /x -> /w: a tmpfs at /x/t, or the working directory /x/deep, would be
+    made by the runtime inside whatever host directory is mounted at /w."""
+    image = f"ds01-test/symlinked:{uuid.uuid4().hex[:6]}"
+    rootfs = io.BytesIO()
+    with tarfile.open(fileobj=rootfs, mode="w") as out:
+        out.add("/bin/busybox", arcname="bin/busybox")
+        for link, target in (("bin/true", "busybox"), ("x", "/w")):
+            member = tarfile.TarInfo(link)
+            member.type, member.linkname = tarfile.SYMTYPE, target
+            out.addfile(member)
+    engine.api.import_image_from_data(rootfs.getvalue(), repository=image)
+    bobs = owned_dir(proxy.data / f"bobshare-{uuid.uuid4().hex[:6]}", "bob", 0o755)
+    try:
+        for args in (["--tmpfs", "/x/t"], ["-w", "/x/deep"], ["-v", f"{proxy.data}:/x/y"]):
+            name = f"sym-{uuid.uuid4().hex[:6]}"
+            result = docker_as(proxy, "alice", "run", "--name", name, "-v", f"{bobs}:/w", *args, image, "true")
+            assert result.returncode != 0 and "/x in " in result.stderr and "is a symlink (to /w)" in result.stderr
+            assert engine.containers.get(name).status == "created"  # refused at start: it never ran
+            engine.containers.get(name).remove(force=True)
+        assert os.listdir(bobs) == []  # nothing made inside bob's directory
+    finally:
+        shutil.rmtree(bobs, ignore_errors=True)
+        engine.images.remove(image, force=True)
+
+
 def test_an_acl_that_shuts_alice_out_holds_in_containers(proxy: ProxyHandle, engine: docker.DockerClient) -> None:
     bob = account("bob")
     guarded = owned_dir(proxy.data / f"bobacl-{uuid.uuid4().hex[:6]}", "bob", 0o755)

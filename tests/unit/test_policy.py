@@ -136,6 +136,8 @@ DENIALS: list[tuple[str, dict[str, Any], str, str]] = [
      "no-new-privileges is always on"),
     ("mount-not-hardened", host(Binds=["/home/alice/suid:/x"]), "mount_not_hardened", "nosuid,nodev"),
     ("nested-mount", host(Binds=["/home/alice/work:/w"], Tmpfs={"/w/t": ""}), "nested_mount", "side by side"),
+    ("restart-policy", host(Binds=["/home/alice/work:/w"], RestartPolicy={"Name": "always"}), "restart_policy",
+     "the engine's own restarts would skip that"),
     ("label-reserved", {"Image": "busybox", "Labels": {"ds01.user": "bob"}}, "label_reserved",
      "ds01 sets the ds01.* labels itself"),
     ("limit-cpus", host(NanoCpus=5 * 10**9), "limit_cpus", "your per-container limit is 4"),
@@ -597,6 +599,16 @@ def test_side_by_side_mounts_and_the_mount_as_working_dir_pass() -> None:
     refused(host(Binds=["/home/alice/work:/w"]), "nested_mount", facts=image_dir)  # the image's WORKDIR counts
 
 
+def test_containers_with_host_mounts_do_not_restart_on_their_own() -> None:
+    denial = refused(host(Binds=["/home/alice/work:/w"], RestartPolicy={"Name": "always"}), "restart_policy")
+    assert "docker start" in denial.message
+    plan(host(Binds=["/home/alice/work:/w"], RestartPolicy={"Name": "no"}))
+    plan(host(RestartPolicy={"Name": "on-failure", "MaximumRetryCount": 3}))  # nothing of the host's to re-check
+    with pytest.raises(Denied):
+        policy.check_update(ALICE, {"RestartPolicy": {"Name": "unless-stopped"}}, True)
+    policy.check_update(ALICE, {"RestartPolicy": {"Name": "always"}}, False)
+
+
 def test_a_caller_without_a_home_binds_only_data_dirs() -> None:
     homeless = Caller(uid=998, user="svc", home="", is_admin=False, limits=LIMITS, gid=998, gids=frozenset({998}),
                       login="svc",
@@ -864,7 +876,7 @@ def test_exec_as_root_only_for_admins_with_admin_root() -> None:
 ])
 def test_update_within_limits_is_allowed_and_untouched(body: dict[str, Any]) -> None:
     before = copy.deepcopy(body)
-    policy.check_update(ALICE, body)
+    policy.check_update(ALICE, body, False)
     assert body == before  # no defaults are filled in on update
 
 
@@ -886,7 +898,7 @@ def test_update_within_limits_is_allowed_and_untouched(body: dict[str, Any]) -> 
 ])
 def test_update_denials(body: dict[str, Any], reason: str) -> None:
     with pytest.raises(Denied) as info:
-        policy.check_update(ALICE, body)
+        policy.check_update(ALICE, body, False)
     assert info.value.reason == reason
 
 
@@ -894,7 +906,7 @@ def test_update_denials(body: dict[str, Any], reason: str) -> None:
 def test_update_cannot_lift_a_limit(body: dict[str, Any]) -> None:
     # On update the engine reads PidsLimit 0 or -1 and CpuQuota -1 as "unlimited", not as "unchanged".
     try:
-        policy.check_update(ALICE, body)
+        policy.check_update(ALICE, body, False)
     except Denied:
         return
     pids, quota = bodies.field(body, "PidsLimit"), bodies.field(body, "CpuQuota")
