@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, quote, urlencode
 
-from ds01 import bodies, containers, destinations, identity, overlay, policy, runas
+from ds01 import bodies, containers, identity, policy, runas
 from ds01.allocator import Allocation, Allocator
 from ds01.engine import container_info
 from ds01.errors import Denied, Ds01Error
 from ds01.placement import GpuRequest, Slot
-from ds01.proxy import archive, binds
+from ds01.proxy import archive, binds, starts
 from ds01.proxy.cgroups import CgroupParents
 from ds01.proxy.http import Head
 from ds01.proxy.routes import Route
@@ -209,8 +209,12 @@ class Gate:
         if kind == "container" and method == "DELETE":
             return Forward(target, after=lambda status, _body: self._released_on_delete(status, info))
         if kind == "container" and route.action in ("start", "restart") and method == "POST":
-            self._recheck_binds(info)
-            self._check_mount_paths(info)
+            labels = (info.get("Config") or {}).get("Labels") or {}
+            # The owner's rules, whoever starts it (an admin may start a user's container).
+            by_rules_of = self.sessions.for_uid(int(labels[containers.UID])).caller if labels.get(containers.UID) \
+                else caller
+            starts.check_start(info, by_rules_of, self.pins, self.sessions.current_config().security,
+                               self._engine_sockets)
             self._regrant_on_start(request.session, info)
         hijack = (kind == "container" and route.action == "attach") or (kind == "exec" and route.action == "start")
         return Forward(target, hijack=hijack)
@@ -233,55 +237,6 @@ class Gate:
         if status == 204:
             self.allocator.release_container(str(info["Id"]))
             self.pins.release(((info.get("Config") or {}).get("Labels") or {}).get(containers.BIND_KEY) or "")
-
-    def _recheck_binds(self, info: dict[str, Any]) -> None:
-        """Before the engine mounts a container's binds again: each pinned source must still be where, and what,
-        it was when checked, under today's rules for its owner; a pin lost to a reboot is made again."""
-        labels = (info.get("Config") or {}).get("Labels") or {}
-        key = labels.get(containers.BIND_KEY)
-        if not key:
-            return
-        originals = [str(path) for path in json.loads(labels.get(containers.BIND_SOURCES) or "[]")]
-        owner = self.sessions.for_uid(int(labels[containers.UID])).caller
-        security = self.sessions.current_config().security
-        name = str(info.get("Name") or "").lstrip("/")
-        with binds.opened(originals, owner) as opened:
-            facts = policy.Facts({path: source.resolved for path, source in opened.items()}, {}, {},
-                                 self._engine_sockets)
-            for index, original in enumerate(originals):
-                policy.check_bind_source(owner, original, facts, security)
-                source, pinned = opened[original], self.pins.pinned(key, index)
-                if pinned is None:
-                    self.pins.pin(key, index, source)
-                elif pinned != (source.device, source.inode) or source.resolved.real != original:
-                    raise Denied("bind_source_changed", (
-                        f"the bind source {original} of {name} was moved or replaced since the container was "
-                        "created, so it is not started. Put it back, or remove the container and create it again."))
-
-    @staticmethod
-    def _check_mount_paths(info: dict[str, Any]) -> None:
-        """The runtime follows symlinks in the container's own filesystem as it makes mount points and the working
-        directory; one there (from the image, or left by the container's processes) could lead it into a mounted
-        host directory, where it makes them as root. The container is stopped: what is checked is what starts."""
-        config, host = info.get("Config") or {}, info.get("HostConfig") or {}
-        found = destinations.destinations(config, host)
-        if not any(d.kind == "bind" for d in found):
-            return
-        name = str(info.get("Name") or "").lstrip("/")
-        layers = overlay.layers_of(info)
-        if layers is None:
-            raise Denied("mount_path_symlink", (
-                f"{name} mounts host directories, and this engine's storage driver "
-                f"({(info.get('GraphDriver') or {}).get('Name')}) does not let ds01 check the container's paths to "
-                "them; ask an admin to use overlay2."))
-        for path in [d.path for d in found] + [str(config.get("WorkingDir") or "/")]:
-            link = overlay.first_symlink(layers, path)
-            if link is not None:
-                raise Denied("mount_path_symlink", (
-                    f"{link.path} in {name} is a symlink (to {link.target}) on the way to a mount point or the "
-                    "working directory: the engine would follow it while making them, perhaps into a mounted host "
-                    "directory. Remove the container and create it with mounts elsewhere, or use an image without "
-                    "that symlink."))
 
     def _archive(self, request: Request, info: dict[str, Any], target: str) -> Outcome:
         """docker cp, either way: only where no host directory is mounted (the engine reads and writes those as

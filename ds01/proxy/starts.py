@@ -1,0 +1,69 @@
+"""What is checked again before a container starts: its pinned bind sources, and the paths to its mount points.
+
+Each start through the proxy (start, restart) passes here; the engine's own restarts are refused for containers
+that mount host directories, so no start of theirs goes unchecked.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ds01 import containers, destinations, overlay, policy, runas
+from ds01.errors import Denied
+from ds01.limits import SecuritySettings
+from ds01.proxy import binds
+
+
+def check_start(info: dict[str, Any], owner: runas.Caller, pins: binds.Pins, security: SecuritySettings,
+                engine_sockets: frozenset[str]) -> None:
+    _recheck_binds(info, owner, pins, security, engine_sockets)
+    _check_mount_paths(info)
+
+
+def _recheck_binds(info: dict[str, Any], owner: runas.Caller, pins: binds.Pins, security: SecuritySettings,
+                   engine_sockets: frozenset[str]) -> None:
+    """Before the engine mounts a container's binds again: each pinned source must still be where, and what,
+    it was when checked, under today's rules for its owner; a pin lost to a reboot is made again."""
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    key = labels.get(containers.BIND_KEY)
+    if not key:
+        return
+    originals = [str(path) for path in json.loads(labels.get(containers.BIND_SOURCES) or "[]")]
+    name = str(info.get("Name") or "").lstrip("/")
+    with binds.opened(originals, owner) as opened:
+        facts = policy.Facts({path: source.resolved for path, source in opened.items()}, {}, {}, engine_sockets)
+        for index, original in enumerate(originals):
+            policy.check_bind_source(owner, original, facts, security)
+            source, pinned = opened[original], pins.pinned(key, index)
+            if pinned is None:
+                pins.pin(key, index, source)
+            elif pinned != (source.device, source.inode) or source.resolved.real != original:
+                raise Denied("bind_source_changed", (
+                    f"the bind source {original} of {name} was moved or replaced since the container was "
+                    "created, so it is not started. Put it back, or remove the container and create it again."))
+
+
+def _check_mount_paths(info: dict[str, Any]) -> None:
+    """The runtime follows symlinks in the container's own filesystem as it makes mount points and the working
+    directory; one there (from the image, or left by the container's processes) could lead it into a mounted
+    host directory, where it makes them as root. The container is stopped: what is checked is what starts."""
+    config, host = info.get("Config") or {}, info.get("HostConfig") or {}
+    found = destinations.destinations(config, host)
+    if not any(d.kind == "bind" for d in found):
+        return
+    name = str(info.get("Name") or "").lstrip("/")
+    layers = overlay.layers_of(info)
+    if layers is None:
+        raise Denied("mount_path_symlink", (
+            f"{name} mounts host directories, and this engine's storage driver "
+            f"({(info.get('GraphDriver') or {}).get('Name')}) does not let ds01 check the container's paths to "
+            "them; ask an admin to use overlay2."))
+    for path in [d.path for d in found] + [str(config.get("WorkingDir") or "/")]:
+        link = overlay.first_symlink(layers, path)
+        if link is not None:
+            raise Denied("mount_path_symlink", (
+                f"{link.path} in {name} is a symlink (to {link.target}) on the way to a mount point or the "
+                "working directory: the engine would follow it while making them, perhaps into a mounted host "
+                "directory. Remove the container and create it with mounts elsewhere, or use an image without "
+                "that symlink."))
