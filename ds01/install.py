@@ -339,6 +339,8 @@ class Installer:
         docs = {"README.md": self.source / "README.md"}
         for page in sorted((self.source / "docs-admin").glob("*.md")):
             docs["index.md" if page.name == "README.md" else page.name] = page
+        for page in sorted((self.source / "docs-user").glob("*.md")):
+            docs[f"users/{page.name}"] = page  # for the users, beside the admins' pages
         for name, page in docs.items():
             if page.is_file():
                 self.put_file(f"{DOC_DIR}/{name}", page.read_bytes(), 0o644)

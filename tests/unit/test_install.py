@@ -29,6 +29,7 @@ FILES = {  # installed path -> (mode, file in the checkout it equals byte for by
     "etc/profile.d/ds01.sh": (0o644, "config/profile.d/ds01.sh"),
     "usr/local/share/doc/ds01/README.md": (0o644, "README.md"),
     "usr/local/share/doc/ds01/docker-group.md": (0o644, "docs-admin/docker-group.md"),
+    "usr/local/share/doc/ds01/users/containers.md": (0o644, "docs-user/containers.md"),
 }
 DIRS = {"var/lib/ds01": 0o750, "var/log/ds01": 0o750}
 LINKS = {"usr/local/bin/ds01": "/opt/ds01/venv/bin/ds01", "usr/local/bin/container": "/opt/ds01/venv/bin/container"}
@@ -234,7 +235,7 @@ class Recorder:
 
 
 def copy_of_checkout(destination: Path) -> Path:
-    keep = ("pyproject.toml", "README.md", "ds01", "config", "udev", "wrappers", "docs-admin")
+    keep = ("pyproject.toml", "README.md", "ds01", "config", "udev", "wrappers", "docs-admin", "docs-user")
     for name in keep:
         source = REPO / name
         if source.is_dir():
