@@ -5,7 +5,8 @@ mounted above it. Inside a bind mount that is a host directory: root-owned entri
 permissions (in bob's directory that alice may only read), and with a runtime that resolves the path before it
 creates it (runc before 1.1.14) a symlink swapped in between puts them anywhere on the host. Inside a volume,
 which a running container can fill with symlinks, the same race applies. So the policy keeps mount points side
-by side, and the working directory at or outside every host directory.
+by side, the working directory outside every host directory and volume, and host directories and volumes out of
+the system trees where the engine and the GPU hook put mounts of their own (/etc/hosts, /dev/shm, libraries).
 """
 
 from __future__ import annotations
@@ -17,11 +18,17 @@ from typing import Any
 from ds01.bodies import as_list, field, is_volume_name, mounts_of, split_bind
 from ds01.errors import Denied
 
+# The engine mounts /etc/hostname, /etc/hosts, /etc/resolv.conf, /dev/shm, /dev/pts, /proc and /sys; the NVIDIA
+# hook mounts device nodes, libraries and binaries below /dev, /usr, /lib*, /bin and /etc. A host directory or a
+# volume at, above or inside one of these trees would receive those mount points.
+SYSTEM_TREES = ("/etc", "/dev", "/proc", "/sys", "/run", "/var/run", "/usr", "/bin", "/sbin", "/lib", "/lib32",
+                "/lib64", "/libx32")
+
 
 @dataclass(frozen=True)
 class Destination:
     path: str  # normalized, inside the container
-    kind: str  # bind, volume or tmpfs
+    kind: str  # bind, volume (a named one), anonymous (a volume of the container's own) or tmpfs
 
 
 def _normal(path: str) -> str:
@@ -34,13 +41,16 @@ def destinations(body: dict[str, Any], host: dict[str, Any]) -> list[Destination
         source, rest = split_bind(bind)
         found.append(Destination(_normal(rest.split(":", 1)[0]), "volume" if is_volume_name(source) else "bind"))
     for mount in mounts_of(host):
-        found.append(Destination(_normal(str(field(mount, "Target") or "")), str(field(mount, "Type"))))
+        kind = str(field(mount, "Type"))
+        if kind == "volume" and not field(mount, "Source"):
+            kind = "anonymous"
+        found.append(Destination(_normal(str(field(mount, "Target") or "")), kind))
     tmpfs = field(host, "Tmpfs") or {}
     volumes = field(body, "Volumes") or {}
     if not isinstance(tmpfs, dict) or not isinstance(volumes, dict):
         raise Denied("bad_request", "HostConfig.Tmpfs and Volumes must be objects keyed by path")
     found += [Destination(_normal(str(path)), "tmpfs") for path in tmpfs]
-    found += [Destination(_normal(str(path)), "volume") for path in volumes]
+    found += [Destination(_normal(str(path)), "anonymous") for path in volumes]
     return found
 
 
@@ -48,14 +58,23 @@ def _below(inner: str, outer: str) -> bool:
     return inner != outer and inner.startswith(outer.rstrip("/") + "/")
 
 
-def check_destinations(body: dict[str, Any], host: dict[str, Any], image_working_dir: str) -> None:
-    """No mount point inside a bind or volume mount, no working directory below a bind mount, and no other mounts
-    beside --volumes-from (its inherited mount points are not known here)."""
-    found = destinations(body, host)
+def check_destinations(body: dict[str, Any], host: dict[str, Any], image_working_dir: str = "",
+                       image_volumes: tuple[str, ...] = ()) -> None:
+    """No mount point inside a bind or volume mount, none of those in a system tree, no working directory below
+    one, and no other mounts beside --volumes-from (its inherited mount points are not known here). The image's
+    WORKDIR and VOLUMEs count where the request does not set them."""
+    found = destinations(body, host) + [Destination(_normal(path), "anonymous") for path in image_volumes]
     if found and as_list(field(host, "VolumesFrom"), "HostConfig.VolumesFrom"):
         raise Denied("nested_mount", "--volumes-from cannot be combined with mounts of your own: they could land "
                                      "inside the inherited ones. Mount what you need directly instead.")
-    holders = [d for d in found if d.kind in ("bind", "volume")]
+    holders = [d for d in found if d.kind in ("bind", "volume", "anonymous")]
+    for holder in (d for d in holders if d.kind != "anonymous"):  # anonymous volumes are the container's alone
+        tree = next((t for t in SYSTEM_TREES if holder.path == t or _below(holder.path, t) or _below(t, holder.path)),
+                    None)
+        if tree is not None:
+            raise Denied("system_mount_point", (
+                f"a {holder.kind} at {holder.path} would hold or sit in {tree}, where the engine and the GPU runtime "
+                f"put files of their own as root. Mount it elsewhere, such as /workspace, /data or /mnt/NAME."))
     for inner in found:
         outer = next((h for h in holders if _below(inner.path, h.path)), None)
         if outer is not None:
@@ -63,10 +82,10 @@ def check_destinations(body: dict[str, Any], host: dict[str, Any], image_working
                 f"the mount at {inner.path} lies inside the {outer.kind} mounted at {outer.path}: the engine would "
                 f"create {inner.path} as root inside it, past its permissions. Mount them side by side instead."))
     working_dir = _normal(str(field(body, "WorkingDir") or image_working_dir or "/"))
-    outer = next((d for d in found if d.kind == "bind" and _below(working_dir, d.path)), None)
+    outer = next((d for d in holders if _below(working_dir, d.path)), None)
     if outer is not None:
         raise Denied("nested_mount", (
-            f"the working directory {working_dir} lies below the host directory mounted at {outer.path}: if it is "
+            f"the working directory {working_dir} lies below the {outer.kind} mounted at {outer.path}: if it is "
             f"missing, the engine creates it there as root. Use {outer.path} as the working directory and cd "
             "inside, or mount the directory you want to work in."))
 

@@ -49,6 +49,7 @@ class Facts:
     volume_owners: Mapping[str, str | None]  # named volume -> ds01.user (None: missing or unowned)
     engine_sockets: frozenset[str]  # real paths of the engine's and ds01's own sockets
     image_working_dir: str = ""  # the image's WORKDIR, where the request sets none
+    image_volumes: tuple[str, ...] = ()  # the image's VOLUMEs, which become anonymous volumes
 
 
 @dataclass(frozen=True)
@@ -303,7 +304,7 @@ def plan_create(caller: Caller, body: dict[str, Any], facts: Facts, security: Se
     for key in labels:
         if key.casefold().startswith(containers.LABEL_PREFIX) and key not in ALLOWED_REQUEST_LABELS:
             raise _deny("label_reserved", f"label {key} is reserved: ds01 sets the ds01.* labels itself.")
-    check_destinations(body, host, facts.image_working_dir)
+    check_destinations(body, host, facts.image_working_dir, facts.image_volumes)
     check_restart_policy(caller.is_admin, field(host, "RestartPolicy"), bool(bind_sources(host)))
     gpu_request = _gpu_request(host, labels)
     notes = runas.run_as_caller(caller, body, host, security, gpu_gid if gpu_request is not None else None)

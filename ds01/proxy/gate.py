@@ -291,11 +291,12 @@ class Gate:
         paths = {path: source.resolved for path, source in opened.items()}
         owners = {ref: self._owner_of("container", ref)[1] for ref in refs.containers}
         volumes = {name: self._owner_of("volume", name)[1] for name in refs.volumes}
-        working_dir = ""
-        if refs.bind_sources and not bodies.field(body, "WorkingDir"):
+        image_config: dict[str, Any] = {}
+        if refs.bind_sources or refs.volumes:
             image = self.upstream.inspect("image", str(bodies.field(body, "Image") or ""))
-            working_dir = str(((image or {}).get("Config") or {}).get("WorkingDir") or "")
-        return policy.Facts(paths, owners, volumes, self._engine_sockets, working_dir)
+            image_config = (image or {}).get("Config") or {}
+        return policy.Facts(paths, owners, volumes, self._engine_sockets, str(image_config.get("WorkingDir") or ""),
+                            tuple(image_config.get("Volumes") or {}))
 
     def _count_containers(self, user: str) -> int:
         query = {"all": "1", "filters": json.dumps({"label": [f"{containers.USER}={user}"]})}

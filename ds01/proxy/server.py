@@ -140,11 +140,14 @@ class Proxy:
                     raise Denied("body_too_large", f"the request body is larger than {exc.limit} bytes") from None
             return buffered[0]
 
+        streamed: list[BinaryIO] = []
+
         def body_stream() -> BinaryIO:
             if buffered:
                 raise Ds01Error("the request body was already read")
             buffered.append(b"")  # consumed: nothing is left to relay
-            return io.BufferedReader(http.BodyStream(rfile, head), http.BLOCK)
+            streamed.append(io.BufferedReader(http.BodyStream(rfile, head), http.BLOCK))
+            return streamed[0]
 
         request = Request(session, method, path, query, classify(method, path), head, read_body, body_stream)
         outcome = self._decide(request)
@@ -152,6 +155,8 @@ class Proxy:
         if isinstance(outcome, Deny):
             events.emit("proxy.deny", source="proxy", user=user, endpoint=f"{method} {path}", verdict="deny",
                         reason=outcome.reason, message=outcome.message)
+            if streamed or (not buffered and http.request_has_body(head)):
+                _discard_body(client, streamed[0] if streamed else http.BodyStream(rfile, head))
             client.sendall(_error(outcome.status, outcome.reason, outcome.message))
             return False
         events.emit("proxy.allow", source="proxy", user=user, endpoint=f"{method} {path}", verdict="allow",
@@ -217,6 +222,21 @@ class Proxy:
                 forward.body_file.close()
             if after is not None:
                 after(None, b"")
+
+
+DISCARD_LIMIT_BYTES = 64 * 2**20
+DISCARD_SECONDS = 5.0
+
+
+def _discard_body(client: socket.socket, stream: BinaryIO | io.RawIOBase) -> None:
+    """Read and drop the rest of a refused request's body (up to a bound), so that a client still sending it, such
+    as docker cp, reads the refusal instead of failing on a closed socket."""
+    client.settimeout(DISCARD_SECONDS)
+    left = DISCARD_LIMIT_BYTES
+    with contextlib.suppress(OSError, http.HttpError):
+        while left > 0 and (block := stream.read(min(http.BLOCK, left))):
+            left -= len(block)
+    client.settimeout(None)
 
 
 def _send_request(upstream: socket.socket, rfile: BinaryIO, head: http.Head, forward: Forward,

@@ -17,6 +17,8 @@ from ds01.proxy import binds
 
 def check_start(info: dict[str, Any], owner: runas.Caller, pins: binds.Pins, security: SecuritySettings,
                 engine_sockets: frozenset[str]) -> None:
+    # The create's rules again, on what the engine made of it (the image's VOLUMEs and WORKDIR merged in).
+    destinations.check_destinations(info.get("Config") or {}, info.get("HostConfig") or {})
     _recheck_binds(info, owner, pins, security, engine_sockets)
     _check_mount_paths(info)
 

@@ -437,6 +437,49 @@ def test_a_symlink_in_the_image_cannot_lead_a_mount_point_into_a_host_directory(
         engine.images.remove(image, force=True)
 
 
+def test_the_engines_own_mount_points_never_land_in_a_host_directory(proxy: ProxyHandle, engine: docker.DockerClient,
+                                                                     scratch: Path) -> None:
+    """The engine mounts /etc/hostname, /etc/hosts and /etc/resolv.conf; a bind at /etc would receive them as
+    root-made files (and, with a symlink swapped in, put them anywhere on the host)."""
+    etc = owned_dir(scratch / "etc", "alice")
+    assert proxy.as_user("alice", "ln", "-s", "/etc", str(etc / "dl")).returncode == 0
+    assert proxy.as_user("alice", "ln", "-s", "dl/ds01_pwned", str(etc / "hostname")).returncode == 0
+    for target in ("/etc", "/", "/usr/lib", "/dev/shm"):
+        name = f"sys-{uuid.uuid4().hex[:6]}"
+        result = docker_as(proxy, "alice", "run", "--name", name, "-v", f"{etc}:{target}", TEST_IMAGE, "true")
+        assert result.returncode != 0 and "where the engine and the GPU runtime put files" in result.stderr, target
+        assert not engine.containers.list(all=True, filters={"name": name})
+    assert sorted(p.name for p in etc.iterdir()) == ["dl", "hostname"] and not Path("/etc/ds01_pwned").exists()
+
+
+def test_the_images_volumes_and_a_working_dir_in_a_volume_make_nothing_in_a_host_directory(
+        proxy: ProxyHandle, engine: docker.DockerClient, scratch: Path) -> None:
+    image = f"ds01-test/volumed:{uuid.uuid4().hex[:6]}"
+    rootfs = io.BytesIO()
+    with tarfile.open(fileobj=rootfs, mode="w") as out:
+        out.add("/bin/busybox", arcname="bin/busybox")
+        for applet in ("true", "ln", "pwd"):
+            member = tarfile.TarInfo(f"bin/{applet}")
+            member.type, member.linkname = tarfile.SYMTYPE, "busybox"
+            out.addfile(member)
+    engine.api.import_image_from_data(rootfs.getvalue(), repository=image, changes=["VOLUME /w/sub"])
+    work = owned_dir(scratch / "w", "alice")
+    volume = f"vol-{uuid.uuid4().hex[:6]}"
+    try:
+        declared = docker_as(proxy, "alice", "run", "--rm", "-v", f"{work}:/w", image, "true")
+        assert declared.returncode != 0 and "/w/sub lies inside the bind mounted at /w" in declared.stderr
+        assert docker_as(proxy, "alice", "volume", "create", volume).returncode == 0
+        assert docker_as(proxy, "alice", "run", "--rm", "-v", f"{volume}:/tmp", TEST_IMAGE, "ln", "-s", "/w",
+                         "/tmp/lnk").returncode == 0
+        through = docker_as(proxy, "alice", "run", "--rm", "-v", f"{volume}:/tmp", "-v", f"{work}:/w", "-w",
+                            "/tmp/lnk/newdir", TEST_IMAGE, "pwd")
+        assert through.returncode != 0 and "lies below the volume mounted at /tmp" in through.stderr
+        assert list(work.iterdir()) == []  # nothing made by root in alice's directory
+    finally:
+        engine.volumes.get(volume).remove(force=True)
+        engine.images.remove(image, force=True)
+
+
 def test_an_acl_that_shuts_alice_out_holds_in_containers(proxy: ProxyHandle, engine: docker.DockerClient) -> None:
     bob = account("bob")
     guarded = owned_dir(proxy.data / f"bobacl-{uuid.uuid4().hex[:6]}", "bob", 0o755)

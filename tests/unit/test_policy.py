@@ -136,6 +136,7 @@ DENIALS: list[tuple[str, dict[str, Any], str, str]] = [
      "no-new-privileges is always on"),
     ("mount-not-hardened", host(Binds=["/home/alice/suid:/x"]), "mount_not_hardened", "nosuid,nodev"),
     ("nested-mount", host(Binds=["/home/alice/work:/w"], Tmpfs={"/w/t": ""}), "nested_mount", "side by side"),
+    ("system-mount-point", host(Binds=["/home/alice/work:/etc"]), "system_mount_point", "such as /workspace"),
     ("restart-policy", host(Binds=["/home/alice/work:/w"], RestartPolicy={"Name": "always"}), "restart_policy",
      "the engine's own restarts would skip that"),
     ("label-reserved", {"Image": "busybox", "Labels": {"ds01.user": "bob"}}, "label_reserved",
@@ -582,13 +583,27 @@ def test_a_source_behind_a_directory_the_caller_cannot_enter_is_refused() -> Non
     (host(Binds=["/home/alice/work:/w"], Tmpfs={"/w/t": ""}), "/w/t lies inside the bind mounted at /w"),
     (host(Binds=["my-data:/v"], Mounts=[{"Type": "tmpfs", "Target": "/v/x/../t"}]), "/v/t lies inside the volume"),
     ({"Image": "busybox", "Volumes": {"/anon": {}}, "HostConfig": {"Binds": ["/home/alice/work:/anon/w/"]}},
-     "/anon/w lies inside the volume mounted at /anon"),
+     "/anon/w lies inside the anonymous mounted at /anon"),
     ({"Image": "busybox", "WorkingDir": "/w/deep", "HostConfig": {"Binds": ["/home/alice/work:/w"]}},
-     "the working directory /w/deep lies below the host directory mounted at /w"),
+     "the working directory /w/deep lies below the bind mounted at /w"),
+    ({"Image": "busybox", "WorkingDir": "/v/new", "HostConfig": {"Binds": ["my-data:/v"]}},
+     "the working directory /v/new lies below the volume mounted at /v"),
     (host(VolumesFrom=["mine"], Binds=["/home/alice/work:/w"]), "--volumes-from cannot be combined"),
 ])
 def test_no_mount_point_or_working_dir_is_made_inside_a_mount(body: dict[str, Any], words: str) -> None:
     assert words in refused(body, "nested_mount").message
+
+
+@pytest.mark.parametrize("binds", [["/home/alice/work:/etc"], ["/home/alice/work:/"], ["/home/alice/work:/usr/lib"],
+                                   ["/home/alice/work:/etc/vulkan"], ["my-data:/run"], ["/home/alice/work:/dev/x"]])
+def test_host_directories_and_volumes_stay_out_of_system_trees(binds: list[str]) -> None:
+    assert "where the engine and the GPU runtime put files" in refused(host(Binds=binds), "system_mount_point").message
+
+
+def test_the_images_volumes_count_as_mounts() -> None:
+    image = Facts(PATHS, CONTAINER_OWNERS, VOLUME_OWNERS, ENGINE_SOCKETS, image_volumes=("/w/sub",))
+    refused(host(Binds=["/home/alice/work:/w"]), "nested_mount", facts=image)
+    plan({"Image": "busybox", "Volumes": {"/etc/app": {}}})  # an anonymous volume in /etc is the container's own
 
 
 def test_side_by_side_mounts_and_the_mount_as_working_dir_pass() -> None:
