@@ -25,6 +25,17 @@ SYSTEM_TREES = ("/etc", "/dev", "/proc", "/sys", "/run", "/var/run", "/usr", "/b
                 "/lib64", "/libx32")
 
 
+# Where the engine (its /etc files, /dev/shm, ...) and the NVIDIA hook (libraries, binaries, firmware, the
+# persistenced socket, /proc/driver/nvidia) make mount points of their own, following the container's symlinks.
+RUNTIME_PATHS = (
+    "/etc/hostname", "/etc/hosts", "/etc/resolv.conf", "/etc/vulkan", "/etc/OpenCL",
+    "/dev", "/dev/shm", "/dev/mqueue", "/dev/pts", "/dev/console",  # noqa: S108 - paths inside containers
+    "/proc", "/proc/driver/nvidia", "/sys", "/sys/fs/cgroup", "/run/nvidia-persistenced",
+    "/usr/lib", "/usr/lib64", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/bin",
+    "/usr/share/nvidia", "/usr/share/vulkan", "/usr/share/glvnd", "/usr/share/egl", "/lib/firmware",
+)
+
+
 @dataclass(frozen=True)
 class Destination:
     path: str  # normalized, inside the container

@@ -8,10 +8,13 @@ opaque directory hides the lower layers' entries inside it, as the kernel's over
 from __future__ import annotations
 
 import os
+import posixpath
 import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from ds01.errors import Ds01Error
 
 OPAQUE = "trusted.overlay.opaque"
 
@@ -67,3 +70,22 @@ def first_symlink(layers: Layers, path: str) -> Symlink | None:
             return None  # missing, or not a directory: the runtime makes or refuses it without following anything
         active = below
     return None
+
+
+def resolve(layers: Layers, path: str, hops: int = 40) -> str:
+    """Where `path` leads in the merged view once every symlink on it is followed, as the runtime resolves paths
+    inside a container's root (an absolute target starts again at the container's /)."""
+    current = posixpath.normpath(posixpath.join("/", path))
+    for _ in range(hops):
+        link = first_symlink(layers, current)
+        if link is None:
+            return current
+        rest = current[len(link.path):].lstrip("/")
+        base = link.target if link.target.startswith("/") else posixpath.join(posixpath.dirname(link.path),
+                                                                             link.target)
+        current = posixpath.normpath(posixpath.join("/", base, rest))
+    raise OverlayError(f"{path} goes through more than {hops} symlinks")
+
+
+class OverlayError(Ds01Error):
+    """A path in a container's layers that cannot be followed."""

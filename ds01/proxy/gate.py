@@ -213,11 +213,42 @@ class Gate:
             # The owner's rules, whoever starts it (an admin may start a user's container).
             by_rules_of = self.sessions.for_uid(int(labels[containers.UID])).caller if labels.get(containers.UID) \
                 else caller
-            starts.check_start(info, by_rules_of, self.pins, self.sessions.current_config().security,
-                               self._engine_sockets)
-            self._regrant_on_start(request.session, info)
+            starting = info
+            if route.action == "restart" and any(m.get("Type") == "bind" for m in info.get("Mounts") or []):
+                # Checked while running, a container could change its own files before the engine starts it
+                # again: the proxy stops it itself, checks the stopped container, and forwards a plain start.
+                starting = self._stopped_for_restart(info, query)
+                target = target.replace("/restart", "/start", 1).split("?", 1)[0]
+            try:
+                starts.check_start(starting, by_rules_of, self.pins, self.sessions.current_config().security,
+                                   self._engine_sockets)
+            except Denied:
+                self._removed_if_auto_remove(starting)
+                raise
+            self._regrant_on_start(request.session, starting)
         hijack = (kind == "container" and route.action == "attach") or (kind == "exec" and route.action == "start")
         return Forward(target, hijack=hijack)
+
+    def _removed_if_auto_remove(self, info: dict[str, Any]) -> None:
+        """A --rm container whose start is refused goes, as the engine removes one whose start fails: docker run
+        --rm waits for that removal."""
+        if (info.get("HostConfig") or {}).get("AutoRemove"):
+            container_id = quote(str(info["Id"]), safe="")
+            status, answer = self.upstream.call("DELETE", f"/containers/{container_id}", query={"force": "1"})
+            if status not in (204, 404):
+                raise Ds01Error(f"the engine answered {status} when removing {info.get('Name')}: {answer}")
+
+    def _stopped_for_restart(self, info: dict[str, Any], query: str) -> dict[str, Any]:
+        container_id = str(info["Id"])
+        stop_query = {k: v for k, v in parse_qsl(query) if k in ("t", "signal")}
+        status, answer = self.upstream.call("POST", f"/containers/{quote(container_id, safe='')}/stop",
+                                            query=stop_query)
+        if status not in (204, 304):
+            raise Ds01Error(f"the engine answered {status} when stopping {info.get('Name')} to restart it: {answer}")
+        stopped = self.upstream.inspect("container", container_id)
+        if stopped is None:
+            raise Denied("not_found", f"No such container: {container_id}")
+        return stopped
 
     def _regrant_on_start(self, session: Session, info: dict[str, Any]) -> None:
         """A stopped container whose GPUs were reclaimed asks for the same devices again before it may run."""

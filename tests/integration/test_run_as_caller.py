@@ -108,6 +108,26 @@ def files_in(engine: docker.DockerClient, container: str, path: str) -> dict[str
         return {member.name: member for member in archive.getmembers()}
 
 
+def busybox_image(engine: docker.DockerClient, *, links: dict[str, str] | None = None,
+                  dirs: dict[str, int] | None = None, changes: list[str] | None = None) -> str:
+    """An image such as anyone could pull: busybox, plus the symlinks and directories (name -> mode) asked for."""
+    image = f"ds01-test/crafted:{uuid.uuid4().hex[:8]}"
+    rootfs = io.BytesIO()
+    with tarfile.open(fileobj=rootfs, mode="w") as out:
+        out.add("/bin/busybox", arcname="bin/busybox")
+        applets = {f"bin/{applet}": "busybox" for applet in ("sh", "true", "ln", "mv", "pwd", "sleep")}
+        for name, target in {**applets, **(links or {})}.items():
+            member = tarfile.TarInfo(name)
+            member.type, member.linkname = tarfile.SYMTYPE, target
+            out.addfile(member)
+        for name, mode in (dirs or {}).items():
+            member = tarfile.TarInfo(name)
+            member.type, member.mode = tarfile.DIRTYPE, mode
+            out.addfile(member)
+    engine.api.import_image_from_data(rootfs.getvalue(), repository=image, changes=changes or [])
+    return image
+
+
 # --- 1. identity: containers and execs run as the caller -----------------------------------------------------------
 
 def test_containers_and_execs_run_as_the_caller(proxy: ProxyHandle, engine: docker.DockerClient) -> None:
@@ -477,6 +497,49 @@ def test_the_images_volumes_and_a_working_dir_in_a_volume_make_nothing_in_a_host
         assert list(work.iterdir()) == []  # nothing made by root in alice's directory
     finally:
         engine.volumes.get(volume).remove(force=True)
+        engine.images.remove(image, force=True)
+
+
+def test_a_restart_checks_the_container_stopped(proxy: ProxyHandle, engine: docker.DockerClient,
+                                               scratch: Path) -> None:
+    """A process that turns /x/d into a symlink to /w when the engine stops it must not lead the restart's tmpfs
+    mount point into alice's host directory (where the runtime would make it as root)."""
+    image = busybox_image(engine, dirs={"x": 0o777})
+    work = owned_dir(scratch / "w", "alice")
+    swap_on_stop = ('if [ -L /x/d ]; then sleep 1000; fi; trap "mv /x/d /x/old && ln -s /w /x/d; exit 0" TERM; '
+                    "while true; do sleep 0.2; done")
+    try:
+        started = docker_as(proxy, "alice", "run", "-d", "--name", "restart-swap", "--tmpfs", "/x/d/tt", "-v",
+                            f"{work}:/w", image, "sh", "-c", swap_on_stop)
+        assert started.returncode == 0, started.stderr
+        restarted = docker_as(proxy, "alice", "restart", "restart-swap")
+        assert restarted.returncode != 0 and "/x/d in restart-swap is a symlink (to /w)" in restarted.stderr
+        assert list(work.iterdir()) == []  # no root-made tt in alice's directory
+        assert engine.containers.get("restart-swap").status == "exited"
+    finally:
+        engine.containers.get("restart-swap").remove(force=True)
+        engine.images.remove(image, force=True)
+
+
+@pytest.mark.parametrize(("link", "target"), [("etc", "/w"), ("usr/lib64", "/w/lib"), ("run", "../w")])
+def test_system_paths_that_lead_into_a_mount_are_refused(proxy: ProxyHandle, engine: docker.DockerClient,
+                                                         scratch: Path, link: str, target: str) -> None:
+    """The engine mounts /etc/hosts and friends, the GPU hook its libraries and sockets, following the image's
+    symlinks: an image whose /usr/lib64 or /run points into a bind would have them made there as root. (The
+    engine's own init layer makes /etc a directory again, so that one runs, and makes nothing in the bind.)"""
+    image = busybox_image(engine, links={link: target}, dirs={"usr": 0o755})
+    work = owned_dir(scratch / "w", "alice")
+    try:
+        result = docker_as(proxy, "alice", "run", "--rm", "--gpus", "1", "-v", f"{work}:/w", image, "true")
+        if link == "etc":
+            assert result.returncode == 0, result.stderr
+        else:
+            assert result.returncode != 0 and "inside the bind mounted at /w" in result.stderr
+            assert not engine.containers.list(all=True, filters={"ancestor": image})  # --rm: removed, as refused
+        assert list(work.iterdir()) == []
+    finally:
+        for container in engine.containers.list(all=True, filters={"ancestor": image}):
+            container.remove(force=True)
         engine.images.remove(image, force=True)
 
 

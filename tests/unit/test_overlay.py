@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ds01.overlay import OPAQUE, Layers, Symlink, first_symlink, layers_of
+from ds01.overlay import OPAQUE, Layers, OverlayError, Symlink, first_symlink, layers_of, resolve
 
 
 @pytest.fixture
@@ -57,3 +57,14 @@ def test_only_overlay2_has_layers() -> None:
     assert layers_of(inspected) == Layers((Path("/u"), Path("/a"), Path("/b")))
     assert layers_of({"GraphDriver": {"Name": "vfs", "Data": {}}}) is None
     assert layers_of({}) is None
+
+
+def test_resolve_follows_every_symlink_on_the_way(layers: Layers) -> None:
+    assert resolve(layers, "/x/t") == "/w/t"
+    assert resolve(layers, "/data/link/deeper") == "/w/sub/deeper"
+    assert resolve(layers, "/usr/lib") == "/usr/lib"
+    (layers.dirs[0] / "rel").symlink_to("../usr")  # relative, and past / stays at /
+    assert resolve(layers, "/rel/bin") == "/usr/bin"
+    (layers.dirs[0] / "loop").symlink_to("/loop")
+    with pytest.raises(OverlayError):
+        resolve(layers, "/loop/x")
