@@ -16,7 +16,7 @@ from ds01.paths import Paths
 from ds01.placement import Slot
 from ds01.proxy.binds import Pins
 from ds01.proxy.cgroups import CgroupParents
-from ds01.proxy.gate import Gate
+from ds01.proxy.gate import MIN_API_VERSION, Gate
 from ds01.proxy.server import Proxy, serve_forever, watch_engine
 from ds01.proxy.session import Sessions
 from ds01.proxy.upstream import Upstream
@@ -48,6 +48,12 @@ def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float) -> 
     status, info = upstream.call("GET", "/info")
     if status != 200 or not isinstance(info, dict):
         raise Ds01Error(f"the engine at {upstream_url} answered {status} to /info: {info}")
+    status, version = upstream.call("GET", "/version")
+    if status != 200 or not isinstance(version, dict) or not str(version.get("ApiVersion", "")).count("."):
+        raise Ds01Error(f"the engine at {upstream_url} answered {status} to /version: {version}")
+    major, minor = (int(part) for part in str(version["ApiVersion"]).split(".")[:2])
+    if (major, minor) < MIN_API_VERSION:
+        raise Ds01Error(f"the engine at {upstream_url} speaks API {major}.{minor}; ds01 needs 1.40 or newer")
     allocator = open_allocator(paths, sessions.config, upstream_url)
     engine = Engine(upstream_url)
     try:
@@ -74,7 +80,7 @@ def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float) -> 
     gate = Gate(sessions, upstream, allocator, slots=SlotCache(paths, sessions),
                 cgroups=CgroupParents(str(info.get("CgroupDriver", "cgroupfs")), str(info.get("CgroupVersion", "1"))),
                 engine_sockets=frozenset(sockets), host_cpus=float(info.get("NCPU") or os.cpu_count() or 1),
-                pins=pins, spool_dir=spool_dir)
+                pins=pins, spool_dir=spool_dir, api_versions=(MIN_API_VERSION, (major, minor)))
     stop_janitor = threading.Event()
     janitor = threading.Thread(target=watch_engine, args=(upstream, allocator, pins, stop_janitor), daemon=True)
     janitor.start()

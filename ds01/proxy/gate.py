@@ -30,6 +30,7 @@ from ds01.units import format_equivalents
 
 DRY_RUN_HEADER = "X-DS01-Dry-Run"
 CLIENT_HEADER_PREFIX = "ds01-container/"
+MIN_API_VERSION = (1, 40)
 PULL_PARAMETERS = frozenset({"fromImage", "tag", "platform"})
 
 
@@ -108,7 +109,8 @@ def _client_type(head: Head, body: dict[str, Any]) -> str:
 class Gate:
     def __init__(self, sessions: Sessions, upstream: Upstream, allocator: Allocator, *,
                  slots: Callable[[], list[Slot]], cgroups: CgroupParents, engine_sockets: frozenset[str],
-                 host_cpus: float, pins: binds.Pins, spool_dir: Path) -> None:
+                 host_cpus: float, pins: binds.Pins, spool_dir: Path,
+                 api_versions: tuple[tuple[int, int], tuple[int, int]] = (MIN_API_VERSION, MIN_API_VERSION)) -> None:
         self.sessions = sessions
         self.upstream = upstream
         self.allocator = allocator
@@ -117,12 +119,19 @@ class Gate:
         self._engine_sockets = engine_sockets
         self._host_cpus = host_cpus
         self.pins = pins
+        self.api_versions = api_versions  # (oldest, newest) served: 1.40 up to the engine's own
         self._spool_dir = spool_dir
         self._user_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 
     def decide(self, request: Request) -> Outcome:
         caller, route, method, path, target = (request.session.caller, request.route, request.method, request.path,
                                                request.target)
+        if route.version is not None and not self.api_versions[0] <= route.version <= self.api_versions[1]:
+            low, high = (f"{major}.{minor}" for major, minor in self.api_versions)
+            return Deny("api_version", (
+                f"API version {route.version[0]}.{route.version[1]} is not served here: the ds01 proxy speaks "
+                f"{low} to {high}. Older versions let a start carry a whole new HostConfig. Upgrade the client, or "
+                f"set DOCKER_API_VERSION={high}."), status=400)
         kind = route.kind
         if kind == "open":
             return Forward(target)
@@ -209,25 +218,34 @@ class Gate:
         if kind == "container" and method == "DELETE":
             return Forward(target, after=lambda status, _body: self._released_on_delete(status, info))
         if kind == "container" and route.action in ("start", "restart") and method == "POST":
-            labels = (info.get("Config") or {}).get("Labels") or {}
-            # The owner's rules, whoever starts it (an admin may start a user's container).
-            by_rules_of = self.sessions.for_uid(int(labels[containers.UID])).caller if labels.get(containers.UID) \
-                else caller
-            starting = info
-            if route.action == "restart" and any(m.get("Type") == "bind" for m in info.get("Mounts") or []):
-                # Checked while running, a container could change its own files before the engine starts it
-                # again: the proxy stops it itself, checks the stopped container, and forwards a plain start.
-                starting = self._stopped_for_restart(info, query)
-                target = target.replace("/restart", "/start", 1).split("?", 1)[0]
-            try:
-                starts.check_start(starting, by_rules_of, self.pins, self.sessions.current_config().security,
-                                   self._engine_sockets)
-            except Denied:
-                self._removed_if_auto_remove(starting)
-                raise
-            self._regrant_on_start(request.session, starting)
+            return self._start(request, info, target)
         hijack = (kind == "container" and route.action == "attach") or (kind == "exec" and route.action == "start")
         return Forward(target, hijack=hijack)
+
+    def _start(self, request: Request, info: dict[str, Any], target: str) -> Outcome:
+        """A start or restart: no body, the container's checks again (as its owner's), its GPUs again if released."""
+        caller, route, query, read_body = request.session.caller, request.route, request.query, request.read_body
+        if read_body().strip():
+            raise Denied("bad_request", f"{route.action} takes no body (a HostConfig there is how old API "
+                                        "versions changed a container at start); send it empty.")
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        # The owner's rules, whoever starts it (an admin may start a user's container).
+        by_rules_of = self.sessions.for_uid(int(labels[containers.UID])).caller if labels.get(containers.UID) \
+            else caller
+        starting = info
+        if route.action == "restart" and any(m.get("Type") == "bind" for m in info.get("Mounts") or []):
+            # Checked while running, a container could change its own files before the engine starts it
+            # again: the proxy stops it itself, checks the stopped container, and forwards a plain start.
+            starting = self._stopped_for_restart(info, query)
+            target = target.replace("/restart", "/start", 1).split("?", 1)[0]
+        try:
+            starts.check_start(starting, by_rules_of, self.pins, self.sessions.current_config().security,
+                               self._engine_sockets)
+        except Denied:
+            self._removed_if_auto_remove(starting)
+            raise
+        self._regrant_on_start(request.session, starting)
+        return Forward(target)
 
     def _removed_if_auto_remove(self, info: dict[str, Any]) -> None:
         """A --rm container whose start is refused goes, as the engine removes one whose start fails: docker run

@@ -113,7 +113,7 @@ def read_body(rfile: BinaryIO, head: Head, limit: int = MAX_BODY_BYTES) -> bytes
         parts: list[bytes] = []
         total = 0
         while True:
-            size = _chunk_size(rfile.readline(1024))
+            size = _chunk_size(rfile.readline(MAX_CHUNK_LINE_BYTES))
             if size == 0:
                 _skip_trailers(rfile)
                 return b"".join(parts)
@@ -121,7 +121,7 @@ def read_body(rfile: BinaryIO, head: Head, limit: int = MAX_BODY_BYTES) -> bytes
             if total > limit:
                 raise BodyTooLarge(limit)
             parts.append(_read_exact(rfile, size))
-            rfile.readline(3)
+            _chunk_end(rfile)
     length = _length(head)
     if length is None:
         data = rfile.read(limit + 1)
@@ -149,7 +149,7 @@ class BodyStream(io.RawIOBase):
         if self._done:
             return 0
         if self._left == 0 and self._chunked:
-            self._left = _chunk_size(self._rfile.readline(1024))
+            self._left = _chunk_size(self._rfile.readline(MAX_CHUNK_LINE_BYTES))
             if self._left == 0:
                 _skip_trailers(self._rfile)
                 self._done = True
@@ -163,7 +163,7 @@ class BodyStream(io.RawIOBase):
         buffer[:len(data)] = data
         self._left -= len(data)
         if self._left == 0 and self._chunked:
-            self._rfile.readline(3)
+            _chunk_end(self._rfile)
         return len(data)
 
 
@@ -180,11 +180,23 @@ def _read_exact(rfile: BinaryIO, size: int) -> bytes:
     return data
 
 
+MAX_CHUNK_LINE_BYTES = 1024
+
+
 def _chunk_size(line: bytes) -> int:
-    try:
-        return int(line.split(b";", 1)[0].strip(), 16)
-    except ValueError:
-        raise HttpError(f"bad chunk size line {line!r}") from None
+    """The size on a chunk line read with readline(MAX_CHUNK_LINE_BYTES). A line cut at the limit is refused, never
+    read in parts: the engine reads longer lines, and two readers disagreeing on where a body ends is smuggling."""
+    if not line.endswith(b"\n"):
+        raise HttpError(f"chunk size line longer than {MAX_CHUNK_LINE_BYTES} bytes, or cut off")
+    digits = line.split(b";", 1)[0].strip()
+    if not digits or any(c not in b"0123456789abcdefABCDEF" for c in digits):
+        raise HttpError(f"bad chunk size line {line[:80]!r}")
+    return int(digits, 16)
+
+
+def _chunk_end(rfile: BinaryIO) -> None:
+    if rfile.readline(3) not in (b"\r\n", b"\n"):
+        raise HttpError("a chunk does not end where its size says")
 
 
 def _skip_trailers(rfile: BinaryIO) -> None:
@@ -193,19 +205,17 @@ def _skip_trailers(rfile: BinaryIO) -> None:
 
 
 def relay_body(rfile: BinaryIO, out: socket.socket, head: Head) -> bool:
-    """Copy a body as it arrives, framing unchanged. Returns False when it ran until the peer closed."""
+    """Copy a body as it arrives, chunks framed anew by the proxy (the peer's chunk lines, extensions and trailers
+    are never passed on). Returns False when it ran until the peer closed."""
     if _chunked(head):
         while True:
-            line = rfile.readline(1024)
-            size = _chunk_size(line)
-            out.sendall(line)
+            size = _chunk_size(rfile.readline(MAX_CHUNK_LINE_BYTES))
             if size == 0:
-                while True:
-                    trailer = rfile.readline(MAX_HEAD_BYTES)
-                    out.sendall(trailer)
-                    if trailer in (b"\r\n", b"\n", b""):
-                        return True
-            out.sendall(_read_exact(rfile, size + 2))
+                _skip_trailers(rfile)
+                out.sendall(b"0\r\n\r\n")
+                return True
+            out.sendall(f"{size:x}\r\n".encode() + _read_exact(rfile, size) + b"\r\n")
+            _chunk_end(rfile)
     length = _length(head)
     if length is None:
         _copy_until_close(rfile, out)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-_VERSION = re.compile(r"^/v\d+\.\d+(?=/)")
+_VERSION = re.compile(r"^/v(\d{1,3})\.(\d{1,3})(?=/)")
 _SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_.:@+=,-]+")
 
 
@@ -17,6 +18,7 @@ class Route:
     object_id: str | None = None  # container, exec, volume or network named in the path
     action: str = ""  # what follows the object id: "json", "start", "exec", ...
     group: str | None = None  # for endpoints the config may allow: build, session, plugins, ...
+    version: tuple[int, int] | None = None  # the API version the path names (/v1.41/...), None for none
 
 
 def _object_route(kind: str, segments: list[str]) -> Route:
@@ -97,8 +99,14 @@ _BY_TOP: dict[str, Callable[[str, list[str]], Route]] = {
 
 
 def classify(method: str, path: str) -> Route:
-    """The route for a request path (query string removed). Odd paths are refused, not guessed at."""
-    path = _VERSION.sub("", path, count=1)
+    """The route for a request path (query string removed), with the API version it names. Odd paths are
+    refused, not guessed at."""
+    found = _VERSION.match(path)
+    route = _classify(method, path[found.end():] if found else path)
+    return dataclasses.replace(route, version=(int(found[1]), int(found[2]))) if found else route
+
+
+def _classify(method: str, path: str) -> Route:
     segments = [unquote(s) for s in path.strip("/").split("/")]
     if not path.startswith("/") or "//" in path or any(not _SAFE_SEGMENT.fullmatch(s) or s in (".", "..")
                                                        for s in segments):

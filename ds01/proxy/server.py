@@ -171,6 +171,8 @@ class Proxy:
             return self.gate.decide(request)
         except Denied as denial:
             return Deny(denial.reason, denial.message, 413 if denial.reason == "body_too_large" else 403)
+        except http.HttpError as exc:  # the body's framing, found bad while the gate read it
+            return Deny("bad_request", f"the request is not HTTP/1.1 as the Docker API speaks it: {exc}", 400)
         except Busy as exc:
             return Deny("busy", str(exc), 503)
         except EngineError as exc:

@@ -1,0 +1,77 @@
+"""The proxy's own surface, attacked with raw bytes as alice: old API versions and chunk framing (issue 10's first
+step). Each test asserts what the engine ended up with."""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from pathlib import Path
+
+import docker
+
+from tests.conftest import TEST_IMAGE, ProxyHandle
+
+RAW_CLIENT = r"""
+import socket, sys
+sock = socket.socket(socket.AF_UNIX)
+sock.connect(sys.argv[1])
+sock.sendall(sys.stdin.buffer.read())
+sock.shutdown(socket.SHUT_WR)
+answer = b""
+while chunk := sock.recv(65536):
+    answer += chunk
+sys.stdout.write(answer.decode("latin-1"))
+"""
+
+
+def send_raw(proxy: ProxyHandle, user: str, data: bytes) -> str:
+    """Bytes to the proxy socket as `user`, exactly as given; what came back."""
+    script = Path(f"/tmp/ds01-raw-{uuid.uuid4().hex}.py")
+    script.write_text(RAW_CLIENT)
+    script.chmod(0o644)
+    try:
+        result = proxy.as_user(user, sys.executable, str(script), str(proxy.socket), stdin=data.decode("latin-1"))
+    finally:
+        script.unlink()
+    return result.stdout
+
+
+def test_an_old_api_version_cannot_start_a_container_privileged(proxy: ProxyHandle,
+                                                                 engine: docker.DockerClient) -> None:
+    created = proxy.as_user("alice", "docker", "create", "--name", "old-api", TEST_IMAGE, "sleep", "60")
+    assert created.returncode == 0, created.stderr
+    try:
+        host_config = json.dumps({"Privileged": True, "Binds": ["/etc:/host-etc"]}).encode()
+        for version in ("v1.23", "v1.12", "v1.39"):
+            answer = send_raw(proxy, "alice", f"POST /{version}/containers/old-api/start HTTP/1.1\r\nHost: d\r\n"
+                              "Content-Type: application/json\r\nContent-Length: "
+                              f"{len(host_config)}\r\n\r\n".encode() + host_config)
+            assert answer.startswith("HTTP/1.1 400") and "speaks 1.40 to" in answer, answer
+        with_body = send_raw(proxy, "alice", b"POST /v1.41/containers/old-api/start HTTP/1.1\r\nHost: d\r\n"
+                             b"Content-Type: application/json\r\nContent-Length: " +
+                             str(len(host_config)).encode() + b"\r\n\r\n" + host_config)
+        assert with_body.startswith("HTTP/1.1 403") and "start takes no body" in with_body
+        container = engine.containers.get("old-api")
+        assert container.status == "created"
+        assert not container.attrs["HostConfig"]["Privileged"] and not container.attrs["HostConfig"]["Binds"]
+        started = proxy.as_user("alice", "docker", "start", "old-api")  # the ordinary client negotiates 1.41
+        assert started.returncode == 0, started.stderr
+    finally:
+        engine.containers.get("old-api").remove(force=True)
+
+
+def test_a_long_chunk_line_smuggles_nothing(proxy: ProxyHandle, engine: docker.DockerClient) -> None:
+    created = proxy.as_user("alice", "docker", "create", "--name", "smuggle-host", TEST_IMAGE, "true")
+    assert created.returncode == 0, created.stderr
+    smuggled = json.dumps({"Image": TEST_IMAGE, "HostConfig": {"Privileged": True}})
+    inner = (f"POST /v1.41/containers/create?name=smuggled HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\n"
+             f"Content-Length: {len(smuggled)}\r\n\r\n{smuggled}")
+    try:
+        for line in (b"0;" + b"x" * 2000, b"0 ;" + b"y" * 1100):  # between the proxy's 1,024 and the engine's 4,096
+            answer = send_raw(proxy, "alice", b"POST /v1.41/containers/smuggle-host/start HTTP/1.1\r\nHost: d\r\n"
+                              b"Transfer-Encoding: chunked\r\n\r\n" + line + b"\r\n\r\n" + inner.encode())
+            assert answer.startswith("HTTP/1.1 400"), answer
+        assert not engine.containers.list(all=True, filters={"name": "smuggled"})
+    finally:
+        engine.containers.get("smuggle-host").remove(force=True)
