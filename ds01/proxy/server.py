@@ -130,6 +130,7 @@ class Proxy:
             raise http.HttpError(f"bad request line {head.start!r}")
         method, target, _version = parts
         path, _, query = target.partition("?")
+        _answer_expect(client, head)
         buffered: list[bytes] = []
 
         def read_body() -> bytes:
@@ -192,9 +193,7 @@ class Proxy:
             upstream, upstream_r = link.open()
             head.start = " ".join([head.start.split(" ")[0], forward.target, "HTTP/1.1"])
             _send_request(upstream, rfile, head, forward, buffered)
-            answer = http.read_head(upstream_r)
-            if answer is None:
-                raise EngineError("the engine closed the connection without answering")
+            answer = _final_answer(upstream_r)
             method = head.start.split(" ")[0]
             if after is not None:
                 data = http.read_body(upstream_r, answer, limit=16 * http.MAX_BODY_BYTES) \
@@ -224,6 +223,29 @@ class Proxy:
                 forward.body_file.close()
             if after is not None:
                 after(None, b"")
+
+
+def _answer_expect(client: socket.socket, head: http.Head) -> None:
+    """The proxy answers `Expect: 100-continue` itself and never passes it on: the engine's interim 100 must not be
+    taken for its answer (a create's grant would be released while the container holds the devices)."""
+    expect = head.get("Expect")
+    if expect is None:
+        return
+    if expect.lower() != "100-continue":
+        raise http.HttpError(f"Expect: {expect[:40]!r} is not supported; only 100-continue is")
+    head.remove("Expect")
+    if http.request_has_body(head):
+        client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
+def _final_answer(upstream_r: BinaryIO) -> http.Head:
+    """The engine's answer, past any interim 1xx (101, the switch to a raw stream, is final)."""
+    while True:
+        answer = http.read_head(upstream_r)
+        if answer is None:
+            raise EngineError("the engine closed the connection without answering")
+        if not 100 <= answer.status < 200 or answer.status == 101:
+            return answer
 
 
 DISCARD_LIMIT_BYTES = 64 * 2**20

@@ -4,6 +4,7 @@ step). Each test asserts what the engine ended up with."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -75,3 +76,25 @@ def test_a_long_chunk_line_smuggles_nothing(proxy: ProxyHandle, engine: docker.D
         assert not engine.containers.list(all=True, filters={"name": "smuggled"})
     finally:
         engine.containers.get("smuggle-host").remove(force=True)
+
+
+def test_expect_100_continue_keeps_the_gpu_grant_of_the_created_container(proxy: ProxyHandle,
+                                                                          engine: docker.DockerClient) -> None:
+    body = json.dumps({"Image": TEST_IMAGE, "Cmd": ["sleep", "60"],
+                       "HostConfig": {"DeviceRequests": [{"Count": 1, "Capabilities": [["gpu"]]}]}})
+    created = proxy.as_user("bob", "curl", "-sS", "--unix-socket", str(proxy.socket), "-H", "Expect: 100-continue",
+                            "-H", "Content-Type: application/json", "--data-binary", "@-", "-w", "\n%{http_code}",
+                            "http://docker/v1.41/containers/create?name=expecting", stdin=body)
+    answer, _, status = created.stdout.rpartition("\n")
+    assert status == "201", created.stdout + created.stderr
+    container_id = json.loads(answer)["Id"]
+    try:
+        [request] = engine.containers.get(container_id).attrs["HostConfig"]["DeviceRequests"]
+        listed = subprocess.run([str(Path(sys.executable).parent / "ds01"), "alloc", "list", "--json"],
+                                env=proxy.env, capture_output=True, text=True, check=True)
+        [held] = [a for a in json.loads(listed.stdout) if a["container"] == container_id]
+        assert held["slots"] == request["DeviceIDs"] and held["user"] == "bob"  # bound, not released on the 100
+        odd = send_raw(proxy, "bob", b"GET /v1.41/_ping HTTP/1.1\r\nHost: d\r\nExpect: something\r\n\r\n")
+        assert odd.startswith("HTTP/1.1 400") and "only 100-continue" in odd
+    finally:
+        engine.containers.get(container_id).remove(force=True)
