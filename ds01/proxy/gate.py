@@ -325,6 +325,11 @@ class Gate:
             return Deny("bad_request", "Labels must be an object")
         if any(key.casefold().startswith(containers.LABEL_PREFIX) for key in labels):
             return Deny("label_reserved", "ds01.* labels are reserved: ds01 sets them itself.")
+        wanted = str(bodies.field(body, "Name") or "") if kind == "volume" else ""
+        found, owner = self._owner_of("volume", wanted) if wanted else (None, None)
+        if found is not None and owner != session.caller.user and not session.caller.is_admin:
+            # Creating an existing volume returns it: someone else's must not be shown, nor taken.
+            return Deny("name_taken", f"a volume named {wanted} exists already; pick another name.", status=409)
         if kind == "network" and bodies.field(body, "Driver") not in (None, "", "bridge"):
             return Deny("network_driver", "only bridge networks can be created.")
         if kind == "volume" and (bodies.field(body, "Driver") not in (None, "", "local")
@@ -356,6 +361,14 @@ class Gate:
 
     def _create(self, request: Request) -> Outcome:
         caller = request.session.caller
+        name = dict(parse_qsl(request.query)).get("name") or ""
+        suffix = name.rpartition(containers.LEGACY_NAME_SEPARATOR)[2] if containers.LEGACY_NAME_SEPARATOR in name \
+            else None
+        if suffix is not None and suffix != str(caller.uid) and not caller.is_admin:
+            raise Denied("foreign_name", (
+                f"the name {name} ends in {containers.LEGACY_NAME_SEPARATOR}{suffix}, another user's name space "
+                f"(container create uses NAME{containers.LEGACY_NAME_SEPARATOR}{caller.uid} for yours); pick "
+                "another name."))
         # The engine refuses more CPUs than the host has, so the default is capped at the host's count.
         caller = dataclasses.replace(caller, limits=dataclasses.replace(
             caller.limits, cpus=min(caller.limits.cpus, self._host_cpus)))

@@ -4,6 +4,7 @@ step). Each test asserts what the engine ended up with."""
 from __future__ import annotations
 
 import json
+import pwd
 import subprocess
 import sys
 import uuid
@@ -98,3 +99,22 @@ def test_expect_100_continue_keeps_the_gpu_grant_of_the_created_container(proxy:
         assert odd.startswith("HTTP/1.1 400") and "only 100-continue" in odd
     finally:
         engine.containers.get(container_id).remove(force=True)
+
+
+def test_no_name_in_another_users_space_and_no_foreign_volume_by_name(proxy: ProxyHandle,
+                                                                       engine: docker.DockerClient) -> None:
+    bob = pwd.getpwnam("bob")
+    squat = proxy.as_user("alice", "docker", "create", "--name", f"notebook._.{bob.pw_uid}", TEST_IMAGE, "true")
+    assert squat.returncode != 0 and "another user's name space" in squat.stderr
+    assert not engine.containers.list(all=True, filters={"name": f"notebook._.{bob.pw_uid}"})
+    volume = f"bobs-{uuid.uuid4().hex[:6]}"
+    assert proxy.as_user("bob", "docker", "volume", "create", volume).returncode == 0
+    try:
+        taken = proxy.as_user("alice", "docker", "volume", "create", volume)
+        assert taken.returncode != 0 and "exists already" in taken.stderr
+        assert "Mountpoint" not in taken.stdout + taken.stderr and "/var/lib" not in taken.stdout + taken.stderr
+        assert engine.volumes.get(volume).attrs["Labels"]["ds01.user"] == "bob"
+        again = proxy.as_user("bob", "docker", "volume", "create", volume)  # one's own: the engine returns it
+        assert again.returncode == 0, again.stderr
+    finally:
+        engine.volumes.get(volume).remove(force=True)
