@@ -36,6 +36,9 @@ RUNTIME_PATHS = (
 )
 
 
+HOLDING_KINDS = ("bind", "volume", "anonymous")  # mounts the runtime could make mount points inside
+
+
 @dataclass(frozen=True)
 class Destination:
     path: str  # normalized, inside the container
@@ -69,6 +72,11 @@ def _below(inner: str, outer: str) -> bool:
     return inner != outer and inner.startswith(outer.rstrip("/") + "/")
 
 
+def holder_of(path: str, found: list[Destination]) -> Destination | None:
+    """The bind or volume mount `path` lies in (or is), if any: where the runtime would make things as root."""
+    return next((d for d in found if d.kind in HOLDING_KINDS and (path == d.path or _below(path, d.path))), None)
+
+
 def check_destinations(body: dict[str, Any], host: dict[str, Any], image_working_dir: str = "",
                        image_volumes: tuple[str, ...] = ()) -> None:
     """No mount point inside a bind or volume mount, none of those in a system tree, no working directory below
@@ -78,7 +86,7 @@ def check_destinations(body: dict[str, Any], host: dict[str, Any], image_working
     if found and as_list(field(host, "VolumesFrom"), "HostConfig.VolumesFrom"):
         raise Denied("nested_mount", "--volumes-from cannot be combined with mounts of your own: they could land "
                                      "inside the inherited ones. Mount what you need directly instead.")
-    holders = [d for d in found if d.kind in ("bind", "volume", "anonymous")]
+    holders = [d for d in found if d.kind in HOLDING_KINDS]
     for holder in (d for d in holders if d.kind != "anonymous"):  # anonymous volumes are the container's alone
         tree = next((t for t in SYSTEM_TREES if holder.path == t or _below(holder.path, t) or _below(t, holder.path)),
                     None)

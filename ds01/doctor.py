@@ -282,14 +282,6 @@ def check_nvml() -> Check:
     return Check("nvml", PASS, detail)
 
 
-def _mount_of(path: str) -> procfs.MountInfo:
-    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-    try:
-        return procfs.mount_of_fd(fd)
-    finally:
-        os.close(fd)
-
-
 def check_bind_mounts(config: Config | None) -> Check:
     """Bind sources must lie on nosuid,nodev mounts; the homes and data directories are where they come from."""
     if config is None:
@@ -302,7 +294,8 @@ def check_bind_mounts(config: Config | None) -> Check:
     homes = [str(home) for root in config.security.home_roots if os.path.isdir(root)
              for home in sorted(Path(root).iterdir()) if home.is_dir() and not home.is_symlink()]
     places = [*homes, *(path for path in config.security.data_dirs if os.path.isdir(path))]
-    weak = sorted({mount.mount_point for mount in map(_mount_of, places) if not {"nosuid", "nodev"} <= mount.options})
+    mounts = [procfs.mount_of_path(place) for place in places]
+    weak = sorted({mount.mount_point for mount in mounts if not {"nosuid", "nodev"} <= mount.options})
     if weak:
         return Check("bind mounts", WARN, f"mounts without nosuid,nodev: {', '.join(weak)}; users' bind mounts from "
                      "them are refused", "add nosuid,nodev to their options in /etc/fstab, then mount -o remount")

@@ -370,10 +370,9 @@ def check_exec(caller: Caller, body: dict[str, Any], container_user: str, securi
     if not (caller.is_admin and security.admin_root):
         user = field(body, "User")
         if user in (None, ""):
-            # The container's own user when it is one the caller may run as (an old root container's is not).
             try:
-                user = runas.check_user(caller, container_user) if container_user else runas.check_user(caller, None)
+                user = runas.check_user(caller, container_user)  # the container's own user, if the caller may be it
             except Denied:
-                user = runas.check_user(caller, None)
+                user = None  # an old root container's is not: the caller's own instead
         set_field(body, "User", runas.check_user(caller, user))
     _strip_gpu_env(body)

@@ -6,6 +6,7 @@ any other failure to read raises, so a collector never mistakes a broken /proc f
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -144,3 +145,12 @@ def mount_of_fd(fd: int, proc: Path = PROC) -> MountInfo:
         if name == "mnt_id":
             return mount_info(int(value), proc)
     raise Ds01Error(f"{proc}/self/fdinfo/{fd} has no mnt_id; this kernel is too old for ds01's mount checks")
+
+
+def mount_of_path(path: str | Path) -> MountInfo:
+    """The mount a path lies on now (symlinks followed), by way of a descriptor, as `mount_of_fd`."""
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        return mount_of_fd(fd)
+    finally:
+        os.close(fd)

@@ -149,12 +149,8 @@ class Pins:
         except FileNotFoundError:
             return None
         try:
-            parent = os.open(target.parent, os.O_PATH | os.O_CLOEXEC)
-            try:
-                if procfs.mount_of_fd(fd).mount_id == procfs.mount_of_fd(parent).mount_id:
-                    return None
-            finally:
-                os.close(parent)
+            if procfs.mount_of_fd(fd).mount_id == procfs.mount_of_path(target.parent).mount_id:
+                return None
             info = os.fstat(fd)
             return info.st_dev, info.st_ino
         finally:
@@ -176,12 +172,9 @@ class Pins:
                     entry.unlink()
             folder.rmdir()
 
-    def keys(self) -> list[str]:
-        return sorted(entry.name for entry in self.root.iterdir() if entry.is_dir())
-
     def release_unused(self, in_use: set[str]) -> list[str]:
         """Release the staging directories no container refers to; returns their keys."""
-        unused = [key for key in self.keys() if key not in in_use]
+        unused = sorted(entry.name for entry in self.root.iterdir() if entry.is_dir() and entry.name not in in_use)
         for key in unused:
             self.release(key)
         return unused

@@ -95,6 +95,11 @@ def _with_owner_filter(query: str, user: str, key: str = "filters") -> str:
     return urlencode([*rest, (key, json.dumps(filters))])
 
 
+def _host_mounts(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """The bind mounts of an inspected container: host directories the engine would reach as root."""
+    return [m for m in info.get("Mounts") or [] if m.get("Type") == "bind"]
+
+
 def _client_type(head: Head, body: dict[str, Any]) -> str:
     labels = bodies.field(body, "Labels") or {}
     if (head.get("User-Agent") or "").startswith(CLIENT_HEADER_PREFIX):
@@ -206,7 +211,7 @@ class Gate:
             return self._archive(request, info, target)
         if kind == "container" and route.action == "update" and method == "POST":
             body = bodies.parse_json_object(read_body(), "update body")
-            policy.check_update(caller, body, any(m.get("Type") == "bind" for m in info.get("Mounts") or []))
+            policy.check_update(caller, body, bool(_host_mounts(info)))
             return Forward(target, body=json.dumps(body).encode())
         if kind == "network" and route.action in ("connect", "disconnect"):
             body = bodies.parse_json_object(read_body(), f"network {route.action} body")
@@ -233,7 +238,7 @@ class Gate:
         by_rules_of = self.sessions.for_uid(int(labels[containers.UID])).caller if labels.get(containers.UID) \
             else caller
         starting = info
-        if route.action == "restart" and any(m.get("Type") == "bind" for m in info.get("Mounts") or []):
+        if route.action == "restart" and _host_mounts(info):
             # Checked while running, a container could change its own files before the engine starts it
             # again: the proxy stops it itself, checks the stopped container, and forwards a plain start.
             starting = self._stopped_for_restart(info, query)
@@ -291,7 +296,7 @@ class Gate:
         """docker cp, either way: only where no host directory is mounted (the engine reads and writes those as
         root, past the permissions on the host), and what goes in is only the caller's own files."""
         caller = request.session.caller
-        host_mounts = [m for m in info.get("Mounts") or [] if m.get("Type") == "bind"]
+        host_mounts = _host_mounts(info)
         if host_mounts:  # admins too: to answer, the engine mounts the binds and makes missing mount points
             labels = (info.get("Config") or {}).get("Labels") or {}
             origin = containers.original_bind_source

@@ -61,13 +61,12 @@ def _check_mount_paths(info: dict[str, Any]) -> None:
             f"{name} mounts host directories, and this engine's storage driver "
             f"({(info.get('GraphDriver') or {}).get('Name')}) does not let ds01 check the container's paths to "
             "them; ask an admin to use overlay2."))
-    holders = [d for d in found if d.kind in ("bind", "volume", "anonymous")]
     for path in destinations.RUNTIME_PATHS:
         try:
             leads_to = overlay.resolve(layers, path)
         except overlay.OverlayError as exc:
             raise Denied("mount_path_symlink", f"{name}: {exc}; use an image without that symlink loop.") from None
-        holder = next((h for h in holders if leads_to == h.path or leads_to.startswith(h.path + "/")), None)
+        holder = destinations.holder_of(leads_to, found)
         if holder is not None:
             raise Denied("mount_path_symlink", (
                 f"{path} in {name} leads to {leads_to}, inside the {holder.kind} mounted at {holder.path}: the engine "
