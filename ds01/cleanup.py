@@ -129,7 +129,7 @@ class Cleanup:
                 if allocation.container:
                     holdings.setdefault(allocation.container, []).extend(allocation.slots)
             ctx = _Context(config, config.cleanup, now, dry_run, inventory, holdings)
-            found = [c for c in self.engine.containers() if containers.USER in c.labels]
+            found = [c for c in self.engine.containers() if c.labels.get(containers.USER)]
             decisions = [self._judge(info, state.setdefault(info.id, Tracked()), ctx) for info in found]
             live = {c.id for c in found}
             if not dry_run:

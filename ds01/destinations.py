@@ -109,10 +109,18 @@ def check_destinations(body: dict[str, Any], host: dict[str, Any], image_working
             "inside, or mount the directory you want to work in."))
 
 
+USER_RESTART_POLICIES = ("", "no", "on-failure")
+
+
 def check_restart_policy(caller_is_admin: bool, restart_policy: Any, has_host_mounts: bool) -> None:
-    """A container that mounts host directories starts only through the proxy, which checks each start; the
-    engine's own restarts would skip that check."""
+    """Users' containers restart on failure at most (a container that always comes back outlives its GPU grant
+    and cleanup). A container that mounts host directories starts only through the proxy, which checks each
+    start; the engine's own restarts would skip that check."""
     name = field(restart_policy, "Name") if isinstance(restart_policy, dict) else restart_policy
+    if not caller_is_admin and name not in (None, *USER_RESTART_POLICIES):
+        raise Denied("restart_policy", (
+            f"restart policy {name!r} is not allowed: containers here restart on failure at most (--restart "
+            "on-failure[:N]), so that a stopped container stays stopped and its GPUs can be reclaimed."))
     if has_host_mounts and not caller_is_admin and name not in (None, "", "no"):
         raise Denied("restart_policy", (
             f"restart policy {name!r} is not allowed for a container that mounts host directories: ds01 checks "

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ds01.ldapsettings import LdapSettings
-from ds01.units import parse_duration, parse_gpu_equivalents, parse_size
+from ds01.units import format_size, parse_duration, parse_gpu_equivalents, parse_size
 
 _MIG_PROFILE = re.compile(r"^[1-7]g\.\d+gb(\+[a-z0-9]+)?$")
 UNLIMITED = "unlimited"
@@ -83,6 +83,47 @@ def mig_profiles(value: object) -> frozenset[str] | None:
     return frozenset(value)
 
 
+# The names `docker run --ulimit` knows. Those the engine leaves unlimited only restrict the container when set;
+# the rest default to the engine's own values on Debian, so that a user may lower them but not raise them.
+ULIMIT_NAMES = ("as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc",
+                "rss", "rtprio", "rttime", "sigpending", "stack")
+DEFAULT_ULIMITS: Mapping[str, int | None] = {
+    **dict.fromkeys(("as", "core", "cpu", "data", "fsize", "locks", "rss", "rttime", "stack")),
+    "nofile": 1048576, "memlock": 8 * 2**20, "msgqueue": 819200, "nice": 0, "rtprio": 0}
+
+
+def ulimits(value: object) -> Mapping[str, int | None]:
+    """A map from ulimit name to the highest hard limit a container may set: a number, a size such as 64m (for
+    byte limits), or "unlimited". A name left out may not be set at all."""
+    if not isinstance(value, dict):
+        raise ValueError("is not a map of ulimit names to limits, like {nofile: 65536, memlock: unlimited}")
+    caps: dict[str, int | None] = {}
+    for name, cap in value.items():
+        if name not in ULIMIT_NAMES:
+            raise ValueError(f"{name!r} is not a ulimit name; known: {', '.join(ULIMIT_NAMES)}")
+        if cap == UNLIMITED:
+            caps[name] = None
+        elif isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0:
+            caps[name] = cap
+        elif isinstance(cap, str):
+            caps[name] = parse_size(cap)
+        else:
+            raise ValueError(f"ulimit {name}: {cap!r} is not a number, a size like 64m, or {UNLIMITED!r}")
+    return caps
+
+
+_BYTE_ULIMITS = frozenset({"as", "core", "data", "fsize", "memlock", "msgqueue", "rss", "stack"})
+
+
+def format_ulimits(caps: Mapping[str, int | None]) -> str:
+    """As resource-limits.yaml writes them: {memlock: 8m, nofile: 1048576, stack: unlimited}."""
+    def shown(name: str, cap: int | None) -> str:
+        if cap is None:
+            return UNLIMITED
+        return format_size(cap) if name in _BYTE_ULIMITS else str(cap)
+    return "{" + ", ".join(f"{name}: {shown(name, cap)}" for name, cap in sorted(caps.items())) + "}"
+
+
 @dataclass(frozen=True)
 class LimitKey:
     name: str  # as written in resource-limits.yaml
@@ -111,6 +152,11 @@ LIMIT_KEYS: tuple[LimitKey, ...] = (
     LimitKey("memory", "memory_bytes", _size, 64 * 2**30, "memory per container (default and maximum)", "proxy"),
     LimitKey("shm_size", "shm_size_bytes", _size, 8 * 2**30, "/dev/shm size per container", "proxy"),  # noqa: S108 - prose, not a path
     LimitKey("pids_limit", "pids_limit", _positive_count, 4096, "processes per container", "proxy"),
+    LimitKey("ulimits", "ulimits", ulimits, DEFAULT_ULIMITS,
+             "the highest --ulimit a container may set, per name (a number, a size, or unlimited); names left out "
+             "may not be set; a group or user entry changes only the names it gives", "proxy"),
+    LimitKey("max_execs", "max_execs", _positive_count, 64,
+             "exec instances one container may have at once, counting those created and not yet started", "proxy"),
     LimitKey("user_cpus", "user_cpus", _cpus, 16.0,
              "CPUs for all of one user's containers together, through the per-user cgroup parent", "proxy"),
     LimitKey("user_memory", "user_memory_bytes", _size, 128 * 2**30,
@@ -137,6 +183,8 @@ class LimitValues:
     memory_bytes: int
     shm_size_bytes: int
     pids_limit: int
+    ulimits: Mapping[str, int | None]  # name -> highest hard limit; None: unlimited
+    max_execs: int
     user_cpus: float
     user_memory_bytes: int
     max_runtime_seconds: int | None  # None: unlimited
@@ -144,6 +192,8 @@ class LimitValues:
     gpu_hold_after_stop_seconds: int
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> LimitValues:
+        if "ulimits" in overrides:  # merged by name: a group's memlock keeps the defaults' nofile
+            overrides = {**overrides, "ulimits": {**self.ulimits, **overrides["ulimits"]}}
         return dataclasses.replace(self, **overrides)
 
 

@@ -8,6 +8,7 @@ bodies with duplicate or case-variant keys are refused outright.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import posixpath
 from collections.abc import Mapping, Sequence
@@ -15,18 +16,23 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from ds01 import containers, runas
+from ds01 import containers, resources, rules, runas
 from ds01.bodies import as_list, field, host_config, is_volume_name, mounts_of, set_field, split_bind
-from ds01.destinations import check_destinations, check_restart_policy
+from ds01.destinations import check_destinations, check_restart_policy, destinations
 from ds01.errors import Denied
-from ds01.limits import LimitValues, SecuritySettings
+from ds01.limits import SecuritySettings
 from ds01.placement import GpuRequest
 from ds01.runas import Caller
-from ds01.units import format_size
+from ds01.units import parse_size
 
-ALLOWED_REQUEST_LABELS = frozenset({containers.REQUEST_MIG})
 STRIPPED_ENV_PREFIXES = ("NVIDIA_",)
 STRIPPED_ENV_NAMES = frozenset({"CUDA_VISIBLE_DEVICES"})
+NO_DEVICES = "void"  # NVIDIA_VISIBLE_DEVICES for a container without a grant: the GPU hook mounts nothing
+GRANTED_CAPABILITIES = "compute,utility"  # what a granted container's driver libraries cover
+SHARED_NETWORKS = frozenset({"", "default", "bridge", "none"})
+LOG_OPTIONS_MAX = {"max-size": 100 * 2**20, "max-file": 5}  # per container: at most 500 MiB of logs on the host
+LOG_OPTIONS_FREE = frozenset({"compress", "mode", "max-buffer-size"})
+MIN_HOST_PORT = 1024  # below it only root may listen on the host
 HOST_MODES = ("PidMode", "IpcMode", "UTSMode", "NetworkMode", "UsernsMode", "CgroupnsMode")
 UNCONFINED_MARKERS = ("unconfined", "label=disable", "label:disable")
 
@@ -50,6 +56,10 @@ class Facts:
     engine_sockets: frozenset[str]  # real paths of the engine's and ds01's own sockets
     image_working_dir: str = ""  # the image's WORKDIR, where the request sets none
     image_volumes: tuple[str, ...] = ()  # the image's VOLUMEs, which become anonymous volumes
+    image_labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    image_env: tuple[str, ...] = ()
+    log_driver: str = "json-file"  # the engine's default
+    network_owners: Mapping[str, str | None] = dataclasses.field(default_factory=dict)  # "" unowned, None missing
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,7 @@ class References:
     bind_sources: tuple[str, ...]
     containers: tuple[str, ...]
     volumes: tuple[str, ...]
+    networks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -100,7 +111,17 @@ def references(body: dict[str, Any]) -> References:
     for source in as_list(field(host, "VolumesFrom"), "HostConfig.VolumesFrom"):
         if isinstance(source, str):
             refs.append(source.split(":", 1)[0])
-    return References(tuple(sources), tuple(refs), tuple(volumes))
+    return References(tuple(sources), tuple(refs), tuple(volumes), networks_of(body))
+
+
+def networks_of(body: dict[str, Any]) -> tuple[str, ...]:
+    """The named networks a create joins: its NetworkMode and each endpoint."""
+    host = field(body, "HostConfig") or {}
+    mode = field(host, "NetworkMode") if isinstance(host, dict) else None
+    endpoints = field(field(body, "NetworkingConfig") or {}, "EndpointsConfig") or {}
+    names = [mode] if isinstance(mode, str) and ":" not in mode else []
+    names += list(endpoints) if isinstance(endpoints, dict) else []
+    return tuple(name for name in dict.fromkeys(names) if name not in SHARED_NETWORKS and name != "host")
 
 
 def _within(path: str, roots: Sequence[str]) -> bool:
@@ -173,16 +194,11 @@ def _check_namespaces(caller: Caller, host: dict[str, Any], facts: Facts) -> Non
 
 
 def _check_escapes(caller: Caller, host: dict[str, Any], facts: Facts, security: SecuritySettings) -> None:
-    if field(host, "Privileged"):
-        raise _deny("privileged", "privileged containers are not allowed: they can take over the host.")
     for cap in as_list(field(host, "CapAdd"), "HostConfig.CapAdd"):
         name = str(cap).upper().removeprefix("CAP_")
         if name not in security.cap_add_allowed:
             allowed = ", ".join(sorted(security.cap_add_allowed)) or "none"
             raise _deny("capability", f"adding capability {cap} is not allowed (allowed: {allowed}).")
-    if as_list(field(host, "Devices"), "HostConfig.Devices") or as_list(
-            field(host, "DeviceCgroupRules"), "HostConfig.DeviceCgroupRules"):
-        raise _deny("devices", "host devices cannot be passed in; GPUs are granted with --gpus.")
     _check_namespaces(caller, host, facts)
     for option in as_list(field(host, "SecurityOpt"), "HostConfig.SecurityOpt"):
         text = str(option).replace(":", "=", 1).lower()
@@ -190,13 +206,6 @@ def _check_escapes(caller: Caller, host: dict[str, Any], facts: Facts, security:
         if text == "disable" or custom_seccomp or any(marker in text for marker in UNCONFINED_MARKERS):
             raise _deny("security_opt", f"security option {str(option)[:80]!r} changes confinement; it is not "
                                         "allowed (the default seccomp and AppArmor profiles apply).")
-    if field(host, "Sysctls"):
-        raise _deny("sysctls", "setting sysctls is not allowed.")
-    if field(host, "Links"):
-        raise _deny("links", "legacy --link is not allowed (it copies another container's environment); use a "
-                             "network of your own instead.")
-    if field(host, "MaskedPaths") is not None or field(host, "ReadonlyPaths") is not None:
-        raise _deny("security_opt", "changing the masked or read-only system paths is not allowed.")
     if field(host, "CgroupParent"):
         raise _deny("cgroup_parent", "the cgroup parent is set by ds01 (your per-user slice); leave it out.")
     runtime = field(host, "Runtime")
@@ -205,52 +214,106 @@ def _check_escapes(caller: Caller, host: dict[str, Any], facts: Facts, security:
     _check_mounts(caller, host, facts, security)
 
 
+def _is_gpu_variable(entry: str) -> bool:
+    name = entry.split("=", 1)[0]
+    return name in STRIPPED_ENV_NAMES or name.upper().startswith(STRIPPED_ENV_PREFIXES)
+
+
 def _strip_gpu_env(body: dict[str, Any]) -> tuple[str, ...]:
     """Drop NVIDIA_* and CUDA_VISIBLE_DEVICES: devices come from the grant, never from the environment."""
     env = [str(entry) for entry in as_list(field(body, "Env"), "Env")]
-
-    def gpu_variable(entry: str) -> bool:
-        name = entry.split("=", 1)[0]
-        return name in STRIPPED_ENV_NAMES or name.upper().startswith(STRIPPED_ENV_PREFIXES)
-
-    set_field(body, "Env", [entry for entry in env if not gpu_variable(entry)])
-    return tuple(entry for entry in env if gpu_variable(entry))
+    set_field(body, "Env", [entry for entry in env if not _is_gpu_variable(entry)])
+    return tuple(entry for entry in env if _is_gpu_variable(entry))
 
 
-def _integer(obj: Mapping[str, Any], name: str) -> int | None:
-    value = field(obj, name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _deny("bad_request", f"{name} must be a whole number, not {value!r}")
-    return value
+def _override_image_gpu_env(body: dict[str, Any], image_env: Sequence[str]) -> tuple[str, ...]:
+    """The engine merges the image's Env under the body's and cannot unset a variable, so the body sets each of
+    the image's GPU variables itself: NVIDIA_VISIBLE_DEVICES to void (the grant replaces it), the rest empty.
+    Returns the image's variables that were overridden."""
+    baked = sorted({entry.split("=", 1)[0] for entry in image_env if _is_gpu_variable(entry)})
+    names = sorted({*baked, "NVIDIA_VISIBLE_DEVICES"})
+    env = [str(entry) for entry in as_list(field(body, "Env"), "Env")]
+    env += [f"{name}={NO_DEVICES if name == 'NVIDIA_VISIBLE_DEVICES' else ''}" for name in names]
+    set_field(body, "Env", env)
+    return tuple(baked)
 
 
-def _size_text(size_bytes: int) -> str:
-    text = format_size(size_bytes)
-    return f"{text} bytes" if text.isdigit() else text
+def _check_image(image_labels: Mapping[str, str]) -> None:
+    unknown = sorted(key for key in image_labels if key.casefold().startswith(containers.LABEL_PREFIX)
+                     and key not in containers.KNOWN_LABELS)
+    if unknown:
+        raise _deny("image_label", (
+            f"the image carries the label(s) {', '.join(unknown)}, in ds01's reserved ds01.* namespace, which ds01 "
+            "does not know; it would show on the container as if ds01 had set it. Rebuild the image without them."))
 
 
-def _apply_limits(host: dict[str, Any], limits: LimitValues, fill_defaults: bool = True) -> None:
-    nano = _integer(host, "NanoCpus")
-    quota, period = _integer(host, "CpuQuota"), _integer(host, "CpuPeriod") or 100_000
-    asked = (nano / 1e9) if nano else (quota / period if quota and quota > 0 else None)
-    if asked is not None and asked > limits.cpus:
-        raise _deny("limit_cpus", f"{asked:g} CPUs asked for; your per-container limit is {limits.cpus:g}.")
-    if asked is None and fill_defaults:
-        set_field(host, "NanoCpus", int(limits.cpus * 1e9))
-    for name, limit, what in (("Memory", limits.memory_bytes, "memory"), ("ShmSize", limits.shm_size_bytes, "shm")):
-        value = _integer(host, name) or 0
-        if value > limit:
-            raise _deny(f"limit_{what}", f"{_size_text(value)} of {what} asked for; your per-container limit is "
-                                         f"{_size_text(limit)}.")
-        if value <= 0 and fill_defaults:
-            set_field(host, name, limit)
-    pids = _integer(host, "PidsLimit")
-    if pids is not None and pids > limits.pids_limit:
-        raise _deny("limit_pids", f"a pids limit of {pids} asked for; your per-container limit is {limits.pids_limit}.")
-    if (pids is None or pids <= 0) and fill_defaults:
-        set_field(host, "PidsLimit", limits.pids_limit)
+def _check_ports(host: dict[str, Any], caller: Caller) -> None:
+    for port, bindings in (field(host, "PortBindings") or {}).items():
+        for binding in bindings or []:
+            text = str(field(binding, "HostPort") or "")
+            numbers = [part for part in text.split("-") if part]
+            if caller.is_admin or all(n.isdigit() and int(n) >= MIN_HOST_PORT for n in numbers):
+                continue
+            raise _deny("host_port", (
+                f"publishing {port} on host port {text} is not allowed: ports below {MIN_HOST_PORT} are root's on "
+                f"the host. Use a port of {MIN_HOST_PORT} or more (-p 8080:{port.split('/')[0]}), or leave the host "
+                "port out for a free one."))
+
+
+def _check_log_config(host: dict[str, Any], log_driver: str) -> None:
+    config = field(host, "LogConfig") or {}
+    driver = field(config, "Type") or ""
+    if driver not in ("", log_driver):
+        raise _deny("log_config", (
+            f"log driver {driver!r} is not allowed: containers log with the engine's default driver "
+            f"({log_driver}), which docker logs reads. Leave --log-driver out."))
+    for name, value in (field(config, "Config") or {}).items():
+        cap = LOG_OPTIONS_MAX.get(name)
+        if cap is None and name not in LOG_OPTIONS_FREE:
+            known = ", ".join(sorted({*LOG_OPTIONS_MAX, *LOG_OPTIONS_FREE}))
+            raise _deny("log_config", f"log option {name!r} is not allowed; only {known}.")
+        if cap is None:
+            continue
+        try:
+            amount = parse_size(str(value)) if name == "max-size" else int(str(value))
+        except ValueError:
+            raise _deny("log_config", f"log option {name}={value!r} is not a number") from None
+        if not 0 < amount <= cap:
+            shown = resources.size_text(cap) if name == "max-size" else str(cap)
+            raise _deny("log_config", f"log option {name}={value} is over the cap of {shown} (logs are kept on the "
+                                      "host's disk).")
+
+
+def _check_networks(caller: Caller, body: dict[str, Any], facts: Facts) -> None:
+    for name in networks_of(body):
+        owner = facts.network_owners.get(name)
+        if owner not in (None, "", caller.user) and not caller.is_admin:
+            raise _deny("not_owner", f"network {name} is not yours; join your own networks (docker network create) "
+                                     "or the default bridge.")
+
+
+def _label_anonymous_volumes(body: dict[str, Any], host: dict[str, Any], image_volumes: Sequence[str],
+                             owner: Mapping[str, str]) -> None:
+    """Volumes the engine makes for a container (-v /path, the image's VOLUMEs) are created with the owner's
+    labels, so that the owner sees and removes them and cleanup finds them; --rm still removes them."""
+    def normal(path: Any) -> str:
+        return posixpath.normpath("/" + str(path).lstrip("/"))
+
+    taken = {d.path for d in destinations({}, host)}  # binds, mounts and tmpfs: all but Config.Volumes
+    wanted = [normal(path) for path in (field(body, "Volumes") or {})]
+    if not field(host, "VolumesFrom"):
+        wanted += [normal(path) for path in image_volumes]
+    wanted = [path for path in dict.fromkeys(wanted) if path not in taken]
+    mounts = mounts_of(host)
+    for mount in mounts:
+        if field(mount, "Type") == "volume" and not field(mount, "Source"):
+            options = dict(field(mount, "VolumeOptions") or {})
+            set_field(options, "Labels", {**(field(options, "Labels") or {}), **owner})
+            set_field(mount, "VolumeOptions", options)
+    mounts += [{"Type": "volume", "Target": path, "VolumeOptions": {"Labels": dict(owner)}} for path in wanted]
+    if mounts:
+        set_field(host, "Mounts", mounts)
+    body.pop("Volumes", None)  # each is a labelled mount now; the body is in the API's spelling
 
 
 def _gpu_request(host: dict[str, Any], labels: Mapping[str, str]) -> GpuRequest | None:
@@ -268,7 +331,7 @@ def _gpu_request(host: dict[str, Any], labels: Mapping[str, str]) -> GpuRequest 
         if wanted is not None:
             raise _deny("bad_request", "send one GPU device request, not several.")
         ids = as_list(field(request, "DeviceIDs"), "DeviceIDs")
-        count = _integer(request, "Count") or 0
+        count = resources.integer(request, "Count") or 0
         if ids:
             wanted = GpuRequest(devices=tuple(str(i) for i in ids))
         elif count == -1:
@@ -296,26 +359,31 @@ def plan_create(caller: Caller, body: dict[str, Any], facts: Facts, security: Se
                 cgroup_parent: str, client_type: str, created_at: str, gpu_gid: int | None) -> CreatePlan:
     """Check a container create body and rewrite it: identity, limits, labels, cgroup parent; GPUs are granted
     and bind sources pinned later."""
+    body = rules.canonical(body, "ContainerConfig")
     host = host_config(body)
     _check_escapes(caller, host, facts, security)
+    _check_image(facts.image_labels)
+    _check_ports(host, caller)
+    _check_log_config(host, facts.log_driver)
+    _check_networks(caller, body, facts)
     labels = field(body, "Labels") or {}
-    if not isinstance(labels, dict):
-        raise _deny("bad_request", "Labels must be an object")
-    for key in labels:
-        if key.casefold().startswith(containers.LABEL_PREFIX) and key not in ALLOWED_REQUEST_LABELS:
-            raise _deny("label_reserved", f"label {key} is reserved: ds01 sets the ds01.* labels itself.")
     check_destinations(body, host, facts.image_working_dir, facts.image_volumes)
     check_restart_policy(caller.is_admin, field(host, "RestartPolicy"), bool(bind_sources(host)))
     gpu_request = _gpu_request(host, labels)
     notes = runas.run_as_caller(caller, body, host, security, gpu_gid if gpu_request is not None else None)
-    _apply_limits(host, caller.limits)
+    resources.apply_limits(host, caller.limits)
+    resources.check_tmpfs(host, int(field(host, "Memory")))
     set_field(host, "CgroupParent", cgroup_parent)
     stripped = _strip_gpu_env(body)
-    stamped = {k: v for k, v in labels.items() if k not in ALLOWED_REQUEST_LABELS}
-    # The bind labels are written empty when unused, so that an image's own labels of those names never show.
-    stamped.update({containers.USER: caller.user, containers.UID: str(caller.uid),
-                    containers.CREATED_AT: created_at, containers.TYPE: client_type,
-                    containers.BIND_KEY: "", containers.BIND_SOURCES: ""})
+    overridden = _override_image_gpu_env(body, facts.image_env)
+    if overridden:
+        notes += (f"ds01: the image's {', '.join(overridden)} are overridden: GPUs come from the grant alone",)
+    owner = {containers.USER: caller.user, containers.UID: str(caller.uid)}
+    _label_anonymous_volumes(body, host, facts.image_volumes, owner)
+    # Every label ds01 reads is written, empty when unset, so that none of the image's own shows through.
+    stamped = {**{k: v for k, v in labels.items() if k not in containers.REQUEST_LABELS},
+               **dict.fromkeys(containers.KNOWN_LABELS, ""), **owner,
+               containers.CREATED_AT: created_at, containers.TYPE: client_type}
     set_field(body, "Labels", stamped)
     set_field(host, "DeviceRequests", [])
     return CreatePlan(body=body, gpu_request=gpu_request, stripped_env=stripped, bind_sources=bind_sources(host),
@@ -344,29 +412,38 @@ def apply_grant(body: dict[str, Any], slots: Sequence[str], allocation_id: str, 
     host = host_config(body)
     set_field(host, "DeviceRequests", [{"Driver": "nvidia", "Count": 0, "DeviceIDs": list(slots),
                                         "Capabilities": [["gpu"]], "Options": {}}])
+    granted = {"NVIDIA_VISIBLE_DEVICES": ",".join(slots), "CUDA_VISIBLE_DEVICES": ",".join(slots),
+               "NVIDIA_DRIVER_CAPABILITIES": GRANTED_CAPABILITIES}
+    env = [str(entry) for entry in as_list(field(body, "Env"), "Env")]
+    set_field(body, "Env", [f"{name}={granted[name]}" if name in granted else entry
+                            for entry in env for name in [entry.split("=", 1)[0]]])
     labels = field(body, "Labels")
     labels[containers.ALLOCATION] = allocation_id
     labels[containers.GPU_EQUIVALENTS] = equivalents
 
 
-def check_update(caller: Caller, body: dict[str, Any], has_host_mounts: bool) -> None:
-    """`docker update` may lower limits or raise them up to the user's own, and touches nothing else of note."""
+def check_update(caller: Caller, body: dict[str, Any], has_host_mounts: bool,
+                 current: Mapping[str, Any]) -> dict[str, Any]:
+    """`docker update` may lower limits or raise them up to the user's own, and touches nothing else of note. The
+    limits are those the container has after the update: its current values with the update's changes."""
+    body = rules.canonical(body, "Resources")
     check_restart_policy(caller.is_admin, field(body, "RestartPolicy"), has_host_mounts)
-    for name in ("Devices", "DeviceCgroupRules", "DeviceRequests", "CgroupParent"):
+    for name in ("DeviceRequests", "CgroupParent"):
         if field(body, name):
             raise _deny("devices" if name.startswith("Device") else "cgroup_parent", f"{name} cannot be updated.")
     # On update the engine reads these as "no limit", which would lift the user's cap.
-    for name in ("PidsLimit", "CpuQuota", "Memory", "NanoCpus"):
-        value = _integer(body, name)
+    for name in ("PidsLimit", "CpuQuota", "Memory", "NanoCpus", "MemorySwap"):
+        value = resources.integer(body, name)
         if value is not None and (value < 0 or (name == "PidsLimit" and value == 0)):
             raise _deny("limit_lifted", f"{name}={value} would remove your limit; give a value within it.")
-    _apply_limits(body, caller.limits, fill_defaults=False)
+    resources.apply_limits(resources.merged_for_update(current, body), caller.limits, fill_defaults=False)
+    return body
 
 
-def check_exec(caller: Caller, body: dict[str, Any], container_user: str, security: SecuritySettings) -> None:
+def check_exec(caller: Caller, body: dict[str, Any], container_user: str,
+               security: SecuritySettings) -> dict[str, Any]:
     """An exec runs as the caller, like the container: no privilege, no other uid, no root."""
-    if field(body, "Privileged"):
-        raise _deny("privileged", "privileged exec is not allowed.")
+    body = rules.canonical(body, "ExecConfig")
     if not (caller.is_admin and security.admin_root):
         user = field(body, "User")
         if user in (None, ""):
@@ -376,3 +453,4 @@ def check_exec(caller: Caller, body: dict[str, Any], container_user: str, securi
                 user = None  # an old root container's is not: the caller's own instead
         set_field(body, "User", runas.check_user(caller, user))
     _strip_gpu_env(body)
+    return body

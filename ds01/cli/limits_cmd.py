@@ -15,7 +15,7 @@ from ds01.config import load_config
 from ds01.engine import Engine
 from ds01.errors import EXIT_FAILURE, EngineError
 from ds01.grants import open_allocator
-from ds01.limits import LIMIT_KEYS, LimitValues, effective_limits
+from ds01.limits import LIMIT_KEYS, LimitValues, effective_limits, format_ulimits
 from ds01.paths import paths_from_env
 from ds01.units import format_duration, format_equivalents, format_size
 
@@ -48,6 +48,8 @@ def _show(key: str, limits: LimitValues) -> str:
         return format_size(value)
     if spec.field.endswith("_seconds"):
         return format_duration(value)
+    if key == "ulimits":
+        return format_ulimits(value)
     if key == "allowed_mig_profiles":
         return "any" if value is None else ",".join(sorted(value))
     return str(value).lower() if isinstance(value, bool) else str(value)

@@ -83,9 +83,9 @@ class Snapshot:
 
 def owner_of_container(summary: ContainerSummary) -> tuple[str, bool]:
     """(user, managed): the ds01.user label, else the legacy hints of the system ds01 replaces."""
-    if containers.USER in summary.labels:
+    if summary.labels.get(containers.USER):
         return summary.labels[containers.USER], True
-    if containers.LEGACY_USER in summary.labels:
+    if summary.labels.get(containers.LEGACY_USER):
         return summary.labels[containers.LEGACY_USER], False
     _, sep, uid = summary.name.rpartition(containers.LEGACY_NAME_SEPARATOR)
     if sep and uid.isdigit():

@@ -80,7 +80,8 @@ def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float) -> 
     gate = Gate(sessions, upstream, allocator, slots=SlotCache(paths, sessions),
                 cgroups=CgroupParents(str(info.get("CgroupDriver", "cgroupfs")), str(info.get("CgroupVersion", "1"))),
                 engine_sockets=frozenset(sockets), host_cpus=float(info.get("NCPU") or os.cpu_count() or 1),
-                pins=pins, spool_dir=spool_dir, api_versions=(MIN_API_VERSION, (major, minor)))
+                pins=pins, spool_dir=spool_dir, api_versions=(MIN_API_VERSION, (major, minor)),
+                log_driver=str(info.get("LoggingDriver") or "json-file"))
     stop_janitor = threading.Event()
     janitor = threading.Thread(target=watch_engine, args=(upstream, allocator, pins, stop_janitor), daemon=True)
     janitor.start()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, quote, urlencode
 
-from ds01 import bodies, containers, identity, policy, runas
+from ds01 import bodies, containers, identity, policy, rules, runas
 from ds01.allocator import Allocation, Allocator
 from ds01.engine import container_info
 from ds01.errors import Denied, Ds01Error
@@ -115,7 +115,8 @@ class Gate:
     def __init__(self, sessions: Sessions, upstream: Upstream, allocator: Allocator, *,
                  slots: Callable[[], list[Slot]], cgroups: CgroupParents, engine_sockets: frozenset[str],
                  host_cpus: float, pins: binds.Pins, spool_dir: Path,
-                 api_versions: tuple[tuple[int, int], tuple[int, int]] = (MIN_API_VERSION, MIN_API_VERSION)) -> None:
+                 api_versions: tuple[tuple[int, int], tuple[int, int]] = (MIN_API_VERSION, MIN_API_VERSION),
+                 log_driver: str = "json-file") -> None:
         self.sessions = sessions
         self.upstream = upstream
         self.allocator = allocator
@@ -126,6 +127,7 @@ class Gate:
         self.pins = pins
         self.api_versions = api_versions  # (oldest, newest) served: 1.40 up to the engine's own
         self._spool_dir = spool_dir
+        self._log_driver = log_driver  # the engine's default, the only one users' containers may log with
         self._user_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 
     def decide(self, request: Request) -> Outcome:
@@ -203,18 +205,16 @@ class Gate:
         rewritten = "/".join([prefix, collection, quote(real, safe=""), *([route.action] if route.action else [])])
         target = rewritten + (f"?{query}" if query else "")
         if kind == "container" and route.action == "exec" and method == "POST":
-            body = bodies.parse_json_object(read_body(), "exec create body")
-            container_user = str((info.get("Config") or {}).get("User") or "")
-            policy.check_exec(caller, body, container_user, self.sessions.current_config().security)
-            return Forward(target, body=json.dumps(body).encode())
+            return self._exec_create(request, info, target)
         if kind == "container" and route.action == "archive":
             return self._archive(request, info, target)
         if kind == "container" and route.action == "update" and method == "POST":
-            body = bodies.parse_json_object(read_body(), "update body")
-            policy.check_update(caller, body, bool(_host_mounts(info)))
+            body = policy.check_update(caller, bodies.parse_json_object(read_body(), "update body"),
+                                       bool(_host_mounts(info)), info.get("HostConfig") or {})
             return Forward(target, body=json.dumps(body).encode())
         if kind == "network" and route.action in ("connect", "disconnect"):
-            body = bodies.parse_json_object(read_body(), f"network {route.action} body")
+            body = rules.canonical(bodies.parse_json_object(read_body(), f"network {route.action} body"),
+                                   f"Network{route.action.capitalize()}Request")
             ref = str(bodies.field(body, "Container") or "")
             _, container_owner = self._owner_of("container", ref)
             if container_owner != caller.user and not caller.is_admin:
@@ -224,8 +224,41 @@ class Gate:
             return Forward(target, after=lambda status, _body: self._released_on_delete(status, info))
         if kind == "container" and route.action in ("start", "restart") and method == "POST":
             return self._start(request, info, target)
-        hijack = (kind == "container" and route.action == "attach") or (kind == "exec" and route.action == "start")
-        return Forward(target, hijack=hijack)
+        if kind == "exec" and route.action == "start" and method == "POST":
+            raw = read_body()
+            body = rules.canonical(bodies.parse_json_object(raw, "exec start body"), "ExecStartConfig") \
+                if raw.strip() else {}
+            return Forward(target, body=json.dumps(body).encode(), hijack=True)
+        return Forward(target, hijack=kind == "container" and route.action == "attach")
+
+    def _rules_of(self, info: dict[str, Any], caller: runas.Caller) -> runas.Caller:
+        """The container owner's rules, whoever acts on it (an admin may start or exec into a user's)."""
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        uid = labels.get(containers.UID) or ""
+        return self.sessions.for_uid(int(uid)).caller if uid.isdigit() else caller
+
+    def _exec_create(self, request: Request, info: dict[str, Any], target: str) -> Outcome:
+        """An exec runs as the caller; a container has at most max_execs of them, created or running, counted and
+        created one at a time per owner so that a burst cannot pass the count together."""
+        caller = request.session.caller
+        body = policy.check_exec(caller, bodies.parse_json_object(request.read_body(), "exec create body"),
+                                 str((info.get("Config") or {}).get("User") or ""),
+                                 self.sessions.current_config().security)
+        owner = self._rules_of(info, caller)
+        lock = self._user_locks[owner.user]
+        lock.acquire()
+        try:
+            current = self.upstream.inspect("container", str(info["Id"]))
+            execs = len((current or {}).get("ExecIDs") or [])
+            if execs >= owner.limits.max_execs:
+                name = str(info.get("Name") or "").lstrip("/")
+                raise Denied("max_execs", (
+                    f"{name} has {execs} exec instances, and a container may have {owner.limits.max_execs} "
+                    "(created and not yet finished). Let some finish, or restart the container to clear them."))
+        except BaseException:
+            lock.release()
+            raise
+        return Forward(target, body=json.dumps(body).encode(), after=lambda _status, _body: lock.release())
 
     def _start(self, request: Request, info: dict[str, Any], target: str) -> Outcome:
         """A start or restart: no body, the container's checks again (as its owner's), its GPUs again if released."""
@@ -233,10 +266,7 @@ class Gate:
         if read_body().strip():
             raise Denied("bad_request", f"{route.action} takes no body (a HostConfig there is how old API "
                                         "versions changed a container at start); send it empty.")
-        labels = (info.get("Config") or {}).get("Labels") or {}
-        # The owner's rules, whoever starts it (an admin may start a user's container).
-        by_rules_of = self.sessions.for_uid(int(labels[containers.UID])).caller if labels.get(containers.UID) \
-            else caller
+        by_rules_of = self._rules_of(info, caller)
         starting = info
         if route.action == "restart" and _host_mounts(info):
             # Checked while running, a container could change its own files before the engine starts it
@@ -323,26 +353,20 @@ class Gate:
 
 
     def _create_owned(self, request: Request, kind: str) -> Outcome:
-        session = request.session
-        body = bodies.parse_json_object(request.read_body(), f"{kind} create body")
-        labels = bodies.field(body, "Labels") or {}
-        if not isinstance(labels, dict):
-            return Deny("bad_request", "Labels must be an object")
-        if any(key.casefold().startswith(containers.LABEL_PREFIX) for key in labels):
-            return Deny("label_reserved", "ds01.* labels are reserved: ds01 sets them itself.")
-        wanted = str(bodies.field(body, "Name") or "") if kind == "volume" else ""
+        """A volume or network create: read through its allow-list table and stamped with the caller's labels."""
+        caller = request.session.caller
+        table = "VolumeCreateOptions" if kind == "volume" else "NetworkCreateRequest"
+        body = rules.canonical(bodies.parse_json_object(request.read_body(), f"{kind} create body"), table)
+        if kind == "network" and body.get("IPAM") and not caller.is_admin:
+            return Deny("network_ipam", "choosing a network's addresses (--subnet, --ip-range, --gateway, IPAM "
+                                        "options) is for admins: a subnet can shadow the host's own networks. "
+                                        "Leave them out; the engine picks a free range.")
+        wanted = str(body.get("Name") or "") if kind == "volume" else ""
         found, owner = self._owner_of("volume", wanted) if wanted else (None, None)
-        if found is not None and owner != session.caller.user and not session.caller.is_admin:
+        if found is not None and owner != caller.user and not caller.is_admin:
             # Creating an existing volume returns it: someone else's must not be shown, nor taken.
             return Deny("name_taken", f"a volume named {wanted} exists already; pick another name.", status=409)
-        if kind == "network" and bodies.field(body, "Driver") not in (None, "", "bridge"):
-            return Deny("network_driver", "only bridge networks can be created.")
-        if kind == "volume" and (bodies.field(body, "Driver") not in (None, "", "local")
-                                 or bodies.field(body, "DriverOpts")):
-            return Deny("volume_driver", "only plain local volumes can be created: driver options can bind any "
-                                         "host path.")
-        bodies.set_field(body, "Labels", {**labels, containers.USER: session.caller.user,
-                                          containers.UID: str(session.caller.uid)})
+        body["Labels"] = {**(body.get("Labels") or {}), containers.USER: caller.user, containers.UID: str(caller.uid)}
         return Forward(request.target, body=json.dumps(body).encode())
 
     def _facts(self, body: dict[str, Any], refs: policy.References,
@@ -350,12 +374,17 @@ class Gate:
         paths = {path: source.resolved for path, source in opened.items()}
         owners = {ref: self._owner_of("container", ref)[1] for ref in refs.containers}
         volumes = {name: self._owner_of("volume", name)[1] for name in refs.volumes}
-        image_config: dict[str, Any] = {}
-        if refs.bind_sources or refs.volumes:
-            image = self.upstream.inspect("image", str(bodies.field(body, "Image") or ""))
-            image_config = (image or {}).get("Config") or {}
+        networks: dict[str, str | None] = {}
+        for name in refs.networks:
+            found, owner = self._owner_of("network", name)
+            networks[name] = None if found is None else (owner or "")
+        # Always inspected: its own labels and Env reach the container unless the body overrides them.
+        image = self.upstream.inspect("image", str(bodies.field(body, "Image") or ""))
+        image_config = (image or {}).get("Config") or {}
         return policy.Facts(paths, owners, volumes, self._engine_sockets, str(image_config.get("WorkingDir") or ""),
-                            tuple(image_config.get("Volumes") or {}))
+                            tuple(image_config.get("Volumes") or {}), image_labels=image_config.get("Labels") or {},
+                            image_env=tuple(image_config.get("Env") or ()), log_driver=self._log_driver,
+                            network_owners=networks)
 
     def _count_containers(self, user: str) -> int:
         query = {"all": "1", "filters": json.dumps({"label": [f"{containers.USER}={user}"]})}
@@ -377,7 +406,8 @@ class Gate:
         # The engine refuses more CPUs than the host has, so the default is capped at the host's count.
         caller = dataclasses.replace(caller, limits=dataclasses.replace(
             caller.limits, cpus=min(caller.limits.cpus, self._host_cpus)))
-        body = bodies.parse_json_object(request.read_body(), "container create body")
+        body = rules.canonical(bodies.parse_json_object(request.read_body(), "container create body"),
+                               "ContainerConfig")
         refs = policy.references(body)
         with binds.opened(refs.bind_sources, caller) as opened:
             return self._create_checked(request, caller, body, refs, opened)

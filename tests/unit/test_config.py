@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -174,7 +175,8 @@ def test_every_limit_key_is_settable_per_user(tmp_path: Path) -> None:
     samples = {"gpu_quota": "5", "max_gpus_per_container": "7", "allow_full_gpu": "false",
                "allowed_mig_profiles": "[1g.10gb]", "max_containers": "9", "cpus": "3", "memory": "3g",
                "shm_size": "3g", "pids_limit": "333", "user_cpus": "33", "user_memory": "33g",
-               "max_runtime": "33h", "idle_timeout": "33m", "gpu_hold_after_stop": "3m"}
+               "max_runtime": "33h", "idle_timeout": "33m", "gpu_hold_after_stop": "3m",
+               "ulimits": "{memlock: unlimited}", "max_execs": "7"}
     assert set(samples) == {key.name for key in LIMIT_KEYS}
     lines = "".join(f"    {name}: {value}\n" for name, value in samples.items())
     config = load_config(write(tmp_path, f"version: 1\nusers:\n  pat:\n{lines}"))
@@ -182,6 +184,18 @@ def test_every_limit_key_is_settable_per_user(tmp_path: Path) -> None:
     pat = effective_limits(config, "pat", [], NOW).limits
     for key in LIMIT_KEYS:
         assert getattr(pat, key.field) != getattr(base, key.field), key.name
+    assert pat.ulimits["nofile"] == base.ulimits["nofile"] == 1048576  # merged by name
+    assert pat.ulimits["memlock"] is None
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("{nofiles: 10}", "'nofiles' is not a ulimit name"),
+    ("{nofile: -1}", "is not a number, a size like 64m, or 'unlimited'"),
+    ("[nofile]", "is not a map of ulimit names"),
+])
+def test_bad_ulimits_are_config_errors(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(write(tmp_path, f"version: 1\ndefaults:\n  ulimits: {text}\n"))
 
 
 def test_config_check_cli_exit_codes(tmp_path: Path) -> None:

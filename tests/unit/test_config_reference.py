@@ -17,6 +17,7 @@ from ds01.limits import (
     ContainerDefaults,
     EventLogSettings,
     SecuritySettings,
+    format_ulimits,
 )
 from ds01.units import format_duration, format_size
 
@@ -59,6 +60,8 @@ def test_every_limit_key_with_its_default() -> None:
             expected = format_duration(default)
         elif key.field.endswith("_bytes"):
             expected = format_size(default)
+        elif key.name == "ulimits":
+            expected = format_ulimits(default)
         elif default is None:
             expected = "any"
         else:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ds01 import bodies, containers, destinations, policy, runas
+from ds01 import bodies, containers, destinations, policy, resources, rules, runas
 from ds01.errors import Denied
 from ds01.limits import BUILTIN_DEFAULTS, SecuritySettings
 from ds01.placement import GpuRequest
@@ -38,8 +38,8 @@ SECURITY = SecuritySettings(data_dirs=("/data",), cap_add_allowed=frozenset({"SY
 CGROUP = "ds01-alice.slice"
 NOW = "2025-01-02T03:04:05+00:00"
 ENGINE_SOCKETS = frozenset({"/run/docker.sock", "/data/ds01/ds01.sock"})
-STAMPED = {containers.USER, containers.UID, containers.CREATED_AT, containers.TYPE, containers.BIND_KEY,
-           containers.BIND_SOURCES}
+STAMPED = set(containers.KNOWN_LABELS)
+NO_GPU_ENV = ["NVIDIA_VISIBLE_DEVICES=void"]  # every create without a grant ends its Env with this
 
 
 def real(path: str, *, is_socket: bool = False) -> ResolvedPath:
@@ -72,7 +72,10 @@ PATHS = {
 }
 CONTAINER_OWNERS = {"mine": "alice", "bobs": "bob", "orphan": None}
 VOLUME_OWNERS = {"my-data": "alice", "bobs-data": "bob", "orphan-vol": None}
-FACTS = Facts(PATHS, CONTAINER_OWNERS, VOLUME_OWNERS, ENGINE_SOCKETS)
+FACTS = Facts(PATHS, CONTAINER_OWNERS, VOLUME_OWNERS, ENGINE_SOCKETS,
+              network_owners={"bobs-net": "bob", "my-net": "alice", "shared-net": ""})
+LABELLED_IMAGE = Facts(PATHS, CONTAINER_OWNERS, VOLUME_OWNERS, ENGINE_SOCKETS,
+                       image_labels={containers.PROTECTED: "true", "ds01.surprise": "x"})
 
 
 def host(**fields: Any) -> dict[str, Any]:
@@ -137,8 +140,38 @@ DENIALS: list[tuple[str, dict[str, Any], str, str]] = [
     ("mount-not-hardened", host(Binds=["/home/alice/suid:/x"]), "mount_not_hardened", "nosuid,nodev"),
     ("nested-mount", host(Binds=["/home/alice/work:/w"], Tmpfs={"/w/t": ""}), "nested_mount", "side by side"),
     ("system-mount-point", host(Binds=["/home/alice/work:/etc"]), "system_mount_point", "such as /workspace"),
-    ("restart-policy", host(Binds=["/home/alice/work:/w"], RestartPolicy={"Name": "always"}), "restart_policy",
-     "the engine's own restarts would skip that"),
+    ("restart-policy-mounts", host(Binds=["/home/alice/work:/w"], RestartPolicy={"Name": "on-failure"}),
+     "restart_policy", "the engine's own restarts would skip that"),
+    ("restart-policy", host(RestartPolicy={"Name": "always"}), "restart_policy", "restart on failure at most"),
+    ("unknown-field", host(Privileged=False, NewShinyThing=1), "unknown_field", "HostConfig.NewShinyThing is not"),
+    ("oom-score-adj", host(OomScoreAdj=-1000), "oom_score_adj", "other users' processes the kernel's OOM victims"),
+    ("oom-kill-disable", host(OomKillDisable=True), "oom_kill_disable", "turning the OOM killer off"),
+    ("realtime", host(CpuRealtimeRuntime=950000), "realtime", "real-time CPU scheduling"),
+    ("annotations", host(Annotations={"cdi.k8s.io/x": "y"}), "annotations", "the GPU hook among them"),
+    ("storage-opt", host(StorageOpt={"size": "1t"}), "storage_opt", "storage driver options"),
+    ("volume-driver", host(VolumeDriver="nfs"), "volume_driver", "only local volumes"),
+    ("propagation", host(Mounts=[{"Type": "bind", "Source": "/home/alice/work", "Target": "/w",
+                                  "BindOptions": {"Propagation": "rshared"}}]), "mount_propagation",
+     "carry mounts made in the container back to the host"),
+    ("ulimit-raise", host(Ulimits=[{"Name": "rtprio", "Soft": 99, "Hard": 99}]), "limit_ulimit",
+     "HARD at most your limit of 0"),
+    ("ulimit-unknown", host(Ulimits=[{"Name": "nproc", "Soft": 1, "Hard": 1}]), "limit_ulimit",
+     "may not be set here"),
+    ("swap-unlimited", host(MemorySwap=-1), "limit_memory", "unlimited swap"),
+    ("swap-over", host(Memory=GIB, MemorySwap=3 * GIB), "limit_memory", "at most twice the container's memory"),
+    ("tmpfs-shm", host(Tmpfs={"/dev/shm": "size=64g"}), "limit_shm", "its size is ShmSize"),
+    ("tmpfs-over", host(Memory=GIB, Tmpfs={"/scratch": "size=2g"}), "limit_tmpfs", "must fit in its memory"),
+    ("log-driver", host(LogConfig={"Type": "syslog", "Config": {"syslog-address": "tcp://x:514"}}), "log_config",
+     "the engine's default driver"),
+    ("log-size", host(LogConfig={"Config": {"max-size": "10g"}}), "log_config", "over the cap of 100m"),
+    ("host-port", host(PortBindings={"80/tcp": [{"HostPort": "80"}]}), "host_port", "below 1024 are root's"),
+    ("foreign-network", host(NetworkMode="bobs-net"), "not_owner", "network bobs-net is not yours"),
+    ("image-label", {"Image": "labelled"}, "image_label", "ds01.surprise"),
+    ("endpoint-driver-opts", {"Image": "busybox", "NetworkingConfig": {"EndpointsConfig": {"my-net": {
+        "DriverOpts": {"com.docker.network.endpoint.sysctls": "x"}}}}}, "network_driver", "endpoint driver options"),
+    ("create-mountpoint", host(Mounts=[{"Type": "bind", "Source": "/home/alice/new", "Target": "/n",
+                                        "BindOptions": {"CreateMountpoint": True}}]), "mount_outside_home",
+     "create it yourself first"),
     ("label-reserved", {"Image": "busybox", "Labels": {"ds01.user": "bob"}}, "label_reserved",
      "ds01 sets the ds01.* labels itself"),
     ("limit-cpus", host(NanoCpus=5 * 10**9), "limit_cpus", "your per-container limit is 4"),
@@ -163,15 +196,15 @@ DENIALS: list[tuple[str, dict[str, Any], str, str]] = [
 
 @pytest.mark.parametrize(("body", "reason", "hint"), [case[1:] for case in DENIALS], ids=[c[0] for c in DENIALS])
 def test_denial(body: dict[str, Any], reason: str, hint: str) -> None:
-    denial = refused(copy.deepcopy(body), reason)
+    denial = refused(copy.deepcopy(body), reason, facts=LABELLED_IMAGE if body["Image"] == "labelled" else FACTS)
     assert hint in denial.message
     assert str(denial) == denial.message
 
 
 def test_every_reason_code_in_the_policy_is_exercised() -> None:
-    source = "".join(inspect.getsource(module) for module in (policy, runas, bodies, destinations))
-    reasons = set(re.findall(r'(?:_deny|Denied)\("([a-z_]+)"', source))
-    templated = re.findall(r'_deny\(f"([a-z_]+)\{what\}"', source)
+    source = "".join(inspect.getsource(module) for module in (policy, runas, bodies, destinations, resources, rules))
+    reasons = set(re.findall(r'(?:_deny|Denied|must_be_empty|must_be_absent|one_of)\("([a-z_]+)"', source))
+    templated = re.findall(r'(?:_deny|Denied)\(f"([a-z_]+)\{what\}"', source)
     assert templated == ["limit_"]
     reasons |= {"limit_memory", "limit_shm"}
     assert reasons == {case[2] for case in DENIALS} | {"limit_lifted"}  # limit_lifted: update only
@@ -224,7 +257,7 @@ def test_top_level_fields_are_case_insensitive() -> None:
     refused({"user": "1001"}, "foreign_uid")
     refused({"LABELS": {"ds01.uid": "0"}}, "label_reserved")
     result = plan({"env": ["NVIDIA_VISIBLE_DEVICES=all", "A=1"], "labels": {"x": "y"}})
-    assert result.body["Env"] == ["A=1", "HOME=/tmp", "USER=alice", "LOGNAME=alice"]
+    assert result.body["Env"] == ["A=1", "HOME=/tmp", "USER=alice", "LOGNAME=alice", *NO_GPU_ENV]
     assert "env" not in result.body
     assert "labels" not in result.body
     assert result.body["Labels"]["x"] == "y"
@@ -307,8 +340,8 @@ def test_labels_are_stamped_and_client_labels_kept() -> None:
     result = plan({"Image": "busybox", "Labels": {"com.example.app": "x", "ds01x": "kept"}}, client_type="compose")
     assert result.body["Labels"] == {
         "com.example.app": "x", "ds01x": "kept",
-        containers.USER: "alice", containers.UID: "1000", containers.CREATED_AT: NOW, containers.TYPE: "compose",
-        containers.BIND_KEY: "", containers.BIND_SOURCES: ""}  # empty: an image's labels of these names never show
+        **dict.fromkeys(containers.KNOWN_LABELS, ""),  # empty: an image's labels of these names never show
+        containers.USER: "alice", containers.UID: "1000", containers.CREATED_AT: NOW, containers.TYPE: "compose"}
 
 
 def test_labels_are_stamped_without_client_labels() -> None:
@@ -329,14 +362,14 @@ def test_client_ds01_labels_are_refused(key: str) -> None:
 def test_mig_label_becomes_the_gpu_request() -> None:
     result = plan({"Image": "busybox", "Labels": {containers.REQUEST_MIG: "3g.40gb", "a": "b"}})
     assert result.gpu_request == GpuRequest(mig_profile="3g.40gb")
-    assert containers.REQUEST_MIG not in result.body["Labels"]
+    assert result.body["Labels"][containers.REQUEST_MIG] == ""  # consumed, and written empty
     assert result.body["Labels"]["a"] == "b"
 
 
 def test_empty_mig_label_asks_for_nothing() -> None:
     result = plan({"Image": "busybox", "Labels": {containers.REQUEST_MIG: ""}})
     assert result.gpu_request is None
-    assert containers.REQUEST_MIG not in result.body["Labels"]
+    assert result.body["Labels"][containers.REQUEST_MIG] == ""
 
 
 # --- GPU requests and grants -------------------------------------------------------------------------------------
@@ -370,7 +403,7 @@ def test_non_gpu_device_requests_are_refused(request_: dict[str, Any]) -> None:
 
 
 def test_apply_grant_rewrites_to_exactly_the_granted_devices() -> None:
-    body = host(DeviceRequests=[gpu(Count=-1, Options={"x": "y"})])
+    body = host(DeviceRequests=[gpu(Count=-1, Options=None)])
     result = plan(body)
     policy.apply_grant(result.body, ["GPU-1", "MIG-2"], "alloc-7", "8/7")
     assert host_config(result)["DeviceRequests"] == [
@@ -383,7 +416,7 @@ def test_apply_grant_rewrites_to_exactly_the_granted_devices() -> None:
 def test_apply_grant_replaces_any_spelling_of_device_requests() -> None:
     body = {"hostconfig": {"devicerequests": [gpu(Count=4)]}, "Labels": {}}
     policy.apply_grant(body, ["GPU-9"], "a", "1")
-    assert list(body) == ["Labels", "HostConfig"]
+    assert list(body) == ["Labels", "HostConfig", "Env"]
     assert body["HostConfig"] == {"DeviceRequests": [
         {"Driver": "nvidia", "Count": 0, "DeviceIDs": ["GPU-9"], "Capabilities": [["gpu"]], "Options": {}}]}
 
@@ -395,14 +428,14 @@ def test_gpu_environment_is_stripped_and_reported() -> None:
            "MY_NVIDIA_VAR=1", "HOME=/root", "NVIDIA_REQUIRE_CUDA", "CUDA_HOME=/usr/local/cuda", "X=NVIDIA_Y=1"]
     result = plan({"Image": "busybox", "Env": env})
     assert result.body["Env"] == ["PATH=/usr/bin", "MY_NVIDIA_VAR=1", "HOME=/root", "CUDA_HOME=/usr/local/cuda",
-                                  "X=NVIDIA_Y=1", "USER=alice", "LOGNAME=alice"]
+                                  "X=NVIDIA_Y=1", "USER=alice", "LOGNAME=alice", *NO_GPU_ENV]
     assert result.stripped_env == ("NVIDIA_VISIBLE_DEVICES=all", "CUDA_VISIBLE_DEVICES=0,1",
                                    "nvidia_driver_capabilities=all", "NVIDIA_REQUIRE_CUDA")
 
 
 def test_no_environment_gets_the_login_variables() -> None:
     result = plan({"Image": "busybox"})
-    assert result.body["Env"] == ["HOME=/tmp", "USER=alice", "LOGNAME=alice"]
+    assert result.body["Env"] == ["HOME=/tmp", "USER=alice", "LOGNAME=alice", *NO_GPU_ENV]
     assert result.stripped_env == ()
 
 
@@ -555,9 +588,9 @@ def test_bind_sources_are_listed_once_and_pinned_to_staging_paths() -> None:
     assert hc["Binds"] == ["/pins/k/0:/d:ro", "my-data:/v", "/pins/k/1:/w"]
     assert hc["Mounts"] == [
         {"Type": "bind", "Target": "/m", "ReadOnly": True, "Source": "/pins/k/0"},
-        {"type": "bind", "target": "/n", "Source": "/pins/k/1"},
+        {"Type": "bind", "Target": "/n", "Source": "/pins/k/1"},
         {"Type": "volume", "Source": "my-data", "Target": "/mv"},
-        {"Type": "tmpfs", "Target": "/t"}]
+        {"Type": "tmpfs", "Target": "/t", "TmpfsOptions": {"SizeBytes": 8 * GIB}}]  # sized: tmpfs is memory
     labels = result.body["Labels"]
     assert labels[containers.BIND_KEY] == "k"
     assert json.loads(labels[containers.BIND_SOURCES]) == ["/data/shared", "/home/alice/work"]
@@ -615,13 +648,14 @@ def test_side_by_side_mounts_and_the_mount_as_working_dir_pass() -> None:
 
 
 def test_containers_with_host_mounts_do_not_restart_on_their_own() -> None:
-    denial = refused(host(Binds=["/home/alice/work:/w"], RestartPolicy={"Name": "always"}), "restart_policy")
+    denial = refused(host(Binds=["/home/alice/work:/w"], RestartPolicy={"Name": "on-failure"}), "restart_policy")
     assert "docker start" in denial.message
     plan(host(Binds=["/home/alice/work:/w"], RestartPolicy={"Name": "no"}))
     plan(host(RestartPolicy={"Name": "on-failure", "MaximumRetryCount": 3}))  # nothing of the host's to re-check
     with pytest.raises(Denied):
-        policy.check_update(ALICE, {"RestartPolicy": {"Name": "unless-stopped"}}, True)
-    policy.check_update(ALICE, {"RestartPolicy": {"Name": "always"}}, False)
+        policy.check_update(ALICE, {"RestartPolicy": {"Name": "on-failure"}}, True, {})
+    policy.check_update(ALICE, {"RestartPolicy": {"Name": "on-failure"}}, False, {})
+    policy.check_update(ADMIN, {"RestartPolicy": {"Name": "always"}}, False, {})
 
 
 def test_a_caller_without_a_home_binds_only_data_dirs() -> None:
@@ -843,15 +877,14 @@ def test_root_containers_with_host_mounts_are_found() -> None:
 
 def test_exec_runs_as_the_caller_and_loses_gpu_environment() -> None:
     body = {"Cmd": ["sh"], "User": "1000", "Env": ["NVIDIA_VISIBLE_DEVICES=all", "CUDA_VISIBLE_DEVICES=1", "A=b"]}
-    policy.check_exec(ALICE, body, "1000:1000", SECURITY)
+    body = policy.check_exec(ALICE, body, "1000:1000", SECURITY)
     assert body == {"Cmd": ["sh"], "User": "1000:1000", "Env": ["A=b"]}
 
 
 @pytest.mark.parametrize(("container_user", "runs_as"), [("1000:100", "1000:100"), ("", "1000:1000"),
                                                          ("0", "1000:1000"), ("root", "1000:1000")])
 def test_exec_without_user_takes_the_containers_own_or_the_callers(container_user: str, runs_as: str) -> None:
-    body: dict[str, Any] = {"Cmd": ["sh"]}
-    policy.check_exec(ALICE, body, container_user, SECURITY)
+    body = policy.check_exec(ALICE, {"Cmd": ["sh"]}, container_user, SECURITY)
     assert body == {"Cmd": ["sh"], "User": runs_as, "Env": []}
 
 
@@ -875,8 +908,7 @@ def test_exec_denials(body: dict[str, Any], reason: str) -> None:
 
 
 def test_exec_as_root_only_for_admins_with_admin_root() -> None:
-    body = {"Privileged": False, "User": "root"}
-    policy.check_exec(ADMIN, body, "", SecuritySettings(admin_root=True))
+    body = policy.check_exec(ADMIN, {"Privileged": False, "User": "root"}, "", SecuritySettings(admin_root=True))
     assert body["User"] == "root"
     with pytest.raises(Denied):
         policy.check_exec(ADMIN, {"User": "root"}, "", SECURITY)
@@ -891,8 +923,7 @@ def test_exec_as_root_only_for_admins_with_admin_root() -> None:
 ])
 def test_update_within_limits_is_allowed_and_untouched(body: dict[str, Any]) -> None:
     before = copy.deepcopy(body)
-    policy.check_update(ALICE, body, False)
-    assert body == before  # no defaults are filled in on update
+    assert policy.check_update(ALICE, body, False, {}) == before  # no defaults are filled in on update
 
 
 @pytest.mark.parametrize(("body", "reason"), [
@@ -913,7 +944,7 @@ def test_update_within_limits_is_allowed_and_untouched(body: dict[str, Any]) -> 
 ])
 def test_update_denials(body: dict[str, Any], reason: str) -> None:
     with pytest.raises(Denied) as info:
-        policy.check_update(ALICE, body, False)
+        policy.check_update(ALICE, body, False, {})
     assert info.value.reason == reason
 
 
@@ -921,7 +952,7 @@ def test_update_denials(body: dict[str, Any], reason: str) -> None:
 def test_update_cannot_lift_a_limit(body: dict[str, Any]) -> None:
     # On update the engine reads PidsLimit 0 or -1 and CpuQuota -1 as "unlimited", not as "unchanged".
     try:
-        policy.check_update(ALICE, body, False)
+        policy.check_update(ALICE, body, False, {})
     except Denied:
         return
     pids, quota = bodies.field(body, "PidsLimit"), bodies.field(body, "CpuQuota")
@@ -1071,7 +1102,7 @@ def test_plan_create_output_is_always_confined(body: dict[str, Any], client_type
     assert labels[containers.CREATED_AT] == NOW
     assert labels[containers.TYPE] == client_type
     assert [k for k in out if k.casefold() == "env"] == ["Env"]
-    assert not any(gpu_variable(entry) for entry in out["Env"])
+    assert [entry for entry in out["Env"] if gpu_variable(entry)] == NO_GPU_ENV
     assert all(gpu_variable(entry) for entry in result.stripped_env)
     assert 0 < bodies.field(hc, "Memory") <= LIMITS.memory_bytes
     assert 0 < bodies.field(hc, "ShmSize") <= LIMITS.shm_size_bytes
