@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from ds01 import containers, resources, rules, runas
+from ds01 import allowlist, containers, devices, resources, runas
 from ds01.bodies import as_list, field, host_config, is_volume_name, mounts_of, set_field, split_bind
 from ds01.destinations import check_destinations, check_restart_policy, destinations
 from ds01.errors import Denied
@@ -25,10 +25,6 @@ from ds01.placement import GpuRequest
 from ds01.runas import Caller
 from ds01.units import parse_size
 
-STRIPPED_ENV_PREFIXES = ("NVIDIA_",)
-STRIPPED_ENV_NAMES = frozenset({"CUDA_VISIBLE_DEVICES"})
-NO_DEVICES = "void"  # NVIDIA_VISIBLE_DEVICES for a container without a grant: the GPU hook mounts nothing
-GRANTED_CAPABILITIES = "compute,utility"  # what a granted container's driver libraries cover
 SHARED_NETWORKS = frozenset({"", "default", "bridge", "none"})
 LOG_OPTIONS_MAX = {"max-size": 100 * 2**20, "max-file": 5}  # per container: at most 500 MiB of logs on the host
 LOG_OPTIONS_FREE = frozenset({"compress", "mode", "max-buffer-size"})
@@ -214,30 +210,6 @@ def _check_escapes(caller: Caller, host: dict[str, Any], facts: Facts, security:
     _check_mounts(caller, host, facts, security)
 
 
-def _is_gpu_variable(entry: str) -> bool:
-    name = entry.split("=", 1)[0]
-    return name in STRIPPED_ENV_NAMES or name.upper().startswith(STRIPPED_ENV_PREFIXES)
-
-
-def _strip_gpu_env(body: dict[str, Any]) -> tuple[str, ...]:
-    """Drop NVIDIA_* and CUDA_VISIBLE_DEVICES: devices come from the grant, never from the environment."""
-    env = [str(entry) for entry in as_list(field(body, "Env"), "Env")]
-    set_field(body, "Env", [entry for entry in env if not _is_gpu_variable(entry)])
-    return tuple(entry for entry in env if _is_gpu_variable(entry))
-
-
-def _override_image_gpu_env(body: dict[str, Any], image_env: Sequence[str]) -> tuple[str, ...]:
-    """The engine merges the image's Env under the body's and cannot unset a variable, so the body sets each of
-    the image's GPU variables itself: NVIDIA_VISIBLE_DEVICES to void (the grant replaces it), the rest empty.
-    Returns the image's variables that were overridden."""
-    baked = sorted({entry.split("=", 1)[0] for entry in image_env if _is_gpu_variable(entry)})
-    names = sorted({*baked, "NVIDIA_VISIBLE_DEVICES"})
-    env = [str(entry) for entry in as_list(field(body, "Env"), "Env")]
-    env += [f"{name}={NO_DEVICES if name == 'NVIDIA_VISIBLE_DEVICES' else ''}" for name in names]
-    set_field(body, "Env", env)
-    return tuple(baked)
-
-
 def _check_image(image_labels: Mapping[str, str]) -> None:
     unknown = sorted(key for key in image_labels if key.casefold().startswith(containers.LABEL_PREFIX)
                      and key not in containers.KNOWN_LABELS)
@@ -316,37 +288,6 @@ def _label_anonymous_volumes(body: dict[str, Any], host: dict[str, Any], image_v
     body.pop("Volumes", None)  # each is a labelled mount now; the body is in the API's spelling
 
 
-def _gpu_request(host: dict[str, Any], labels: Mapping[str, str]) -> GpuRequest | None:
-    wanted: GpuRequest | None = None
-    for request in as_list(field(host, "DeviceRequests"), "HostConfig.DeviceRequests"):
-        if not isinstance(request, dict):
-            raise _deny("bad_request", "DeviceRequests entries must be objects")
-        groups = as_list(field(request, "Capabilities"), "Capabilities")
-        if not all(isinstance(group, list) and all(isinstance(c, str) for c in group) for group in groups):
-            raise _deny("bad_request", "Capabilities must be a list of lists of names, like [[\"gpu\"]]")
-        capabilities = {c for group in groups for c in group}
-        if field(request, "Driver") not in (None, "", "nvidia") or not ("gpu" in capabilities or
-                                                                         field(request, "Driver") == "nvidia"):
-            raise _deny("devices", "only GPU device requests (--gpus) are allowed.")
-        if wanted is not None:
-            raise _deny("bad_request", "send one GPU device request, not several.")
-        ids = as_list(field(request, "DeviceIDs"), "DeviceIDs")
-        count = resources.integer(request, "Count") or 0
-        if ids:
-            wanted = GpuRequest(devices=tuple(str(i) for i in ids))
-        elif count == -1:
-            wanted = GpuRequest(all_gpus=True)
-        else:
-            wanted = GpuRequest(count=int(count))
-    mig = labels.get(containers.REQUEST_MIG)
-    if mig:
-        if wanted is not None:
-            raise _deny("bad_request", f"ask for GPUs either with --gpus or with the {containers.REQUEST_MIG} "
-                                       "label, not both.")
-        wanted = GpuRequest(mig_profile=mig)
-    return wanted
-
-
 def bind_sources(host: dict[str, Any]) -> tuple[str, ...]:
     """The absolute bind sources of a create body as written, each once, in order."""
     sources = [source for source, _ in map(split_bind, as_list(field(host, "Binds"), "HostConfig.Binds"))
@@ -359,7 +300,7 @@ def plan_create(caller: Caller, body: dict[str, Any], facts: Facts, security: Se
                 cgroup_parent: str, client_type: str, created_at: str, gpu_gid: int | None) -> CreatePlan:
     """Check a container create body and rewrite it: identity, limits, labels, cgroup parent; GPUs are granted
     and bind sources pinned later."""
-    body = rules.canonical(body, "ContainerConfig")
+    body = allowlist.canonical(body, "ContainerConfig")
     host = host_config(body)
     _check_escapes(caller, host, facts, security)
     _check_image(facts.image_labels)
@@ -369,13 +310,13 @@ def plan_create(caller: Caller, body: dict[str, Any], facts: Facts, security: Se
     labels = field(body, "Labels") or {}
     check_destinations(body, host, facts.image_working_dir, facts.image_volumes)
     check_restart_policy(caller.is_admin, field(host, "RestartPolicy"), bool(bind_sources(host)))
-    gpu_request = _gpu_request(host, labels)
+    gpu_request = devices.gpu_request(host, labels)
     notes = runas.run_as_caller(caller, body, host, security, gpu_gid if gpu_request is not None else None)
     resources.apply_limits(host, caller.limits)
     resources.check_tmpfs(host, int(field(host, "Memory")))
     set_field(host, "CgroupParent", cgroup_parent)
-    stripped = _strip_gpu_env(body)
-    overridden = _override_image_gpu_env(body, facts.image_env)
+    stripped = devices.strip_gpu_env(body)
+    overridden = devices.override_image_gpu_env(body, facts.image_env)
     if overridden:
         notes += (f"ds01: the image's {', '.join(overridden)} are overridden: GPUs come from the grant alone",)
     owner = {containers.USER: caller.user, containers.UID: str(caller.uid)}
@@ -407,26 +348,11 @@ def pin_bind_sources(body: dict[str, Any], staged: Mapping[str, str], key: str, 
     labels[containers.BIND_SOURCES] = json.dumps(list(originals))
 
 
-def apply_grant(body: dict[str, Any], slots: Sequence[str], allocation_id: str, equivalents: str) -> None:
-    """Point the container at exactly the granted devices, and label it with its allocation."""
-    host = host_config(body)
-    set_field(host, "DeviceRequests", [{"Driver": "nvidia", "Count": 0, "DeviceIDs": list(slots),
-                                        "Capabilities": [["gpu"]], "Options": {}}])
-    granted = {"NVIDIA_VISIBLE_DEVICES": ",".join(slots), "CUDA_VISIBLE_DEVICES": ",".join(slots),
-               "NVIDIA_DRIVER_CAPABILITIES": GRANTED_CAPABILITIES}
-    env = [str(entry) for entry in as_list(field(body, "Env"), "Env")]
-    set_field(body, "Env", [f"{name}={granted[name]}" if name in granted else entry
-                            for entry in env for name in [entry.split("=", 1)[0]]])
-    labels = field(body, "Labels")
-    labels[containers.ALLOCATION] = allocation_id
-    labels[containers.GPU_EQUIVALENTS] = equivalents
-
-
 def check_update(caller: Caller, body: dict[str, Any], has_host_mounts: bool,
                  current: Mapping[str, Any]) -> dict[str, Any]:
     """`docker update` may lower limits or raise them up to the user's own, and touches nothing else of note. The
     limits are those the container has after the update: its current values with the update's changes."""
-    body = rules.canonical(body, "Resources")
+    body = allowlist.canonical(body, "Resources")
     check_restart_policy(caller.is_admin, field(body, "RestartPolicy"), has_host_mounts)
     for name in ("DeviceRequests", "CgroupParent"):
         if field(body, name):
@@ -443,7 +369,7 @@ def check_update(caller: Caller, body: dict[str, Any], has_host_mounts: bool,
 def check_exec(caller: Caller, body: dict[str, Any], container_user: str,
                security: SecuritySettings) -> dict[str, Any]:
     """An exec runs as the caller, like the container: no privilege, no other uid, no root."""
-    body = rules.canonical(body, "ExecConfig")
+    body = allowlist.canonical(body, "ExecConfig")
     if not (caller.is_admin and security.admin_root):
         user = field(body, "User")
         if user in (None, ""):
@@ -452,5 +378,5 @@ def check_exec(caller: Caller, body: dict[str, Any], container_user: str,
             except Denied:
                 user = None  # an old root container's is not: the caller's own instead
         set_field(body, "User", runas.check_user(caller, user))
-    _strip_gpu_env(body)
+    devices.strip_gpu_env(body)
     return body

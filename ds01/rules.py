@@ -1,16 +1,14 @@
-"""The allow-list: every field of every request body the proxy passes on, with the rule that lets it through.
+"""The rule table: every field of every request body the proxy passes on, with the rule that lets it through.
 
-A body is walked against its object's table before the policy reads it. A key is matched case-insensitively (the
-engine's JSON decoder folds case) and rewritten to the API's own spelling; a key with no rule is refused with its
-name. Simple rules (must be false, must be empty, at least zero) are checked here, on the way; the rest are the
-policy's, and each entry says where. `tests/data/docker_api_fields.json` lists the API's fields, and a unit test
-fails when one of them has no rule here.
+Simple rules (must be false, must be empty, at least zero) carry their check, which `allowlist` runs as it walks a
+body; the rest are the policy's, and each entry says where. `tests/data/docker_api_fields.json` lists the API's
+fields, and a unit test fails when one of them has no rule here.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -391,60 +389,3 @@ TABLES: dict[str, dict[str, FieldRule]] = {
     "NetworkDisconnectRequest": {"Container": _owned("only the caller's own containers (gate._object)"),
                                  "Force": _h("disconnects even a stopped container")},
 }
-
-_BY_FOLDED = {table: {key.casefold(): key for key in rules} for table, rules in TABLES.items()}
-
-
-def canonical(body: Mapping[str, Any], table: str, where: str = "") -> dict[str, Any]:
-    """The body with every key spelled as the API spells it, each value's simple rule checked; a key with no
-    rule is refused. Free-form maps (labels, options, tmpfs paths) keep their keys."""
-    rules = TABLES[table]
-    out: dict[str, Any] = {}
-    for key, value in body.items():
-        name = _BY_FOLDED[table].get(key.casefold())
-        path = f"{where}.{key}" if where else key
-        if name is None:
-            raise Denied("unknown_field", (
-                f"{path} is not a field the ds01 proxy knows in a {table} body, so it is refused (the proxy passes "
-                "on only fields it has a rule for). Leave it out; if a client needs it, tell the admin."))
-        if name in out:
-            raise Denied("bad_request", f"{path} is given twice, in different spellings; send it once.")
-        rule = rules[name]
-        if rule.check is not None:
-            rule.check(value, f"{where}.{name}" if where else name)
-        out[name] = _nested(value, rule, f"{where}.{name}" if where else name)
-    return out
-
-
-def _nested(value: Any, rule: FieldRule, path: str) -> Any:
-    if value is None:
-        return None
-    if rule.shape is Shape.OBJECT:
-        if not isinstance(value, dict):
-            raise Denied("bad_request", f"{path} must be a JSON object")
-        return canonical(value, rule.of, path) if rule.of else value
-    if rule.shape is Shape.LIST:
-        if not isinstance(value, list):
-            raise Denied("bad_request", f"{path} must be a list")
-        if rule.of is None:
-            return value
-        if not all(isinstance(item, dict) for item in value):
-            raise Denied("bad_request", f"{path} entries must be objects")
-        return [canonical(item, rule.of, f"{path}[{index}]") for index, item in enumerate(value)]
-    if rule.shape is Shape.MAP:
-        if not isinstance(value, dict):
-            raise Denied("bad_request", f"{path} must be a JSON object")
-        if rule.of is None:
-            return value
-        return {key: _map_value(item, rule.of, f"{path}[{key}]") for key, item in value.items()}
-    return value
-
-
-def _map_value(value: Any, table: str, path: str) -> Any:
-    if value is None:
-        return None
-    if table == "PortBinding":  # a port's bindings are a list of them
-        return _nested(value, FieldRule(Rule.CHECKED, "", Shape.LIST, table), path)
-    if not isinstance(value, dict):
-        raise Denied("bad_request", f"{path} must be a JSON object")
-    return canonical(value, table, path)

@@ -2,79 +2,29 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import tempfile
 import threading
-import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
-from ds01 import bodies, containers, identity, policy, rules, runas
-from ds01.allocator import Allocation, Allocator
+from ds01 import allowlist, bodies, containers, policy, runas
+from ds01.allocator import Allocator
 from ds01.engine import container_info
 from ds01.errors import Denied, Ds01Error
 from ds01.placement import GpuRequest, Slot
 from ds01.proxy import archive, binds, starts
 from ds01.proxy.cgroups import CgroupParents
-from ds01.proxy.http import Head
-from ds01.proxy.routes import Route
+from ds01.proxy.creates import ContainerCreates
+from ds01.proxy.outcomes import Deny, Forward, Outcome, Request
 from ds01.proxy.session import Session, Sessions
 from ds01.proxy.upstream import Upstream
-from ds01.units import format_equivalents
 
-DRY_RUN_HEADER = "X-DS01-Dry-Run"
-CLIENT_HEADER_PREFIX = "ds01-container/"
 MIN_API_VERSION = (1, 40)
 PULL_PARAMETERS = frozenset({"fromImage", "tag", "platform"})
-
-
-@dataclass
-class Deny:
-    reason: str
-    message: str
-    status: int = 403
-
-
-@dataclass
-class Reply:
-    status: int
-    body: dict[str, Any]
-
-
-@dataclass
-class Forward:
-    target: str  # the request target to send upstream (path and query), possibly rewritten
-    body: bytes | None = None  # a replacement body; None streams the client's own
-    after: Callable[[int | None, bytes], None] | None = None  # sees the buffered response (None: forward failed)
-    hijack: bool = False  # attach / exec start: the connection may turn into a raw stream
-    body_file: BinaryIO | None = None  # a replacement body spooled to a file, sent from its start
-    warnings: tuple[str, ...] = ()  # added to the Warnings of a successful create's answer
-
-
-Outcome = Deny | Reply | Forward
-BodyReader = Callable[[], bytes]
-
-
-@dataclass(frozen=True)
-class Request:
-    session: Session
-    method: str
-    path: str  # without the query string
-    query: str
-    route: Route
-    head: Head
-    read_body: BodyReader  # the client's body, buffered up to the size cap
-    body_stream: Callable[[], BinaryIO]  # the client's body as a stream, for archives of any size
-
-    @property
-    def target(self) -> str:
-        return self.path + (f"?{self.query}" if self.query else "")
 
 
 def _with_owner_filter(query: str, user: str, key: str = "filters") -> str:
@@ -100,17 +50,6 @@ def _host_mounts(info: dict[str, Any]) -> list[dict[str, Any]]:
     return [m for m in info.get("Mounts") or [] if m.get("Type") == "bind"]
 
 
-def _client_type(head: Head, body: dict[str, Any]) -> str:
-    labels = bodies.field(body, "Labels") or {}
-    if (head.get("User-Agent") or "").startswith(CLIENT_HEADER_PREFIX):
-        return "container"
-    if "com.docker.compose.project" in labels:
-        return "compose"
-    if any(key.startswith("devcontainer.") for key in labels):
-        return "devcontainer"
-    return "docker"
-
-
 class Gate:
     def __init__(self, sessions: Sessions, upstream: Upstream, allocator: Allocator, *,
                  slots: Callable[[], list[Slot]], cgroups: CgroupParents, engine_sockets: frozenset[str],
@@ -121,14 +60,14 @@ class Gate:
         self.upstream = upstream
         self.allocator = allocator
         self._slots = slots
-        self._cgroups = cgroups
         self._engine_sockets = engine_sockets
-        self._host_cpus = host_cpus
         self.pins = pins
         self.api_versions = api_versions  # (oldest, newest) served: 1.40 up to the engine's own
         self._spool_dir = spool_dir
-        self._log_driver = log_driver  # the engine's default, the only one users' containers may log with
         self._user_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        # log_driver: the engine's default, the only one users' containers may log with
+        self._creates = ContainerCreates(sessions, upstream, allocator, slots, cgroups, engine_sockets, host_cpus,
+                                         pins, self._user_locks, log_driver, self._owner_of)
 
     def decide(self, request: Request) -> Outcome:
         caller, route, method, path, target = (request.session.caller, request.route, request.method, request.path,
@@ -157,7 +96,7 @@ class Gate:
         if kind == "pull":
             return self._pull(request)
         if kind == "create_container":
-            return self._create(request)
+            return self._creates.create(request)
         if kind in ("create_volume", "create_network"):
             return self._create_owned(request, kind.removeprefix("create_"))
         if kind in ("container", "exec", "volume", "network"):
@@ -213,7 +152,7 @@ class Gate:
                                        bool(_host_mounts(info)), info.get("HostConfig") or {})
             return Forward(target, body=json.dumps(body).encode())
         if kind == "network" and route.action in ("connect", "disconnect"):
-            body = rules.canonical(bodies.parse_json_object(read_body(), f"network {route.action} body"),
+            body = allowlist.canonical(bodies.parse_json_object(read_body(), f"network {route.action} body"),
                                    f"Network{route.action.capitalize()}Request")
             ref = str(bodies.field(body, "Container") or "")
             _, container_owner = self._owner_of("container", ref)
@@ -226,7 +165,7 @@ class Gate:
             return self._start(request, info, target)
         if kind == "exec" and route.action == "start" and method == "POST":
             raw = read_body()
-            body = rules.canonical(bodies.parse_json_object(raw, "exec start body"), "ExecStartConfig") \
+            body = allowlist.canonical(bodies.parse_json_object(raw, "exec start body"), "ExecStartConfig") \
                 if raw.strip() else {}
             return Forward(target, body=json.dumps(body).encode(), hijack=True)
         return Forward(target, hijack=kind == "container" and route.action == "attach")
@@ -356,7 +295,7 @@ class Gate:
         """A volume or network create: read through its allow-list table and stamped with the caller's labels."""
         caller = request.session.caller
         table = "VolumeCreateOptions" if kind == "volume" else "NetworkCreateRequest"
-        body = rules.canonical(bodies.parse_json_object(request.read_body(), f"{kind} create body"), table)
+        body = allowlist.canonical(bodies.parse_json_object(request.read_body(), f"{kind} create body"), table)
         if kind == "network" and body.get("IPAM") and not caller.is_admin:
             return Deny("network_ipam", "choosing a network's addresses (--subnet, --ip-range, --gateway, IPAM "
                                         "options) is for admins: a subnet can shadow the host's own networks. "
@@ -368,119 +307,3 @@ class Gate:
             return Deny("name_taken", f"a volume named {wanted} exists already; pick another name.", status=409)
         body["Labels"] = {**(body.get("Labels") or {}), containers.USER: caller.user, containers.UID: str(caller.uid)}
         return Forward(request.target, body=json.dumps(body).encode())
-
-    def _facts(self, body: dict[str, Any], refs: policy.References,
-               opened: dict[str, binds.OpenedSource]) -> policy.Facts:
-        paths = {path: source.resolved for path, source in opened.items()}
-        owners = {ref: self._owner_of("container", ref)[1] for ref in refs.containers}
-        volumes = {name: self._owner_of("volume", name)[1] for name in refs.volumes}
-        networks: dict[str, str | None] = {}
-        for name in refs.networks:
-            found, owner = self._owner_of("network", name)
-            networks[name] = None if found is None else (owner or "")
-        # Always inspected: its own labels and Env reach the container unless the body overrides them.
-        image = self.upstream.inspect("image", str(bodies.field(body, "Image") or ""))
-        image_config = (image or {}).get("Config") or {}
-        return policy.Facts(paths, owners, volumes, self._engine_sockets, str(image_config.get("WorkingDir") or ""),
-                            tuple(image_config.get("Volumes") or {}), image_labels=image_config.get("Labels") or {},
-                            image_env=tuple(image_config.get("Env") or ()), log_driver=self._log_driver,
-                            network_owners=networks)
-
-    def _count_containers(self, user: str) -> int:
-        query = {"all": "1", "filters": json.dumps({"label": [f"{containers.USER}={user}"]})}
-        status, listed = self.upstream.call("GET", "/containers/json", query=query)
-        if status != 200 or not isinstance(listed, list):
-            raise Ds01Error(f"the engine answered {status} when counting containers: {listed}")
-        return len(listed)
-
-    def _create(self, request: Request) -> Outcome:
-        caller = request.session.caller
-        name = dict(parse_qsl(request.query)).get("name") or ""
-        suffix = name.rpartition(containers.LEGACY_NAME_SEPARATOR)[2] if containers.LEGACY_NAME_SEPARATOR in name \
-            else None
-        if suffix is not None and suffix != str(caller.uid) and not caller.is_admin:
-            raise Denied("foreign_name", (
-                f"the name {name} ends in {containers.LEGACY_NAME_SEPARATOR}{suffix}, another user's name space "
-                f"(container create uses NAME{containers.LEGACY_NAME_SEPARATOR}{caller.uid} for yours); pick "
-                "another name."))
-        # The engine refuses more CPUs than the host has, so the default is capped at the host's count.
-        caller = dataclasses.replace(caller, limits=dataclasses.replace(
-            caller.limits, cpus=min(caller.limits.cpus, self._host_cpus)))
-        body = rules.canonical(bodies.parse_json_object(request.read_body(), "container create body"),
-                               "ContainerConfig")
-        refs = policy.references(body)
-        with binds.opened(refs.bind_sources, caller) as opened:
-            return self._create_checked(request, caller, body, refs, opened)
-
-    def _create_checked(self, request: Request, caller: runas.Caller, body: dict[str, Any],
-                        refs: policy.References, opened: dict[str, binds.OpenedSource]) -> Outcome:
-        head, query = request.head, request.query
-        config = self.sessions.current_config()
-        plan = policy.plan_create(
-            caller, body, self._facts(body, refs, opened), config.security,
-            cgroup_parent=self._cgroups.name(caller.user), client_type=_client_type(head, body),
-            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            gpu_gid=identity.group_id(config.bare_metal.group))
-        dry_run = (head.get(DRY_RUN_HEADER) or "").lower() in ("1", "true")
-        lock = self._user_locks[caller.user]
-        key = uuid.uuid4().hex
-        lock.acquire()  # count, reserve and create one at a time per user; released once the create is answered
-        allocation: Allocation | None = None
-        try:
-            count = self._count_containers(caller.user)
-            if count >= caller.limits.max_containers:
-                raise Denied("max_containers", (
-                    f"you have {count} containers and may have {caller.limits.max_containers}. Remove one "
-                    "(container remove NAME) first."))
-            if plan.gpu_request is not None:
-                args = (caller.user, caller.uid, caller.limits, plan.gpu_request)
-                allocation = (self.allocator.preview(*args, slots=self._slots()) if dry_run
-                              else self.allocator.request(*args, slots=self._slots()))
-                policy.apply_grant(plan.body, allocation.slots, allocation.id, str(allocation.gpu_equivalents))
-            if dry_run:
-                lock.release()
-                return self._dry_run_reply(plan, allocation)
-            self._cgroups.ensure(caller.user, caller.limits.user_cpus, caller.limits.user_memory_bytes)
-            if plan.bind_sources:
-                staged = {source: str(self.pins.pin(key, index, opened[source]))
-                          for index, source in enumerate(plan.bind_sources)}
-                policy.pin_bind_sources(plan.body, staged, key,
-                                        [opened[source].resolved.real for source in plan.bind_sources])
-        except BaseException:
-            self.pins.release(key)
-            if allocation is not None and not dry_run:
-                self.allocator.release(allocation.id)
-            lock.release()
-            raise
-        name = dict(parse_qsl(query)).get("name")
-
-        def after(status: int | None, response: bytes) -> None:
-            try:
-                if status != 201:
-                    self.pins.release(key)
-                if allocation is None:
-                    return
-                if status == 201:
-                    created = json.loads(response)["Id"]
-                    self.allocator.bind(allocation.id, created, name)
-                else:
-                    self.allocator.release(allocation.id)
-            finally:
-                lock.release()
-
-        return Forward(request.target, body=json.dumps(plan.body).encode(), after=after, warnings=plan.notes)
-
-    def _dry_run_reply(self, plan: policy.CreatePlan, allocation: Allocation | None) -> Outcome:
-        image = str(bodies.field(plan.body, "Image") or "")
-        if image and self.upstream.inspect("image", image) is None:
-            return Deny("image_missing", f"image {image} is not on this host; pull it or pick another.", status=404)
-        host = bodies.field(plan.body, "HostConfig") or {}
-        return Reply(200, {
-            "dry_run": True, "image": image,
-            "gpus": list(allocation.slots) if allocation else [],
-            "gpu_equivalents": format_equivalents(allocation.gpu_equivalents) if allocation else "0",
-            "cpus": (bodies.field(host, "NanoCpus") or 0) / 1e9, "memory_bytes": bodies.field(host, "Memory"),
-            "shm_size_bytes": bodies.field(host, "ShmSize"), "pids_limit": bodies.field(host, "PidsLimit"),
-            "cgroup_parent": bodies.field(host, "CgroupParent"), "stripped_env": list(plan.stripped_env),
-            "user": bodies.field(plan.body, "User"), "group_add": bodies.field(host, "GroupAdd") or [],
-            "cap_drop": bodies.field(host, "CapDrop") or [], "notes": list(plan.notes)})

@@ -23,7 +23,8 @@ from ds01.daemon import only_instance, stop_on_signals
 from ds01.errors import Busy, Denied, Ds01Error, EngineError
 from ds01.proxy import http
 from ds01.proxy.binds import Pins
-from ds01.proxy.gate import Deny, Forward, Gate, Reply, Request
+from ds01.proxy.gate import Gate
+from ds01.proxy.outcomes import Deny, Forward, Reply, Request
 from ds01.proxy.routes import classify
 from ds01.proxy.session import Session, peer_uid
 from ds01.proxy.upstream import Upstream

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ds01 import bodies, containers, policy, resources, rules
+from ds01 import allowlist, bodies, containers, policy, resources, rules
 from ds01.errors import Denied
 from ds01.policy import Facts, ResolvedPath
 from tests.unit.test_policy import ALICE, CGROUP, ENGINE_SOCKETS, GIB, LIMITS, NOW, SECURITY
@@ -58,7 +58,7 @@ def test_every_rule_says_why() -> None:
 ])
 def test_a_field_with_no_rule_is_refused_with_its_name(body: dict[str, Any], where: str) -> None:
     with pytest.raises(Denied) as info:
-        rules.canonical(body, "ContainerConfig")
+        allowlist.canonical(body, "ContainerConfig")
     assert info.value.reason == "unknown_field"
     assert info.value.message.startswith(f"{where} is not a field the ds01 proxy knows")
 
@@ -67,14 +67,14 @@ def test_keys_are_rewritten_to_the_apis_spelling() -> None:
     long_s = "\u017f"
     body = {"image": "busybox", f"Ho{long_s}tconfig": {"shmsize": 1, "MOUNTS": [{"type": "tmpfs", "target": "/t"}]},
             "labels": {"Keep.As.Is": "1"}}
-    assert rules.canonical(body, "ContainerConfig") == {
+    assert allowlist.canonical(body, "ContainerConfig") == {
         "Image": "busybox", "HostConfig": {"ShmSize": 1, "Mounts": [{"Type": "tmpfs", "Target": "/t"}]},
         "Labels": {"Keep.As.Is": "1"}}
 
 
 def test_two_spellings_of_one_field_are_refused() -> None:
     with pytest.raises(Denied, match="given twice"):
-        rules.canonical({"Privileged": False, "privileged": True}, "HostConfig")
+        allowlist.canonical({"Privileged": False, "privileged": True}, "HostConfig")
 
 
 # --- bodies made of the API's real fields ------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ds01 import bodies, containers, destinations, policy, resources, rules, runas
+from ds01 import allowlist, bodies, containers, destinations, devices, policy, resources, rules, runas
 from ds01.errors import Denied
 from ds01.limits import BUILTIN_DEFAULTS, SecuritySettings
 from ds01.placement import GpuRequest
@@ -202,7 +202,8 @@ def test_denial(body: dict[str, Any], reason: str, hint: str) -> None:
 
 
 def test_every_reason_code_in_the_policy_is_exercised() -> None:
-    source = "".join(inspect.getsource(module) for module in (policy, runas, bodies, destinations, resources, rules))
+    modules = (policy, runas, bodies, destinations, resources, rules, allowlist, devices)
+    source = "".join(inspect.getsource(module) for module in modules)
     reasons = set(re.findall(r'(?:_deny|Denied|must_be_empty|must_be_absent|one_of)\("([a-z_]+)"', source))
     templated = re.findall(r'(?:_deny|Denied)\(f"([a-z_]+)\{what\}"', source)
     assert templated == ["limit_"]
@@ -405,7 +406,7 @@ def test_non_gpu_device_requests_are_refused(request_: dict[str, Any]) -> None:
 def test_apply_grant_rewrites_to_exactly_the_granted_devices() -> None:
     body = host(DeviceRequests=[gpu(Count=-1, Options=None)])
     result = plan(body)
-    policy.apply_grant(result.body, ["GPU-1", "MIG-2"], "alloc-7", "8/7")
+    devices.apply_grant(result.body, ["GPU-1", "MIG-2"], "alloc-7", "8/7")
     assert host_config(result)["DeviceRequests"] == [
         {"Driver": "nvidia", "Count": 0, "DeviceIDs": ["GPU-1", "MIG-2"], "Capabilities": [["gpu"]], "Options": {}}]
     assert result.body["Labels"][containers.ALLOCATION] == "alloc-7"
@@ -415,7 +416,7 @@ def test_apply_grant_rewrites_to_exactly_the_granted_devices() -> None:
 
 def test_apply_grant_replaces_any_spelling_of_device_requests() -> None:
     body = {"hostconfig": {"devicerequests": [gpu(Count=4)]}, "Labels": {}}
-    policy.apply_grant(body, ["GPU-9"], "a", "1")
+    devices.apply_grant(body, ["GPU-9"], "a", "1")
     assert list(body) == ["Labels", "HostConfig", "Env"]
     assert body["HostConfig"] == {"DeviceRequests": [
         {"Driver": "nvidia", "Count": 0, "DeviceIDs": ["GPU-9"], "Capabilities": [["gpu"]], "Options": {}}]}

@@ -1,0 +1,171 @@
+"""A container create through the proxy: the allow-list and the policy, the caller's count and GPU grant, the
+pinned bind sources, and the create itself, one at a time per user."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+from ds01 import allowlist, bodies, containers, devices, identity, policy, runas
+from ds01.allocator import Allocation, Allocator
+from ds01.engine import DRY_RUN_HEADER
+from ds01.errors import Denied, Ds01Error
+from ds01.placement import Slot
+from ds01.proxy import binds
+from ds01.proxy.cgroups import CgroupParents
+from ds01.proxy.http import Head
+from ds01.proxy.outcomes import Deny, Forward, Outcome, Reply, Request
+from ds01.proxy.session import Sessions
+from ds01.proxy.upstream import Upstream
+from ds01.units import format_equivalents
+
+CLIENT_HEADER_PREFIX = "ds01-container/"
+OwnerOf = Callable[[str, str], tuple[dict[str, Any] | None, str | None]]
+
+
+def client_type(head: Head, body: dict[str, Any]) -> str:
+    labels = bodies.field(body, "Labels") or {}
+    if (head.get("User-Agent") or "").startswith(CLIENT_HEADER_PREFIX):
+        return "container"
+    if "com.docker.compose.project" in labels:
+        return "compose"
+    if any(key.startswith("devcontainer.") for key in labels):
+        return "devcontainer"
+    return "docker"
+
+
+@dataclasses.dataclass
+class ContainerCreates:
+    sessions: Sessions
+    upstream: Upstream
+    allocator: Allocator
+    slots: Callable[[], list[Slot]]
+    cgroups: CgroupParents
+    engine_sockets: frozenset[str]
+    host_cpus: float
+    pins: binds.Pins
+    user_locks: Mapping[str, threading.Lock]
+    log_driver: str
+    owner_of: OwnerOf
+
+    def _facts(self, body: dict[str, Any], refs: policy.References,
+               opened: dict[str, binds.OpenedSource]) -> policy.Facts:
+        paths = {path: source.resolved for path, source in opened.items()}
+        owners = {ref: self.owner_of("container", ref)[1] for ref in refs.containers}
+        volumes = {name: self.owner_of("volume", name)[1] for name in refs.volumes}
+        networks: dict[str, str | None] = {}
+        for name in refs.networks:
+            found, owner = self.owner_of("network", name)
+            networks[name] = None if found is None else (owner or "")
+        # Always inspected: its own labels and Env reach the container unless the body overrides them.
+        image = self.upstream.inspect("image", str(bodies.field(body, "Image") or ""))
+        image_config = (image or {}).get("Config") or {}
+        return policy.Facts(paths, owners, volumes, self.engine_sockets, str(image_config.get("WorkingDir") or ""),
+                            tuple(image_config.get("Volumes") or {}), image_labels=image_config.get("Labels") or {},
+                            image_env=tuple(image_config.get("Env") or ()), log_driver=self.log_driver,
+                            network_owners=networks)
+
+    def _count_containers(self, user: str) -> int:
+        query = {"all": "1", "filters": json.dumps({"label": [f"{containers.USER}={user}"]})}
+        status, listed = self.upstream.call("GET", "/containers/json", query=query)
+        if status != 200 or not isinstance(listed, list):
+            raise Ds01Error(f"the engine answered {status} when counting containers: {listed}")
+        return len(listed)
+
+    def create(self, request: Request) -> Outcome:
+        caller = request.session.caller
+        name = dict(parse_qsl(request.query)).get("name") or ""
+        suffix = name.rpartition(containers.LEGACY_NAME_SEPARATOR)[2] if containers.LEGACY_NAME_SEPARATOR in name \
+            else None
+        if suffix is not None and suffix != str(caller.uid) and not caller.is_admin:
+            raise Denied("foreign_name", (
+                f"the name {name} ends in {containers.LEGACY_NAME_SEPARATOR}{suffix}, another user's name space "
+                f"(container create uses NAME{containers.LEGACY_NAME_SEPARATOR}{caller.uid} for yours); pick "
+                "another name."))
+        # The engine refuses more CPUs than the host has, so the default is capped at the host's count.
+        caller = dataclasses.replace(caller, limits=dataclasses.replace(
+            caller.limits, cpus=min(caller.limits.cpus, self.host_cpus)))
+        body = allowlist.canonical(bodies.parse_json_object(request.read_body(), "container create body"),
+                               "ContainerConfig")
+        refs = policy.references(body)
+        with binds.opened(refs.bind_sources, caller) as opened:
+            return self._create_checked(request, caller, body, refs, opened)
+
+    def _create_checked(self, request: Request, caller: runas.Caller, body: dict[str, Any],
+                        refs: policy.References, opened: dict[str, binds.OpenedSource]) -> Outcome:
+        head, query = request.head, request.query
+        config = self.sessions.current_config()
+        plan = policy.plan_create(
+            caller, body, self._facts(body, refs, opened), config.security,
+            cgroup_parent=self.cgroups.name(caller.user), client_type=client_type(head, body),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            gpu_gid=identity.group_id(config.bare_metal.group))
+        dry_run = (head.get(DRY_RUN_HEADER) or "").lower() in ("1", "true")
+        lock = self.user_locks[caller.user]
+        key = uuid.uuid4().hex
+        lock.acquire()  # count, reserve and create one at a time per user; released once the create is answered
+        allocation: Allocation | None = None
+        try:
+            count = self._count_containers(caller.user)
+            if count >= caller.limits.max_containers:
+                raise Denied("max_containers", (
+                    f"you have {count} containers and may have {caller.limits.max_containers}. Remove one "
+                    "(container remove NAME) first."))
+            if plan.gpu_request is not None:
+                args = (caller.user, caller.uid, caller.limits, plan.gpu_request)
+                allocation = (self.allocator.preview(*args, slots=self.slots()) if dry_run
+                              else self.allocator.request(*args, slots=self.slots()))
+                devices.apply_grant(plan.body, allocation.slots, allocation.id, str(allocation.gpu_equivalents))
+            if dry_run:
+                lock.release()
+                return self._dry_run_reply(plan, allocation)
+            self.cgroups.ensure(caller.user, caller.limits.user_cpus, caller.limits.user_memory_bytes)
+            if plan.bind_sources:
+                staged = {source: str(self.pins.pin(key, index, opened[source]))
+                          for index, source in enumerate(plan.bind_sources)}
+                policy.pin_bind_sources(plan.body, staged, key,
+                                        [opened[source].resolved.real for source in plan.bind_sources])
+        except BaseException:
+            self.pins.release(key)
+            if allocation is not None and not dry_run:
+                self.allocator.release(allocation.id)
+            lock.release()
+            raise
+        name = dict(parse_qsl(query)).get("name")
+
+        def after(status: int | None, response: bytes) -> None:
+            try:
+                if status != 201:
+                    self.pins.release(key)
+                if allocation is None:
+                    return
+                if status == 201:
+                    created = json.loads(response)["Id"]
+                    self.allocator.bind(allocation.id, created, name)
+                else:
+                    self.allocator.release(allocation.id)
+            finally:
+                lock.release()
+
+        return Forward(request.target, body=json.dumps(plan.body).encode(), after=after, warnings=plan.notes)
+
+    def _dry_run_reply(self, plan: policy.CreatePlan, allocation: Allocation | None) -> Outcome:
+        image = str(bodies.field(plan.body, "Image") or "")
+        if image and self.upstream.inspect("image", image) is None:
+            return Deny("image_missing", f"image {image} is not on this host; pull it or pick another.", status=404)
+        host = bodies.field(plan.body, "HostConfig") or {}
+        return Reply(200, {
+            "dry_run": True, "image": image,
+            "gpus": list(allocation.slots) if allocation else [],
+            "gpu_equivalents": format_equivalents(allocation.gpu_equivalents) if allocation else "0",
+            "cpus": (bodies.field(host, "NanoCpus") or 0) / 1e9, "memory_bytes": bodies.field(host, "Memory"),
+            "shm_size_bytes": bodies.field(host, "ShmSize"), "pids_limit": bodies.field(host, "PidsLimit"),
+            "cgroup_parent": bodies.field(host, "CgroupParent"), "stripped_env": list(plan.stripped_env),
+            "user": bodies.field(plan.body, "User"), "group_add": bodies.field(host, "GroupAdd") or [],
+            "cap_drop": bodies.field(host, "CapDrop") or [], "notes": list(plan.notes)})
