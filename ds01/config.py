@@ -84,6 +84,13 @@ class _Reader:
         except ValueError as exc:
             self.fail(node, key, str(exc))
 
+    def parsed_mapping(self, node: yaml.Node, key: str, parse: Callable[[Any], _T]) -> _T:
+        self.mapping(node, key)  # plain keys, each once
+        try:
+            return parse(self._constructor.construct_object(node, deep=True))
+        except ValueError as exc:
+            self.fail(node, key, str(exc))
+
     def names(self, node: yaml.Node, key: str) -> tuple[str, ...]:
         value = self.value(node, key)
         if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
@@ -102,6 +109,9 @@ def _limit_overrides(reader: _Reader, entries: _Entries, key: str) -> dict[str, 
     for name, (_, value_node) in entries.items():
         if name in LIMIT_KEYS_BY_NAME:
             spec = LIMIT_KEYS_BY_NAME[name]
+            if isinstance(value_node, yaml.MappingNode) and name == "ulimits":  # the one limit that is a map
+                overrides[spec.field] = reader.parsed_mapping(value_node, f"{key}.{name}", spec.parse)
+                continue
             overrides[spec.field] = reader.parsed(value_node, f"{key}.{name}", spec.parse)
     return overrides
 
