@@ -348,6 +348,7 @@ TABLES: dict[str, dict[str, FieldRule]] = {
         "Privileged": _c("must be false", must_be_empty("privileged", "privileged exec is not allowed.")),
         "User": _forced("the caller's uid:gid (policy.check_exec)"),
         "WorkingDir": _h("where the command starts, inside the container"),
+        "Container": _h("docker-py names the container again; the engine acts on the one in the path"),
     },
     "ExecStartConfig": {"Detach": _h(_TTY), "Tty": _h(_TTY), "ConsoleSize": _h(_TTY, Shape.LIST)},
     "VolumeCreateOptions": {

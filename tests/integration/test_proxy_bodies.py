@@ -21,7 +21,7 @@ from tests.integration.test_proxy import gpu_slots
 def api_as(proxy: ProxyHandle, user: str, method: str, path: str, body: dict[str, Any] | None = None,
            ) -> tuple[int, dict[str, Any]]:
     """One API request as `user`, with curl: (status, decoded answer)."""
-    args = ["curl", "-sS", "-o", "/dev/stdout", "-w", "\n%{http_code}", "-X", method, "--unix-socket",
+    args = ["curl", "-sS", "-w", "\n%{http_code}", "-X", method, "--unix-socket",
             str(proxy.socket), f"http://docker/v1.41{path}"]
     if body is not None:
         args += ["-H", "Content-Type: application/json", "--data-binary", json.dumps(body)]
@@ -55,7 +55,7 @@ def test_each_field_nobody_checked_is_refused(proxy: ProxyHandle, engine: docker
     container = f"field-{name}"
     status, answer = api_as(proxy, "alice", "POST", f"/containers/create?name={container}",
                             {"Image": TEST_IMAGE, "Cmd": ["true"], "HostConfig": host})
-    assert status == 403 and refusal in answer["message"], answer
+    assert status == 403 and refusal in answer.get("message", ""), answer
     assert no_container(engine, container)
     assert not engine.volumes.list(filters={"label": "ds01.user=bob"})
 
