@@ -31,7 +31,7 @@ def container_json(found: Details, uid: int) -> dict[str, Any]:
     when = created_at(found.created)
     return {"name": plain_name(info.name, uid) or info.name, "engine_name": info.name, "id": info.id,
             "status": info.status, "image": found.image, "gpus": list(info.device_ids),
-            "gpu_equivalents": info.labels.get(containers.GPU_EQUIVALENTS),
+            "gpu_equivalents": info.labels.get(containers.GPU_EQUIVALENTS) or None,
             "created": when.isoformat(timespec="seconds") if when else found.created}
 
 

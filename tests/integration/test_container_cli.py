@@ -139,7 +139,7 @@ def test_create_cpu_only_with_limits_and_a_command(
     assert "no GPU" in created.stdout
     info = inspect(engine, name)
     host = info["HostConfig"]
-    assert not host.get("DeviceRequests") and "ds01.allocation" not in info["Config"]["Labels"]
+    assert not host.get("DeviceRequests") and not info["Config"]["Labels"]["ds01.allocation"]
     assert (host["NanoCpus"], host["Memory"], host["ShmSize"]) == (10**9, 2**30, 64 * 2**20)
     assert info["Config"]["Cmd"] == ["sh", "-c", "echo ready; sleep infinity"]
 
