@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -39,7 +40,7 @@ from ds01.units import parse_duration, parse_size
 
 SCHEMA_VERSION = 1
 TOP_LEVEL_KEYS = ("version", "identity", "admins", "allocation", "security", "containers", "events", "cleanup",
-                  "bare_metal", "default_group", "defaults", "groups", "users", "exemptions")
+                  "bare_metal", "proxy", "default_group", "defaults", "groups", "users", "exemptions")
 _T = TypeVar("_T")
 _Entries = dict[str, tuple[yaml.Node, yaml.Node]]
 
@@ -299,6 +300,24 @@ BARE_METAL_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
 }
 
 
+@dataclass(frozen=True)
+class ProxySettings:
+    """The proxy's bounds on its clients' connections (the `proxy:` section)."""
+
+    idle_timeout_seconds: int = 300  # a kept-alive connection waiting for its next request is closed after this
+    header_timeout_seconds: int = 30  # a request head must arrive whole within this, from its first byte
+    max_header_bytes: int = 64 * 2**10  # request line and headers together
+    max_connections_per_user: int = 64  # open connections to the proxy at once, admins included
+
+
+PROXY_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "idle_timeout": ("idle_timeout_seconds", _positive_duration),
+    "header_timeout": ("header_timeout_seconds", _positive_duration),
+    "max_header_size": ("max_header_bytes", _size_value),
+    "max_connections_per_user": ("max_connections_per_user", _positive_count),
+}
+
+
 def _ldap(reader: _Reader, node: yaml.Node) -> LdapSettings | None:
     entries = reader.mapping(node, "identity", ("source", "ldap"))
     source = "nss"
@@ -355,9 +374,8 @@ def _users(reader: _Reader, node: yaml.Node, group_names: set[str]) -> dict[str,
     return rules
 
 
-def load_config(path: Path | None = None) -> Config:
-    """Read and validate resource-limits.yaml (DS01_CONFIG unless a path is given)."""
-    path = path or paths_from_env().config
+def _top(path: Path) -> tuple[_Reader, yaml.Node, _Entries]:
+    """The file's top-level entries, with the reader that points at their lines."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -375,6 +393,25 @@ def load_config(path: Path | None = None) -> Config:
     top = reader.mapping(root, "", TOP_LEVEL_KEYS)
     if "version" not in top or reader.value(top["version"][1], "version") != SCHEMA_VERSION:
         reader.fail(top["version"][1] if "version" in top else root, "version", f"must be {SCHEMA_VERSION}")
+    return reader, root, top
+
+
+def _proxy(reader: _Reader, top: _Entries) -> ProxySettings:
+    return ProxySettings(**_section(reader, top["proxy"][1], "proxy", PROXY_FIELDS)) if "proxy" in top \
+        else ProxySettings()
+
+
+def load_proxy_settings(path: Path | None = None) -> ProxySettings:
+    """The `proxy:` section of resource-limits.yaml, with its defaults (the rest of the file is not checked)."""
+    reader, _root, top = _top(path or paths_from_env().config)
+    return _proxy(reader, top)
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read and validate resource-limits.yaml (DS01_CONFIG unless a path is given)."""
+    path = path or paths_from_env().config
+    reader, root, top = _top(path)
+    _proxy(reader, top)  # checked here too, so that `config check` and a reload refuse a bad proxy section
 
     defaults_entries = reader.mapping(top["defaults"][1], "defaults", [k.name for k in LIMIT_KEYS]) \
         if "defaults" in top else {}
