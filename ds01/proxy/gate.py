@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import threading
 from collections import defaultdict
@@ -25,6 +26,7 @@ from ds01.proxy.upstream import Upstream
 
 MIN_API_VERSION = (1, 40)
 PULL_PARAMETERS = frozenset({"fromImage", "tag", "platform"})
+_OBJECT_ID = re.compile(r"[0-9a-f]{64}")
 
 
 def _with_owner_filter(query: str, user: str, key: str = "filters") -> str:
@@ -117,6 +119,27 @@ class Gate:
         unknown = ", ".join(sorted(params - PULL_PARAMETERS))
         return Deny("bad_request", f"image pull parameter(s) {unknown} are not allowed; a pull takes "
                                    f"{', '.join(sorted(PULL_PARAMETERS))}.")
+
+    def error_answer(self, request: Request, status: int, data: bytes) -> bytes:
+        """An engine error that names someone else's object (a name conflict gives the other container's id)
+        says nothing of it: what the caller would read if it were not there, or a conflict without the id."""
+        caller = request.session.caller
+        text = data.decode("utf-8", errors="replace")
+        if caller.is_admin or status < 400:
+            return data
+        foreign = [found for found in set(_OBJECT_ID.findall(text))
+                   if self._owner_of("container", found)[1] != caller.user]
+        if not foreign:
+            return data
+        if status == 409 and request.route.kind == "create_container":
+            name = dict(parse_qsl(request.query)).get("name") or ""
+            message = (f'Conflict. The container name "/{name}" is already in use by a container that is not '
+                       "yours. Pick another name.")
+        elif status == 409:
+            message = "Conflict with an object that is not yours."
+        else:
+            message = f"No such object: {request.route.object_id or request.path}"
+        return json.dumps({"message": message}).encode()
 
     def _owner_of(self, kind: str, name: str) -> tuple[dict[str, Any] | None, str | None]:
         info = self.upstream.inspect(kind, name)
