@@ -1,259 +1,346 @@
-"""Just enough HTTP/1.1 to proxy the Docker API: message heads, body framing, streaming and hijacked streams.
+"""HTTP/1.1 on the proxy's client connections, parsed and written by h11 (strict, sans-IO).
 
-Bodies are relayed as they come (chunk by chunk for streams such as `logs --follow`), and only the few bodies
-the policy must read are buffered, with a size cap.
+Nothing a client sends for framing is ever relayed: h11 parses each request whole, the proxy writes every answer
+anew (its own Content-Length or its own chunks), and `ds01.proxy.link` does the same towards the engine. Bodies
+flow in blocks of at most BLOCK bytes; only the bodies the policy reads are buffered, with a cap.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import re
 import socket
 import threading
-from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
-MAX_HEAD_BYTES = 64 * 1024
+import h11
+
 MAX_BODY_BYTES = 1024 * 1024
 BLOCK = 64 * 1024
+MAX_CHUNK_EXTRA_BYTES = 1024  # chunk extensions and trailers in one body, all dropped; Docker clients send none
+# Hop-by-hop headers (RFC 9110 7.6.1), and what the proxy sets or answers itself (Host, Expect).
+NOT_FORWARDED = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+                           "upgrade", "content-length", "host", "expect"})
+_FOLDED = re.compile(rb"\n[ \t]")  # a header line that starts with blank space continues the one before
+_LONGEST_CHUNK_LINE = 24  # CRLF, 20 hex digits (h11's bound) and CRLF: more than this is an extension
+STATUS_TEXT = {100: "Continue", 101: "Switching Protocols", 200: "OK", 400: "Bad Request", 403: "Forbidden",
+               404: "Not Found", 408: "Request Timeout", 409: "Conflict", 413: "Payload Too Large",
+               429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+               502: "Bad Gateway", 503: "Service Unavailable"}
+
+
+def wire(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """Headers as h11 takes them: bytes, so that any obs-text a peer sent goes on as the same bytes."""
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
 
 
 class HttpError(Exception):
     """The peer sent something that is not HTTP/1.1 as the Docker API speaks it."""
 
+    def __init__(self, message: str, status: int = 400, reason: str = "bad_request") -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
 
-@dataclass
+
+class BodyTooLarge(HttpError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"body larger than {limit} bytes", 413, "body_too_large")
+        self.limit = limit
+
+
+@dataclass(frozen=True)
 class Head:
-    start: str  # request line or status line
-    headers: list[tuple[str, str]] = field(default_factory=list)
+    """The headers of one message, as sent (names in their own case)."""
+
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parsed(cls, headers: Any) -> Head:
+        return cls(tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in headers.raw_items()))
 
     def get(self, name: str) -> str | None:
         wanted = name.lower()
-        for key, value in self.headers:
-            if key.lower() == wanted:
-                return value
-        return None
+        return next((value for key, value in self.headers if key.lower() == wanted), None)
 
-    def set(self, name: str, value: str) -> None:
-        self.remove(name)
-        self.headers.append((name, value))
+    def tokens(self, name: str) -> set[str]:
+        """The comma-separated values of every `name` header, lower-cased (as Connection lists them)."""
+        wanted = name.lower()
+        return {token.strip().lower() for key, value in self.headers if key.lower() == wanted
+                for token in value.split(",") if token.strip()}
 
-    def remove(self, name: str) -> None:
-        self.headers = [(k, v) for k, v in self.headers if k.lower() != name.lower()]
-
-    def encode(self) -> bytes:
-        lines = [self.start, *(f"{k}: {v}" for k, v in self.headers), "", ""]
-        return "\r\n".join(lines).encode("latin-1")
-
-    @property
-    def status(self) -> int:
-        parts = self.start.split(" ", 2)
-        if len(parts) < 2 or not parts[1].isdigit():
-            raise HttpError(f"bad status line {self.start!r}")
-        return int(parts[1])
-
-    def closes(self) -> bool:
-        return "close" in (self.get("Connection") or "").lower()
+    def end_to_end(self) -> list[tuple[str, str]]:
+        """The headers to pass on: no hop-by-hop header, nor any the Connection header names."""
+        named = self.tokens("Connection")
+        return [(key, value) for key, value in self.headers
+                if key.lower() not in NOT_FORWARDED and key.lower() not in named]
 
 
-def read_head(rfile: BinaryIO) -> Head | None:
-    """The next message head, or None on a clean end of stream before it."""
-    lines: list[str] = []
-    size = 0
-    while True:
-        line = rfile.readline(MAX_HEAD_BYTES + 1)
-        if not line:
-            if lines:
-                raise HttpError("connection closed in the middle of a message head")
-            return None
-        size += len(line)
-        if size > MAX_HEAD_BYTES:
-            raise HttpError("message head too large")
-        if line in (b"\r\n", b"\n"):
-            if not lines:
-                continue  # tolerate a stray blank line between messages
-            break
-        lines.append(line.decode("latin-1").rstrip("\r\n"))
-    head = Head(lines[0])
-    for text in lines[1:]:
-        name, sep, value = text.partition(":")
-        if not sep or not name or name != name.strip():
-            raise HttpError(f"malformed header line {text!r}")
-        head.headers.append((name, value.strip()))
-    return head
+@dataclass(frozen=True)
+class Incoming:
+    """A request head, checked."""
+
+    method: str
+    target: str
+    head: Head
+    upgrade: bool  # Connection: Upgrade with Upgrade: tcp, as attach and exec start ask
 
 
-def request_has_body(head: Head) -> bool:
-    return head.get("Transfer-Encoding") is not None or int(head.get("Content-Length") or 0) > 0
+def _checked(event: h11.Request) -> Incoming:
+    method, target, head = event.method.decode("ascii"), event.target.decode("ascii"), Head.parsed(event.headers)
+    if method == "CONNECT":
+        raise HttpError("CONNECT is not part of the Docker API.")
+    if head.get("Transfer-Encoding") is not None and head.get("Content-Length") is not None:
+        raise HttpError("the request has both Content-Length and Transfer-Encoding; send one of them.")
+    expect = head.get("Expect")
+    if expect is not None and expect.strip().lower() != "100-continue":
+        raise HttpError(f"Expect: {expect[:40]!r} is not supported; only 100-continue is.")
+    upgrade = head.get("Upgrade")
+    if upgrade is not None:
+        if upgrade.strip().lower() != "tcp":
+            raise HttpError(f"Upgrade: {upgrade[:40]!r} is not supported; attach and exec start take Upgrade: tcp.")
+        if "upgrade" not in head.tokens("Connection"):
+            raise HttpError("Upgrade: tcp must come with Connection: Upgrade.")
+    return Incoming(method, target, head, upgrade is not None)
 
 
-def response_has_body(head: Head, request_method: str) -> bool:
-    return request_method != "HEAD" and head.status not in (204, 304) and not 100 <= head.status < 200
+class _ChunkFraming:
+    """How many bytes a chunked body spent beyond its chunk sizes (extensions, trailers, padding), from h11's
+    events and byte counts: h11 drops those bytes, and the proxy bounds them."""
+
+    def __init__(self, buffered: int) -> None:
+        self.consumed_base = buffered  # bytes of this body h11 had buffered when the head was parsed
+        self.fed = 0
+        self.data = 0
+        self.minimal = 0  # the framing of the chunks done, written plainly ("%x\r\n" DATA "\r\n")
+        self.current = 0  # the size so far of a chunk not yet ended
+
+    def on_data(self, event: h11.Data) -> None:
+        self.data += len(event.data)
+        self.current += len(event.data)
+        if event.chunk_end:
+            self.minimal += len(f"{self.current:x}") + 4
+            self.current = 0
+
+    def beyond_sizes(self, left: int, *, ended: bool) -> int:
+        spent = self.consumed_base + self.fed - left - self.data
+        if ended:
+            return spent - self.minimal - 5  # the last chunk line and the end of the trailers: "0\r\n\r\n"
+        line = len(f"{self.current:x}") + 2 if self.current else 0
+        # Bytes still buffered are a line not yet ended: past the longest plain one, they are extra too.
+        return spent - self.minimal - line + max(0, left - _LONGEST_CHUNK_LINE)
 
 
-def _chunked(head: Head) -> bool:
-    encoding = (head.get("Transfer-Encoding") or "").lower()
-    if encoding and encoding != "chunked":
-        raise HttpError(f"unsupported transfer encoding {encoding!r}")
-    return encoding == "chunked"
+class ClientSide:
+    """One client connection, with h11 as the server."""
 
+    def __init__(self, sock: socket.socket, *, idle_seconds: float, header_seconds: float,
+                 max_head_bytes: int) -> None:
+        self.sock = sock
+        self._idle_seconds = idle_seconds
+        self._header_seconds = header_seconds
+        self._max_head_bytes = max_head_bytes
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head_bytes)
+        self._chunks: _ChunkFraming | None = None
+        self._length: int | None = 0
 
-def _length(head: Head) -> int | None:
-    value = head.get("Content-Length")
-    if value is None:
-        return None
-    if not value.isdigit():
-        raise HttpError(f"bad Content-Length {value!r}")
-    return int(value)
+    def _next(self) -> Any:
+        try:
+            return self._h11.next_event()
+        except h11.RemoteProtocolError as exc:
+            if exc.error_status_hint == 431:
+                raise HttpError(f"the request head is larger than {self._max_head_bytes} bytes.", 431,
+                                "header_too_large") from None
+            raise HttpError(str(exc) or "malformed request", exc.error_status_hint) from None
 
+    def _send(self, event: Any) -> None:
+        if data := self._h11.send(event):  # the end of a body with a length is no byte at all
+            self.sock.sendall(data)
 
-def read_body(rfile: BinaryIO, head: Head, limit: int = MAX_BODY_BYTES) -> bytes:
-    """A whole request or response body, de-chunked; more than `limit` bytes is an error."""
-    if _chunked(head):
+    def _recv(self, timeout: float | None) -> bytes:
+        self.sock.settimeout(timeout)
+        data = self.sock.recv(BLOCK)
+        self._h11.receive_data(data)
+        return data
+
+    def next_request(self) -> Incoming | None:
+        """The next request head, or None when the client closed or stayed idle for the idle timeout. A head
+        must arrive whole within the header timeout of its first byte."""
+        raw = bytearray(self._h11.trailing_data[0])  # what came after the last request
+        deadline = time.monotonic() + self._header_seconds if raw else None
+        while True:
+            event = self._next()
+            if isinstance(event, h11.Request):
+                break
+            if isinstance(event, h11.ConnectionClosed):
+                return None
+            if event is not h11.NEED_DATA:
+                raise HttpError(f"unexpected {type(event).__name__} before a request")
+            try:
+                data = self._recv(self._idle_seconds if deadline is None else max(deadline - time.monotonic(), 0.001))
+            except TimeoutError:
+                if deadline is None:
+                    return None
+                raise HttpError(f"the request head did not arrive whole within {self._header_seconds:g}s.", 408,
+                                "header_timeout") from None
+            if not data and not raw:
+                return None
+            raw += data
+            if deadline is None:
+                deadline = time.monotonic() + self._header_seconds
+        left = len(self._h11.trailing_data[0])
+        head_bytes = bytes(raw[:len(raw) - left])
+        if len(head_bytes) > self._max_head_bytes:
+            raise HttpError(f"the request head is larger than {self._max_head_bytes} bytes.", 431, "header_too_large")
+        if _FOLDED.search(head_bytes):
+            raise HttpError("a header is folded onto a second line (obsolete line folding); send each header on "
+                            "one line.")
+        incoming = _checked(event)
+        chunked = incoming.head.get("Transfer-Encoding") is not None
+        self._chunks = _ChunkFraming(left) if chunked else None
+        self._length = None if chunked else int(incoming.head.get("Content-Length") or 0)
+        return incoming
+
+    def has_body(self) -> bool:
+        """Whether the request declared a body (a length over 0, or chunks)."""
+        return self._length != 0
+
+    def declared_length(self) -> int | None:
+        """The body's length as the client declared it; None for a chunked body."""
+        return self._length
+
+    def body_blocks(self, stall_seconds: float | None = None) -> Iterator[bytes]:
+        """The request body as it arrives, in blocks of at most BLOCK bytes, each within `stall_seconds` (the idle
+        timeout unless given) of the one before. A client that sent `Expect: 100-continue` is told to go on."""
+        stall = self._idle_seconds if stall_seconds is None else stall_seconds
+        if self._h11.they_are_waiting_for_100_continue and self._length != 0:
+            self._send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))
+        while self._h11.their_state is h11.SEND_BODY:
+            pieces: list[bytes] = []
+            while isinstance(event := self._next(), h11.Data):
+                if self._chunks is not None:
+                    self._chunks.on_data(event)
+                pieces.append(bytes(event.data))
+            ended = isinstance(event, h11.EndOfMessage)
+            if not ended and event is not h11.NEED_DATA:
+                raise HttpError(f"unexpected {type(event).__name__} in a request body")
+            self._check_chunks(ended)
+            if pieces:
+                yield b"".join(pieces)
+            if not ended:
+                try:
+                    fed = len(self._recv(stall))
+                except TimeoutError:
+                    raise HttpError(f"the request body stalled for {stall:g}s.", 408, "body_timeout") from None
+                if self._chunks is not None:
+                    self._chunks.fed += fed
+
+    def _check_chunks(self, ended: bool) -> None:
+        if self._chunks is None:
+            return
+        extra = self._chunks.beyond_sizes(len(self._h11.trailing_data[0]), ended=ended)
+        if extra > MAX_CHUNK_EXTRA_BYTES + (0 if ended else _LONGEST_CHUNK_LINE):
+            raise HttpError(f"the chunked body carries {extra} bytes of chunk extensions or trailers; the proxy "
+                            f"takes at most {MAX_CHUNK_EXTRA_BYTES} (and drops them). Send plain chunks.")
+
+    def read_body(self, limit: int = MAX_BODY_BYTES) -> bytes:
+        """The whole request body; more than `limit` bytes is an error."""
         parts: list[bytes] = []
         total = 0
-        while True:
-            size = _chunk_size(rfile.readline(MAX_CHUNK_LINE_BYTES))
-            if size == 0:
-                _skip_trailers(rfile)
-                return b"".join(parts)
-            total += size
+        for block in self.body_blocks():
+            total += len(block)
             if total > limit:
                 raise BodyTooLarge(limit)
-            parts.append(_read_exact(rfile, size))
-            _chunk_end(rfile)
-    length = _length(head)
-    if length is None:
-        data = rfile.read(limit + 1)
-        if len(data) > limit:
-            raise BodyTooLarge(limit)
-        return data
-    if length > limit:
-        raise BodyTooLarge(limit)
-    return _read_exact(rfile, length)
+            parts.append(block)
+        return b"".join(parts)
+
+    def body_stream(self) -> io.BufferedReader:
+        return io.BufferedReader(_BlockReader(self.body_blocks()), BLOCK)
+
+    def waiting_for_continue(self) -> bool:
+        return self._h11.they_are_waiting_for_100_continue
+
+    def send_head(self, status: int, headers: list[tuple[str, str]], length: int | None, reason: str = "") -> None:
+        """A response head; with no length, the body goes in the proxy's own chunks."""
+        framing = [] if length is None else [("Content-Length", str(length))]
+        self.sock.settimeout(None)  # a streaming answer (logs -f, events) has no idle time
+        phrase = (reason or STATUS_TEXT.get(status, "")).encode("latin-1")
+        self._send(h11.Response(status_code=status, headers=wire([*headers, *framing]), reason=phrase))
+
+    def send_data(self, data: bytes) -> None:
+        if data:
+            self._send(h11.Data(data=data))
+
+    def end(self) -> bool:
+        """Ends the response. Returns whether the connection can carry another request."""
+        self._send(h11.EndOfMessage())
+        if self._length == 0 and self._h11.their_state is h11.SEND_BODY:
+            self._next()  # the end of an empty body, which needs no byte more
+        if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
+            self._h11.start_next_cycle()
+            return True
+        return False
+
+    def can_answer(self) -> bool:
+        """Whether no answer to the current request has begun."""
+        return self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE)
+
+    def send_whole(self, status: int, body: bytes, headers: list[tuple[str, str]]) -> bool:
+        self.send_head(status, [("Content-Type", "application/json"), *headers], len(body))
+        self.send_data(body)
+        return self.end()
+
+    def switch(self, headers: list[tuple[str, str]]) -> bytes:
+        """Answers 101 and leaves HTTP; returns what the client sent past its request (raw stream bytes)."""
+        self.sock.settimeout(None)
+        self._send(h11.InformationalResponse(
+            status_code=101, headers=wire([*headers, ("Connection", "Upgrade"), ("Upgrade", "tcp")]),
+            reason=b"UPGRADED"))
+        return self._h11.trailing_data[0]
 
 
-class BodyStream(io.RawIOBase):
-    """A request body read as a stream, de-chunked, never buffered whole."""
+class _BlockReader(io.RawIOBase):
+    """Blocks from an iterator, read as a stream."""
 
-    def __init__(self, rfile: BinaryIO, head: Head) -> None:
-        self._rfile = rfile
-        self._chunked = _chunked(head)
-        self._left = 0 if self._chunked else (_length(head) or 0)
-        self._done = False
+    def __init__(self, blocks: Iterator[bytes]) -> None:
+        self._blocks = blocks
+        self._pending = b""
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        if self._done:
-            return 0
-        if self._left == 0 and self._chunked:
-            self._left = _chunk_size(self._rfile.readline(MAX_CHUNK_LINE_BYTES))
-            if self._left == 0:
-                _skip_trailers(self._rfile)
-                self._done = True
-                return 0
-        if self._left == 0:
-            self._done = True
-            return 0
-        data = self._rfile.read(min(len(buffer), self._left, BLOCK))
-        if not data:
-            raise HttpError("connection closed in the middle of a body")
-        buffer[:len(data)] = data
-        self._left -= len(data)
-        if self._left == 0 and self._chunked:
-            _chunk_end(self._rfile)
-        return len(data)
+        if not self._pending:
+            self._pending = next(self._blocks, b"")
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
 
 
-class BodyTooLarge(HttpError):
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"body larger than {limit} bytes")
-        self.limit = limit
+def splice(client: socket.socket, upstream: socket.socket, *, to_upstream: bytes, to_client: bytes) -> None:
+    """Both directions of an upgraded connection (attach, exec start) until both sides are done, starting with
+    the raw bytes each side sent along with its HTTP head."""
 
-
-def _read_exact(rfile: BinaryIO, size: int) -> bytes:
-    data = rfile.read(size)
-    if len(data) != size:
-        raise HttpError("connection closed in the middle of a body")
-    return data
-
-
-MAX_CHUNK_LINE_BYTES = 1024
-
-
-def _chunk_size(line: bytes) -> int:
-    """The size on a chunk line read with readline(MAX_CHUNK_LINE_BYTES). A line cut at the limit is refused, never
-    read in parts: the engine reads longer lines, and two readers disagreeing on where a body ends is smuggling."""
-    if not line.endswith(b"\n"):
-        raise HttpError(f"chunk size line longer than {MAX_CHUNK_LINE_BYTES} bytes, or cut off")
-    digits = line.split(b";", 1)[0].strip()
-    if not digits or any(c not in b"0123456789abcdefABCDEF" for c in digits):
-        raise HttpError(f"bad chunk size line {line[:80]!r}")
-    return int(digits, 16)
-
-
-def _chunk_end(rfile: BinaryIO) -> None:
-    if rfile.readline(3) not in (b"\r\n", b"\n"):
-        raise HttpError("a chunk does not end where its size says")
-
-
-def _skip_trailers(rfile: BinaryIO) -> None:
-    while rfile.readline(MAX_HEAD_BYTES) not in (b"\r\n", b"\n", b""):
-        pass
-
-
-def relay_body(rfile: BinaryIO, out: socket.socket, head: Head) -> bool:
-    """Copy a body as it arrives, chunks framed anew by the proxy (the peer's chunk lines, extensions and trailers
-    are never passed on). Returns False when it ran until the peer closed."""
-    if _chunked(head):
-        while True:
-            size = _chunk_size(rfile.readline(MAX_CHUNK_LINE_BYTES))
-            if size == 0:
-                _skip_trailers(rfile)
-                out.sendall(b"0\r\n\r\n")
-                return True
-            out.sendall(f"{size:x}\r\n".encode() + _read_exact(rfile, size) + b"\r\n")
-            _chunk_end(rfile)
-    length = _length(head)
-    if length is None:
-        _copy_until_close(rfile, out)
-        return False
-    while length > 0:
-        block = rfile.read1(min(length, BLOCK))  # type: ignore[attr-defined]
-        if not block:
-            raise HttpError("connection closed in the middle of a body")
-        out.sendall(block)
-        length -= len(block)
-    return True
-
-
-def _copy_until_close(rfile: BinaryIO, out: socket.socket) -> None:
-    while block := rfile.read1(BLOCK):  # type: ignore[attr-defined]
-        out.sendall(block)
-
-
-def splice(client: socket.socket, client_r: BinaryIO, upstream: socket.socket, upstream_r: BinaryIO) -> None:
-    """Both directions of a hijacked connection (attach, exec start) until both sides are done."""
-
-    def one_way(source: BinaryIO, sink: socket.socket) -> None:
+    def one_way(source: socket.socket, sink: socket.socket) -> None:
         try:
-            _copy_until_close(source, sink)
+            while block := source.recv(BLOCK):
+                sink.sendall(block)
         except OSError:
             pass  # the other side went away; the finally below tells the peer
         finally:
             with contextlib.suppress(OSError):  # already closed
                 sink.shutdown(socket.SHUT_WR)
 
-    upward = threading.Thread(target=one_way, args=(client_r, upstream), daemon=True)
+    client.settimeout(None)
+    upstream.settimeout(None)
+    upstream.sendall(to_upstream)
+    client.sendall(to_client)
+    upward = threading.Thread(target=one_way, args=(client, upstream), daemon=True)
     upward.start()
-    one_way(upstream_r, client)
+    one_way(upstream, client)
     upward.join()
-
-
-def response(status: int, reason: str, body: bytes, content_type: str = "application/json",
-             extra: list[tuple[str, str]] | None = None) -> bytes:
-    head = Head(f"HTTP/1.1 {status} {reason}", [("Content-Type", content_type), ("Content-Length", str(len(body))),
-                                                 *(extra or [])])
-    return head.encode() + body

@@ -12,68 +12,82 @@ import socketserver
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import urlencode
 
 from ds01 import containers, events
 from ds01.allocator import Allocator
+from ds01.config import ProxySettings, load_proxy_settings
 from ds01.daemon import only_instance, stop_on_signals
-from ds01.errors import Busy, Denied, Ds01Error, EngineError
+from ds01.errors import Busy, ConfigError, Denied, Ds01Error, EngineError
+from ds01.limits import Config
 from ds01.proxy import http
 from ds01.proxy.binds import Pins
 from ds01.proxy.gate import Gate
+from ds01.proxy.link import EngineLink
 from ds01.proxy.outcomes import Deny, Forward, Reply, Request
 from ds01.proxy.routes import classify
-from ds01.proxy.session import Session, peer_uid
+from ds01.proxy.session import Session, Sessions, peer_uid
 from ds01.proxy.upstream import Upstream
 
-_STATUS_TEXT = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 413: "Payload Too Large",
-                500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
-_RAW_STREAMS = ("application/vnd.docker.raw-stream", "application/vnd.docker.multiplexed-stream")
+_ANSWER_BYTES = 16 * http.MAX_BODY_BYTES  # the most of an engine answer the proxy reads whole (for `after`)
+DISCARD_LIMIT_BYTES = 64 * 2**20
+DISCARD_SECONDS = 5.0
 
 
-def _error(status: int, reason: str, message: str) -> bytes:
-    body = json.dumps({"message": f"ds01: {message}"}).encode()
-    return http.response(status, _STATUS_TEXT.get(status, "Error"), body,
-                         extra=[("X-DS01-Reason", reason), ("Connection", "close")])
-
-
-def _is_raw_stream(response: http.Head) -> bool:
-    if response.status == 101:
-        return True
-    framed = response.get("Content-Length") is not None or response.get("Transfer-Encoding") is not None
-    return response.status == 200 and not framed and (response.get("Content-Type") or "") in _RAW_STREAMS
+def _error_body(reason: str, message: str) -> tuple[bytes, list[tuple[str, str]]]:
+    return json.dumps({"message": f"ds01: {message}"}).encode(), [("X-DS01-Reason", reason), ("Connection", "close")]
 
 
 class _Link:
-    """The upstream connection that serves one client connection, opened on first use and kept alive."""
+    """The engine connection that serves one client connection, opened on first use and kept alive."""
 
     def __init__(self, upstream: Upstream) -> None:
         self._upstream = upstream
-        self.sock: socket.socket | None = None
-        self.rfile: BinaryIO | None = None
+        self.link: EngineLink | None = None
 
-    def open(self) -> tuple[socket.socket, BinaryIO]:
-        if self.sock is None or self.rfile is None:
-            self.sock = self._upstream.connect()
-            self.rfile = self.sock.makefile("rb")
-        return self.sock, self.rfile
+    def open(self) -> EngineLink:
+        if self.link is None:
+            self.link = EngineLink(self._upstream.connect())
+        return self.link
 
     def close(self) -> None:
-        if self.sock is not None:
+        if self.link is not None:
             with contextlib.suppress(OSError):
-                self.sock.close()
-        self.sock = self.rfile = None
+                self.link.sock.close()
+        self.link = None
+
+
+class _Settings:
+    """The proxy: section, read again whenever the proxy's configuration is reloaded."""
+
+    def __init__(self, sessions: Sessions) -> None:
+        self._sessions = sessions
+        self._config: Config | None = None
+        self._settings = ProxySettings()
+        self._lock = threading.Lock()
+
+    def __call__(self) -> ProxySettings:
+        config = self._sessions.current_config()
+        with self._lock:
+            if config is not self._config:
+                self._config = config
+                with contextlib.suppress(ConfigError, OSError):  # as with the rest: the last good one stays
+                    self._settings = load_proxy_settings(config.source)
+            return self._settings
 
 
 class Proxy:
-    def __init__(self, gate: Gate, upstream: Upstream) -> None:
+    def __init__(self, gate: Gate, upstream: Upstream,
+                 settings: Callable[[], ProxySettings] | None = None) -> None:
         self.gate = gate
         self.upstream = upstream
+        self.settings = settings or _Settings(gate.sessions)
         self.draining = threading.Event()
         self._idle: dict[socket.socket, bool] = {}
+        self._per_user: Counter[str] = Counter()
         self._connections_lock = threading.Lock()
 
     def open_connections(self) -> int:
@@ -92,52 +106,91 @@ class Proxy:
                     with contextlib.suppress(OSError):
                         client.shutdown(socket.SHUT_RDWR)
 
+    def _admit(self, user: str, most: int) -> bool:
+        """Counts a connection of `user`, unless they have `most` open already."""
+        with self._connections_lock:
+            if self._per_user[user] >= most:
+                return False
+            self._per_user[user] += 1
+            return True
+
+    def _leave(self, user: str) -> None:
+        with self._connections_lock:
+            self._per_user[user] -= 1
+            if self._per_user[user] <= 0:
+                del self._per_user[user]
+
     def serve(self, client: socket.socket) -> None:
         self._mark(client, idle=True)
+        settings = self.settings()
+        side = http.ClientSide(client, idle_seconds=settings.idle_timeout_seconds,
+                               header_seconds=settings.header_timeout_seconds,
+                               max_head_bytes=settings.max_header_bytes)
         link = _Link(self.upstream)
+        admitted = user = None
         try:
-            uid = peer_uid(client)
-            try:
-                session = self.gate.sessions.for_uid(uid)
-            except Ds01Error as exc:
-                events.emit("proxy.deny", source="proxy", user=None, uid=uid, endpoint="connect",
-                            verdict="deny", reason="unknown_user")
-                client.sendall(_error(403, "unknown_user", str(exc)))
-                return
-            rfile = client.makefile("rb")
+            session = self._session(peer_uid(client), settings.max_connections_per_user)
+            if isinstance(session, Session):
+                admitted = user = session.caller.user
             while not self.draining.is_set():
                 self._mark(client, idle=True)
-                head = http.read_head(rfile)
-                if head is None:
+                incoming = side.next_request()
+                if incoming is None:
                     return
                 self._mark(client, idle=False)
-                if not self._exchange(client, rfile, link, session, head):
+                if isinstance(session, Deny):
+                    # Answered to the first request, not at connect: a client still writing it would read a reset.
+                    self._refuse(side, session)
+                    return
+                if not self._exchange(side, link, session, incoming):
                     return
         except http.HttpError as exc:
+            events.emit("proxy.deny", source="proxy", user=user, endpoint="framing", verdict="deny",
+                        reason=exc.reason, message=str(exc))
             with contextlib.suppress(OSError):
-                client.sendall(_error(400, "bad_request", str(exc)))
+                if side.can_answer():
+                    side.send_whole(exc.status, *_error_body(exc.reason, str(exc)))
         except OSError:
             pass  # the client or the engine hung up; nothing is left to answer
         finally:
             link.close()
+            if admitted is not None:
+                self._leave(admitted)
             with self._connections_lock:
                 self._idle.pop(client, None)
 
-    def _exchange(self, client: socket.socket, rfile: BinaryIO, link: _Link, session: Session,
-                  head: http.Head) -> bool:
-        """One request and its response. Returns whether the connection can carry another."""
-        parts = head.start.split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            raise http.HttpError(f"bad request line {head.start!r}")
-        method, target, _version = parts
-        path, _, query = target.partition("?")
-        _answer_expect(client, head)
+    def _session(self, uid: int, most: int) -> Session | Deny:
+        """Who is calling, or why their connection is refused."""
+        try:
+            session = self.gate.sessions.for_uid(uid)
+        except Ds01Error as exc:
+            events.emit("proxy.deny", source="proxy", user=None, uid=uid, endpoint="connect", verdict="deny",
+                        reason="unknown_user")
+            return Deny("unknown_user", str(exc))
+        if self._admit(session.caller.user, most):
+            return session
+        message = (f"you have {most} connections open to the ds01 proxy, the most one user may have "
+                   "(proxy.max_connections_per_user). Close some (docker logs -f, docker events, attached "
+                   "sessions, idle clients) and try again.")
+        events.emit("proxy.deny", source="proxy", user=session.caller.user, uid=uid, endpoint="connect",
+                    verdict="deny", reason="too_many_connections", message=message)
+        return Deny("too_many_connections", message, 429)
+
+    def _refuse(self, side: http.ClientSide, deny: Deny) -> None:
+        if side.has_body() and not side.waiting_for_continue():
+            _discard_body(side)
+        side.send_whole(deny.status, *_error_body(deny.reason, deny.message))
+
+    def _exchange(self, side: http.ClientSide, link: _Link, session: Session, incoming: http.Incoming) -> bool:
+        """One request and its answer. Returns whether the connection can carry another."""
+        method, head = incoming.method, incoming.head
+        path, _, query = incoming.target.partition("?")
         buffered: list[bytes] = []
 
         def read_body() -> bytes:
             if not buffered:
                 try:
-                    buffered.append(http.read_body(rfile, head) if http.request_has_body(head) else b"")
+                    buffered.append(side.read_body())
                 except http.BodyTooLarge as exc:
                     raise Denied("body_too_large", f"the request body is larger than {exc.limit} bytes") from None
             return buffered[0]
@@ -148,25 +201,30 @@ class Proxy:
             if buffered:
                 raise Ds01Error("the request body was already read")
             buffered.append(b"")  # consumed: nothing is left to relay
-            streamed.append(io.BufferedReader(http.BodyStream(rfile, head), http.BLOCK))
+            streamed.append(side.body_stream())
             return streamed[0]
 
         request = Request(session, method, path, query, classify(method, path), head, read_body, body_stream)
         outcome = self._decide(request)
+        if incoming.upgrade and not (isinstance(outcome, Forward) and outcome.hijack):
+            _abandon(outcome)
+            outcome = Deny("bad_request", (
+                f"{method} {path} asked to upgrade the connection (Upgrade: tcp); only attach "
+                "(POST /containers/ID/attach) and exec start (POST /exec/ID/start) upgrade. Send it without the "
+                "Upgrade and Connection: Upgrade headers."), 400)
         user = session.caller.user
         if isinstance(outcome, Deny):
             events.emit("proxy.deny", source="proxy", user=user, endpoint=f"{method} {path}", verdict="deny",
                         reason=outcome.reason, message=outcome.message)
-            if streamed or (not buffered and http.request_has_body(head)):
-                _discard_body(client, streamed[0] if streamed else http.BodyStream(rfile, head))
-            client.sendall(_error(outcome.status, outcome.reason, outcome.message))
+            if (streamed or (not buffered and side.has_body())) and not side.waiting_for_continue():
+                _discard_body(side)
+            side.send_whole(outcome.status, *_error_body(outcome.reason, outcome.message))
             return False
         events.emit("proxy.allow", source="proxy", user=user, endpoint=f"{method} {path}", verdict="allow",
                     reason=request.route.kind)
         if isinstance(outcome, Reply):
-            client.sendall(http.response(outcome.status, "OK", json.dumps(outcome.body).encode()))
-            return not head.closes()
-        return self._forward(client, rfile, link, head, outcome, buffered=buffered)
+            return side.send_whole(outcome.status, json.dumps(outcome.body).encode(), [])
+        return self._forward(side, link, incoming, outcome, buffered)
 
     def _decide(self, request: Request) -> Deny | Reply | Forward:
         try:
@@ -174,7 +232,7 @@ class Proxy:
         except Denied as denial:
             return Deny(denial.reason, denial.message, 413 if denial.reason == "body_too_large" else 403)
         except http.HttpError as exc:  # the body's framing, found bad while the gate read it
-            return Deny("bad_request", f"the request is not HTTP/1.1 as the Docker API speaks it: {exc}", 400)
+            return Deny(exc.reason, f"the request is not HTTP/1.1 as the Docker API speaks it: {exc}", exc.status)
         except Busy as exc:
             return Deny("busy", str(exc), 503)
         except EngineError as exc:
@@ -187,37 +245,40 @@ class Proxy:
             return Deny("internal_error", f"internal error in the ds01 proxy ({type(exc).__name__}); it was logged "
                                           "for the admin.", 500)
 
-    def _forward(self, client: socket.socket, rfile: BinaryIO, link: _Link, head: http.Head, forward: Forward, *,
+    def _forward(self, side: http.ClientSide, link: _Link, incoming: http.Incoming, forward: Forward,
                  buffered: list[bytes]) -> bool:
         after: Callable[[int | None, bytes], None] | None = forward.after
+        answered = False
         try:
-            upstream, upstream_r = link.open()
-            head.start = " ".join([head.start.split(" ")[0], forward.target, "HTTP/1.1"])
-            _send_request(upstream, rfile, head, forward, buffered)
-            answer = _final_answer(upstream_r)
-            method = head.start.split(" ")[0]
+            engine = link.open()
+            _send_request(engine, side, incoming, forward, buffered)
+            answer = engine.answer()
+            headers = answer.head.end_to_end()
+            if answer.switched:
+                upward = side.switch(headers)
+                answered = True
+                http.splice(side.sock, engine.sock, to_upstream=upward, to_client=engine.raw_rest())
+                return False
             if after is not None:
-                data = http.read_body(upstream_r, answer, limit=16 * http.MAX_BODY_BYTES) \
-                    if http.response_has_body(answer, method) else b""
+                data = engine.read_body(_ANSWER_BYTES)
                 callback, after = after, None
                 callback(answer.status, data)
                 data = _with_warnings(answer.status, data, forward.warnings)
-                answer.remove("Transfer-Encoding")
-                answer.set("Content-Length", str(len(data)))
-                client.sendall(answer.encode() + data)
-            elif forward.hijack and _is_raw_stream(answer):
-                client.sendall(answer.encode())
-                http.splice(client, rfile, upstream, upstream_r)
-                return False
+                side.send_head(answer.status, headers, len(data), answer.reason)
+                answered = True
+                side.send_data(data)
             else:
-                client.sendall(answer.encode())
-                if http.response_has_body(answer, method) and not http.relay_body(upstream_r, client, answer):
-                    return False
-            if answer.closes():
+                side.send_head(answer.status, headers, answer.length, answer.reason)
+                answered = True
+                for block in engine.body():
+                    side.send_data(block)
+            if not engine.reusable():
                 link.close()
-            return not head.closes()
+            return side.end()
         except EngineError as exc:
-            client.sendall(_error(502, "engine_error", str(exc)))
+            link.close()
+            if not answered:
+                side.send_whole(502, *_error_body("engine_error", str(exc)))
             return False
         finally:
             if forward.body_file is not None:
@@ -226,69 +287,47 @@ class Proxy:
                 after(None, b"")
 
 
-def _answer_expect(client: socket.socket, head: http.Head) -> None:
-    """The proxy answers `Expect: 100-continue` itself and never passes it on: the engine's interim 100 must not be
-    taken for its answer (a create's grant would be released while the container holds the devices)."""
-    expect = head.get("Expect")
-    if expect is None:
-        return
-    if expect.lower() != "100-continue":
-        raise http.HttpError(f"Expect: {expect[:40]!r} is not supported; only 100-continue is")
-    head.remove("Expect")
-    if http.request_has_body(head):
-        client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+def _abandon(outcome: Deny | Reply | Forward) -> None:
+    """Undo what the gate prepared for a request that is refused after all."""
+    if isinstance(outcome, Forward):
+        if outcome.body_file is not None:
+            outcome.body_file.close()
+        if outcome.after is not None:
+            outcome.after(None, b"")
 
 
-def _final_answer(upstream_r: BinaryIO) -> http.Head:
-    """The engine's answer, past any interim 1xx (101, the switch to a raw stream, is final)."""
-    while True:
-        answer = http.read_head(upstream_r)
-        if answer is None:
-            raise EngineError("the engine closed the connection without answering")
-        if not 100 <= answer.status < 200 or answer.status == 101:
-            return answer
-
-
-DISCARD_LIMIT_BYTES = 64 * 2**20
-DISCARD_SECONDS = 5.0
-
-
-def _discard_body(client: socket.socket, stream: BinaryIO | io.RawIOBase) -> None:
+def _discard_body(side: http.ClientSide) -> None:
     """Read and drop the rest of a refused request's body (up to a bound), so that a client still sending it, such
     as docker cp, reads the refusal instead of failing on a closed socket."""
-    client.settimeout(DISCARD_SECONDS)
+    deadline = time.monotonic() + DISCARD_SECONDS
     left = DISCARD_LIMIT_BYTES
     with contextlib.suppress(OSError, http.HttpError):
-        while left > 0 and (block := stream.read(min(http.BLOCK, left))):
+        for block in side.body_blocks(stall_seconds=DISCARD_SECONDS):
             left -= len(block)
-    client.settimeout(None)
+            if left <= 0 or time.monotonic() > deadline:
+                break
 
 
-def _send_request(upstream: socket.socket, rfile: BinaryIO, head: http.Head, forward: Forward,
+def _send_request(engine: EngineLink, side: http.ClientSide, incoming: http.Incoming, forward: Forward,
                   buffered: list[bytes]) -> None:
-    """The request upstream: a replacement body (spooled or in memory), the buffered one, or the client's own."""
+    """The request upstream, framed by the proxy: a replacement body (spooled or in memory), the buffered one, or
+    the client's own as it arrives."""
+    method, headers, upgrade = incoming.method, incoming.head.end_to_end(), incoming.upgrade and forward.hijack
     body = forward.body if forward.body is not None else (buffered[0] if buffered else None)
     if forward.body_file is not None:
-        _send_file(upstream, head, forward.body_file)
+        length = forward.body_file.seek(0, io.SEEK_END)
+        forward.body_file.seek(0)
+        engine.send_request(method, forward.target, headers, length, upgrade=upgrade)
+        while block := forward.body_file.read(http.BLOCK):
+            engine.send_data(block)
     elif body is not None:
-        head.remove("Transfer-Encoding")
-        head.set("Content-Length", str(len(body)))
-        upstream.sendall(head.encode() + body)
+        engine.send_request(method, forward.target, headers, len(body), upgrade=upgrade)
+        engine.send_data(body)
     else:
-        upstream.sendall(head.encode())
-        if http.request_has_body(head):
-            http.relay_body(rfile, upstream, head)
-
-
-def _send_file(upstream: socket.socket, head: http.Head, body: BinaryIO) -> None:
-    """A spooled body, sent with its own length from its first byte."""
-    length = body.seek(0, io.SEEK_END)
-    body.seek(0)
-    head.remove("Transfer-Encoding")
-    head.set("Content-Length", str(length))
-    upstream.sendall(head.encode())
-    while block := body.read(http.BLOCK):
-        upstream.sendall(block)
+        engine.send_request(method, forward.target, headers, side.declared_length(), upgrade=upgrade)
+        for block in side.body_blocks():
+            engine.send_data(block)
+    engine.end_request()
 
 
 def _with_warnings(status: int, data: bytes, warnings: tuple[str, ...]) -> bytes:
@@ -319,48 +358,21 @@ class _Handler(socketserver.BaseRequestHandler):
 def watch_engine(upstream: Upstream, allocator: Allocator, pins: Pins, stop: threading.Event) -> None:
     """From the engine's event stream: release the GPUs and pinned bind sources of the containers it removes on
     its own (--rm, prune), and record the containers the kernel's OOM killer hit."""
-    query = urlencode({"filters": json.dumps({"type": ["container"], "event": ["destroy", "oom"]})})
     while not stop.is_set():
         try:
-            sock = upstream.connect()
-            with sock, sock.makefile("rb") as stream:
-                sock.sendall(f"GET /v1.41/events?{query} HTTP/1.1\r\nHost: docker\r\n\r\n".encode())
-                answer = http.read_head(stream)
-                if answer is None or answer.status != 200:
-                    raise EngineError(f"the engine refused its event stream: {answer and answer.start}")
-                for line in _event_lines(stream, answer):
-                    event = json.loads(line)
-                    actor = event.get("Actor") or {}
-                    container_id = event.get("id") or actor.get("ID", "")
-                    if event.get("status") == "oom" or event.get("Action") == "oom":
-                        attributes = actor.get("Attributes") or {}
-                        events.emit("container.oom", source="engine", user=attributes.get(containers.USER),
-                                    container=attributes.get("name"), id=container_id)
-                    else:
-                        allocator.release_container(container_id)
-                        pins.release((actor.get("Attributes") or {}).get(containers.BIND_KEY) or "")
+            for event in upstream.events({"type": ["container"], "event": ["destroy", "oom"]}):
+                actor = event.get("Actor") or {}
+                container_id = event.get("id") or actor.get("ID", "")
+                if event.get("status") == "oom" or event.get("Action") == "oom":
+                    attributes = actor.get("Attributes") or {}
+                    events.emit("container.oom", source="engine", user=attributes.get(containers.USER),
+                                container=attributes.get("name"), id=container_id)
+                else:
+                    allocator.release_container(container_id)
+                    pins.release((actor.get("Attributes") or {}).get(containers.BIND_KEY) or "")
         except (OSError, EngineError, http.HttpError, ValueError, Ds01Error) as exc:
             events.emit("proxy.event_stream_lost", source="proxy", error=str(exc))
             stop.wait(2.0)
-
-
-def _event_lines(stream: BinaryIO, answer: http.Head) -> Any:
-    chunked = (answer.get("Transfer-Encoding") or "").lower() == "chunked"
-    pending = b""
-    while True:
-        if chunked:
-            size = int(stream.readline().split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                return
-            pending += stream.read(size)
-            stream.readline()
-        else:
-            block = stream.read1(http.BLOCK)  # type: ignore[attr-defined]
-            if not block:
-                return
-            pending += block
-        *lines, pending = pending.split(b"\n")
-        yield from (line for line in lines if line.strip())
 
 
 def serve_forever(proxy: Proxy, listen: Path, run_dir: Path, drain_seconds: float,

@@ -1,27 +1,21 @@
-"""The proxy's door to the real engine: raw sockets for forwarding, and small JSON calls for its own checks."""
+"""The proxy's door to the real engine: sockets for forwarding, small JSON calls for its own checks, and the
+engine's event stream. All of it speaks HTTP through `ds01.proxy.link` (h11)."""
 
 from __future__ import annotations
 
-import http.client
+import contextlib
 import json
 import socket
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from ds01.errors import ConfigError, EngineError
+from ds01.proxy.link import EngineLink
 
 API_PREFIX = "/v1.41"  # the oldest API every supported engine speaks, for the proxy's own calls
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self._path)
+MAX_CALL_ANSWER_BYTES = 64 * 2**20
+MAX_EVENT_BYTES = 2**20  # one line of the event stream
 
 
 class Upstream:
@@ -42,33 +36,36 @@ class Upstream:
         try:
             if self.unix_path is not None:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.connect(self.unix_path)
+                try:
+                    sock.connect(self.unix_path)
+                except OSError:
+                    sock.close()
+                    raise
                 return sock
-            return socket.create_connection(self.address, timeout=self.timeout)
+            sock = socket.create_connection(self.address, timeout=self.timeout)
+            sock.settimeout(None)  # forwarded answers may take as long as the engine needs (pull, wait, logs -f)
+            return sock
         except OSError as exc:
             raise EngineError(f"cannot reach the Docker engine at {self.url}: {exc.strerror or exc}. "
                               "Is dockerd running?") from exc
-
-    def _connection(self) -> http.client.HTTPConnection:
-        if self.unix_path is not None:
-            return _UnixConnection(self.unix_path, self.timeout)
-        return http.client.HTTPConnection(*self.address, timeout=self.timeout)
 
     def call(self, method: str, path: str, query: dict[str, str] | None = None,
              body: dict[str, Any] | None = None) -> tuple[int, Any]:
         """One JSON request on its own connection: (status, decoded body or None)."""
         target = API_PREFIX + path + (f"?{urlencode(query)}" if query else "")
-        connection = self._connection()
-        try:
-            payload = None if body is None else json.dumps(body).encode()
-            headers = {"Content-Type": "application/json"} if payload is not None else {}
-            connection.request(method, target, body=payload, headers=headers)
-            answer = connection.getresponse()
-            raw = answer.read()
-        except OSError as exc:
-            raise EngineError(f"the Docker engine at {self.url} failed on {method} {path}: {exc}") from exc
-        finally:
-            connection.close()
+        payload = b"" if body is None else json.dumps(body).encode()
+        with contextlib.closing(self.connect()) as sock:
+            sock.settimeout(self.timeout)
+            link = EngineLink(sock)
+            try:
+                link.send_request(method, target, [("Content-Type", "application/json")] if payload else [],
+                                  len(payload))
+                link.send_data(payload)
+                link.end_request()
+                answer = link.answer()
+                raw = link.read_body(MAX_CALL_ANSWER_BYTES)
+            except OSError as exc:
+                raise EngineError(f"the Docker engine at {self.url} failed on {method} {path}: {exc}") from exc
         try:
             decoded = json.loads(raw) if raw else None
         except ValueError:
@@ -87,3 +84,25 @@ class Upstream:
         if status != 200 or not isinstance(body, dict):
             raise EngineError(f"the Docker engine answered {status} to an inspect of {kind} {name}: {body}")
         return body
+
+    def events(self, filters: dict[str, list[str]]) -> Iterator[dict[str, Any]]:
+        """The engine's events as they happen, until it ends the stream."""
+        target = f"{API_PREFIX}/events?{urlencode({'filters': json.dumps(filters)})}"
+        with contextlib.closing(self.connect()) as sock:
+            link = EngineLink(sock)
+            link.send_request("GET", target, [], 0)
+            link.end_request()
+            answer = link.answer()
+            if answer.status != 200:
+                raise EngineError(f"the engine refused its event stream: {answer.status} {answer.reason}")
+            pending = b""
+            for block in link.body():
+                *lines, pending = (pending + block).split(b"\n")
+                if len(pending) > MAX_EVENT_BYTES:
+                    raise EngineError(f"the engine sent an event longer than {MAX_EVENT_BYTES} bytes")
+                for line in lines:
+                    if line.strip():
+                        event = json.loads(line)
+                        if not isinstance(event, dict):
+                            raise EngineError(f"the engine sent an event that is not an object: {line[:80]!r}")
+                        yield event
