@@ -1,5 +1,5 @@
-"""The proxy's own surface, attacked with raw bytes as alice: old API versions and chunk framing (issue 10's first
-step). Each test asserts what the engine ended up with."""
+"""The proxy's own surface, attacked with raw bytes: old API versions, Expect on a GPU create, names and volumes of
+others (the framing itself: test_proxy_framing.py). Each test asserts what the engine ended up with."""
 
 from __future__ import annotations
 
@@ -61,22 +61,6 @@ def test_an_old_api_version_cannot_start_a_container_privileged(proxy: ProxyHand
         assert started.returncode == 0, started.stderr
     finally:
         engine.containers.get("old-api").remove(force=True)
-
-
-def test_a_long_chunk_line_smuggles_nothing(proxy: ProxyHandle, engine: docker.DockerClient) -> None:
-    created = proxy.as_user("alice", "docker", "create", "--name", "smuggle-host", TEST_IMAGE, "true")
-    assert created.returncode == 0, created.stderr
-    smuggled = json.dumps({"Image": TEST_IMAGE, "HostConfig": {"Privileged": True}})
-    inner = (f"POST /v1.41/containers/create?name=smuggled HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\n"
-             f"Content-Length: {len(smuggled)}\r\n\r\n{smuggled}")
-    try:
-        for line in (b"0;" + b"x" * 2000, b"0 ;" + b"y" * 1100):  # between the proxy's 1,024 and the engine's 4,096
-            answer = send_raw(proxy, "alice", b"POST /v1.41/containers/smuggle-host/start HTTP/1.1\r\nHost: d\r\n"
-                              b"Transfer-Encoding: chunked\r\n\r\n" + line + b"\r\n\r\n" + inner.encode())
-            assert answer.startswith("HTTP/1.1 400"), answer
-        assert not engine.containers.list(all=True, filters={"name": "smuggled"})
-    finally:
-        engine.containers.get("smuggle-host").remove(force=True)
 
 
 def test_expect_100_continue_keeps_the_gpu_grant_of_the_created_container(proxy: ProxyHandle,
