@@ -224,7 +224,7 @@ class Proxy:
                     reason=request.route.kind)
         if isinstance(outcome, Reply):
             return side.send_whole(outcome.status, json.dumps(outcome.body).encode(), [])
-        return self._forward(side, link, incoming, outcome, buffered)
+        return self._forward(side, link, request, incoming, outcome, buffered=buffered)
 
     def _decide(self, request: Request) -> Deny | Reply | Forward:
         try:
@@ -245,8 +245,8 @@ class Proxy:
             return Deny("internal_error", f"internal error in the ds01 proxy ({type(exc).__name__}); it was logged "
                                           "for the admin.", 500)
 
-    def _forward(self, side: http.ClientSide, link: _Link, incoming: http.Incoming, forward: Forward,
-                 buffered: list[bytes]) -> bool:
+    def _forward(self, side: http.ClientSide, link: _Link, request: Request, incoming: http.Incoming,
+                 forward: Forward, *, buffered: list[bytes]) -> bool:
         after: Callable[[int | None, bytes], None] | None = forward.after
         answered = False
         try:
@@ -259,11 +259,13 @@ class Proxy:
                 answered = True
                 http.splice(side.sock, engine.sock, to_upstream=upward, to_client=engine.raw_rest())
                 return False
-            if after is not None:
+            if after is not None or answer.status >= 400:  # errors are read whole: the gate filters them
                 data = engine.read_body(_ANSWER_BYTES)
-                callback, after = after, None
-                callback(answer.status, data)
+                if after is not None:
+                    callback, after = after, None
+                    callback(answer.status, data)
                 data = _with_warnings(answer.status, data, forward.warnings)
+                data = self.gate.error_answer(request, answer.status, data)
                 side.send_head(answer.status, headers, len(data), answer.reason)
                 answered = True
                 side.send_data(data)

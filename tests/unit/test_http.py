@@ -116,6 +116,9 @@ class StubGate:
         self.seen.append(request)
         return self.decide_with(request)
 
+    def error_answer(self, _request: Request, status: int, data: bytes) -> bytes:
+        return b'{"message": "filtered"}' if status == 409 else data
+
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 
@@ -358,6 +361,14 @@ def test_hop_by_hop_headers_are_dropped_both_ways_and_the_host_is_the_proxys() -
     [(status, headers, _)] = responses(raw)
     assert status == 200 and headers["api-version"] == "1.47"
     assert not set(headers) & {"x-secret", "keep-alive", "trailer"}
+
+
+def test_an_engine_error_goes_through_the_gates_filter_with_its_own_length() -> None:
+    engine = FakeEngine(b"HTTP/1.1 409 Conflict\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+                        b"\r\n11\r\n{\"message\": \"id\"}\r\n0\r\n\r\n")
+    [(status, headers, body)] = responses(exchange(b"POST /v1.41/containers/create?name=x HTTP/1.1\r\nHost: d\r\n"
+                                                   b"Content-Length: 2\r\n\r\n{}", engine=engine))
+    assert (status, body) == (409, b'{"message": "filtered"}') and headers["content-length"] == str(len(body))
 
 
 def test_upgrade_on_a_route_that_does_not_hijack_is_refused() -> None:
