@@ -155,7 +155,10 @@ class ClientSide:
             if exc.error_status_hint == 431:
                 raise HttpError(f"the request head is larger than {self._max_head_bytes} bytes.", 431,
                                 "header_too_large") from None
-            raise HttpError(str(exc) or "malformed request", exc.error_status_hint) from None
+            said = str(exc) or "malformed request"
+            said = said if len(said) <= 120 else f"{said[:120]}..."
+            raise HttpError(f"the request is not HTTP/1.1 as the Docker API speaks it ({said}); send plain "
+                            "HTTP/1.1, as current Docker clients do.", exc.error_status_hint) from None
 
     def _send(self, event: Any) -> None:
         if data := self._h11.send(event):  # the end of a body with a length is no byte at all

@@ -232,7 +232,7 @@ class Proxy:
         except Denied as denial:
             return Deny(denial.reason, denial.message, 413 if denial.reason == "body_too_large" else 403)
         except http.HttpError as exc:  # the body's framing, found bad while the gate read it
-            return Deny(exc.reason, f"the request is not HTTP/1.1 as the Docker API speaks it: {exc}", exc.status)
+            return Deny(exc.reason, str(exc), exc.status)
         except Busy as exc:
             return Deny("busy", str(exc), 503)
         except EngineError as exc:
