@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -32,6 +31,7 @@ from ds01.limits import (
     EventLogSettings,
     Exemption,
     GroupRule,
+    ProxySettings,
     SecuritySettings,
     UserRule,
 )
@@ -300,16 +300,6 @@ BARE_METAL_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
 }
 
 
-@dataclass(frozen=True)
-class ProxySettings:
-    """The proxy's bounds on its clients' connections (the `proxy:` section)."""
-
-    idle_timeout_seconds: int = 300  # a kept-alive connection waiting for its next request is closed after this
-    header_timeout_seconds: int = 30  # a request head must arrive whole within this, from its first byte
-    max_header_bytes: int = 64 * 2**10  # request line and headers together
-    max_connections_per_user: int = 64  # open connections to the proxy at once, admins included
-
-
 PROXY_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "idle_timeout": ("idle_timeout_seconds", _positive_duration),
     "header_timeout": ("header_timeout_seconds", _positive_duration),
@@ -401,17 +391,10 @@ def _proxy(reader: _Reader, top: _Entries) -> ProxySettings:
         else ProxySettings()
 
 
-def load_proxy_settings(path: Path | None = None) -> ProxySettings:
-    """The `proxy:` section of resource-limits.yaml, with its defaults (the rest of the file is not checked)."""
-    reader, _root, top = _top(path or paths_from_env().config)
-    return _proxy(reader, top)
-
-
 def load_config(path: Path | None = None) -> Config:
     """Read and validate resource-limits.yaml (DS01_CONFIG unless a path is given)."""
     path = path or paths_from_env().config
     reader, root, top = _top(path)
-    _proxy(reader, top)  # checked here too, so that `config check` and a reload refuse a bad proxy section
 
     defaults_entries = reader.mapping(top["defaults"][1], "defaults", [k.name for k in LIMIT_KEYS]) \
         if "defaults" in top else {}
@@ -445,4 +428,5 @@ def load_config(path: Path | None = None) -> Config:
         if "cleanup" in top else CleanupSettings(),
         bare_metal=BareMetalSettings(**_section(reader, top["bare_metal"][1], "bare_metal", BARE_METAL_FIELDS))
         if "bare_metal" in top else BareMetalSettings(),
+        proxy=_proxy(reader, top),
     )

@@ -280,6 +280,16 @@ class BareMetalSettings:
 
 
 @dataclass(frozen=True)
+class ProxySettings:
+    """The proxy's bounds on its clients' connections (the `proxy:` section)."""
+
+    idle_timeout_seconds: int = 300  # a kept-alive connection waiting for its next request is closed after this
+    header_timeout_seconds: int = 30  # a request head must arrive whole within this, from its first byte
+    max_header_bytes: int = 64 * 2**10  # request line and headers together
+    max_connections_per_user: int = 64  # open connections to the proxy at once, admins included
+
+
+@dataclass(frozen=True)
 class Config:
     source: Path
     defaults: LimitValues
@@ -296,6 +306,7 @@ class Config:
     events: EventLogSettings = EventLogSettings()
     cleanup: CleanupSettings = CleanupSettings()
     bare_metal: BareMetalSettings = BareMetalSettings()
+    proxy: ProxySettings = ProxySettings()
 
 
 @dataclass(frozen=True)

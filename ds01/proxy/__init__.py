@@ -17,7 +17,8 @@ from ds01.placement import Slot
 from ds01.proxy.binds import Pins
 from ds01.proxy.cgroups import CgroupParents
 from ds01.proxy.gate import MIN_API_VERSION, Gate
-from ds01.proxy.server import Proxy, serve_forever, watch_engine
+from ds01.proxy.janitor import watch_engine
+from ds01.proxy.server import Proxy, serve_forever
 from ds01.proxy.session import Sessions
 from ds01.proxy.upstream import Upstream
 

@@ -17,19 +17,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ds01 import containers, events
-from ds01.allocator import Allocator
-from ds01.config import ProxySettings, load_proxy_settings
+from ds01 import events
 from ds01.daemon import only_instance, stop_on_signals
-from ds01.errors import Busy, ConfigError, Denied, Ds01Error, EngineError
-from ds01.limits import Config
+from ds01.errors import Busy, Denied, Ds01Error, EngineError
+from ds01.limits import ProxySettings
 from ds01.proxy import http
-from ds01.proxy.binds import Pins
 from ds01.proxy.gate import Gate
 from ds01.proxy.link import EngineLink
 from ds01.proxy.outcomes import Deny, Forward, Reply, Request
 from ds01.proxy.routes import classify
-from ds01.proxy.session import Session, Sessions, peer_uid
+from ds01.proxy.session import Session, peer_uid
 from ds01.proxy.upstream import Upstream
 
 _ANSWER_BYTES = 16 * http.MAX_BODY_BYTES  # the most of an engine answer the proxy reads whole (for `after`)
@@ -60,31 +57,12 @@ class _Link:
         self.link = None
 
 
-class _Settings:
-    """The proxy: section, read again whenever the proxy's configuration is reloaded."""
-
-    def __init__(self, sessions: Sessions) -> None:
-        self._sessions = sessions
-        self._config: Config | None = None
-        self._settings = ProxySettings()
-        self._lock = threading.Lock()
-
-    def __call__(self) -> ProxySettings:
-        config = self._sessions.current_config()
-        with self._lock:
-            if config is not self._config:
-                self._config = config
-                with contextlib.suppress(ConfigError, OSError):  # as with the rest: the last good one stays
-                    self._settings = load_proxy_settings(config.source)
-            return self._settings
-
-
 class Proxy:
     def __init__(self, gate: Gate, upstream: Upstream,
                  settings: Callable[[], ProxySettings] | None = None) -> None:
         self.gate = gate
         self.upstream = upstream
-        self.settings = settings or _Settings(gate.sessions)
+        self.settings = settings or (lambda: gate.sessions.current_config().proxy)
         self.draining = threading.Event()
         self._idle: dict[socket.socket, bool] = {}
         self._per_user: Counter[str] = Counter()
@@ -355,26 +333,6 @@ class _Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         server: Any = self.server
         server.proxy.serve(self.request)
-
-
-def watch_engine(upstream: Upstream, allocator: Allocator, pins: Pins, stop: threading.Event) -> None:
-    """From the engine's event stream: release the GPUs and pinned bind sources of the containers it removes on
-    its own (--rm, prune), and record the containers the kernel's OOM killer hit."""
-    while not stop.is_set():
-        try:
-            for event in upstream.events({"type": ["container"], "event": ["destroy", "oom"]}):
-                actor = event.get("Actor") or {}
-                container_id = event.get("id") or actor.get("ID", "")
-                if event.get("status") == "oom" or event.get("Action") == "oom":
-                    attributes = actor.get("Attributes") or {}
-                    events.emit("container.oom", source="engine", user=attributes.get(containers.USER),
-                                container=attributes.get("name"), id=container_id)
-                else:
-                    allocator.release_container(container_id)
-                    pins.release((actor.get("Attributes") or {}).get(containers.BIND_KEY) or "")
-        except (OSError, EngineError, http.HttpError, ValueError, Ds01Error) as exc:
-            events.emit("proxy.event_stream_lost", source="proxy", error=str(exc))
-            stop.wait(2.0)
 
 
 def serve_forever(proxy: Proxy, listen: Path, run_dir: Path, drain_seconds: float,

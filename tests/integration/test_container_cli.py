@@ -128,7 +128,7 @@ def test_create_with_a_mig_profile(proxy: ProxyHandle, engine: docker.DockerClie
     [device] = info["HostConfig"]["DeviceRequests"][0]["DeviceIDs"]
     assert device.startswith("MIG-") and device in created.stdout
     assert info["Config"]["Labels"]["ds01.gpu_equivalents"] == "2/7"
-    assert "ds01.request.mig" not in info["Config"]["Labels"]  # a request, consumed by the proxy
+    assert info["Config"]["Labels"]["ds01.request.mig"] == ""  # a request, consumed by the proxy (written empty)
 
 
 def test_create_cpu_only_with_limits_and_a_command(

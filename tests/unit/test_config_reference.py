@@ -16,6 +16,7 @@ from ds01.limits import (
     CleanupSettings,
     ContainerDefaults,
     EventLogSettings,
+    ProxySettings,
     SecuritySettings,
     format_ulimits,
 )
@@ -76,6 +77,7 @@ def test_every_limit_key_with_its_default() -> None:
     ("`events`", loader.EVENT_FIELDS, EventLogSettings()),
     ("`cleanup`", loader.CLEANUP_FIELDS, CleanupSettings()),
     ("`bare_metal`", loader.BARE_METAL_FIELDS, BareMetalSettings()),
+    ("`proxy`", loader.PROXY_FIELDS, ProxySettings()),
 ])
 def test_every_section_key_with_its_default(title: str, table: dict[str, tuple[str, object]],
                                             settings: object) -> None:
@@ -84,7 +86,7 @@ def test_every_section_key_with_its_default(title: str, table: dict[str, tuple[s
         default = getattr(settings, field_name)
         if field_name.endswith("_seconds"):
             expected = format_duration(default)
-        elif field_name == "max_bytes":
+        elif field_name.endswith("_bytes"):
             expected = format_size(default)
         elif isinstance(default, float) and default.is_integer():
             expected = str(int(default))

@@ -17,15 +17,14 @@ import h11
 import pytest
 
 from ds01 import events
-from ds01.config import PROXY_FIELDS, ProxySettings, load_config, load_proxy_settings
+from ds01.config import load_config
 from ds01.errors import ConfigError
-from ds01.limits import BUILTIN_DEFAULTS, EventLogSettings
+from ds01.limits import BUILTIN_DEFAULTS, EventLogSettings, ProxySettings
 from ds01.proxy.outcomes import Deny, Forward, Outcome, Request
 from ds01.proxy.server import Proxy
 from ds01.proxy.session import Session
 from ds01.proxy.upstream import Upstream
 from ds01.runas import Caller
-from ds01.units import format_duration, format_size
 
 REPO = Path(__file__).resolve().parents[2]
 Answer = bytes | Callable[[socket.socket], None]
@@ -555,26 +554,13 @@ def test_proxy_settings_are_read_with_their_units(tmp_path: Path) -> None:
     config = tmp_path / "resource-limits.yaml"
     config.write_text("version: 1\nproxy:\n  idle_timeout: 2m\n  header_timeout: 5s\n  max_header_size: 16k\n"
                       "  max_connections_per_user: 8\n")
-    assert load_proxy_settings(config) == ProxySettings(120, 5, 16384, 8)
+    assert load_config(config).proxy == ProxySettings(120, 5, 16384, 8)
     load_config(config)
     config.write_text("version: 1\nproxy:\n  header_timeout: soon\n")
     with pytest.raises(ConfigError, match=r"proxy\.header_timeout"):
         load_config(config)
     config.write_text("version: 1\nproxy:\n  max_conections_per_user: 8\n")
     with pytest.raises(ConfigError, match="did you mean 'max_connections_per_user'"):
-        load_proxy_settings(config)
+        load_config(config)
     config.write_text("version: 1\n")
-    assert load_proxy_settings(config) == ProxySettings()
-
-
-def test_the_proxy_section_is_documented_with_its_defaults() -> None:
-    text = (REPO / "docs-admin" / "configuration.md").read_text()
-    section = text.split("## `proxy`\n", 1)[1].split("\n## ", 1)[0]
-    defaults = ProxySettings()
-    for key, (field_name, _) in PROXY_FIELDS.items():
-        value = getattr(defaults, field_name)
-        shown = format_duration(value) if field_name.endswith("_seconds") else \
-            format_size(value) if field_name.endswith("_bytes") else str(value)
-        assert f"| `{key}` | `{shown}` |" in section, key
-    assert len(PROXY_FIELDS) == len(ProxySettings.__dataclass_fields__)
-
+    assert load_config(config).proxy == ProxySettings()
