@@ -78,13 +78,15 @@ def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float) -> 
     sockets = {os.path.realpath(p) for p in ("/var/run/docker.sock", "/run/docker.sock", str(listen))}
     if upstream.unix_path:
         sockets.add(os.path.realpath(upstream.unix_path))
+    instance = str(paths.state_dir.resolve())
     gate = Gate(sessions, upstream, allocator, slots=SlotCache(paths, sessions),
                 cgroups=CgroupParents(str(info.get("CgroupDriver", "cgroupfs")), str(info.get("CgroupVersion", "1"))),
                 engine_sockets=frozenset(sockets), host_cpus=float(info.get("NCPU") or os.cpu_count() or 1),
                 pins=pins, spool_dir=spool_dir, api_versions=(MIN_API_VERSION, (major, minor)),
-                log_driver=str(info.get("LoggingDriver") or "json-file"))
+                log_driver=str(info.get("LoggingDriver") or "json-file"), instance=instance)
     stop_janitor = threading.Event()
-    janitor = threading.Thread(target=watch_engine, args=(upstream, allocator, pins, stop_janitor), daemon=True)
+    janitor = threading.Thread(target=watch_engine, args=(upstream, allocator, pins, instance, stop_janitor),
+                               daemon=True)
     janitor.start()
     try:
         serve_forever(Proxy(gate, upstream), listen, paths.run_dir, drain_seconds,

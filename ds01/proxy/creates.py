@@ -53,6 +53,7 @@ class ContainerCreates:
     user_locks: Mapping[str, threading.Lock]
     log_driver: str
     owner_of: OwnerOf
+    instance: str  # stamped as ds01.instance
 
     def _facts(self, body: dict[str, Any], refs: policy.References,
                opened: dict[str, binds.OpenedSource]) -> policy.Facts:
@@ -106,6 +107,7 @@ class ContainerCreates:
             cgroup_parent=self.cgroups.name(caller.user), client_type=client_type(head, body),
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             gpu_gid=identity.group_id(config.bare_metal.group))
+        plan.body["Labels"][containers.INSTANCE] = self.instance
         dry_run = (head.get(DRY_RUN_HEADER) or "").lower() in ("1", "true")
         lock = self.user_locks[caller.user]
         key = uuid.uuid4().hex

@@ -57,7 +57,7 @@ class Gate:
                  slots: Callable[[], list[Slot]], cgroups: CgroupParents, engine_sockets: frozenset[str],
                  host_cpus: float, pins: binds.Pins, spool_dir: Path,
                  api_versions: tuple[tuple[int, int], tuple[int, int]] = (MIN_API_VERSION, MIN_API_VERSION),
-                 log_driver: str = "json-file") -> None:
+                 log_driver: str = "json-file", instance: str = "") -> None:
         self.sessions = sessions
         self.upstream = upstream
         self.allocator = allocator
@@ -69,7 +69,7 @@ class Gate:
         self._user_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         # log_driver: the engine's default, the only one users' containers may log with
         self._creates = ContainerCreates(sessions, upstream, allocator, slots, cgroups, engine_sockets, host_cpus,
-                                         pins, self._user_locks, log_driver, self._owner_of)
+                                         pins, self._user_locks, log_driver, self._owner_of, instance)
 
     def decide(self, request: Request) -> Outcome:
         caller, route, method, path, target = (request.session.caller, request.route, request.method, request.path,

@@ -20,28 +20,30 @@ WATCHED = {"type": ["container"], "event": ["destroy", "oom", "start"]}
 RETRY_SECONDS = 2.0
 
 
-def watch_engine(upstream: Upstream, allocator: Allocator, pins: Pins, stop: threading.Event) -> None:
+def watch_engine(upstream: Upstream, allocator: Allocator, pins: Pins, instance: str, stop: threading.Event) -> None:
     while not stop.is_set():
         try:
             for event in upstream.events(WATCHED):
-                on_event(event, upstream, allocator, pins)
+                on_event(event, upstream, allocator, pins, instance)
         except (OSError, EngineError, http.HttpError, ValueError, Ds01Error) as exc:
             events.emit("proxy.event_stream_lost", source="proxy", error=str(exc))
             stop.wait(RETRY_SECONDS)
 
 
-def on_event(event: dict[str, Any], upstream: Upstream, allocator: Allocator, pins: Pins) -> None:
+def on_event(event: dict[str, Any], upstream: Upstream, allocator: Allocator, pins: Pins, instance: str) -> None:
     actor = event.get("Actor") or {}
     attributes = actor.get("Attributes") or {}
     container_id = str(event.get("id") or actor.get("ID", ""))
     action = event.get("Action") or event.get("status")
+    # Only this ds01's own, or one from before the instance label: another's grants are in another store.
+    ours = bool(attributes.get(containers.USER)) and attributes.get(containers.INSTANCE) in ("", None, instance)
     if action == "oom":
         events.emit("container.oom", source="engine", user=attributes.get(containers.USER),
                     container=attributes.get("name"), id=container_id)
     elif action == "destroy":
         allocator.release_container(container_id)
         pins.release(attributes.get(containers.BIND_KEY) or "")
-    elif action == "start" and attributes.get(containers.USER):
+    elif action == "start" and ours:
         _stop_if_ungranted(container_id, upstream, allocator)
 
 

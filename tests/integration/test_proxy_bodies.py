@@ -228,6 +228,7 @@ def test_stopping_an_ungranted_start_by_the_engine(proxy: ProxyHandle, engine: d
                      TEST_IMAGE, "sh", "-c", "sleep 3; exit 1")
     assert made.returncode == 0, made.stderr
     container = engine.containers.get("flaky")
+    assert container.labels["ds01.instance"] == str((proxy.root / "state").resolve())  # whose grants apply
     try:
         allocator.release_container(container.id)
         subprocess.run(["sleep", "8"], check=True)  # it fails, the engine starts it again, the proxy stops it
