@@ -87,13 +87,16 @@ def check_destinations(body: dict[str, Any], host: dict[str, Any], image_working
         raise Denied("nested_mount", "--volumes-from cannot be combined with mounts of your own: they could land "
                                      "inside the inherited ones. Mount what you need directly instead.")
     holders = [d for d in found if d.kind in HOLDING_KINDS]
-    for holder in (d for d in holders if d.kind != "anonymous"):  # anonymous volumes are the container's alone
+    # Anonymous volumes too: their owner can mount one elsewhere, or fill it from inside, with symlinks.
+    for holder in holders:
         tree = next((t for t in SYSTEM_TREES if holder.path == t or _below(holder.path, t) or _below(t, holder.path)),
                     None)
         if tree is not None:
+            what = {"bind": "host directory", "volume": "volume", "anonymous": "volume (-v PATH, or the image's "
+                    "VOLUME)"}[holder.kind]
             raise Denied("system_mount_point", (
-                f"a {holder.kind} at {holder.path} would hold or sit in {tree}, where the engine and the GPU runtime "
-                f"put files of their own as root. Mount it elsewhere, such as /workspace, /data or /mnt/NAME."))
+                f"a {what} at {holder.path} would hold or sit in {tree}, where the engine and the GPU runtime put "
+                "files of their own as root. Mount it elsewhere, such as /workspace, /data or /mnt/NAME."))
     for inner in found:
         outer = next((h for h in holders if _below(inner.path, h.path)), None)
         if outer is not None:

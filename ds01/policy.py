@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import posixpath
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -56,6 +57,7 @@ class Facts:
     image_env: tuple[str, ...] = ()
     log_driver: str = "json-file"  # the engine's default
     network_owners: Mapping[str, str | None] = dataclasses.field(default_factory=dict)  # "" unowned, None missing
+    missing_volumes: frozenset[str] = frozenset()  # named volumes that do not exist yet: the proxy makes them
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,31 @@ def check_bind_source(caller: Caller, source: str, facts: Facts, security: Secur
             f"mount -o remount {resolved.mount_point})."))
 
 
+_ID_LIKE = re.compile(r"[0-9a-f]{12,64}")
+
+
+def check_object_name(caller: Caller, kind: str, name: str) -> None:
+    """A name is the caller's own: not in another uid's NAME._.UID space, and not shaped like an object id, which
+    would shadow someone else's object when it is referred to by id."""
+    if caller.is_admin or not name:
+        return
+    suffix = name.rpartition(containers.LEGACY_NAME_SEPARATOR)[2] if containers.LEGACY_NAME_SEPARATOR in name else None
+    if suffix is not None and suffix != str(caller.uid):
+        raise _deny("foreign_name", (
+            f"the name {name} ends in {containers.LEGACY_NAME_SEPARATOR}{suffix}, another user's name space "
+            f"(container create uses NAME{containers.LEGACY_NAME_SEPARATOR}{caller.uid} for yours); pick another "
+            "name."))
+    if _ID_LIKE.fullmatch(name.lstrip("/")):
+        raise _deny("foreign_name", f"the {kind} name {name} looks like an object id, and would shadow the {kind} "
+                                    "that has that id; pick a name with other letters in it.")
+
+
+def within_host(caller: Caller, host_cpus: float) -> Caller:
+    """The caller with the per-container CPU limit capped at the host's count: the engine refuses more."""
+    return dataclasses.replace(caller, limits=dataclasses.replace(caller.limits, cpus=min(caller.limits.cpus,
+                                                                                          host_cpus)))
+
+
 def _check_owned(caller: Caller, owner: str | None, what: str) -> None:
     if owner != caller.user and not caller.is_admin:
         raise _deny("not_owner", f"{what} is not yours; you may only refer to your own containers and volumes.")
@@ -159,10 +186,14 @@ def _check_owned(caller: Caller, owner: str | None, what: str) -> None:
 
 def _check_mounts(caller: Caller, host: dict[str, Any], facts: Facts, security: SecuritySettings) -> None:
     for bind in as_list(field(host, "Binds"), "HostConfig.Binds"):
-        source, _ = split_bind(bind)
-        if is_volume_name(source):
+        source, rest = split_bind(bind)
+        options = rest.partition(":")[2].split(",")
+        if {"shared", "rshared"} & set(options):
+            raise _deny("mount_propagation", f"bind {bind}: shared propagation would carry mounts made in the "
+                                             "container back to the host; use private or slave.")
+        if is_volume_name(source) and source not in facts.missing_volumes:
             _check_owned(caller, facts.volume_owners.get(source), f"volume {source}")
-        else:
+        elif not is_volume_name(source):
             check_bind_source(caller, source, facts, security)
     for mount in mounts_of(host):
         kind, source = field(mount, "Type"), field(mount, "Source")
@@ -170,7 +201,7 @@ def _check_mounts(caller: Caller, host: dict[str, Any], facts: Facts, security: 
             check_bind_source(caller, str(source), facts, security)
         elif kind == "volume" and field(field(mount, "VolumeOptions") or {}, "DriverConfig"):
             raise _deny("mount_type", "volume driver options are not allowed: they can bind any host path.")
-        elif kind == "volume" and source:
+        elif kind == "volume" and source and source not in facts.missing_volumes:
             _check_owned(caller, facts.volume_owners.get(str(source)), f"volume {source}")
         elif kind not in ("volume", "tmpfs"):
             raise _deny("mount_type", f"mounts of type {kind!r} are not allowed; use bind, volume or tmpfs.")
@@ -224,7 +255,8 @@ def _check_ports(host: dict[str, Any], caller: Caller) -> None:
         for binding in bindings or []:
             text = str(field(binding, "HostPort") or "")
             numbers = [part for part in text.split("-") if part]
-            if caller.is_admin or all(n.isdigit() and int(n) >= MIN_HOST_PORT for n in numbers):
+            free = numbers == ["0"]  # the engine picks a free one
+            if caller.is_admin or free or all(n.isdigit() and int(n) >= MIN_HOST_PORT for n in numbers):
                 continue
             raise _deny("host_port", (
                 f"publishing {port} on host port {text} is not allowed: ports below {MIN_HOST_PORT} are root's on "

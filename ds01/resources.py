@@ -43,7 +43,16 @@ def cpus_asked(host: Mapping[str, Any]) -> float | None:
 
 def apply_limits(host: dict[str, Any], limits: LimitValues, fill_defaults: bool = True) -> None:
     """Check the resource fields against the caller's limits; on a create, fill in the ones left unset."""
+    for name in ("NanoCpus", "CpuQuota", "CpuPeriod"):
+        cpu_value = integer(host, name)
+        if cpu_value is not None and cpu_value < 0:  # the engine reads -1 as "no limit"
+            raise Denied("limit_lifted", f"{name}={cpu_value} would remove your CPU limit; give a value within it, or "
+                                         "leave it out.")
     asked = cpus_asked(host)
+    if asked is None and fill_defaults and integer(host, "CpuPeriod"):
+        # --cpu-period alone: the engine refuses NanoCpus beside it, so the limit is written as a quota.
+        set_field(host, "CpuQuota", int(limits.cpus * (integer(host, "CpuPeriod") or DEFAULT_CPU_PERIOD)))
+        asked = limits.cpus
     if asked is not None and asked > limits.cpus:
         raise Denied("limit_cpus", f"{asked:g} CPUs asked for; your per-container limit is {limits.cpus:g}.")
     if asked is None and fill_defaults:
@@ -73,8 +82,8 @@ def apply_limits(host: dict[str, Any], limits: LimitValues, fill_defaults: bool 
 
 def _check_swap(host: Mapping[str, Any], memory: int) -> None:
     swap = integer(host, "MemorySwap")
-    if swap == -1:
-        raise Denied("limit_memory", "MemorySwap=-1 (unlimited swap) is not allowed: swap counts as memory here. "
+    if swap is not None and swap < 0:
+        raise Denied("limit_memory", f"MemorySwap={swap} (unlimited swap) is not allowed: swap counts as memory here. "
                                      f"Give at most twice the container's memory ({size_text(2 * memory)}).")
     if swap is not None and swap > 2 * memory:
         raise Denied("limit_memory", f"MemorySwap of {size_text(swap)} asked for: memory and swap together may be "

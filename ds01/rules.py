@@ -122,7 +122,9 @@ def _forced(why: str) -> FieldRule:
 
 _TTY = "terminal and stream settings of the container's own processes"
 _ONLY_LOWERS = "only limits the container's own I/O, inside the user's cgroup slice"
-_OUTPUT = "an inspect-only field; the engine ignores it in a request"
+_INSPECT_ONLY = must_be_empty("not_owner", (
+    "the inspect-only endpoint fields (NetworkID, EndpointID, IPAddress, ...) must be empty in a request: the engine "
+    "would join the network NetworkID names. Name the network by its key, and give addresses in IPAMConfig."))
 
 RESOURCES: dict[str, FieldRule] = {
     "CpuShares": _h("a relative weight among the user's own containers (the per-user slice caps the total)"),
@@ -333,8 +335,10 @@ TABLES: dict[str, dict[str, FieldRule]] = {
         "DriverOpts": _c("must be empty", must_be_empty("network_driver", "endpoint driver options are not "
                                                                           "allowed."), Shape.MAP),
         "GwPriority": _h("which of the container's own networks is its default route"),
-        **{name: _h(_OUTPUT) for name in ("NetworkID", "EndpointID", "Gateway", "IPAddress", "IPPrefixLen",
-                                          "IPv6Gateway", "GlobalIPv6Address", "GlobalIPv6PrefixLen")},
+        # Inspect-only, but the engine joins the network NetworkID names, whatever the key says.
+        **{name: _c("must be empty: an inspect-only field", _INSPECT_ONLY) for name in (
+            "NetworkID", "EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "IPv6Gateway", "GlobalIPv6Address",
+            "GlobalIPv6PrefixLen")},
     },
     "EndpointIPAMConfig": {"IPv4Address": _h("an address on the caller's own network"),
                            "IPv6Address": _h("an address on the caller's own network"),

@@ -59,7 +59,13 @@ class ContainerCreates:
                opened: dict[str, binds.OpenedSource]) -> policy.Facts:
         paths = {path: source.resolved for path, source in opened.items()}
         owners = {ref: self.owner_of("container", ref)[1] for ref in refs.containers}
-        volumes = {name: self.owner_of("volume", name)[1] for name in refs.volumes}
+        volumes: dict[str, str | None] = {}
+        missing: set[str] = set()
+        for name in refs.volumes:
+            found, owner = self.owner_of("volume", name)
+            volumes[name] = owner
+            if found is None:
+                missing.add(name)
         networks: dict[str, str | None] = {}
         for name in refs.networks:
             found, owner = self.owner_of("network", name)
@@ -70,6 +76,7 @@ class ContainerCreates:
         return policy.Facts(paths, owners, volumes, self.engine_sockets, str(image_config.get("WorkingDir") or ""),
                             tuple(image_config.get("Volumes") or {}), image_labels=image_config.get("Labels") or {},
                             image_env=tuple(image_config.get("Env") or ()), log_driver=self.log_driver,
+                            missing_volumes=frozenset(missing),
                             network_owners=networks)
 
     def _count_containers(self, user: str) -> int:
@@ -81,17 +88,8 @@ class ContainerCreates:
 
     def create(self, request: Request) -> Outcome:
         caller = request.session.caller
-        name = dict(parse_qsl(request.query)).get("name") or ""
-        suffix = name.rpartition(containers.LEGACY_NAME_SEPARATOR)[2] if containers.LEGACY_NAME_SEPARATOR in name \
-            else None
-        if suffix is not None and suffix != str(caller.uid) and not caller.is_admin:
-            raise Denied("foreign_name", (
-                f"the name {name} ends in {containers.LEGACY_NAME_SEPARATOR}{suffix}, another user's name space "
-                f"(container create uses NAME{containers.LEGACY_NAME_SEPARATOR}{caller.uid} for yours); pick "
-                "another name."))
-        # The engine refuses more CPUs than the host has, so the default is capped at the host's count.
-        caller = dataclasses.replace(caller, limits=dataclasses.replace(
-            caller.limits, cpus=min(caller.limits.cpus, self.host_cpus)))
+        policy.check_object_name(caller, "container", dict(parse_qsl(request.query)).get("name") or "")
+        caller = policy.within_host(caller, self.host_cpus)
         body = allowlist.canonical(bodies.parse_json_object(request.read_body(), "container create body"),
                                "ContainerConfig")
         refs = policy.references(body)
@@ -102,8 +100,9 @@ class ContainerCreates:
                         refs: policy.References, opened: dict[str, binds.OpenedSource]) -> Outcome:
         head, query = request.head, request.query
         config = self.sessions.current_config()
+        facts = self._facts(body, refs, opened)
         plan = policy.plan_create(
-            caller, body, self._facts(body, refs, opened), config.security,
+            caller, body, facts, config.security,
             cgroup_parent=self.cgroups.name(caller.user), client_type=client_type(head, body),
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             gpu_gid=identity.group_id(config.bare_metal.group))
@@ -128,6 +127,8 @@ class ContainerCreates:
                 lock.release()
                 return self._dry_run_reply(plan, allocation)
             self.cgroups.ensure(caller.user, caller.limits.user_cpus, caller.limits.user_memory_bytes)
+            for volume in sorted(facts.missing_volumes):
+                self._make_volume(caller, volume)
             if plan.bind_sources:
                 staged = {source: str(self.pins.pin(key, index, opened[source]))
                           for index, source in enumerate(plan.bind_sources)}
@@ -156,6 +157,18 @@ class ContainerCreates:
                 lock.release()
 
         return Forward(request.target, body=json.dumps(plan.body).encode(), after=after, warnings=plan.notes)
+
+    def _make_volume(self, caller: runas.Caller, name: str) -> None:
+        """A named volume the create mounts and nobody has yet, made as the caller's (the engine would make it
+        without an owner). The engine answers a create of an existing volume with that volume, so the answer's
+        owner is checked: a volume someone made in between is not taken."""
+        status, made = self.upstream.call("POST", "/volumes/create", body={
+            "Name": name, "Labels": {containers.USER: caller.user, containers.UID: str(caller.uid)}})
+        if status != 201 or not isinstance(made, dict):
+            raise Ds01Error(f"the engine answered {status} when creating the volume {name}: {made}")
+        if (made.get("Labels") or {}).get(containers.USER) != caller.user:
+            raise Denied("not_owner", f"volume {name} is not yours; you may only refer to your own containers and "
+                                      "volumes.")
 
     def _dry_run_reply(self, plan: policy.CreatePlan, allocation: Allocation | None) -> Outcome:
         image = str(bodies.field(plan.body, "Image") or "")

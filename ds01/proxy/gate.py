@@ -27,6 +27,7 @@ from ds01.proxy.upstream import Upstream
 MIN_API_VERSION = (1, 40)
 PULL_PARAMETERS = frozenset({"fromImage", "tag", "platform"})
 _OBJECT_ID = re.compile(r"[0-9a-f]{64}")
+_VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")  # the engine's own rule
 
 
 def _with_owner_filter(query: str, user: str, key: str = "filters") -> str:
@@ -42,7 +43,9 @@ def _with_owner_filter(query: str, user: str, key: str = "filters") -> str:
     labels = filters.get("label", {})
     labels = dict.fromkeys(labels, True) if isinstance(labels, list) else dict(labels)
     labels[f"{containers.USER}={user}"] = True
-    filters["label"] = labels
+    # The engine takes one shape for the whole object: lists (docker-py) or maps of true (the docker CLI).
+    as_lists = any(isinstance(value, list) for value in filters.values())
+    filters["label"] = list(labels) if as_lists else labels
     rest = [(name, value) for name, value in params if name != key]
     return urlencode([*rest, (key, json.dumps(filters))])
 
@@ -74,12 +77,9 @@ class Gate:
     def decide(self, request: Request) -> Outcome:
         caller, route, method, path, target = (request.session.caller, request.route, request.method, request.path,
                                                request.target)
-        if route.version is not None and not self.api_versions[0] <= route.version <= self.api_versions[1]:
-            low, high = (f"{major}.{minor}" for major, minor in self.api_versions)
-            return Deny("api_version", (
-                f"API version {route.version[0]}.{route.version[1]} is not served here: the ds01 proxy speaks "
-                f"{low} to {high}. Older versions let a start carry a whole new HostConfig. Upgrade the client, or "
-                f"set DOCKER_API_VERSION={high}."), status=400)
+        refused = self._outside_the_surface(request)
+        if refused is not None:
+            return refused
         kind = route.kind
         if kind == "open":
             return Forward(target)
@@ -105,6 +105,24 @@ class Gate:
             return self._object(request)
         return Deny("unknown_endpoint", f"{method} {path} is not allowed through the ds01 proxy. Only the "
                                         "endpoints docker, docker-py, compose and dev containers need are open.")
+
+    def _outside_the_surface(self, request: Request) -> Deny | None:
+        """Requests the engine could read otherwise than the proxy: a parameter given twice (the engine takes the
+        first), or an API version outside the one range served."""
+        route = request.route
+        names = [name for name, _ in parse_qsl(request.query, keep_blank_values=True)]
+        if len(names) != len(set(names)):
+            twice = sorted({name for name in names if names.count(name) > 1})
+            return Deny("bad_request", f"the query parameter(s) {', '.join(twice)} are given more than once; the "
+                                       "engine would read another of them than the proxy checked. Give each once.",
+                        status=400)
+        if route.version is not None and not self.api_versions[0] <= route.version <= self.api_versions[1]:
+            low, high = (f"{major}.{minor}" for major, minor in self.api_versions)
+            return Deny("api_version", (
+                f"API version {route.version[0]}.{route.version[1]} is not served here: the ds01 proxy speaks "
+                f"{low} to {high}. Older versions let a start carry a whole new HostConfig. Upgrade the client, or "
+                f"set DOCKER_API_VERSION={high}."), status=400)
+        return None
 
     @staticmethod
     def _pull(request: Request) -> Outcome:
@@ -168,10 +186,14 @@ class Gate:
         target = rewritten + (f"?{query}" if query else "")
         if kind == "container" and route.action == "exec" and method == "POST":
             return self._exec_create(request, info, target)
+        if kind == "container" and route.action == "rename" and method == "POST":
+            policy.check_object_name(caller, "container", dict(parse_qsl(query)).get("name") or "")
+            return Forward(target)
         if kind == "container" and route.action == "archive":
             return self._archive(request, info, target)
         if kind == "container" and route.action == "update" and method == "POST":
-            body = policy.check_update(caller, bodies.parse_json_object(read_body(), "update body"),
+            body = policy.check_update(policy.within_host(caller, self._creates.host_cpus),
+                                       bodies.parse_json_object(read_body(), "update body"),
                                        bool(_host_mounts(info)), info.get("HostConfig") or {})
             return Forward(target, body=json.dumps(body).encode())
         if kind == "network" and route.action in ("connect", "disconnect"):
@@ -319,14 +341,21 @@ class Gate:
         caller = request.session.caller
         table = "VolumeCreateOptions" if kind == "volume" else "NetworkCreateRequest"
         body = allowlist.canonical(bodies.parse_json_object(request.read_body(), f"{kind} create body"), table)
-        if kind == "network" and body.get("IPAM") and not caller.is_admin:
+        ipam = body.get("IPAM") or {}
+        chosen = ipam.get("Config") or ipam.get("Options") or ipam.get("Driver") not in (None, "", "default")
+        if kind == "network" and chosen and not caller.is_admin:  # the docker CLI sends an empty IPAM
             return Deny("network_ipam", "choosing a network's addresses (--subnet, --ip-range, --gateway, IPAM "
                                         "options) is for admins: a subnet can shadow the host's own networks. "
                                         "Leave them out; the engine picks a free range.")
-        wanted = str(body.get("Name") or "") if kind == "volume" else ""
-        found, owner = self._owner_of("volume", wanted) if wanted else (None, None)
-        if found is not None and owner != caller.user and not caller.is_admin:
-            # Creating an existing volume returns it: someone else's must not be shown, nor taken.
-            return Deny("name_taken", f"a volume named {wanted} exists already; pick another name.", status=409)
+        wanted = str(body.get("Name") or "")
+        if kind == "volume" and wanted and not _VOLUME_NAME.fullmatch(wanted):
+            return Deny("bad_request", f"{wanted!r} is not a volume name: letters, digits and _ . - only, starting "
+                                       "with a letter or digit.", status=400)
+        policy.check_object_name(caller, kind, wanted)
+        found, owner = self._owner_of(kind, wanted) if wanted else (None, None)
+        # Creating an existing volume returns it, and a second network of a name makes the name ambiguous to
+        # everyone: someone else's must not be shown, nor taken.
+        if found is not None and not caller.is_admin and (kind == "network" or owner != caller.user):
+            return Deny("name_taken", f"a {kind} named {wanted} exists already; pick another name.", status=409)
         body["Labels"] = {**(body.get("Labels") or {}), containers.USER: caller.user, containers.UID: str(caller.uid)}
         return Forward(request.target, body=json.dumps(body).encode())

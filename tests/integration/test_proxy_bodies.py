@@ -14,7 +14,7 @@ from ds01.allocator import Allocator
 from ds01.config import load_config
 from ds01.placement import GpuRequest
 from tests.conftest import TEST_IMAGE, ProxyHandle
-from tests.integration.attacks import busybox_image, docker_as
+from tests.integration.attacks import account, busybox_image, docker_as
 from tests.integration.test_proxy import gpu_slots
 
 
@@ -49,6 +49,10 @@ def no_container(engine: docker.DockerClient, name: str) -> bool:
                                   "VolumeOptions": {"Labels": {"ds01.user": "bob"}}}]}, "label ds01.user is reserved"),
     ("unknown-field", {"Privileged": False, "NewHostPower": True}, "HostConfig.NewHostPower is not a field"),
     ("low-port", {"PortBindings": {"80/tcp": [{"HostPort": "80"}]}}, "below 1024 are root's"),
+    ("negative-quota", {"CpuQuota": -1}, "would remove your CPU limit"),
+    ("negative-swap", {"MemorySwap": -2}, "(unlimited swap) is not allowed"),
+    ("shared-bind", {"Binds": ["/tmp:/x:rshared"]}, "shared propagation"),
+    ("anonymous-etc", {"Mounts": [{"Type": "volume", "Target": "/x/../etc"}]}, "would hold or sit in /etc"),
 ])
 def test_each_field_nobody_checked_is_refused(proxy: ProxyHandle, engine: docker.DockerClient, name: str,
                                               host: dict[str, Any], refusal: str) -> None:
@@ -239,3 +243,71 @@ def test_stopping_an_ungranted_start_by_the_engine(proxy: ProxyHandle, engine: d
         assert '"ungranted_start"' in logged or "proxy.ungranted_start" in logged
     finally:
         container.remove(force=True)
+
+
+def test_no_way_onto_another_users_network(proxy: ProxyHandle, engine: docker.DockerClient) -> None:
+    made = docker_as(proxy, "bob", "network", "create", "bobs-lan")
+    assert made.returncode == 0, made.stderr
+    network = engine.networks.get("bobs-lan")
+    try:
+        status, answer = api_as(proxy, "alice", "POST", "/containers/create?name=lan-spy", {
+            "Image": TEST_IMAGE, "NetworkingConfig": {"EndpointsConfig": {"x": {"NetworkID": network.id}}}})
+        assert status == 403 and "would join the network NetworkID names" in answer["message"]
+        assert no_container(engine, "lan-spy")
+        assert docker_as(proxy, "alice", "network", "create", "alice-lan").returncode == 0
+        assert docker_as(proxy, "alice", "create", "--name", "lan-spy", TEST_IMAGE, "true").returncode == 0
+        status, answer = api_as(proxy, "alice", "POST", "/networks/alice-lan/connect", {
+            "Container": "lan-spy", "EndpointConfig": {"NetworkID": network.id}})
+        assert status == 403, answer
+        network.reload()
+        assert not network.attrs["Containers"]  # nobody of alice's joined bob's network
+        squat = docker_as(proxy, "alice", "network", "create", "bobs-lan")
+        assert squat.returncode != 0 and "exists already" in squat.stderr and network.id not in squat.stderr
+        assert len(engine.networks.list(names=["bobs-lan"])) == 1
+        by_id = docker_as(proxy, "alice", "network", "create", network.id[:12])
+        assert by_id.returncode != 0 and "looks like an object id" in by_id.stderr
+    finally:
+        for name in ("lan-spy",):
+            if not no_container(engine, name):
+                engine.containers.get(name).remove(force=True)
+        for name in ("alice-lan", "bobs-lan"):
+            for found in engine.networks.list(names=[name]):
+                found.remove()
+
+
+def test_no_name_in_another_uids_space_by_rename_or_a_second_parameter(proxy: ProxyHandle,
+                                                                       engine: docker.DockerClient) -> None:
+    bobs_space = f"proj._.{account('bob').pw_uid}"
+    assert docker_as(proxy, "alice", "create", "--name", "renamed", TEST_IMAGE, "true").returncode == 0
+    try:
+        renamed = docker_as(proxy, "alice", "rename", "renamed", bobs_space)
+        assert renamed.returncode != 0 and "another user's name space" in renamed.stderr
+        assert engine.containers.get("renamed").name == "renamed"
+        status, answer = api_as(proxy, "alice", "POST", f"/containers/create?name={bobs_space}&name=ok2",
+                                {"Image": TEST_IMAGE})
+        assert status == 400 and "given more than once" in answer["message"]
+        assert no_container(engine, bobs_space) and no_container(engine, "ok2")
+    finally:
+        engine.containers.get("renamed").remove(force=True)
+
+
+def test_docker_py_list_filters_and_new_named_volumes(proxy: ProxyHandle, engine: docker.DockerClient) -> None:
+    made = docker_as(proxy, "alice", "run", "--name", "with-new-vol", "-v", "fresh-vol:/v", "--cpu-period",
+                     "50000", TEST_IMAGE, "true")
+    assert made.returncode == 0, made.stderr
+    try:
+        assert engine.volumes.get("fresh-vol").attrs["Labels"]["ds01.user"] == "alice"
+        assert engine.containers.get("with-new-vol").attrs["HostConfig"]["CpuQuota"] > 0
+        listed = proxy.as_user("alice", "python3", "-c", (
+            "import docker\n"
+            f"c = docker.DockerClient(base_url='unix://{proxy.socket}')\n"
+            "print(sorted(x.name for x in c.containers.list(all=True, filters={'name': 'with-new-vol'})))\n"
+            "print(sorted(v.name for v in c.volumes.list(filters={'dangling': False})))\n"))
+        assert listed.returncode == 0, listed.stderr
+        containers_seen, volumes_seen = listed.stdout.splitlines()
+        assert containers_seen == "['with-new-vol']" and "fresh-vol" in volumes_seen
+        stolen = docker_as(proxy, "bob", "run", "--rm", "-v", "fresh-vol:/v", TEST_IMAGE, "true")
+        assert stolen.returncode != 0 and "is not yours" in stolen.stderr
+    finally:
+        engine.containers.get("with-new-vol").remove(force=True)
+        engine.volumes.get("fresh-vol").remove(force=True)

@@ -167,6 +167,11 @@ DENIALS: list[tuple[str, dict[str, Any], str, str]] = [
     ("host-port", host(PortBindings={"80/tcp": [{"HostPort": "80"}]}), "host_port", "below 1024 are root's"),
     ("foreign-network", host(NetworkMode="bobs-net"), "not_owner", "network bobs-net is not yours"),
     ("image-label", {"Image": "labelled"}, "image_label", "ds01.surprise"),
+    ("negative-quota", host(CpuQuota=-1), "limit_lifted", "would remove your CPU limit"),
+    ("negative-swap", host(MemorySwap=-2), "limit_memory", "MemorySwap=-2 (unlimited swap)"),
+    ("shared-bind", host(Binds=["/home/alice/work:/w:rshared"]), "mount_propagation", "shared propagation"),
+    ("endpoint-network-id", {"Image": "busybox", "NetworkingConfig": {"EndpointsConfig": {"my-net": {
+        "NetworkID": "bobs-net-id"}}}}, "not_owner", "would join the network NetworkID names"),
     ("endpoint-driver-opts", {"Image": "busybox", "NetworkingConfig": {"EndpointsConfig": {"my-net": {
         "DriverOpts": {"com.docker.network.endpoint.sysctls": "x"}}}}}, "network_driver", "endpoint driver options"),
     ("create-mountpoint", host(Mounts=[{"Type": "bind", "Source": "/home/alice/new", "Target": "/n",
@@ -208,7 +213,8 @@ def test_every_reason_code_in_the_policy_is_exercised() -> None:
     templated = re.findall(r'(?:_deny|Denied)\(f"([a-z_]+)\{what\}"', source)
     assert templated == ["limit_"]
     reasons |= {"limit_memory", "limit_shm"}
-    assert reasons == {case[2] for case in DENIALS} | {"limit_lifted"}  # limit_lifted: update only
+    # limit_lifted: update (create's is in DENIALS too); foreign_name: test_names_stay_in_the_callers_own_space
+    assert reasons == {case[2] for case in DENIALS} | {"limit_lifted", "foreign_name"}
 
 
 def test_admins_are_excepted_from_ownership_only() -> None:
@@ -485,7 +491,6 @@ def test_case_variant_limit_fields_are_replaced_by_the_canonical_spelling() -> N
     (200_000, 50_000, True),
     (300_000, 50_000, False),
     (4_000_000, 1_000_000, True),
-    (-1, None, True),
 ])
 def test_cpu_quota_and_period_count_as_cpus(quota: int, period: int | None, allowed: bool) -> None:
     body = host(CpuQuota=quota, **({"CpuPeriod": period} if period else {}))
@@ -637,7 +642,11 @@ def test_host_directories_and_volumes_stay_out_of_system_trees(binds: list[str])
 def test_the_images_volumes_count_as_mounts() -> None:
     image = Facts(PATHS, CONTAINER_OWNERS, VOLUME_OWNERS, ENGINE_SOCKETS, image_volumes=("/w/sub",))
     refused(host(Binds=["/home/alice/work:/w"]), "nested_mount", facts=image)
-    plan({"Image": "busybox", "Volumes": {"/etc/app": {}}})  # an anonymous volume in /etc is the container's own
+    # Anonymous volumes too: their owner can mount one elsewhere and fill it with symlinks.
+    denial = refused({"Image": "busybox", "Volumes": {"/etc/app": {}}}, "system_mount_point")
+    assert "the image's VOLUME" in denial.message
+    refused(host(), "system_mount_point", facts=Facts(PATHS, CONTAINER_OWNERS, VOLUME_OWNERS, ENGINE_SOCKETS,
+                                                      image_volumes=("/usr/lib",)))
 
 
 def test_side_by_side_mounts_and_the_mount_as_working_dir_pass() -> None:
@@ -1117,7 +1126,9 @@ def test_plan_create_output_is_always_confined(body: dict[str, Any], client_type
     sources = [bind.split(":", 1)[0] for bind in bodies.field(hc, "Binds") or []]
     mounts = bodies.field(hc, "Mounts") or []
     sources += [bodies.field(m, "Source") for m in mounts if bodies.field(m, "Type") == "bind"]
-    assert all(s in ("/home/alice", "/home/alice/work", "/data/shared", "my-data") for s in sources)
+    # data-link resolves into the data directory /data
+    owned = ("/home/alice", "/home/alice/work", "/home/alice/data-link", "/data/shared", "my-data")
+    assert all(s in owned for s in sources)
 
 
 def fold_collision(value: Any) -> bool:
@@ -1160,3 +1171,27 @@ def test_parse_json_object_accepts_exactly_the_bodies_without_folded_duplicates(
             bodies.parse_json_object(raw, "body")
     else:
         assert bodies.parse_json_object(raw, "body") == value
+
+
+@pytest.mark.parametrize(("name", "allowed"), [
+    ("proj", True), ("proj._.1000", True), ("proj._.1002", False), ("596fe49fec12", False),
+    ("/" + "a" * 64, False), ("cafe", True), ("deadbeef-run", True)])
+def test_names_stay_in_the_callers_own_space(name: str, allowed: bool) -> None:
+    if allowed:
+        policy.check_object_name(ALICE, "container", name)
+    else:
+        with pytest.raises(Denied) as info:
+            policy.check_object_name(ALICE, "network", name)
+        assert info.value.reason == "foreign_name"
+    policy.check_object_name(ADMIN, "container", name)  # admins name anything
+
+
+def test_cpu_period_alone_gets_the_limit_as_a_quota() -> None:
+    hc = host_config(plan(host(CpuPeriod=50_000)))
+    assert hc["CpuQuota"] == 200_000 and "NanoCpus" not in hc  # 4 CPUs; the engine refuses NanoCpus beside it
+
+
+def test_a_missing_named_volume_is_the_callers_to_make() -> None:
+    missing = Facts(PATHS, CONTAINER_OWNERS, VOLUME_OWNERS, ENGINE_SOCKETS, missing_volumes=frozenset({"new-vol"}))
+    plan(host(Binds=["new-vol:/v"]), facts=missing)
+    refused(host(Binds=["new-vol:/v"]), "not_owner")  # without the fact that it is missing: not the caller's
