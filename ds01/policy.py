@@ -30,6 +30,7 @@ SHARED_NETWORKS = frozenset({"", "default", "bridge", "none"})
 LOG_OPTIONS_MAX = {"max-size": 100 * 2**20, "max-file": 5}  # per container: at most 500 MiB of logs on the host
 LOG_OPTIONS_FREE = frozenset({"compress", "mode", "max-buffer-size"})
 MIN_HOST_PORT = 1024  # below it only root may listen on the host
+VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")  # the engine's own rule
 HOST_MODES = ("PidMode", "IpcMode", "UTSMode", "NetworkMode", "UsernsMode", "CgroupnsMode")
 UNCONFINED_MARKERS = ("unconfined", "label=disable", "label:disable")
 
@@ -191,6 +192,12 @@ def _check_mounts(caller: Caller, host: dict[str, Any], facts: Facts, security: 
         if {"shared", "rshared"} & set(options):
             raise _deny("mount_propagation", f"bind {bind}: shared propagation would carry mounts made in the "
                                              "container back to the host; use private or slave.")
+        if {"z", "Z"} & set(options):
+            raise _deny("security_opt", f"bind {bind}: :z and :Z make the engine relabel the whole tree as root; "
+                                        "leave them out.")
+        if is_volume_name(source) and not VOLUME_NAME.fullmatch(source):
+            raise _deny("bad_request", f"bind {bind}: {source!r} is neither an absolute path nor a volume name "
+                                       "(letters, digits and _ . -, starting with a letter or digit).")
         if is_volume_name(source) and source not in facts.missing_volumes:
             _check_owned(caller, facts.volume_owners.get(source), f"volume {source}")
         elif not is_volume_name(source):
@@ -230,7 +237,10 @@ def _check_escapes(caller: Caller, host: dict[str, Any], facts: Facts, security:
     for option in as_list(field(host, "SecurityOpt"), "HostConfig.SecurityOpt"):
         text = str(option).replace(":", "=", 1).lower()
         custom_seccomp = text.startswith("seccomp=") and text != "seccomp=builtin"
-        if text == "disable" or custom_seccomp or any(marker in text for marker in UNCONFINED_MARKERS):
+        # SELinux: only the default type; spc_t is as unconfined as label=disable, and a level or user of
+        # another container's would reach its files.
+        selinux_label = text.startswith("label=") and text[6:].replace("=", ":", 1) != "type:container_t"
+        if text == "disable" or custom_seccomp or selinux_label or any(m in text for m in UNCONFINED_MARKERS):
             raise _deny("security_opt", f"security option {str(option)[:80]!r} changes confinement; it is not "
                                         "allowed (the default seccomp and AppArmor profiles apply).")
     if field(host, "CgroupParent"):
@@ -291,7 +301,10 @@ def _check_log_config(host: dict[str, Any], log_driver: str) -> None:
 def _check_networks(caller: Caller, body: dict[str, Any], facts: Facts) -> None:
     for name in networks_of(body):
         owner = facts.network_owners.get(name)
-        if owner not in (None, "", caller.user) and not caller.is_admin:
+        if owner is None and not caller.is_admin:
+            raise _deny("not_owner", f"there is no network {name}; create it first (docker network create {name}), "
+                                     "so that it is yours when the container starts.")
+        if owner not in ("", caller.user) and not caller.is_admin:
             raise _deny("not_owner", f"network {name} is not yours; join your own networks (docker network create) "
                                      "or the default bridge.")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import threading
 import uuid
 from collections.abc import Callable, Mapping
@@ -26,6 +27,23 @@ from ds01.proxy.upstream import Upstream
 from ds01.units import format_equivalents
 
 CLIENT_HEADER_PREFIX = "ds01-container/"
+
+
+def make_volume(upstream: Upstream, caller: runas.Caller, body: dict[str, Any]) -> dict[str, Any]:
+    """A volume made as the caller's: labelled, and its top directory theirs (the engine makes it root's, and a
+    container runs as its caller). The engine answers a create of an existing volume with that volume, so the
+    answer's owner is checked: a volume someone else made in between is neither taken nor shown."""
+    labels = {**(body.get("Labels") or {}), containers.USER: caller.user, containers.UID: str(caller.uid)}
+    status, made = upstream.call("POST", "/volumes/create", body={**body, "Labels": labels})
+    if status != 201 or not isinstance(made, dict):
+        raise Ds01Error(f"the engine answered {status} when creating the volume {body.get('Name')}: {made}")
+    name = str(made.get("Name") or "")
+    if (made.get("Labels") or {}).get(containers.USER) != caller.user:
+        raise Denied("name_taken", f"a volume named {name} exists already; pick another name.")
+    mountpoint = str(made.get("Mountpoint") or "")
+    if mountpoint:
+        os.chown(mountpoint, caller.uid, caller.gid, follow_symlinks=False)
+    return made
 OwnerOf = Callable[[str, str], tuple[dict[str, Any] | None, str | None]]
 
 
@@ -160,15 +178,8 @@ class ContainerCreates:
 
     def _make_volume(self, caller: runas.Caller, name: str) -> None:
         """A named volume the create mounts and nobody has yet, made as the caller's (the engine would make it
-        without an owner). The engine answers a create of an existing volume with that volume, so the answer's
-        owner is checked: a volume someone made in between is not taken."""
-        status, made = self.upstream.call("POST", "/volumes/create", body={
-            "Name": name, "Labels": {containers.USER: caller.user, containers.UID: str(caller.uid)}})
-        if status != 201 or not isinstance(made, dict):
-            raise Ds01Error(f"the engine answered {status} when creating the volume {name}: {made}")
-        if (made.get("Labels") or {}).get(containers.USER) != caller.user:
-            raise Denied("not_owner", f"volume {name} is not yours; you may only refer to your own containers and "
-                                      "volumes.")
+        without an owner)."""
+        make_volume(self.upstream, caller, {"Name": name})
 
     def _dry_run_reply(self, plan: policy.CreatePlan, allocation: Allocation | None) -> Outcome:
         image = str(bodies.field(plan.body, "Image") or "")

@@ -19,15 +19,14 @@ from ds01.errors import Denied, Ds01Error
 from ds01.placement import GpuRequest, Slot
 from ds01.proxy import archive, binds, starts
 from ds01.proxy.cgroups import CgroupParents
-from ds01.proxy.creates import ContainerCreates
-from ds01.proxy.outcomes import Deny, Forward, Outcome, Request
+from ds01.proxy.creates import ContainerCreates, make_volume
+from ds01.proxy.outcomes import Deny, Forward, Outcome, Reply, Request
 from ds01.proxy.session import Session, Sessions
 from ds01.proxy.upstream import Upstream
 
 MIN_API_VERSION = (1, 40)
 PULL_PARAMETERS = frozenset({"fromImage", "tag", "platform"})
 _OBJECT_ID = re.compile(r"[0-9a-f]{64}")
-_VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")  # the engine's own rule
 
 
 def _with_owner_filter(query: str, user: str, key: str = "filters") -> str:
@@ -41,6 +40,10 @@ def _with_owner_filter(query: str, user: str, key: str = "filters") -> str:
     if not isinstance(filters, dict):
         raise Denied("bad_request", f"the {key} parameter must be a JSON object")
     labels = filters.get("label", {})
+    if isinstance(labels, str):
+        labels = [labels]
+    if not isinstance(labels, (list, dict)):
+        raise Denied("bad_request", f"the label filter in {key} must be a list or an object of labels")
     labels = dict.fromkeys(labels, True) if isinstance(labels, list) else dict(labels)
     labels[f"{containers.USER}={user}"] = True
     # The engine takes one shape for the whole object: lists (docker-py) or maps of true (the docker CLI).
@@ -252,7 +255,7 @@ class Gate:
                                         "versions changed a container at start); send it empty.")
         by_rules_of = self._rules_of(info, caller)
         starting = info
-        if route.action == "restart" and _host_mounts(info):
+        if route.action == "restart" and any(m.get("Type") in ("bind", "volume") for m in info.get("Mounts") or []):
             # Checked while running, a container could change its own files before the engine starts it
             # again: the proxy stops it itself, checks the stopped container, and forwards a plain start.
             starting = self._stopped_for_restart(info, query)
@@ -260,11 +263,25 @@ class Gate:
         try:
             starts.check_start(starting, by_rules_of, self.pins, self.sessions.current_config().security,
                                self._engine_sockets)
+            starts.check_networks(starting, by_rules_of, self._network_owners(starting))
         except Denied:
             self._removed_if_auto_remove(starting)
             raise
         self._regrant_on_start(request.session, starting)
         return Forward(target)
+
+    def _network_owners(self, info: dict[str, Any]) -> dict[str, str | None]:
+        """The owner, now, of each named network a container joins ("" none, None missing)."""
+        joined = dict.fromkeys((info.get("NetworkSettings") or {}).get("Networks") or {})
+        mode = str((info.get("HostConfig") or {}).get("NetworkMode") or "")
+        joined.update(dict.fromkeys([mode] if mode and ":" not in mode else []))
+        owners: dict[str, str | None] = {}
+        for name in joined:
+            if name in policy.SHARED_NETWORKS or name == "host":
+                continue
+            found, owner = self._owner_of("network", name)
+            owners[name] = None if found is None else (owner or "")
+        return owners
 
     def _removed_if_auto_remove(self, info: dict[str, Any]) -> None:
         """A --rm container whose start is refused goes, as the engine removes one whose start fails: docker run
@@ -348,7 +365,7 @@ class Gate:
                                         "options) is for admins: a subnet can shadow the host's own networks. "
                                         "Leave them out; the engine picks a free range.")
         wanted = str(body.get("Name") or "")
-        if kind == "volume" and wanted and not _VOLUME_NAME.fullmatch(wanted):
+        if kind == "volume" and wanted and not policy.VOLUME_NAME.fullmatch(wanted):
             return Deny("bad_request", f"{wanted!r} is not a volume name: letters, digits and _ . - only, starting "
                                        "with a letter or digit.", status=400)
         policy.check_object_name(caller, kind, wanted)
@@ -357,5 +374,7 @@ class Gate:
         # everyone: someone else's must not be shown, nor taken.
         if found is not None and not caller.is_admin and (kind == "network" or owner != caller.user):
             return Deny("name_taken", f"a {kind} named {wanted} exists already; pick another name.", status=409)
+        if kind == "volume":  # made by the proxy, which checks whose the engine's answer is
+            return Reply(201, make_volume(self.upstream, caller, body))
         body["Labels"] = {**(body.get("Labels") or {}), containers.USER: caller.user, containers.UID: str(caller.uid)}
         return Forward(request.target, body=json.dumps(body).encode())

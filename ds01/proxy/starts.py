@@ -1,4 +1,5 @@
-"""What is checked again before a container starts: its pinned bind sources, and the paths to its mount points.
+"""What is checked again before a container starts: its pinned bind sources, the paths to its mount points, and
+that each network it joins is still its owner's.
 
 Each start through the proxy (start, restart) passes here; the engine's own restarts are refused for containers
 that mount host directories, so no start of theirs goes unchecked.
@@ -21,6 +22,19 @@ def check_start(info: dict[str, Any], owner: runas.Caller, pins: binds.Pins, sec
     destinations.check_destinations(info.get("Config") or {}, info.get("HostConfig") or {})
     _recheck_binds(info, owner, pins, security, engine_sockets)
     _check_mount_paths(info)
+
+
+def check_networks(info: dict[str, Any], owner: runas.Caller, network_owners: dict[str, str | None]) -> None:
+    """The engine looks a container's networks up by name again at each start; a name can have changed hands
+    since the create (deleted, then made by someone else). `network_owners`: each name's owner now ("" none,
+    None missing)."""
+    name = str(info.get("Name") or "").lstrip("/")
+    for network, network_owner in network_owners.items():
+        if network_owner not in (None, "", owner.user) and not owner.is_admin:
+            raise Denied("not_owner", (
+                f"{name} joins the network {network}, which is not its owner's (any more): a network of that name "
+                "was made by someone else. Connect it to a network of your own (docker network disconnect / "
+                "connect), or remove it and create it again."))
 
 
 def _recheck_binds(info: dict[str, Any], owner: runas.Caller, pins: binds.Pins, security: SecuritySettings,
@@ -52,13 +66,13 @@ def _check_mount_paths(info: dict[str, Any]) -> None:
     host directory, where it makes them as root. The container is stopped: what is checked is what starts."""
     config, host = info.get("Config") or {}, info.get("HostConfig") or {}
     found = destinations.destinations(config, host)
-    if not any(d.kind == "bind" for d in found):
-        return
+    if not any(d.kind in destinations.HOLDING_KINDS for d in found):
+        return  # without a host directory or a volume, a symlink leads only around the container's own files
     name = str(info.get("Name") or "").lstrip("/")
     layers = overlay.layers_of(info)
     if layers is None:
         raise Denied("mount_path_symlink", (
-            f"{name} mounts host directories, and this engine's storage driver "
+            f"{name} mounts host directories or volumes, and this engine's storage driver "
             f"({(info.get('GraphDriver') or {}).get('Name')}) does not let ds01 check the container's paths to "
             "them; ask an admin to use overlay2."))
     for path in destinations.RUNTIME_PATHS:

@@ -311,3 +311,57 @@ def test_docker_py_list_filters_and_new_named_volumes(proxy: ProxyHandle, engine
     finally:
         engine.containers.get("with-new-vol").remove(force=True)
         engine.volumes.get("fresh-vol").remove(force=True)
+
+
+def test_a_network_name_that_changed_hands_is_refused_at_start(proxy: ProxyHandle,
+                                                              engine: docker.DockerClient) -> None:
+    early = docker_as(proxy, "alice", "create", "--name", "early", "--network", "later-lan", TEST_IMAGE, "true")
+    assert early.returncode != 0 and "there is no network later-lan" in early.stderr
+    assert docker_as(proxy, "alice", "network", "create", "handed-lan").returncode == 0
+    assert docker_as(proxy, "alice", "create", "--name", "waiting", "--network", "handed-lan", TEST_IMAGE,
+                     "sleep", "30").returncode == 0
+    try:
+        assert docker_as(proxy, "alice", "network", "rm", "handed-lan").returncode == 0
+        assert docker_as(proxy, "bob", "network", "create", "handed-lan").returncode == 0
+        started = docker_as(proxy, "alice", "start", "waiting")
+        assert started.returncode != 0 and "which is not its owner's" in started.stderr
+        assert engine.containers.get("waiting").status == "created"
+        assert not engine.networks.get("handed-lan").attrs["Containers"]
+    finally:
+        engine.containers.get("waiting").remove(force=True)
+        for found in engine.networks.list(names=["handed-lan"]):
+            found.remove()
+
+
+def test_a_symlink_in_the_image_never_leads_a_volume_into_a_system_tree(proxy: ProxyHandle,
+                                                                        engine: docker.DockerClient) -> None:
+    image = busybox_image(engine, links={"data": "/etc"})
+    try:
+        made = docker_as(proxy, "alice", "create", "--name", "sym-vol", "-v", "sym-data:/data", image, "sleep", "5")
+        assert made.returncode == 0, made.stderr
+        started = docker_as(proxy, "alice", "start", "sym-vol")
+        assert started.returncode != 0 and "is a symlink (to /etc) on the way to a mount point" in started.stderr
+        never_ran = engine.containers.get("sym-vol")
+        assert never_ran.status == "created" and never_ran.attrs["State"]["StartedAt"].startswith("0001")
+    finally:
+        for leftover in engine.containers.list(all=True, filters={"ancestor": image}):
+            leftover.remove(force=True)
+        for volume in engine.volumes.list(filters={"name": "sym-data"}):
+            volume.remove(force=True)
+        engine.images.remove(image, force=True)
+
+
+def test_a_volume_made_through_the_proxy_is_its_owners_to_write(proxy: ProxyHandle,
+                                                                engine: docker.DockerClient) -> None:
+    assert docker_as(proxy, "alice", "volume", "create", "alice-scratch").returncode == 0
+    try:
+        wrote = docker_as(proxy, "alice", "run", "--rm", "-v", "alice-scratch:/v", "-v", "alice-new:/w", TEST_IMAGE,
+                          "sh", "-c", "touch /v/a /w/b && stat -c %u /v/a /w/b")
+        assert wrote.returncode == 0, wrote.stderr
+        assert wrote.stdout.split() == [str(account("alice").pw_uid)] * 2
+        taken = api_as(proxy, "bob", "POST", "/volumes/create", {"Name": "alice-scratch"})
+        assert taken[0] == 409 and "Mountpoint" not in json.dumps(taken[1])
+    finally:
+        for name in ("alice-scratch", "alice-new"):
+            for volume in engine.volumes.list(filters={"name": name}):
+                volume.remove(force=True)

@@ -168,6 +168,11 @@ DENIALS: list[tuple[str, dict[str, Any], str, str]] = [
     ("foreign-network", host(NetworkMode="bobs-net"), "not_owner", "network bobs-net is not yours"),
     ("image-label", {"Image": "labelled"}, "image_label", "ds01.surprise"),
     ("negative-quota", host(CpuQuota=-1), "limit_lifted", "would remove your CPU limit"),
+    ("selinux-type", host(SecurityOpt=["label=type:spc_t"]), "security_opt", "changes confinement"),
+    ("relabel", host(Binds=["/home/alice/work:/w:Z"]), "security_opt", "relabel the whole tree"),
+    ("bad-volume-name", host(Binds=[".:/x"]), "bad_request", "neither an absolute path nor a volume name"),
+    ("tmpfs-twice", host(Tmpfs={"/t": "size=1g,size=0"}), "limit_tmpfs", "give its size once"),
+    ("missing-network", host(NetworkMode="later-net"), "not_owner", "there is no network later-net"),
     ("negative-swap", host(MemorySwap=-2), "limit_memory", "MemorySwap=-2 (unlimited swap)"),
     ("shared-bind", host(Binds=["/home/alice/work:/w:rshared"]), "mount_propagation", "shared propagation"),
     ("endpoint-network-id", {"Image": "busybox", "NetworkingConfig": {"EndpointsConfig": {"my-net": {
@@ -515,7 +520,7 @@ def test_fractional_cpu_limit() -> None:
 # --- bind mounts -------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bind", [
-    "/home/alice:/h", "/home/alice/work:/w", "/home/alice/work/:/w:ro", "/data/shared:/s:ro,z",
+    "/home/alice:/h", "/home/alice/work:/w", "/home/alice/work/:/w:ro", "/data/shared:/s:ro,rslave",
     "/home/alice/data-link:/d",
 ])
 def test_binds_inside_home_and_data_dirs_are_allowed(bind: str) -> None:
@@ -724,9 +729,10 @@ def test_container_namespaces_need_the_owner(mode: str) -> None:
     plan(host(**{mode: "container:bobs"}), caller=ADMIN)
 
 
-@pytest.mark.parametrize("value", ["", "private", "none", "bridge", "shareable", "my-network"])
-def test_other_namespace_modes_are_allowed(value: str) -> None:
-    plan(host(NetworkMode=value, IpcMode=value))
+@pytest.mark.parametrize(("network", "ipc"), [("", ""), ("none", "private"), ("bridge", "shareable"),
+                                              ("my-net", "none"), ("shared-net", "")])
+def test_other_namespace_modes_are_allowed(network: str, ipc: str) -> None:
+    plan(host(NetworkMode=network, IpcMode=ipc))
 
 
 def test_references() -> None:
@@ -749,7 +755,8 @@ def test_references() -> None:
 
 @pytest.mark.parametrize("option", [
     "seccomp=unconfined", "seccomp:unconfined", "apparmor=unconfined", "apparmor:unconfined", "label=disable",
-    "label:disable", "systempaths=unconfined", "SECCOMP=UNCONFINED", "Label=Disable",
+    "label:disable", "systempaths=unconfined", "SECCOMP=UNCONFINED", "Label=Disable", "label=type:spc_t",
+    "label=level:s0:c100,c200", "label=user:system_u",
 ])
 def test_unconfined_security_options_are_refused(option: str) -> None:
     denial = refused(host(SecurityOpt=["no-new-privileges", option]), "security_opt")
@@ -757,7 +764,7 @@ def test_unconfined_security_options_are_refused(option: str) -> None:
 
 
 @pytest.mark.parametrize("option", ["no-new-privileges", "no-new-privileges=true", "apparmor=docker-default",
-                                    "label=level:s0:c100,c200", "label=type:container_t"])
+                                    "label=type:container_t", "label:type:container_t"])
 def test_confining_security_options_are_allowed(option: str) -> None:
     plan(host(SecurityOpt=[option]))
 
