@@ -407,6 +407,10 @@ def check_update(caller: Caller, body: dict[str, Any], has_host_mounts: bool,
         value = resources.integer(body, name)
         if value is not None and (value < 0 or (name == "PidsLimit" and value == 0)):
             raise _deny("limit_lifted", f"{name}={value} would remove your limit; give a value within it.")
+    memory = resources.integer(body, "Memory")
+    if memory and not field(body, "MemorySwap"):
+        # The engine would keep the current swap limit, made for the old memory; swap stays twice the memory.
+        body["MemorySwap"] = 2 * memory
     resources.apply_limits(resources.merged_for_update(current, body), caller.limits, fill_defaults=False)
     return body
 

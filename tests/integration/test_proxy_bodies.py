@@ -84,6 +84,11 @@ def test_update_limits_are_computed_from_the_current_values(proxy: ProxyHandle, 
         container.reload()
         assert container.attrs["HostConfig"]["CpuPeriod"] == 100_000  # one CPU, still
         assert docker_as(proxy, "alice", "update", "--cpu-period", "50000", "quota-trick").returncode == 0
+        lowered = docker_as(proxy, "alice", "update", "--memory", "1g", "quota-trick")
+        assert lowered.returncode == 0, lowered.stderr
+        container.reload()
+        assert (container.attrs["HostConfig"]["Memory"], container.attrs["HostConfig"]["MemorySwap"]) == (
+            2**30, 2 * 2**30)
     finally:
         container.remove(force=True)
 

@@ -940,7 +940,9 @@ def test_exec_as_root_only_for_admins_with_admin_root() -> None:
 ])
 def test_update_within_limits_is_allowed_and_untouched(body: dict[str, Any]) -> None:
     before = copy.deepcopy(body)
-    assert policy.check_update(ALICE, body, False, {}) == before  # no defaults are filled in on update
+    if before.get("Memory"):
+        before["MemorySwap"] = 2 * before["Memory"]  # swap follows a new memory limit
+    assert policy.check_update(ALICE, body, False, {}) == before  # no other defaults are filled in on update
 
 
 @pytest.mark.parametrize(("body", "reason"), [
@@ -1202,3 +1204,9 @@ def test_a_missing_named_volume_is_the_callers_to_make() -> None:
     missing = Facts(PATHS, CONTAINER_OWNERS, VOLUME_OWNERS, ENGINE_SOCKETS, missing_volumes=frozenset({"new-vol"}))
     plan(host(Binds=["new-vol:/v"]), facts=missing)
     refused(host(Binds=["new-vol:/v"]), "not_owner")  # without the fact that it is missing: not the caller's
+
+
+def test_an_update_of_memory_keeps_swap_at_twice_the_memory() -> None:
+    current = {"Memory": 8 * GIB, "MemorySwap": 16 * GIB}
+    assert policy.check_update(ALICE, {"Memory": GIB}, False, current) == {"Memory": GIB, "MemorySwap": 2 * GIB}
+    assert policy.check_update(ALICE, {"Memory": GIB, "MemorySwap": GIB}, False, current)["MemorySwap"] == GIB
