@@ -107,10 +107,13 @@ def check_ulimits(host: Mapping[str, Any], caps: Mapping[str, int | None]) -> No
 def _tmpfs_size(options: Any, path: str) -> int | None:
     if not isinstance(options, str):
         raise Denied("bad_request", f"the options of the tmpfs at {path} must be text, like size=1g")
-    if sum(1 for option in options.split(",") if option.partition("=")[0].strip() in ("size", "nr_blocks")) > 1:
+    keys = [option.partition("=")[0].strip().lower() for option in options.split(",")]
+    if sum(1 for key in keys if key in ("size", "nr_blocks")) > 1:
         raise Denied("limit_tmpfs", f"tmpfs {path}: give its size once (size=...); the kernel takes the last one")
     for option in options.split(","):
         key, _, value = option.partition("=")
+        if key.strip() != key.strip().lower():
+            raise Denied("limit_tmpfs", f"tmpfs {path}: option {key.strip()!r} must be written in lower case")
         if key.strip() == "nr_blocks":
             raise Denied("limit_tmpfs", f"tmpfs {path}: give its size with size=..., not nr_blocks")
         if key.strip() == "size":

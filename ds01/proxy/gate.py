@@ -373,6 +373,9 @@ class Gate:
         # Creating an existing volume returns it, and a second network of a name makes the name ambiguous to
         # everyone: someone else's must not be shown, nor taken.
         if found is not None and not caller.is_admin and (kind == "network" or owner != caller.user):
+            if str(found.get("Name") or "") != wanted:  # the engine took it for the start of an id
+                return Deny("name_taken", f"the name {wanted} is the start of another {kind}'s id, which it would "
+                                          "shadow; pick another name.", status=409)
             return Deny("name_taken", f"a {kind} named {wanted} exists already; pick another name.", status=409)
         if kind == "volume":  # made by the proxy, which checks whose the engine's answer is
             return Reply(201, make_volume(self.upstream, caller, body))

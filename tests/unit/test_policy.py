@@ -1210,3 +1210,8 @@ def test_an_update_of_memory_keeps_swap_at_twice_the_memory() -> None:
     current = {"Memory": 8 * GIB, "MemorySwap": 16 * GIB}
     assert policy.check_update(ALICE, {"Memory": GIB}, False, current) == {"Memory": GIB, "MemorySwap": 2 * GIB}
     assert policy.check_update(ALICE, {"Memory": GIB, "MemorySwap": GIB}, False, current)["MemorySwap"] == GIB
+
+
+def test_tmpfs_options_are_read_as_the_kernel_reads_them() -> None:
+    refused(host(Tmpfs={"/x": "size=1m,SIZE=100g"}), "limit_tmpfs")
+    assert host_config(plan(host(Tmpfs={"/x": "size=1g,mode=1777"})))["Tmpfs"] == {"/x": "size=1g,mode=1777"}
