@@ -12,10 +12,11 @@ the system trees where the engine and the GPU hook put mounts of their own (/etc
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ds01.bodies import as_list, field, is_volume_name, mounts_of, split_bind
+from ds01.bodies import as_list, field, is_volume_name, mounts_of, set_field, split_bind
 from ds01.errors import Denied
 
 # The engine mounts /etc/hostname, /etc/hosts, /etc/resolv.conf, /dev/shm, /dev/pts, /proc and /sys; the NVIDIA
@@ -110,6 +111,30 @@ def check_destinations(body: dict[str, Any], host: dict[str, Any], image_working
             f"the working directory {working_dir} lies below the {outer.kind} mounted at {outer.path}: if it is "
             f"missing, the engine creates it there as root. Use {outer.path} as the working directory and cd "
             "inside, or mount the directory you want to work in."))
+
+
+def label_anonymous_volumes(body: dict[str, Any], host: dict[str, Any], image_volumes: Sequence[str],
+                             owner: Mapping[str, str]) -> None:
+    """Volumes the engine makes for a container (-v /path, the image's VOLUMEs) are created with the owner's
+    labels, so that the owner sees and removes them and cleanup finds them; --rm still removes them."""
+    def normal(path: Any) -> str:
+        return posixpath.normpath("/" + str(path).lstrip("/"))
+
+    taken = {d.path for d in destinations({}, host)}  # binds, mounts and tmpfs: all but Config.Volumes
+    wanted = [normal(path) for path in (field(body, "Volumes") or {})]
+    if not field(host, "VolumesFrom"):
+        wanted += [normal(path) for path in image_volumes]
+    wanted = [path for path in dict.fromkeys(wanted) if path not in taken]
+    mounts = mounts_of(host)
+    for mount in mounts:
+        if field(mount, "Type") == "volume" and not field(mount, "Source"):
+            options = dict(field(mount, "VolumeOptions") or {})
+            set_field(options, "Labels", {**(field(options, "Labels") or {}), **owner})
+            set_field(mount, "VolumeOptions", options)
+    mounts += [{"Type": "volume", "Target": path, "VolumeOptions": {"Labels": dict(owner)}} for path in wanted]
+    if mounts:
+        set_field(host, "Mounts", mounts)
+    body.pop("Volumes", None)  # each is a labelled mount now; the body is in the API's spelling
 
 
 USER_RESTART_POLICIES = ("", "no", "on-failure")

@@ -19,16 +19,13 @@ from typing import Any
 
 from ds01 import allowlist, containers, devices, resources, runas
 from ds01.bodies import as_list, field, host_config, is_volume_name, mounts_of, set_field, split_bind
-from ds01.destinations import check_destinations, check_restart_policy, destinations
+from ds01.destinations import check_destinations, check_restart_policy, label_anonymous_volumes
 from ds01.errors import Denied
 from ds01.limits import SecuritySettings
 from ds01.placement import GpuRequest
 from ds01.runas import Caller
-from ds01.units import parse_size
 
 SHARED_NETWORKS = frozenset({"", "default", "bridge", "none"})
-LOG_OPTIONS_MAX = {"max-size": 100 * 2**20, "max-file": 5}  # per container: at most 500 MiB of logs on the host
-LOG_OPTIONS_FREE = frozenset({"compress", "mode", "max-buffer-size"})
 MIN_HOST_PORT = 1024  # below it only root may listen on the host
 VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")  # the engine's own rule
 HOST_MODES = ("PidMode", "IpcMode", "UTSMode", "NetworkMode", "UsernsMode", "CgroupnsMode")
@@ -274,30 +271,6 @@ def _check_ports(host: dict[str, Any], caller: Caller) -> None:
                 "port out for a free one."))
 
 
-def _check_log_config(host: dict[str, Any], log_driver: str) -> None:
-    config = field(host, "LogConfig") or {}
-    driver = field(config, "Type") or ""
-    if driver not in ("", log_driver):
-        raise _deny("log_config", (
-            f"log driver {driver!r} is not allowed: containers log with the engine's default driver "
-            f"({log_driver}), which docker logs reads. Leave --log-driver out."))
-    for name, value in (field(config, "Config") or {}).items():
-        cap = LOG_OPTIONS_MAX.get(name)
-        if cap is None and name not in LOG_OPTIONS_FREE:
-            known = ", ".join(sorted({*LOG_OPTIONS_MAX, *LOG_OPTIONS_FREE}))
-            raise _deny("log_config", f"log option {name!r} is not allowed; only {known}.")
-        if cap is None:
-            continue
-        try:
-            amount = parse_size(str(value)) if name == "max-size" else int(str(value))
-        except ValueError:
-            raise _deny("log_config", f"log option {name}={value!r} is not a number") from None
-        if not 0 < amount <= cap:
-            shown = resources.size_text(cap) if name == "max-size" else str(cap)
-            raise _deny("log_config", f"log option {name}={value} is over the cap of {shown} (logs are kept on the "
-                                      "host's disk).")
-
-
 def _check_networks(caller: Caller, body: dict[str, Any], facts: Facts) -> None:
     for name in networks_of(body):
         owner = facts.network_owners.get(name)
@@ -307,30 +280,6 @@ def _check_networks(caller: Caller, body: dict[str, Any], facts: Facts) -> None:
         if owner not in ("", caller.user) and not caller.is_admin:
             raise _deny("not_owner", f"network {name} is not yours; join your own networks (docker network create) "
                                      "or the default bridge.")
-
-
-def _label_anonymous_volumes(body: dict[str, Any], host: dict[str, Any], image_volumes: Sequence[str],
-                             owner: Mapping[str, str]) -> None:
-    """Volumes the engine makes for a container (-v /path, the image's VOLUMEs) are created with the owner's
-    labels, so that the owner sees and removes them and cleanup finds them; --rm still removes them."""
-    def normal(path: Any) -> str:
-        return posixpath.normpath("/" + str(path).lstrip("/"))
-
-    taken = {d.path for d in destinations({}, host)}  # binds, mounts and tmpfs: all but Config.Volumes
-    wanted = [normal(path) for path in (field(body, "Volumes") or {})]
-    if not field(host, "VolumesFrom"):
-        wanted += [normal(path) for path in image_volumes]
-    wanted = [path for path in dict.fromkeys(wanted) if path not in taken]
-    mounts = mounts_of(host)
-    for mount in mounts:
-        if field(mount, "Type") == "volume" and not field(mount, "Source"):
-            options = dict(field(mount, "VolumeOptions") or {})
-            set_field(options, "Labels", {**(field(options, "Labels") or {}), **owner})
-            set_field(mount, "VolumeOptions", options)
-    mounts += [{"Type": "volume", "Target": path, "VolumeOptions": {"Labels": dict(owner)}} for path in wanted]
-    if mounts:
-        set_field(host, "Mounts", mounts)
-    body.pop("Volumes", None)  # each is a labelled mount now; the body is in the API's spelling
 
 
 def bind_sources(host: dict[str, Any]) -> tuple[str, ...]:
@@ -350,7 +299,7 @@ def plan_create(caller: Caller, body: dict[str, Any], facts: Facts, security: Se
     _check_escapes(caller, host, facts, security)
     _check_image(facts.image_labels)
     _check_ports(host, caller)
-    _check_log_config(host, facts.log_driver)
+    resources.check_log_config(host, facts.log_driver)
     _check_networks(caller, body, facts)
     labels = field(body, "Labels") or {}
     check_destinations(body, host, facts.image_working_dir, facts.image_volumes)
@@ -365,7 +314,7 @@ def plan_create(caller: Caller, body: dict[str, Any], facts: Facts, security: Se
     if overridden:
         notes += (f"ds01: the image's {', '.join(overridden)} are overridden: GPUs come from the grant alone",)
     owner = {containers.USER: caller.user, containers.UID: str(caller.uid)}
-    _label_anonymous_volumes(body, host, facts.image_volumes, owner)
+    label_anonymous_volumes(body, host, facts.image_volumes, owner)
     # Every label ds01 reads is written, empty when unset, so that none of the image's own shows through.
     stamped = {**{k: v for k, v in labels.items() if k not in containers.REQUEST_LABELS},
                **dict.fromkeys(containers.KNOWN_LABELS, ""), **owner,

@@ -15,6 +15,8 @@ from ds01.units import format_size, parse_size
 DEFAULT_CPU_PERIOD = 100_000
 SHM = "/dev/shm"  # noqa: S108 - a path inside the container
 # The fields an update changes; the engine keeps the current value of any it is sent as 0 or not at all.
+LOG_OPTIONS_MAX = {"max-size": 100 * 2**20, "max-file": 5}  # per container: at most 500 MiB of logs on the host
+LOG_OPTIONS_FREE = frozenset({"compress", "mode", "max-buffer-size"})
 UPDATED_RESOURCES = ("NanoCpus", "CpuQuota", "CpuPeriod", "Memory", "MemorySwap", "MemoryReservation",
                      "KernelMemory", "KernelMemoryTCP", "PidsLimit")
 
@@ -163,3 +165,27 @@ def merged_for_update(current: Mapping[str, Any], update: Mapping[str, Any]) -> 
     merged.update({name: field(update, name) for name in UPDATED_RESOURCES if field(update, name)})
     merged["Ulimits"] = field(update, "Ulimits")
     return merged
+
+
+def check_log_config(host: dict[str, Any], log_driver: str) -> None:
+    config = field(host, "LogConfig") or {}
+    driver = field(config, "Type") or ""
+    if driver not in ("", log_driver):
+        raise Denied("log_config", (
+            f"log driver {driver!r} is not allowed: containers log with the engine's default driver "
+            f"({log_driver}), which docker logs reads. Leave --log-driver out."))
+    for name, value in (field(config, "Config") or {}).items():
+        cap = LOG_OPTIONS_MAX.get(name)
+        if cap is None and name not in LOG_OPTIONS_FREE:
+            known = ", ".join(sorted({*LOG_OPTIONS_MAX, *LOG_OPTIONS_FREE}))
+            raise Denied("log_config", f"log option {name!r} is not allowed; only {known}.")
+        if cap is None:
+            continue
+        try:
+            amount = parse_size(str(value)) if name == "max-size" else int(str(value))
+        except ValueError:
+            raise Denied("log_config", f"log option {name}={value!r} is not a number") from None
+        if not 0 < amount <= cap:
+            shown = size_text(cap) if name == "max-size" else str(cap)
+            raise Denied("log_config", f"log option {name}={value} is over the cap of {shown} (logs are kept on the "
+                                      "host's disk).")

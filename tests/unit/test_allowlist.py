@@ -3,8 +3,10 @@ made of the API's real fields, with valid and hostile values, in any key case.""
 
 from __future__ import annotations
 
+import importlib
 import json
 import posixpath
+import re
 from pathlib import Path
 from typing import Any
 
@@ -275,3 +277,14 @@ def test_the_update_arithmetic_uses_the_current_values() -> None:
     assert info.value.reason == "limit_cpus"
     assert "100 CPUs asked for" in info.value.message
     policy.check_update(ALICE, {"CpuPeriod": 50_000}, False, {"CpuQuota": 100_000, "CpuPeriod": 100_000})
+
+
+def test_every_rule_names_a_check_that_exists() -> None:
+    """A rule that says where it is checked (module.function) points at something real."""
+    for table, fields in rules.TABLES.items():
+        for name, rule in fields.items():
+            for module, attribute in re.findall(r"\((\w+)\.(\w+)\)", rule.why):
+                package = "ds01.proxy" if module == "gate" else "ds01"
+                found = importlib.import_module(f"{package}.{module}")
+                holder = found.Gate if module == "gate" else found
+                assert hasattr(holder, attribute), f"{table}.{name}: {module}.{attribute} does not exist"
