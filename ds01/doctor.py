@@ -325,11 +325,8 @@ def check_runc() -> Check:
 
 def check_root_containers(options: Options) -> Check:
     try:
-        engine = Engine(options.engine)
-        try:
+        with Engine(options.engine) as engine:
             legacy = runas.root_with_host_mounts(engine.containers())
-        finally:
-            engine.close()
     except EngineError as exc:
         return Check("root containers", WARN, f"not checked: {exc}", "start the engine (see above)")
     if legacy:

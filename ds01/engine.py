@@ -140,6 +140,12 @@ class Engine:
     def close(self) -> None:
         self._client.close()
 
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
 
 # --- The `container` command's side: users reach the engine only through the ds01 proxy. -----------------------
 
@@ -368,3 +374,9 @@ class UserEngine:
 
     def close(self) -> None:
         self._api.close()
+
+    def __enter__(self) -> UserEngine:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

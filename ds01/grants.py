@@ -23,11 +23,8 @@ def current_slots(paths: Paths, config: Config) -> list[Slot]:
 
 def open_allocator(paths: Paths, config: Config, engine_url: str | None = None) -> Allocator:
     def rebuild() -> list[Allocation]:
-        engine = Engine(engine_url)
-        try:
+        with Engine(engine_url) as engine:
             found = engine.containers()
-        finally:
-            engine.close()
         known = {slot.uuid: slot.equivalents for slot in current_slots(paths, config)}
         # A device no longer in the inventory counts as a whole GPU: over-counting is the safe side.
         return allocations_from_containers(found, lambda uuid: known.get(uuid, Fraction(1)), time.time())

@@ -102,11 +102,8 @@ def request_slots(args: argparse.Namespace) -> int:
 
 def bind_reservation(args: argparse.Namespace) -> int:
     paths, config = paths_from_env(), load_config()
-    engine = Engine()
-    try:
+    with Engine() as engine:
         container = engine.container(args.container)
-    finally:
-        engine.close()
     bound = open_allocator(paths, config).bind(args.id, container.id, container.name)
     print(f"bound {bound.id} ({', '.join(bound.slots)}) to container {container.name} ({container.id[:12]})")
     return 0
@@ -132,11 +129,8 @@ def list_allocations(args: argparse.Namespace) -> int:
 def reconcile_allocations(args: argparse.Namespace) -> int:
     paths, config = paths_from_env(), load_config()
     listed_at = time.time()
-    engine = Engine()
-    try:
+    with Engine() as engine:
         found = engine.containers()
-    finally:
-        engine.close()
     report = open_allocator(paths, config).reconcile(found, listed_at, dry_run=args.dry_run)
     verb = "would " if args.dry_run else ""
     for allocation in report.released:

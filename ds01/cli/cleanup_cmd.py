@@ -34,15 +34,12 @@ def run_cleanup(args: argparse.Namespace) -> int:
         print(f"ds01: GPU activity unknown, so nothing is judged idle this time: {exc}", file=sys.stderr)
         inventory = None
     allocator = open_allocator(paths, config)
-    engine = Engine()
-    try:
+    with Engine() as engine:
         now = time.time()
         cleanup = Cleanup(paths.state_dir, engine, allocator, limits_resolver(config, datetime.now(UTC)))
         decisions = cleanup.run(config, inventory, now, args.dry_run)
         listed_at = time.time()
         report = allocator.reconcile(engine.containers(), listed_at, dry_run=args.dry_run)
-    finally:
-        engine.close()
     moment = datetime.fromtimestamp(now, UTC)
     if args.dry_run:
         revoked = baremetal.due_grants(paths, config.bare_metal, moment)

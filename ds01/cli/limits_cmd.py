@@ -64,11 +64,8 @@ def show_limits(args: argparse.Namespace) -> int:
     container_count: int | None = None
     status = 0
     try:
-        engine = Engine()
-        try:
+        with Engine() as engine:
             container_count = sum(1 for c in engine.containers() if c.labels.get(containers.USER) == user.sanitized)
-        finally:
-            engine.close()
     except EngineError as exc:
         print(f"ds01: containers not counted: {exc}", file=sys.stderr)
         status = EXIT_FAILURE

@@ -200,8 +200,7 @@ def create(args: argparse.Namespace) -> int:
     name = check_name(args.name)
     full = engine_name(name, os.getuid())
     request = _request(args)
-    engine = UserEngine()
-    try:
+    with UserEngine() as engine:
         if args.dry_run:
             return _dry_run(engine, name, full, request)
         missing = _missing_dirs(request.workspace)
@@ -222,7 +221,5 @@ def create(args: argparse.Namespace) -> int:
                                 f"`container remove {name}`.") from exc
             print("started", flush=True)
         _report(name, engine.inspect(full), request)
-    finally:
-        engine.close()
     sys.stdout.flush()
     return 0

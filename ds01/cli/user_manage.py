@@ -44,11 +44,8 @@ def gpus_cell(found: Details) -> str:
 
 def list_containers(args: argparse.Namespace) -> int:
     uid = os.getuid()
-    engine = UserEngine()
-    try:
+    with UserEngine() as engine:
         found = engine.containers(uid, everything=args.all)
-    finally:
-        engine.close()
     found.sort(key=lambda item: item.info.name)
     if args.format == "json":
         print_json([container_json(item, uid) for item in found])
@@ -74,8 +71,7 @@ def _own(args: argparse.Namespace) -> tuple[str, str]:
 
 def start(args: argparse.Namespace) -> int:
     name, full = _own(args)
-    engine = UserEngine()
-    try:
+    with UserEngine() as engine:
         if engine.inspect(full).info.status == "running":
             print(f"{name} is already running; open a shell with `container open {name}`")
             return 0
@@ -86,8 +82,6 @@ def start(args: argparse.Namespace) -> int:
             print("failed", flush=True)
             raise
         print("started")
-    finally:
-        engine.close()
     print(f"next: container open {name}")
     return 0
 
@@ -96,8 +90,7 @@ def stop(args: argparse.Namespace) -> int:
     name, full = _own(args)
     if args.time < 0:
         raise UsageError(f"-t {args.time}: give the seconds to wait as 0 or more.")
-    engine = UserEngine()
-    try:
+    with UserEngine() as engine:
         if engine.inspect(full).info.status != "running":
             print(f"{name} is not running; nothing to stop (`container remove {name}` removes it)")
             return 0
@@ -108,8 +101,6 @@ def stop(args: argparse.Namespace) -> int:
             print("failed", flush=True)
             raise
         print("stopped")
-    finally:
-        engine.close()
     print(f"start it again with `container start {name}`, or remove it with `container remove {name}` to give its "
           "GPUs back")
     return 0
@@ -117,15 +108,12 @@ def stop(args: argparse.Namespace) -> int:
 
 def remove(args: argparse.Namespace) -> int:
     name, full = _own(args)
-    engine = UserEngine()
-    try:
+    with UserEngine() as engine:
         found = engine.inspect(full)
         if found.info.status in ("running", "restarting") and not args.force:
             raise Ds01Error(f"{name} is running. Stop it first (container stop {name}), or remove it anyway with "
                             f"`container remove {name} -f`.")
         engine.remove(full, force=args.force)
-    finally:
-        engine.close()
     print(f"removed {name}" + (" and released its GPUs" if found.info.holds_gpus else ""))
     if found.workspace:
         print(f"its workspace {found.workspace} was kept (ds01 never deletes workspaces); delete it yourself if you "
@@ -141,11 +129,8 @@ def _running(engine: UserEngine, name: str, full: str) -> None:
 
 def open_shell(args: argparse.Namespace) -> int:
     name, full = _own(args)
-    engine = UserEngine()
-    try:
+    with UserEngine() as engine:
         _running(engine, name, full)
-    finally:
-        engine.close()
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UsageError(f"container open needs a terminal. In scripts, use `container exec {name} -- CMD`.")
     if shutil.which("docker") is None:
@@ -166,22 +151,16 @@ def execute(args: argparse.Namespace) -> int:
     name, full = _own(args)
     if not args.command:
         raise UsageError(f"give the command after '--', for example: container exec {name} -- nvidia-smi")
-    engine = UserEngine()
-    try:
+    with UserEngine() as engine:
         _running(engine, name, full)
         return engine.run(full, list(args.command), _write)
-    finally:
-        engine.close()
 
 
 def logs(args: argparse.Namespace) -> int:
     _, full = _own(args)
     if args.tail is not None and args.tail < 0:
         raise UsageError(f"--tail {args.tail}: give a number of lines, 0 or more.")
-    engine = UserEngine()
-    try:
+    with UserEngine() as engine:
         for stream, data in engine.logs(full, args.follow, args.tail):
             _write(stream, data)
-    finally:
-        engine.close()
     return 0

@@ -91,16 +91,13 @@ def _row(name: str, item: Details, sample: dict[str, Any] | None) -> Row:
 def stats(args: argparse.Namespace) -> int:
     filters = parse_filters(args.filter)
     uid = os.getuid()
-    engine = UserEngine()
-    try:
+    with UserEngine() as engine:
         found = [(plain_name(item.info.name, uid) or item.info.name, item)
                  for item in engine.containers(uid, everything="status" in filters)]
         chosen = sorted((pair for pair in found if matches(*pair, filters)), key=lambda pair: pair[0])
         running = [item.info.name for _, item in chosen if item.info.status == "running"]
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(running)))) as pool:
             samples = dict(zip(running, pool.map(engine.stats, running), strict=True))
-    finally:
-        engine.close()
     rows = [(_row(name, item, samples.get(item.info.name)), gpus_cell(item)) for name, item in chosen]
     if args.format == "json":
         print_json([row for row, _ in rows])

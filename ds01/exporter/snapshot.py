@@ -190,11 +190,8 @@ class Collector:
 
     def _containers(self, up: dict[str, bool], problems: list[str]) -> list[ContainerSummary]:
         try:
-            engine = Engine(self.engine_url)
-            try:
+            with Engine(self.engine_url) as engine:
                 summaries = engine.summaries()
-            finally:
-                engine.close()
         except Ds01Error as exc:
             up["engine"] = False
             self._fail("engine", problems, exc)

@@ -56,13 +56,10 @@ def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float) -> 
     if (major, minor) < MIN_API_VERSION:
         raise Ds01Error(f"the engine at {upstream_url} speaks API {major}.{minor}; ds01 needs 1.40 or newer")
     allocator = open_allocator(paths, sessions.config, upstream_url)
-    engine = Engine(upstream_url)
-    try:
+    with Engine(upstream_url) as engine:
         listed_at = time.time()
         found = engine.containers()
         report = allocator.reconcile(found, listed_at)  # crash recovery before serving
-    finally:
-        engine.close()
     events.emit("reconcile.startup", source="proxy", released=len(report.released), expired=len(report.expired),
                 adopted=len(report.adopted), unallocated=len(report.unallocated))
     for legacy in runas.root_with_host_mounts(found):
