@@ -89,7 +89,8 @@ class ContainerCreates:
             found, owner = self.owner_of("network", name)
             networks[name] = None if found is None else (owner or "")
         # Always inspected: its own labels and Env reach the container unless the body overrides them.
-        image = self.upstream.inspect("image", str(bodies.field(body, "Image") or ""))
+        name = str(bodies.field(body, "Image") or "")
+        image = self.upstream.inspect("image", name) if name else None  # none named: the engine refuses it
         image_config = (image or {}).get("Config") or {}
         return policy.Facts(paths, owners, volumes, self.engine_sockets, str(image_config.get("WorkingDir") or ""),
                             tuple(image_config.get("Volumes") or {}), image_labels=image_config.get("Labels") or {},
