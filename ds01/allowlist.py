@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ds01.errors import Denied
-from ds01.rules import TABLES, FieldRule, Rule, Shape
+from ds01.rules import TABLES, FieldRule, Shape
 
 _BY_FOLDED = {table: {key.casefold(): key for key in rules} for table, rules in TABLES.items()}
 
@@ -51,20 +51,12 @@ def _nested(value: Any, rule: FieldRule, path: str) -> Any:
         if not all(isinstance(item, dict) for item in value):
             raise Denied("bad_request", f"{path} entries must be objects")
         return [canonical(item, rule.of, f"{path}[{index}]") for index, item in enumerate(value)]
-    if rule.shape is Shape.MAP:
+    if rule.shape in (Shape.MAP, Shape.MAP_OF_LISTS):
         if not isinstance(value, dict):
             raise Denied("bad_request", f"{path} must be a JSON object")
         if rule.of is None:
             return value
-        return {key: _map_value(item, rule.of, f"{path}[{key}]") for key, item in value.items()}
+        item_shape = Shape.LIST if rule.shape is Shape.MAP_OF_LISTS else Shape.OBJECT
+        item_rule = FieldRule(rule.rule, rule.why, item_shape, rule.of)
+        return {key: _nested(item, item_rule, f"{path}[{key}]") for key, item in value.items()}
     return value
-
-
-def _map_value(value: Any, table: str, path: str) -> Any:
-    if value is None:
-        return None
-    if table == "PortBinding":  # a port's bindings are a list of them
-        return _nested(value, FieldRule(Rule.CHECKED, "", Shape.LIST, table), path)
-    if not isinstance(value, dict):
-        raise Denied("bad_request", f"{path} must be a JSON object")
-    return canonical(value, table, path)

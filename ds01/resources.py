@@ -12,7 +12,7 @@ from ds01.errors import Denied
 from ds01.limits import LimitValues
 from ds01.units import format_size, parse_size
 
-DEFAULT_CPU_PERIOD = 100_000
+CPU_PERIOD_US = 100_000  # the kernel's default CFS period, as the engine assumes it
 SHM = "/dev/shm"  # noqa: S108 - a path inside the container
 # The fields an update changes; the engine keeps the current value of any it is sent as 0 or not at all.
 LOG_OPTIONS_MAX = {"max-size": 100 * 2**20, "max-file": 5}  # per container: at most 500 MiB of logs on the host
@@ -37,7 +37,7 @@ def size_text(size_bytes: int) -> str:
 
 def cpus_asked(host: Mapping[str, Any]) -> float | None:
     nano = integer(host, "NanoCpus")
-    quota, period = integer(host, "CpuQuota"), integer(host, "CpuPeriod") or DEFAULT_CPU_PERIOD
+    quota, period = integer(host, "CpuQuota"), integer(host, "CpuPeriod") or CPU_PERIOD_US
     if nano:
         return nano / 1e9
     return quota / period if quota and quota > 0 else None
@@ -53,7 +53,7 @@ def apply_limits(host: dict[str, Any], limits: LimitValues, fill_defaults: bool 
     asked = cpus_asked(host)
     if asked is None and fill_defaults and integer(host, "CpuPeriod"):
         # --cpu-period alone: the engine refuses NanoCpus beside it, so the limit is written as a quota.
-        set_field(host, "CpuQuota", int(limits.cpus * (integer(host, "CpuPeriod") or DEFAULT_CPU_PERIOD)))
+        set_field(host, "CpuQuota", int(limits.cpus * (integer(host, "CpuPeriod") or CPU_PERIOD_US)))
         asked = limits.cpus
     if asked is not None and asked > limits.cpus:
         raise Denied("limit_cpus", f"{asked:g} CPUs asked for; your per-container limit is {limits.cpus:g}.")

@@ -29,6 +29,7 @@ class Shape(enum.Enum):
     OBJECT = "object"  # a nested object with its own table
     LIST = "list"  # a list; of objects with their own table when `of` is set
     MAP = "map"  # free-form keys; values are objects with their own table when `of` is set
+    MAP_OF_LISTS = "map of lists"  # free-form keys; values are lists of objects with their own table
 
 
 Check = Callable[[Any, str], None]  # (value, where) -> None, or raise Denied
@@ -172,8 +173,8 @@ HOST_CONFIG: dict[str, FieldRule] = {
     "LogConfig": _c("the engine's default driver, with size-capped options (resources.check_log_config)",
                     shape=Shape.OBJECT, of="LogConfig"),
     "NetworkMode": _owned(f"{_MODE}; a named network must be the caller's or a shared one"),
-    "PortBindings": _c("host ports 1024 and up only, as on the host (policy._check_ports)", shape=Shape.MAP,
-                       of="PortBinding"),
+    "PortBindings": _c("host ports 1024 and up only, as on the host (policy._check_ports)",
+                       shape=Shape.MAP_OF_LISTS, of="PortBinding"),
     "RestartPolicy": _c("no or on-failure (admins: any); none with host mounts (destinations)", shape=Shape.OBJECT,
                         of="RestartPolicy"),
     "AutoRemove": _h("removes the container when it exits"),

@@ -11,8 +11,7 @@ import threading
 from pathlib import Path
 
 from ds01.errors import Ds01Error
-
-CPU_PERIOD_US = 100_000
+from ds01.resources import CPU_PERIOD_US
 
 
 class CgroupParents:

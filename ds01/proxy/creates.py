@@ -8,7 +8,7 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -27,6 +27,16 @@ from ds01.proxy.upstream import Upstream
 from ds01.units import format_equivalents
 
 CLIENT_HEADER_PREFIX = "ds01-container/"
+OwnerOf = Callable[[str, str], tuple[dict[str, Any] | None, str | None]]  # (kind, name) -> (inspect, ds01.user)
+
+
+def network_owners(owner_of: OwnerOf, names: Iterable[str]) -> dict[str, str | None]:
+    """The owner, now, of each named network: "" for one no user owns, None for one that does not exist."""
+    owners: dict[str, str | None] = {}
+    for name in names:
+        found, owner = owner_of("network", name)
+        owners[name] = None if found is None else (owner or "")
+    return owners
 
 
 def make_volume(upstream: Upstream, caller: runas.Caller, body: dict[str, Any]) -> dict[str, Any]:
@@ -44,7 +54,6 @@ def make_volume(upstream: Upstream, caller: runas.Caller, body: dict[str, Any]) 
     if mountpoint:
         os.chown(mountpoint, caller.uid, caller.gid, follow_symlinks=False)
     return made
-OwnerOf = Callable[[str, str], tuple[dict[str, Any] | None, str | None]]
 
 
 def client_type(head: Head, body: dict[str, Any]) -> str:
@@ -84,10 +93,7 @@ class ContainerCreates:
             volumes[name] = owner
             if found is None:
                 missing.add(name)
-        networks: dict[str, str | None] = {}
-        for name in refs.networks:
-            found, owner = self.owner_of("network", name)
-            networks[name] = None if found is None else (owner or "")
+        networks = network_owners(self.owner_of, refs.networks)
         # Always inspected: its own labels and Env reach the container unless the body overrides them.
         name = str(bodies.field(body, "Image") or "")
         image = self.upstream.inspect("image", name) if name else None  # none named: the engine refuses it

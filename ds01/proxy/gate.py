@@ -19,7 +19,7 @@ from ds01.errors import Denied, Ds01Error
 from ds01.placement import GpuRequest, Slot
 from ds01.proxy import archive, binds, starts
 from ds01.proxy.cgroups import CgroupParents
-from ds01.proxy.creates import ContainerCreates, make_volume
+from ds01.proxy.creates import ContainerCreates, make_volume, network_owners
 from ds01.proxy.outcomes import Deny, Forward, Outcome, Reply, Request
 from ds01.proxy.session import Session, Sessions
 from ds01.proxy.upstream import Upstream
@@ -271,17 +271,11 @@ class Gate:
         return Forward(target)
 
     def _network_owners(self, info: dict[str, Any]) -> dict[str, str | None]:
-        """The owner, now, of each named network a container joins ("" none, None missing)."""
-        joined = dict.fromkeys((info.get("NetworkSettings") or {}).get("Networks") or {})
-        mode = str((info.get("HostConfig") or {}).get("NetworkMode") or "")
-        joined.update(dict.fromkeys([mode] if mode and ":" not in mode else []))
-        owners: dict[str, str | None] = {}
-        for name in joined:
-            if name in policy.SHARED_NETWORKS or name == "host":
-                continue
-            found, owner = self._owner_of("network", name)
-            owners[name] = None if found is None else (owner or "")
-        return owners
+        """The owner, now, of each named network a container joins ("" none, None missing), read the way a create
+        body's are."""
+        joined = {"HostConfig": {"NetworkMode": (info.get("HostConfig") or {}).get("NetworkMode")},
+                  "NetworkingConfig": {"EndpointsConfig": (info.get("NetworkSettings") or {}).get("Networks")}}
+        return network_owners(self._owner_of, policy.networks_of(joined))
 
     def _removed_if_auto_remove(self, info: dict[str, Any]) -> None:
         """A --rm container whose start is refused goes, as the engine removes one whose start fails: docker run

@@ -169,7 +169,7 @@ def spelled_as_api(body: Any, table: str) -> bool:
             return False
         items = value if rule.shape is rules.Shape.LIST else (
             [v for vs in value.values() for v in (vs if isinstance(vs, list) else [vs])]
-            if rule.shape is rules.Shape.MAP and value else [value])
+            if rule.shape in (rules.Shape.MAP, rules.Shape.MAP_OF_LISTS) and value else [value])
         if rule.of and value is not None and not all(spelled_as_api(item, rule.of) for item in items if item):
             return False
     return True
