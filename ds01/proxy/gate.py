@@ -145,10 +145,9 @@ class Gate:
         """An engine error that names someone else's object (a name conflict gives the other container's id)
         says nothing of it: what the caller would read if it were not there, or a conflict without the id."""
         caller = request.session.caller
-        text = data.decode("utf-8", errors="replace")
         if caller.is_admin or status < 400:
             return data
-        foreign = [found for found in set(_OBJECT_ID.findall(text))
+        foreign = [found for found in set(_OBJECT_ID.findall(data.decode("utf-8", errors="replace")))
                    if self._owner_of("container", found)[1] != caller.user]
         if not foreign:
             return data
