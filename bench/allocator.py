@@ -33,11 +33,11 @@ import docker
 from docker.types import DeviceRequest
 
 from ds01 import nvml
-from ds01.allocator import Allocator
+from ds01.config import BUILTIN_DEFAULTS, AllocationSettings
 from ds01.engine import Engine
 from ds01.errors import Busy, Denied
-from ds01.limits import BUILTIN_DEFAULTS, AllocationSettings
-from ds01.placement import GpuRequest, Holding, Slot, choose_slots, slots_from_inventory
+from ds01.gpus.allocator import Allocator
+from ds01.gpus.placement import GpuRequest, Holding, Slot, choose_slots, slots_from_inventory
 
 BENCH_LABEL = "ds01.bench"
 IMAGE = "ds01-test/busybox:latest"

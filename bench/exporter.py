@@ -53,10 +53,10 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.parser import text_string_to_metric_families
 
 from ds01 import nvml
-from ds01.containers import ContainerSummary
 from ds01.exporter.metrics import SnapshotCollector
 from ds01.exporter.snapshot import Collector, ProcessRow, Snapshot
 from ds01.paths import Paths
+from ds01.records import ContainerSummary
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

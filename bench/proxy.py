@@ -403,7 +403,7 @@ def requests_made(proxy: Proxy, action: Callable[[], float]) -> tuple[float, lis
 
 def import_times() -> list[tuple[float, str]]:
     """The biggest imports of the `container` CLI (cumulative ms, module), from python -X importtime."""
-    done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import ds01.cli.user"],
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import ds01.cli.container"],
                           capture_output=True, text=True, check=False, timeout=60)
     found = []
     for line in done.stderr.splitlines():

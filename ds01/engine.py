@@ -8,68 +8,22 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import struct
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest
 
-from ds01 import __version__, containers
-from ds01.containers import WORKSPACE_TARGET, ContainerInfo, ContainerSummary
-from ds01.errors import Denied, Ds01Error, EngineError, UsageError
+from ds01 import labels
+from ds01.errors import Denied, Ds01Error, EngineError
+from ds01.names import DRY_RUN_HEADER, ENGINE_NAME, USER_AGENT, WORKSPACE, plain_name
 from ds01.paths import paths_from_env
+from ds01.records import ContainerInfo, ContainerSummary, Details, container_info, details
 
 _T = TypeVar("_T")
-
-
-def _gpu_devices(host_config: dict[str, Any]) -> tuple[tuple[str, ...], int]:
-    device_ids: list[str] = []
-    count = 0
-    for request in host_config.get("DeviceRequests") or []:
-        capabilities = {c for group in request.get("Capabilities") or [] for c in group}
-        if request.get("Driver") == "nvidia" or "gpu" in capabilities:
-            device_ids.extend(request.get("DeviceIDs") or [])
-            count = -1 if request.get("Count") == -1 else count + int(request.get("Count") or 0)
-    return tuple(device_ids), count
-
-
-def _timestamp(text: str | None) -> float | None:
-    """Engine times are RFC 3339 with nanoseconds; the zero time means never."""
-    if not text or text.startswith("0001-"):
-        return None
-    whole, _, fraction = text.rstrip("Z").partition(".")
-    seconds = datetime.fromisoformat(whole).replace(tzinfo=UTC).timestamp()
-    return seconds + (float(f"0.{fraction}") if fraction.isdigit() else 0.0)
-
-
-def container_info(inspected: dict[str, Any]) -> ContainerInfo:
-    host_config = inspected.get("HostConfig") or {}
-    device_ids, count = _gpu_devices(host_config)
-    state = inspected["State"]
-    labels = (inspected.get("Config") or {}).get("Labels") or {}
-    workspace = next((m.get("Source") for m in inspected.get("Mounts") or []
-                      if m.get("Destination") == WORKSPACE_TARGET and m.get("Type") == "bind"), None)
-    workspace = containers.original_bind_source(labels, workspace)
-    return ContainerInfo(
-        id=inspected["Id"],
-        name=inspected["Name"].lstrip("/"),
-        labels=labels,
-        status=state["Status"],
-        device_ids=device_ids,
-        gpu_count=count,
-        started_at=_timestamp(state.get("StartedAt")),
-        finished_at=_timestamp(state.get("FinishedAt")),
-        workspace=workspace,
-        user=str((inspected.get("Config") or {}).get("User") or ""),
-        host_mounts=tuple(containers.original_bind_source(labels, m.get("Source")) or "" for m in
-                          inspected.get("Mounts") or [] if m.get("Type") == "bind"),
-    )
 
 
 class Engine:
@@ -149,34 +103,6 @@ class Engine:
 
 # --- The `container` command's side: users reach the engine only through the ds01 proxy. -----------------------
 
-USER_AGENT = f"ds01-container/{__version__}"  # the proxy recognises its own CLI by this prefix
-DRY_RUN_HEADER = "X-DS01-Dry-Run"
-NAME_SEPARATOR = "._."  # engine name = NAME._.UID, so two users' "train" never collide
-_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
-_ENGINE_NAME = re.compile(r"/?([a-zA-Z0-9][a-zA-Z0-9_.-]*?)\._\.\d+\b")
-WORKSPACE = "/workspace"  # where `container create` mounts the user's workspace directory
-_NAME_RULE = "1 to 63 letters, digits, '_', '.' or '-', starting with a letter or digit, without '._.'"
-
-
-def check_name(name: str) -> str:
-    """A container name as users type it; UsageError (exit 2) when it breaks the rules."""
-    if not _NAME.fullmatch(name) or NAME_SEPARATOR in name:
-        raise UsageError(f"{name!r} is not a valid container name: use {_NAME_RULE} (for example train-1).")
-    return name
-
-
-def engine_name(name: str, uid: int) -> str:
-    return f"{check_name(name)}{NAME_SEPARATOR}{uid}"
-
-
-def plain_name(engine_name_: str, uid: int) -> str | None:
-    """NAME from NAME._.UID, or None when the engine name is not one of uid's `container` names."""
-    suffix = f"{NAME_SEPARATOR}{uid}"
-    name = engine_name_.lstrip("/")
-    plain = name[: -len(suffix)] if name.endswith(suffix) else ""
-    return plain if _NAME.fullmatch(plain) and NAME_SEPARATOR not in plain else None
-
-
 def user_docker_host() -> str:
     return os.environ.get("DOCKER_HOST") or f"unix://{paths_from_env().run_dir}/docker.sock"
 
@@ -199,11 +125,11 @@ def translate(exc: BaseException, url: str, name: str | None = None, image: str 
     if isinstance(exc, DockerException) and not isinstance(exc, APIError) and isinstance(
             exc.__cause__, (APIError, OSError)):
         exc = exc.__cause__  # the client's construction wraps its first call's error
-    shown = _ENGINE_NAME.sub(r"\1", name or "") or "?"
+    shown = ENGINE_NAME.sub(r"\1", name or "") or "?"
     if isinstance(exc, APIError):
         headers = exc.response.headers if exc.response is not None else {}
         reason = headers.get("X-DS01-Reason")
-        message = _ENGINE_NAME.sub(r"\1", str(exc.explanation or exc)).removeprefix("ds01: ").rstrip(".")
+        message = ENGINE_NAME.sub(r"\1", str(exc.explanation or exc)).removeprefix("ds01: ").rstrip(".")
         status = exc.status_code
         if status == 404 and (reason == "image_missing" or isinstance(exc, ImageNotFound)):
             return Ds01Error(f"image {image or '?'} is not on this host, so nothing was created. Pull it first "
@@ -237,29 +163,6 @@ def translate(exc: BaseException, url: str, name: str | None = None, image: str 
     return EngineError(f"talking to the ds01 proxy at {url} failed: {exc}. Try again with --debug for details.")
 
 
-@dataclass(frozen=True)
-class Details:
-    """One container as `container` shows it."""
-
-    info: ContainerInfo
-    image: str
-    created: str  # as the engine recorded it, ISO 8601
-    workspace: str | None  # host directory mounted at /workspace
-    cpus: float | None
-    memory_bytes: int | None
-    shm_size_bytes: int | None
-
-
-def details(inspected: dict[str, Any]) -> Details:
-    host = inspected.get("HostConfig") or {}
-    info = container_info(inspected)
-    return Details(info=info, image=str((inspected.get("Config") or {}).get("Image") or ""),
-                   created=str(inspected.get("Created") or ""), workspace=info.workspace,
-                   cpus=(host.get("NanoCpus") or 0) / 1e9 or None, memory_bytes=host.get("Memory") or None,
-                   shm_size_bytes=host.get("ShmSize") or None)
-
-
-
 class UserEngine:
     """The calling user's containers, through the ds01 proxy on DOCKER_HOST (default: ds01's socket)."""
 
@@ -279,7 +182,7 @@ class UserEngine:
     def containers(self, uid: int, everything: bool) -> list[Details]:
         """uid's `container`-made containers (running only unless `everything`), inspected for their GPUs."""
         listed = self._call(None, lambda: self._api.containers(
-            all=everything, filters={"label": [f"{containers.UID}={uid}"]}))
+            all=everything, filters={"label": [f"{labels.UID}={uid}"]}))
         found = []
         for summary in listed:
             if not any(plain_name(n, uid) for n in summary.get("Names") or []):
@@ -302,9 +205,9 @@ class UserEngine:
         host = self._api.create_host_config(
             binds=[f"{workspace}:{WORKSPACE}"], device_requests=requests, mem_limit=memory, shm_size=shm_size,
             nano_cpus=None if cpus is None else round(cpus * 1e9))
-        labels = {containers.REQUEST_MIG: mig} if mig else {}
+        wanted = {labels.REQUEST_MIG: mig} if mig else {}
         return dict(self._api.create_container_config(image, command, host_config=host, working_dir=WORKSPACE,
-                                                      labels=labels))
+                                                      labels=wanted))
 
     def create(self, name: str, body: dict[str, Any]) -> str:
         created = self._call(name, lambda: self._api.create_container_from_config(body, name), body.get("Image"))

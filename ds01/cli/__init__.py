@@ -10,10 +10,10 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from ds01 import eventlog
+from ds01.cli.context import Context
 from ds01.errors import EXIT_FAILURE, Ds01Error, UsageError
 
-Handler = Callable[[argparse.Namespace], int]
+Handler = Callable[[argparse.Namespace, Context], int]
 if TYPE_CHECKING:
     Commands = argparse._SubParsersAction[argparse.ArgumentParser]
 else:  # not subscriptable at run time before Python 3.12
@@ -38,7 +38,7 @@ def _dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> in
         parser.print_help(sys.stderr)
         return 2
     try:
-        return handler(args)
+        return handler(args, Context())
     except Ds01Error as exc:
         if args.debug:
             traceback.print_exc()
@@ -93,7 +93,9 @@ def time_option(option: str, text: str | None, now: datetime) -> datetime | None
     """A --since/--until value: ISO-8601, or how long ago (2h, 7d); a bad one is a usage error."""
     if text is None:
         return None
+    from ds01.eventlog.reader import parse_when  # noqa: PLC0415 - the `container` command never needs the reader
+
     try:
-        return eventlog.parse_when(text, now)
+        return parse_when(text, now)
     except ValueError as exc:
         raise UsageError(f"{option}: {exc}") from None

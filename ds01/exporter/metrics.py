@@ -13,7 +13,7 @@ from fractions import Fraction
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ds01 import containers, nvml
+from ds01 import labels, nvml
 from ds01.exporter.snapshot import Snapshot
 
 HW_LABELS = ["gpu", "UUID", "modelName", "Hostname", "GPU_I_ID", "GPU_I_PROFILE"]
@@ -153,7 +153,7 @@ def _allocation(snapshot: Snapshot) -> Iterator[Metric]:
     yield quota
     yield most
     states: Counter[tuple[str, ...]] = Counter(
-        (s.labels.get(containers.USER, "unmanaged"), s.status) for s in snapshot.containers)
+        (s.labels.get(labels.USER, "unmanaged"), s.status) for s in snapshot.containers)
     yield _filled("ds01_containers", "Containers by owner and engine state", ["user", "state"], states)
 
 

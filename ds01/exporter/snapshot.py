@@ -8,7 +8,6 @@ because the engine or /proc had a bad moment.
 from __future__ import annotations
 
 import json
-import pwd
 import socket
 import time
 from collections import Counter
@@ -17,14 +16,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ds01 import containers, identity, nvml, procfs
-from ds01.allocator import Allocation, read_allocations
-from ds01.config import load_config
-from ds01.containers import ContainerSummary
+from ds01 import identity, labels, names, nvml, procfs
+from ds01.config import Config, effective_limits, load_config
 from ds01.engine import Engine
 from ds01.errors import Ds01Error
-from ds01.limits import Config, effective_limits
+from ds01.gpus.allocator import Allocation, read_allocations
+from ds01.identity import nss
 from ds01.paths import Paths
+from ds01.records import ContainerSummary
 
 SOURCES = ("nvml", "engine", "proc", "allocator", "config", "events")
 
@@ -83,24 +82,18 @@ class Snapshot:
 
 def owner_of_container(summary: ContainerSummary) -> tuple[str, bool]:
     """(user, managed): the ds01.user label, else the legacy hints of the system ds01 replaces."""
-    if summary.labels.get(containers.USER):
-        return summary.labels[containers.USER], True
-    if summary.labels.get(containers.LEGACY_USER):
-        return summary.labels[containers.LEGACY_USER], False
-    _, sep, uid = summary.name.rpartition(containers.LEGACY_NAME_SEPARATOR)
+    if summary.labels.get(labels.USER):
+        return summary.labels[labels.USER], True
+    if summary.labels.get(labels.LEGACY_USER):
+        return summary.labels[labels.LEGACY_USER], False
+    _, sep, uid = summary.name.rpartition(names.NAME_SEPARATOR)
     if sep and uid.isdigit():
-        try:
-            return pwd.getpwuid(int(uid)).pw_name, False
-        except KeyError:
-            return f"uid:{uid}", False
+        return nss.login_name(int(uid)) or f"uid:{uid}", False
     return "unknown", False
 
 
 def _user_of_uid(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid:{uid}"
+    return nss.login_name(uid) or f"uid:{uid}"
 
 
 class EventCounter:
@@ -260,7 +253,7 @@ class Collector:
             self._fail("config", problems, exc)
             return []
         uids = {a.uid for a in allocations if a.uid is not None}
-        uids |= {int(s.labels[containers.UID]) for s in summaries if s.labels.get(containers.UID, "").isdigit()}
+        uids |= {int(s.labels[labels.UID]) for s in summaries if s.labels.get(labels.UID, "").isdigit()}
         limits = []
         now = datetime.now(UTC)
         for uid in sorted(uids):

@@ -20,8 +20,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ds01 import policy, procfs, runas
+from ds01 import procfs
 from ds01.errors import Ds01Error
+from ds01.proxy import policy, runas
 
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REMOUNT, _MS_BIND = 1, 2, 4, 8, 32, 4096
 _MNT_DETACH = 2

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 from ds01.errors import Ds01Error
-from ds01.resources import CPU_PERIOD_US
+from ds01.proxy.resources import CPU_PERIOD_US
 
 
 class CgroupParents:

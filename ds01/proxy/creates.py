@@ -13,12 +13,13 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
-from ds01 import allowlist, bodies, containers, devices, identity, policy, runas
-from ds01.allocator import Allocation, Allocator
-from ds01.engine import DRY_RUN_HEADER
+from ds01 import labels
 from ds01.errors import Denied, Ds01Error
-from ds01.placement import Slot
-from ds01.proxy import binds
+from ds01.gpus.allocator import Allocation, Allocator
+from ds01.gpus.placement import Slot
+from ds01.identity import nss
+from ds01.names import DRY_RUN_HEADER
+from ds01.proxy import allowlist, binds, bodies, devices, policy, runas
 from ds01.proxy.cgroups import CgroupParents
 from ds01.proxy.http import Head
 from ds01.proxy.outcomes import Deny, Forward, Outcome, Reply, Request
@@ -43,12 +44,12 @@ def make_volume(upstream: Upstream, caller: runas.Caller, body: dict[str, Any]) 
     """A volume made as the caller's: labelled, and its top directory theirs (the engine makes it root's, and a
     container runs as its caller). The engine answers a create of an existing volume with that volume, so the
     answer's owner is checked: a volume someone else made in between is neither taken nor shown."""
-    labels = {**(body.get("Labels") or {}), containers.USER: caller.user, containers.UID: str(caller.uid)}
-    status, made = upstream.call("POST", "/volumes/create", body={**body, "Labels": labels})
+    owned = {**(body.get("Labels") or {}), labels.USER: caller.user, labels.UID: str(caller.uid)}
+    status, made = upstream.call("POST", "/volumes/create", body={**body, "Labels": owned})
     if status != 201 or not isinstance(made, dict):
         raise Ds01Error(f"the engine answered {status} when creating the volume {body.get('Name')}: {made}")
     name = str(made.get("Name") or "")
-    if (made.get("Labels") or {}).get(containers.USER) != caller.user:
+    if (made.get("Labels") or {}).get(labels.USER) != caller.user:
         raise Denied("name_taken", f"a volume named {name} exists already; pick another name.")
     mountpoint = str(made.get("Mountpoint") or "")
     if mountpoint:
@@ -105,7 +106,7 @@ class ContainerCreates:
                             network_owners=networks)
 
     def _count_containers(self, user: str) -> int:
-        query = {"all": "1", "filters": json.dumps({"label": [f"{containers.USER}={user}"]})}
+        query = {"all": "1", "filters": json.dumps({"label": [f"{labels.USER}={user}"]})}
         status, listed = self.upstream.call("GET", "/containers/json", query=query)
         if status != 200 or not isinstance(listed, list):
             raise Ds01Error(f"the engine answered {status} when counting containers: {listed}")
@@ -130,8 +131,8 @@ class ContainerCreates:
             caller, body, facts, config.security,
             cgroup_parent=self.cgroups.name(caller.user), client_type=client_type(head, body),
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            gpu_gid=identity.group_id(config.bare_metal.group))
-        plan.body["Labels"][containers.INSTANCE] = self.instance
+            gpu_gid=nss.group_id(config.bare_metal.group))
+        plan.body["Labels"][labels.INSTANCE] = self.instance
         dry_run = (head.get(DRY_RUN_HEADER) or "").lower() in ("1", "true")
         lock = self.user_locks[caller.user]
         key = uuid.uuid4().hex

@@ -12,17 +12,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
-from ds01 import allowlist, bodies, containers, policy, runas
-from ds01.allocator import Allocator
-from ds01.engine import container_info
+from ds01 import labels, records
 from ds01.errors import Denied, Ds01Error
-from ds01.placement import GpuRequest, Slot
-from ds01.proxy import archive, binds, starts
+from ds01.gpus.allocator import Allocator
+from ds01.gpus.placement import GpuRequest, Slot
+from ds01.proxy import allowlist, archive, binds, bodies, policy, runas, starts
 from ds01.proxy.cgroups import CgroupParents
 from ds01.proxy.creates import ContainerCreates, make_volume, network_owners
 from ds01.proxy.outcomes import Deny, Forward, Outcome, Reply, Request
 from ds01.proxy.session import Session, Sessions
 from ds01.proxy.upstream import Upstream
+from ds01.records import container_info
 
 MIN_API_VERSION = (1, 40)
 PULL_PARAMETERS = frozenset({"fromImage", "tag", "platform"})
@@ -39,16 +39,16 @@ def _with_owner_filter(query: str, user: str, key: str = "filters") -> str:
         raise Denied("bad_request", f"the {key} parameter is not valid JSON") from None
     if not isinstance(filters, dict):
         raise Denied("bad_request", f"the {key} parameter must be a JSON object")
-    labels = filters.get("label", {})
-    if isinstance(labels, str):
-        labels = [labels]
-    if not isinstance(labels, (list, dict)):
+    found_labels = filters.get("label", {})
+    if isinstance(found_labels, str):
+        found_labels = [found_labels]
+    if not isinstance(found_labels, (list, dict)):
         raise Denied("bad_request", f"the label filter in {key} must be a list or an object of labels")
-    labels = dict.fromkeys(labels, True) if isinstance(labels, list) else dict(labels)
-    labels[f"{containers.USER}={user}"] = True
+    found_labels = dict.fromkeys(found_labels, True) if isinstance(found_labels, list) else dict(found_labels)
+    found_labels[f"{labels.USER}={user}"] = True
     # The engine takes one shape for the whole object: lists (docker-py) or maps of true (the docker CLI).
     as_lists = any(isinstance(value, list) for value in filters.values())
-    filters["label"] = list(labels) if as_lists else labels
+    filters["label"] = list(found_labels) if as_lists else found_labels
     rest = [(name, value) for name, value in params if name != key]
     return urlencode([*rest, (key, json.dumps(filters))])
 
@@ -165,8 +165,8 @@ class Gate:
         info = self.upstream.inspect(kind, name)
         if info is None:
             return None, None
-        labels = (info.get("Config") or {}).get("Labels") if kind == "container" else info.get("Labels")
-        return info, (labels or {}).get(containers.USER)
+        found_labels = (info.get("Config") or {}).get("Labels") if kind == "container" else info.get("Labels")
+        return info, (found_labels or {}).get(labels.USER)
 
     def _object(self, request: Request) -> Outcome:
         caller, route, method, path, query, read_body = (request.session.caller, request.route, request.method,
@@ -219,8 +219,8 @@ class Gate:
 
     def _rules_of(self, info: dict[str, Any], caller: runas.Caller) -> runas.Caller:
         """The container owner's rules, whoever acts on it (an admin may start or exec into a user's)."""
-        labels = (info.get("Config") or {}).get("Labels") or {}
-        uid = labels.get(containers.UID) or ""
+        found_labels = (info.get("Config") or {}).get("Labels") or {}
+        uid = found_labels.get(labels.UID) or ""
         return self.sessions.for_uid(int(uid)).caller if uid.isdigit() else caller
 
     def _exec_create(self, request: Request, info: dict[str, Any], target: str) -> Outcome:
@@ -302,7 +302,7 @@ class Gate:
         container = container_info(info)
         if not container.device_ids or any(a.container == container.id for a in self.allocator.allocations()):
             return
-        owner = container.labels.get(containers.USER, "")
+        owner = container.labels.get(labels.USER, "")
         if owner != session.caller.user:
             raise Denied("gpus_released", f"the GPUs of {container.name} were released; its owner must start it.")
         lock = self._user_locks[owner]
@@ -314,7 +314,7 @@ class Gate:
     def _released_on_delete(self, status: int | None, info: dict[str, Any]) -> None:
         if status == 204:
             self.allocator.release_container(str(info["Id"]))
-            self.pins.release(((info.get("Config") or {}).get("Labels") or {}).get(containers.BIND_KEY) or "")
+            self.pins.release(((info.get("Config") or {}).get("Labels") or {}).get(labels.BIND_KEY) or "")
 
     def _archive(self, request: Request, info: dict[str, Any], target: str) -> Outcome:
         """docker cp, either way: only where no host directory is mounted (the engine reads and writes those as
@@ -323,7 +323,7 @@ class Gate:
         host_mounts = _host_mounts(info)
         if host_mounts:  # admins too: to answer, the engine mounts the binds and makes missing mount points
             labels = (info.get("Config") or {}).get("Labels") or {}
-            origin = containers.original_bind_source
+            origin = records.original_bind_source
             shown = ", ".join(f"{m.get('Destination')} (from {origin(labels, m.get('Source'))})" for m in host_mounts)
             name = str(info.get("Name") or "").lstrip("/")
             if request.method == "PUT":
@@ -372,5 +372,5 @@ class Gate:
             return Deny("name_taken", f"a {kind} named {wanted} exists already; pick another name.", status=409)
         if kind == "volume":  # made by the proxy, which checks whose the engine's answer is
             return Reply(201, make_volume(self.upstream, caller, body))
-        body["Labels"] = {**(body.get("Labels") or {}), containers.USER: caller.user, containers.UID: str(caller.uid)}
+        body["Labels"] = {**(body.get("Labels") or {}), labels.USER: caller.user, labels.UID: str(caller.uid)}
         return Forward(request.target, body=json.dumps(body).encode())

@@ -8,13 +8,13 @@ import threading
 from typing import Any
 from urllib.parse import quote
 
-from ds01 import containers, events
-from ds01.allocator import Allocator
-from ds01.engine import container_info
+from ds01 import eventlog, labels
 from ds01.errors import Ds01Error, EngineError
+from ds01.gpus.allocator import Allocator
 from ds01.proxy import http
 from ds01.proxy.binds import Pins
 from ds01.proxy.upstream import Upstream
+from ds01.records import container_info
 
 WATCHED = {"type": ["container"], "event": ["destroy", "oom", "start"]}
 RETRY_SECONDS = 2.0
@@ -26,7 +26,7 @@ def watch_engine(upstream: Upstream, allocator: Allocator, pins: Pins, instance:
             for event in upstream.events(WATCHED):
                 on_event(event, upstream, allocator, pins, instance)
         except (OSError, EngineError, http.HttpError, ValueError, Ds01Error) as exc:
-            events.emit("proxy.event_stream_lost", source="proxy", error=str(exc))
+            eventlog.emit("proxy.event_stream_lost", source="proxy", error=str(exc))
             stop.wait(RETRY_SECONDS)
 
 
@@ -36,13 +36,13 @@ def on_event(event: dict[str, Any], upstream: Upstream, allocator: Allocator, pi
     container_id = str(event.get("id") or actor.get("ID", ""))
     action = event.get("Action") or event.get("status")
     # Only this ds01's own, or one from before the instance label: another's grants are in another store.
-    ours = bool(attributes.get(containers.USER)) and attributes.get(containers.INSTANCE) in ("", None, instance)
+    ours = bool(attributes.get(labels.USER)) and attributes.get(labels.INSTANCE) in ("", None, instance)
     if action == "oom":
-        events.emit("container.oom", source="engine", user=attributes.get(containers.USER),
+        eventlog.emit("container.oom", source="engine", user=attributes.get(labels.USER),
                     container=attributes.get("name"), id=container_id)
     elif action == "destroy":
         allocator.release_container(container_id)
-        pins.release(attributes.get(containers.BIND_KEY) or "")
+        pins.release(attributes.get(labels.BIND_KEY) or "")
     elif action == "start" and ours:
         _stop_if_ungranted(container_id, upstream, allocator)
 
@@ -57,6 +57,6 @@ def _stop_if_ungranted(container_id: str, upstream: Upstream, allocator: Allocat
     if not info.holds_gpus or any(a.container == info.id for a in allocator.allocations()):
         return
     status, answer = upstream.call("POST", f"/containers/{quote(info.id, safe='')}/stop", query={"t": "0"})
-    events.emit("proxy.ungranted_start", source="proxy", user=info.labels.get(containers.USER),
+    eventlog.emit("proxy.ungranted_start", source="proxy", user=info.labels.get(labels.USER),
                 container=info.name, id=info.id, devices=list(info.device_ids), stopped=status in (204, 304),
                 engine_status=status, engine_answer=None if status in (204, 304) else str(answer)[:200])

@@ -17,10 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ds01 import events
+from ds01 import eventlog
+from ds01.config import ProxySettings
 from ds01.daemon import only_instance, stop_on_signals
 from ds01.errors import Busy, Denied, Ds01Error, EngineError
-from ds01.limits import ProxySettings
 from ds01.proxy import http
 from ds01.proxy.gate import Gate
 from ds01.proxy.link import EngineLink
@@ -123,7 +123,7 @@ class Proxy:
                 if not self._exchange(side, link, session, incoming):
                     return
         except http.HttpError as exc:
-            events.emit("proxy.deny", source="proxy", user=user, endpoint="framing", verdict="deny",
+            eventlog.emit("proxy.deny", source="proxy", user=user, endpoint="framing", verdict="deny",
                         reason=exc.reason, message=str(exc))
             with contextlib.suppress(OSError):
                 if side.can_answer():
@@ -142,7 +142,7 @@ class Proxy:
         try:
             session = self.gate.sessions.for_uid(uid)
         except Ds01Error as exc:
-            events.emit("proxy.deny", source="proxy", user=None, uid=uid, endpoint="connect", verdict="deny",
+            eventlog.emit("proxy.deny", source="proxy", user=None, uid=uid, endpoint="connect", verdict="deny",
                         reason="unknown_user")
             return Deny("unknown_user", str(exc))
         if self._admit(session.caller.user, most):
@@ -150,7 +150,7 @@ class Proxy:
         message = (f"you have {most} connections open to the ds01 proxy, the most one user may have "
                    "(proxy.max_connections_per_user). Close some (docker logs -f, docker events, attached "
                    "sessions, idle clients) and try again.")
-        events.emit("proxy.deny", source="proxy", user=session.caller.user, uid=uid, endpoint="connect",
+        eventlog.emit("proxy.deny", source="proxy", user=session.caller.user, uid=uid, endpoint="connect",
                     verdict="deny", reason="too_many_connections", message=message)
         return Deny("too_many_connections", message, 429)
 
@@ -192,13 +192,13 @@ class Proxy:
                 "Upgrade and Connection: Upgrade headers."), 400)
         user = session.caller.user
         if isinstance(outcome, Deny):
-            events.emit("proxy.deny", source="proxy", user=user, endpoint=f"{method} {path}", verdict="deny",
+            eventlog.emit("proxy.deny", source="proxy", user=user, endpoint=f"{method} {path}", verdict="deny",
                         reason=outcome.reason, message=outcome.message)
             if (streamed or (not buffered and side.has_body())) and not side.waiting_for_continue():
                 _discard_body(side)
             side.send_whole(outcome.status, *_error_body(outcome.reason, outcome.message))
             return False
-        events.emit("proxy.allow", source="proxy", user=user, endpoint=f"{method} {path}", verdict="allow",
+        eventlog.emit("proxy.allow", source="proxy", user=user, endpoint=f"{method} {path}", verdict="allow",
                     reason=request.route.kind)
         if isinstance(outcome, Reply):
             return side.send_whole(outcome.status, json.dumps(outcome.body).encode(), [])
@@ -219,7 +219,7 @@ class Proxy:
             return Deny("error", str(exc), 500)
         except Exception as exc:  # noqa: BLE001 - a bug answers 500 and is logged in full; it never drops the client
             traceback.print_exc()
-            events.emit("proxy.internal_error", source="proxy", error=repr(exc), endpoint=request.path)
+            eventlog.emit("proxy.internal_error", source="proxy", error=repr(exc), endpoint=request.path)
             return Deny("internal_error", f"internal error in the ds01 proxy ({type(exc).__name__}); it was logged "
                                           "for the admin.", 500)
 
@@ -348,7 +348,7 @@ def serve_forever(proxy: Proxy, listen: Path, run_dir: Path, drain_seconds: floa
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         accepting = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
         accepting.start()
-        events.emit("proxy.start", source="proxy", listen=str(listen), upstream=proxy.upstream.url)
+        eventlog.emit("proxy.start", source="proxy", listen=str(listen), upstream=proxy.upstream.url)
         if on_ready is not None:
             on_ready()
         stop.wait()
@@ -362,5 +362,6 @@ def serve_forever(proxy: Proxy, listen: Path, run_dir: Path, drain_seconds: floa
             time.sleep(0.05)
         left = proxy.open_connections()
         proxy.close_idle(everything=True)
-        events.emit("proxy.stop", source="proxy", cut_connections=left, event_write_failures=events.write_failures(),
-                    event_rotation_failures=events.rotation_failures())
+        eventlog.emit("proxy.stop", source="proxy", cut_connections=left,
+                      event_write_failures=eventlog.write_failures(),
+                      event_rotation_failures=eventlog.rotation_failures())

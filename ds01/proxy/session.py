@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ds01 import events, identity
-from ds01.config import load_config
+from ds01 import eventlog, identity
+from ds01.config import Config, effective_limits, load_config
 from ds01.errors import ConfigError
-from ds01.limits import Config, effective_limits
-from ds01.runas import Caller
+from ds01.proxy.runas import Caller
 
 _UCRED = struct.Struct("3i")
 CACHE_SECONDS = 30.0
@@ -74,10 +73,10 @@ class Sessions:
                     self._stamp = stamp
                     self.config = load_config(self._path)
                     self._cache.clear()
-                    events.configure(self.config.events)
-                    events.emit("config.reload", source="proxy", file=str(self._path))
+                    eventlog.configure(self.config.events)
+                    eventlog.emit("config.reload", source="proxy", file=str(self._path))
             except (ConfigError, OSError) as exc:
-                events.emit("config.reload_failed", source="proxy", file=str(self._path), error=str(exc))
+                eventlog.emit("config.reload_failed", source="proxy", file=str(self._path), error=str(exc))
             return self.config
 
     def for_uid(self, uid: int) -> Session:

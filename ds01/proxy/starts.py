@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ds01 import containers, destinations, overlay, policy, runas
+from ds01 import labels, overlay
+from ds01.config import SecuritySettings
 from ds01.errors import Denied
-from ds01.limits import SecuritySettings
-from ds01.proxy import binds
+from ds01.proxy import binds, destinations, policy, runas
 
 
 def check_start(info: dict[str, Any], owner: runas.Caller, pins: binds.Pins, security: SecuritySettings,
@@ -41,11 +41,11 @@ def _recheck_binds(info: dict[str, Any], owner: runas.Caller, pins: binds.Pins, 
                    engine_sockets: frozenset[str]) -> None:
     """Before the engine mounts a container's binds again: each pinned source must still be where, and what,
     it was when checked, under today's rules for its owner; a pin lost to a reboot is made again."""
-    labels = (info.get("Config") or {}).get("Labels") or {}
-    key = labels.get(containers.BIND_KEY)
+    found_labels = (info.get("Config") or {}).get("Labels") or {}
+    key = found_labels.get(labels.BIND_KEY)
     if not key:
         return
-    originals = [str(path) for path in json.loads(labels.get(containers.BIND_SOURCES) or "[]")]
+    originals = [str(path) for path in json.loads(found_labels.get(labels.BIND_SOURCES) or "[]")]
     name = str(info.get("Name") or "").lstrip("/")
     with binds.opened(originals, owner) as opened:
         facts = policy.Facts({path: source.resolved for path, source in opened.items()}, {}, {}, engine_sockets)

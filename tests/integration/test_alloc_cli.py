@@ -16,9 +16,10 @@ from typing import Any
 import docker
 import pytest
 
-from ds01 import health, nvml
+from ds01 import nvml
 from ds01.config import load_config
-from ds01.grants import current_slots
+from ds01.gpus import quarantine
+from ds01.gpus.supply import current_slots
 from ds01.paths import paths_from_env
 from tests.conftest import REPO, TEST_IMAGE, Testbed, TopologyFile
 
@@ -128,14 +129,14 @@ def test_recent_critical_xid_quarantines_a_gpu(env: dict[str, str], topology: To
     stop = threading.Event()
     with nvml.session() as gpus:
         watcher = gpus.xid_watcher([sick])
-        thread = threading.Thread(target=health.watch_xids, args=(watcher, paths.state_dir, config.allocation, stop),
+        thread = threading.Thread(target=quarantine.watch_xids, args=(watcher, paths.state_dir, config.allocation, stop),
                                   kwargs={"poll_ms": 50})
         thread.start()
         try:
             data["gpus"][2]["xid_events"] = [{"xid": 31}, {"xid": 79}]  # 31 is not critical, 79 is
             topology.write(data)
             deadline = time.monotonic() + 10
-            while sick not in health.quarantined(paths.state_dir, config.allocation, time.time()):
+            while sick not in quarantine.quarantined(paths.state_dir, config.allocation, time.time()):
                 assert time.monotonic() < deadline, "the XID was never recorded"
                 time.sleep(0.05)
         finally:
@@ -144,7 +145,7 @@ def test_recent_critical_xid_quarantines_a_gpu(env: dict[str, str], topology: To
             watcher.close()
     assert sick not in {slot.uuid for slot in current_slots(paths, config)}
     later = time.time() + config.allocation.xid_quarantine_seconds + 1
-    assert sick not in health.quarantined(paths.state_dir, config.allocation, later)
+    assert sick not in quarantine.quarantined(paths.state_dir, config.allocation, later)
     xids = [(e["details"]["xid"], e["details"]["critical"]) for e in events(env) if e["type"] == "gpu.xid"]
     assert xids == [(31, False), (79, True)]
 

@@ -26,8 +26,11 @@ import docker
 import pytest
 from docker.types import DeviceRequest
 
-from ds01 import containers
-from ds01.allocator import (
+from ds01 import labels, records
+from ds01.config import BUILTIN_DEFAULTS, AllocationSettings
+from ds01.engine import Engine
+from ds01.errors import Busy, Ds01Error, EngineError
+from ds01.gpus.allocator import (
     STATE_NAME,
     STATE_VERSION,
     Allocation,
@@ -36,10 +39,7 @@ from ds01.allocator import (
     _parse_state,
     allocations_from_containers,
 )
-from ds01.engine import Engine
-from ds01.errors import Busy, Ds01Error, EngineError
-from ds01.limits import BUILTIN_DEFAULTS, AllocationSettings
-from ds01.placement import GpuRequest, Slot
+from ds01.gpus.placement import GpuRequest, Slot
 from ds01.statefile import write_json_atomic
 from tests.conftest import TEST_IMAGE, Testbed, load_topology
 
@@ -131,7 +131,7 @@ class Containers:
         self.created.append(container.id)
         return str(container.id)
 
-    def listed(self) -> list[containers.ContainerInfo]:
+    def listed(self) -> list[records.ContainerInfo]:
         """This module's containers as ds01 sees them: listed and inspected through ds01.engine."""
         engine = Engine(self.docker_host)
         try:
@@ -156,8 +156,8 @@ def made(testbed: Testbed, engine: docker.DockerClient) -> Iterator[Containers]:
 
 
 def labels_for(allocation: Allocation) -> dict[str, str]:
-    return {containers.ALLOCATION: allocation.id, containers.USER: allocation.user,
-            containers.GPU_EQUIVALENTS: str(allocation.gpu_equivalents)}
+    return {labels.ALLOCATION: allocation.id, labels.USER: allocation.user,
+            labels.GPU_EQUIVALENTS: str(allocation.gpu_equivalents)}
 
 
 # ---------------------------------------------------------------- kill -9 at every step
@@ -168,9 +168,9 @@ from fractions import Fraction
 from pathlib import Path
 
 spec = json.loads(sys.argv[1])
-from ds01.allocator import Allocator
-from ds01.limits import BUILTIN_DEFAULTS, AllocationSettings
-from ds01.placement import GpuRequest, Slot
+from ds01.gpus.allocator import Allocator
+from ds01.config import BUILTIN_DEFAULTS, AllocationSettings
+from ds01.gpus.placement import GpuRequest, Slot
 
 state_dir = Path(spec["state_dir"])
 state = str(state_dir / "allocations.json")
@@ -309,8 +309,8 @@ def test_corrupt_state_is_quarantined_and_rebuilt_from_container_labels(
     first = bound("a-rebuild-1", "alice", [WHOLE[3]], "x", 0)
     second = bound("a-rebuild-2", "bob", [MIG3G], "x", 0)
     first_id = made.create("first", labels_for(first), first.slots)
-    second_id = made.create("second", {**labels_for(second), containers.UID: "1001"}, second.slots)
-    made.create("no-gpu", {containers.USER: "carol"})  # holds no GPU: nothing to rebuild from it
+    second_id = made.create("second", {**labels_for(second), labels.UID: "1001"}, second.slots)
+    made.create("no-gpu", {labels.USER: "carol"})  # holds no GPU: nothing to rebuild from it
 
     state_dir = tmp_path / "state"
     write_state(state_dir, [bound("a-stale", "carol", [WHOLE[5]], "y", 1.0)])

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from ds01 import baremetal
-from ds01.cli import baremetal_cmd, new_parser, run
-from ds01.config import load_config
+from ds01.cli import new_parser, run
+from ds01.cli.admin import baremetal as baremetal_cmd
+from ds01.config import BareMetalSettings, load_config
 from ds01.errors import Ds01Error
-from ds01.limits import BareMetalSettings
+from ds01.ops import baremetal
 from ds01.paths import Paths, paths_from_env
 from tests.conftest import REPO, Testbed
 

@@ -18,12 +18,11 @@ import docker
 import pytest
 
 from ds01 import nvml
-from ds01.allocator import Allocator
-from ds01.cleanup import Cleanup, Decision, limits_resolver, notify_user
-from ds01.config import load_config
+from ds01.config import Config, load_config
 from ds01.engine import Engine
-from ds01.limits import Config
-from ds01.placement import GpuRequest, slots_from_inventory
+from ds01.gpus.allocator import Allocator
+from ds01.gpus.placement import GpuRequest, slots_from_inventory
+from ds01.ops.cleanup import Cleanup, Decision, limits_resolver, notify_user
 from tests.conftest import REPO, TEST_IMAGE, Testbed, TopologyFile
 
 HOUR = 3600

@@ -20,7 +20,7 @@ from typing import Any
 import docker
 import pytest
 
-from ds01 import containers
+from ds01 import records
 from tests.conftest import TEST_IMAGE, ProxyHandle
 
 CONTAINER = str(Path(sys.executable).parent / "container")
@@ -115,7 +115,7 @@ def test_create_default_gives_a_student_a_mig_slice_and_a_workspace(
     assert workspace.stat().st_mode & 0o777 == 0o755
     [mount] = [m for m in info["Mounts"] if m["Destination"] == "/workspace"]
     assert mount["Type"] == "bind"
-    assert containers.original_bind_source(labels, mount["Source"]) == str(workspace)
+    assert records.original_bind_source(labels, mount["Source"]) == str(workspace)
     assert os.stat(mount["Source"]).st_ino == workspace.stat().st_ino  # the pin is the workspace itself
     assert info["Config"]["WorkingDir"] == "/workspace"
     assert info["Config"]["Cmd"] == ["sleep", "infinity"] and info["Config"]["Image"] == TEST_IMAGE
@@ -152,7 +152,7 @@ def test_create_with_a_workspace_of_ones_own(
     assert workspace.is_dir() and workspace.owner() == "alice"
     info = inspect(engine, name)
     [mount] = [m for m in info["Mounts"] if m["Destination"] == "/workspace"]
-    assert containers.original_bind_source(info["Config"]["Labels"], mount["Source"]) == str(workspace)
+    assert records.original_bind_source(info["Config"]["Labels"], mount["Source"]) == str(workspace)
 
 
 @pytest.mark.parametrize(("option", "value", "reason"), [("--memory", "100g", "memory"), ("--cpus", "64", "CPUs"),

@@ -17,8 +17,9 @@ from typing import Any
 import docker
 import pytest
 
-from ds01.cli import doctor_cmd, new_parser, run
-from ds01.install import Installer
+from ds01.cli import new_parser, run
+from ds01.cli.admin import doctor as doctor_cmd
+from ds01.ops.install import Installer
 from tests.conftest import REPO, ProxyHandle, Testbed, TopologyFile
 
 SCRATCH = "ds01-doctest"

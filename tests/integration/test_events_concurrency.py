@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from ds01 import eventlog, events
+from ds01 import eventlog
 
 WRITERS = 16
 EVENTS_EACH = 1000
@@ -18,14 +18,14 @@ EVENTS_EACH = 1000
 WRITER = """
 import os, sys, time
 from pathlib import Path
-from ds01 import events
+from ds01 import eventlog
 writer = int(sys.argv[1])
 start = Path(sys.argv[2])
 while not start.exists():  # all writers begin together
     time.sleep(0.001)
 for seq in range(int(sys.argv[3])):
-    events.emit("test.concurrency", source="test", user=f"w{writer}", writer=writer, seq=seq, pad="x" * (seq % 50))
-sys.exit(1 if events.write_failures() else 0)
+    eventlog.emit("test.concurrency", source="test", user=f"w{writer}", writer=writer, seq=seq, pad="x" * (seq % 50))
+sys.exit(1 if eventlog.write_failures() else 0)
 """
 
 
@@ -43,11 +43,11 @@ def test_concurrent_writers_lose_and_tear_nothing_across_rotations(tmp_path: Pat
         _, err = writer.communicate(timeout=300)
         assert writer.returncode == 0, err
 
-    rotated = events.rotated_files(log_dir)
+    rotated = eventlog.rotated_files(log_dir)
     assert len(rotated) >= 10, f"only {len(rotated)} rotations: the test did not exercise rotation"
     seen: Counter[tuple[int, int]] = Counter()
     lines = 0
-    for path in [*rotated, log_dir / events.LOG_NAME]:
+    for path in [*rotated, log_dir / eventlog.LOG_NAME]:
         data = path.read_bytes()
         assert data == b"" or data.endswith(b"\n"), f"{path.name} ends in a torn line"
         for line in data.splitlines():

@@ -10,9 +10,9 @@ from typing import Any
 import docker
 import pytest
 
-from ds01.allocator import Allocator
 from ds01.config import load_config
-from ds01.placement import GpuRequest
+from ds01.gpus.allocator import Allocator
+from ds01.gpus.placement import GpuRequest
 from tests.conftest import TEST_IMAGE, ProxyHandle
 from tests.integration.attacks import account, busybox_image, docker_as
 from tests.integration.test_proxy import gpu_slots

@@ -17,7 +17,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from ds01.allocator import STATE_NAME
+from ds01.gpus.allocator import STATE_NAME
 from tests.conftest import TEST_IMAGE, ProxyHandle, Testbed, start_proxy, stop_proxy
 
 DS01 = str(Path(sys.executable).parent / "ds01")

@@ -17,9 +17,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from ds01.allocator import STATE_NAME
-from ds01.config import load_config
-from ds01.limits import effective_limits
+from ds01.config import effective_limits, load_config
+from ds01.gpus.allocator import STATE_NAME
 from tests.conftest import ProxyHandle, Testbed, start_proxy, stop_proxy
 
 CONTAINER = str(Path(sys.executable).parent / "container")

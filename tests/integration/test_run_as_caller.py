@@ -15,7 +15,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from ds01 import containers
+from ds01 import labels
 from tests.conftest import TEST_IMAGE, ProxyHandle, Testbed, start_proxy, stop_proxy
 from tests.integration.attacks import PRIVATE_TEXT, account, docker_as, no_privileged_files, owned_dir
 
@@ -180,7 +180,7 @@ def test_a_directory_only_user_binds_nothing(testbed: Testbed, engine: docker.Do
         answer, _, status = result.stdout.rpartition("\n")
         assert status == "403", result.stdout + result.stderr
         assert "no home directory on this host" in answer
-        assert not engine.containers.list(all=True, filters={"label": f"{containers.UID}=20001"})
+        assert not engine.containers.list(all=True, filters={"label": f"{labels.UID}=20001"})
     finally:
         stop_proxy(handle, engine)
 

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from ds01 import events
-from ds01.limits import EventLogSettings
+from ds01 import eventlog
+from ds01.config import EventLogSettings
 
 
 @pytest.fixture
 def event_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The event log in a fresh directory, configured as a service configures it."""
     monkeypatch.setenv("DS01_LOG_DIR", str(tmp_path / "log"))
-    events.configure(EventLogSettings())
+    eventlog.configure(EventLogSettings())
     yield tmp_path / "log" / "events.jsonl"
-    events.configure(None)
+    eventlog.configure(None)

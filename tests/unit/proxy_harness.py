@@ -14,11 +14,11 @@ from pathlib import Path
 
 import h11
 
-from ds01.limits import BUILTIN_DEFAULTS, ProxySettings
+from ds01.config import BUILTIN_DEFAULTS, ProxySettings
 from ds01.proxy.outcomes import Forward, Outcome, Request
+from ds01.proxy.runas import Caller
 from ds01.proxy.server import Proxy
 from ds01.proxy.session import Session
-from ds01.runas import Caller
 
 REPO = Path(__file__).resolve().parents[2]
 Answer = bytes | Callable[[socket.socket], None]

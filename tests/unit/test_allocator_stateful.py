@@ -23,10 +23,10 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from ds01.allocator import STATE_NAME, Allocation, Allocator, _parse_state
+from ds01.config import BUILTIN_DEFAULTS, AllocationSettings, LimitValues
 from ds01.errors import Denied, Ds01Error
-from ds01.limits import BUILTIN_DEFAULTS, AllocationSettings, LimitValues
-from ds01.placement import GpuRequest, Slot
+from ds01.gpus.allocator import STATE_NAME, Allocation, Allocator, _parse_state
+from ds01.gpus.placement import GpuRequest, Slot
 
 TTL = 60
 USERS = ("alice", "bob", "carol")

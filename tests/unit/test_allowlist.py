@@ -14,9 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ds01 import allowlist, bodies, containers, policy, resources, rules
+from ds01 import labels
 from ds01.errors import Denied
-from ds01.policy import Facts, ResolvedPath
+from ds01.proxy import allowlist, bodies, policy, resources, rules
+from ds01.proxy.policy import Facts, ResolvedPath
 from tests.unit.test_policy import ALICE, CGROUP, ENGINE_SOCKETS, GIB, LIMITS, NOW, SECURITY
 
 API = json.loads((Path(__file__).resolve().parents[1] / "data" / "docker_api_fields.json").read_text())["objects"]
@@ -91,7 +92,7 @@ HOSTILE_TEXT = ["host", "container:bobs", "container:mine", "bobs-net", "my-net"
 HOSTILE_INTS = [-1000, -1, 0, 1, 99, 1024, 10**5, 4 * 10**9, 16 * GIB, 2**62]
 TEXT = st.one_of(st.sampled_from(HOSTILE_TEXT), st.text(max_size=6))
 INT = st.one_of(st.sampled_from(HOSTILE_INTS), st.integers(-2, 10**6))
-LABEL_KEYS = st.sampled_from([containers.USER, containers.PROTECTED, containers.REQUEST_MIG, "DS01.Uid",
+LABEL_KEYS = st.sampled_from([labels.USER, labels.PROTECTED, labels.REQUEST_MIG, "DS01.Uid",
                               "com.example", "x"])
 SOURCES = ["/home/alice", "/home/alice/work", "/etc", "/home/alice/link", "my-data", "bobs-data", "/data/shared"]
 
@@ -155,7 +156,7 @@ def resolved(path: str) -> ResolvedPath:
 
 PROPERTY_FACTS = Facts({s: resolved(s) for s in SOURCES if s.startswith("/")}, {"mine": "alice", "bobs": "bob"},
                        {"my-data": "alice", "bobs-data": "bob"}, ENGINE_SOCKETS,
-                       image_labels={containers.PROTECTED: "true"}, image_env=("NVIDIA_VISIBLE_DEVICES=all",),
+                       image_labels={labels.PROTECTED: "true"}, image_env=("NVIDIA_VISIBLE_DEVICES=all",),
                        network_owners={"my-net": "alice", "bobs-net": "bob"})
 OWNED_SOURCES = {"/home/alice", "/home/alice/work", "/data/shared", "my-data"}
 
@@ -175,8 +176,8 @@ def spelled_as_api(body: Any, table: str) -> bool:
     return True
 
 
-def ds01_labels(labels: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in labels.items() if k.casefold().startswith(containers.LABEL_PREFIX)}
+def ds01_labels(given: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in given.items() if k.casefold().startswith(labels.LABEL_PREFIX)}
 
 
 def assert_confined_host(hc: dict[str, Any], memory: int) -> None:
@@ -206,8 +207,8 @@ def assert_confined_host(hc: dict[str, Any], memory: int) -> None:
     assert set(sources) <= OWNED_SOURCES
     assert all(str(v).split(":")[0] == "mine" for v in hc.get("VolumesFrom") or [])
     for mount in hc.get("Mounts") or []:
-        labels = ((mount.get("VolumeOptions") or {}).get("Labels")) or {}
-        assert ds01_labels(labels) in ({}, {containers.USER: "alice", containers.UID: "1000"})
+        volume_labels = ((mount.get("VolumeOptions") or {}).get("Labels")) or {}
+        assert ds01_labels(volume_labels) in ({}, {labels.USER: "alice", labels.UID: "1000"})
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -224,8 +225,8 @@ def test_a_create_is_refused_or_confined(body: dict[str, Any], host: dict[str, A
     assert out["User"].startswith("1000:")
     assert_confined_host(out["HostConfig"], out["HostConfig"]["Memory"])
     stamped = ds01_labels(out["Labels"])
-    assert set(stamped) == set(containers.KNOWN_LABELS)
-    assert (stamped[containers.USER], stamped[containers.UID], stamped[containers.PROTECTED]) == ("alice", "1000", "")
+    assert set(stamped) == set(labels.KNOWN_LABELS)
+    assert (stamped[labels.USER], stamped[labels.UID], stamped[labels.PROTECTED]) == ("alice", "1000", "")
     gpu_env = [e for e in out["Env"] if e.split("=")[0].upper().startswith("NVIDIA_") or
                e.startswith("CUDA_VISIBLE_DEVICES")]
     assert gpu_env == ["NVIDIA_VISIBLE_DEVICES=void"]
@@ -284,7 +285,6 @@ def test_every_rule_names_a_check_that_exists() -> None:
     for table, fields in rules.TABLES.items():
         for name, rule in fields.items():
             for module, attribute in re.findall(r"\((\w+)\.(\w+)\)", rule.why):
-                package = "ds01.proxy" if module == "gate" else "ds01"
-                found = importlib.import_module(f"{package}.{module}")
+                found = importlib.import_module(f"ds01.proxy.{module}")
                 holder = found.Gate if module == "gate" else found
                 assert hasattr(holder, attribute), f"{table}.{name}: {module}.{attribute} does not exist"

@@ -8,6 +8,7 @@ import signal
 import pytest
 
 from ds01.cli import add_command, new_parser, run
+from ds01.cli.context import Context
 from ds01.errors import ConfigError, Denied
 
 
@@ -19,7 +20,7 @@ def parser_with(handler: object) -> argparse.ArgumentParser:
 
 @pytest.mark.parametrize(("error", "code"), [(ConfigError("bad file"), 2), (Denied("quota", "no more"), 3)])
 def test_errors_become_exit_codes_and_one_line(error: Exception, code: int, capsys: pytest.CaptureFixture[str]) -> None:
-    def fail(_args: argparse.Namespace) -> int:
+    def fail(_args: argparse.Namespace, _context: Context) -> int:
         raise error
 
     assert run(parser_with(fail), ["go"]) == code
@@ -27,7 +28,7 @@ def test_errors_become_exit_codes_and_one_line(error: Exception, code: int, caps
 
 
 def test_a_bug_is_one_line_without_debug(capsys: pytest.CaptureFixture[str]) -> None:
-    def broken(_args: argparse.Namespace) -> int:
+    def broken(_args: argparse.Namespace, _context: Context) -> int:
         raise ZeroDivisionError("oops")
 
     assert run(parser_with(broken), ["go"]) == 1
@@ -41,7 +42,7 @@ def test_sigpipe_handling_does_not_leak_into_the_caller() -> None:
     before = signal.getsignal(signal.SIGPIPE)
     seen = []
 
-    def record(_args: argparse.Namespace) -> int:
+    def record(_args: argparse.Namespace, _context: Context) -> int:
         seen.append(signal.getsignal(signal.SIGPIPE))
         return 0
 

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ds01.config import load_config
+from ds01.config import LIMIT_KEYS, effective_limits, load_config
 from ds01.errors import ConfigError
-from ds01.limits import LIMIT_KEYS, effective_limits
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "config" / "resource-limits.yaml"

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ds01 import config as loader
-from ds01.limits import (
+from ds01.config import (
     LIMIT_KEYS,
     AllocationSettings,
     BareMetalSettings,
@@ -19,6 +18,7 @@ from ds01.limits import (
     ProxySettings,
     SecuritySettings,
     format_ulimits,
+    loader,
 )
 from ds01.units import format_duration, format_size
 

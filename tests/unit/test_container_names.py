@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ds01.engine import NAME_SEPARATOR, check_name, engine_name, plain_name
 from ds01.errors import EXIT_USAGE, UsageError
+from ds01.names import NAME_SEPARATOR, check_name, engine_name, plain_name
 
 VALID = st.from_regex(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}", fullmatch=True).filter(lambda n: NAME_SEPARATOR not in n)
 

@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from ds01 import eventlog, events
-from ds01.cli import events_cmd, new_parser, run
-from ds01.eventlog import EventFilter, EventLog
-from ds01.limits import Config, EventLogSettings
+from ds01 import eventlog
+from ds01.cli import new_parser, run
+from ds01.cli.admin import events as events_cmd
+from ds01.config import Config, EventLogSettings
+from ds01.eventlog import EventFilter, EventLog, writer
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC).timestamp()
 
@@ -32,15 +33,15 @@ class Clock:
 def log_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("DS01_LOG_DIR", str(tmp_path / "log"))
     monkeypatch.setenv("DS01_CONFIG", str(tmp_path / "resource-limits.yaml"))
-    events.configure(None)
+    eventlog.configure(None)
     yield tmp_path / "log"
-    events.configure(None)
+    eventlog.configure(None)
 
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
-    monkeypatch.setattr(events, "clock", fake)
+    monkeypatch.setattr(writer, "clock", fake)
     return fake
 
 
@@ -57,21 +58,21 @@ def test_rotation_by_size_from_the_config_keeps_every_event_in_order(
         log_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_config(tmp_path, max_size="1k", keep=100)
     for seq in range(60):
-        events.emit("test.size", source="test", user="alice", seq=seq)
-    rotated = events.rotated_files(log_dir)
+        eventlog.emit("test.size", source="test", user="alice", seq=seq)
+    rotated = eventlog.rotated_files(log_dir)
     assert len(rotated) >= 5
-    assert all(events.ROTATED.match(path.name) for path in rotated)
-    assert all(path.stat().st_size <= 1024 for path in [*rotated, log_dir / events.LOG_NAME])
+    assert all(eventlog.ROTATED.match(path.name) for path in rotated)
+    assert all(path.stat().st_size <= 1024 for path in [*rotated, log_dir / eventlog.LOG_NAME])
     assert [e.details["seq"] for e in EventLog(log_dir).events()] == list(range(60))
-    assert events.settings() == EventLogSettings(max_bytes=1024, max_age_seconds=86400, keep=100)
+    assert eventlog.settings() == EventLogSettings(max_bytes=1024, max_age_seconds=86400, keep=100)
     assert capsys.readouterr().err == ""
 
 
 def test_keep_deletes_the_oldest_rotated_files(log_dir: Path, tmp_path: Path) -> None:
     write_config(tmp_path, max_size="1k", keep=2)
     for seq in range(100):
-        events.emit("test.keep", source="test", seq=seq)
-    rotated = events.rotated_files(log_dir)
+        eventlog.emit("test.keep", source="test", seq=seq)
+    rotated = eventlog.rotated_files(log_dir)
     assert len(rotated) == 2
     seqs = [e.details["seq"] for e in EventLog(log_dir).events()]
     assert seqs == list(range(seqs[0], 100)) and seqs[0] > 0  # the newest survive, contiguous
@@ -79,41 +80,41 @@ def test_keep_deletes_the_oldest_rotated_files(log_dir: Path, tmp_path: Path) ->
 
 def test_rotation_by_age_of_the_first_event(log_dir: Path, tmp_path: Path, clock: Clock) -> None:
     write_config(tmp_path, max_age="1h")
-    events.emit("test.age", source="test", seq=0)
+    eventlog.emit("test.age", source="test", seq=0)
     clock.now += 3600  # exactly max_age: not older than it yet
-    events.emit("test.age", source="test", seq=1)
-    assert events.rotated_files(log_dir) == []
+    eventlog.emit("test.age", source="test", seq=1)
+    assert eventlog.rotated_files(log_dir) == []
     clock.now += 1
-    events.emit("test.age", source="test", seq=2)
-    (rotated,) = events.rotated_files(log_dir)
+    eventlog.emit("test.age", source="test", seq=2)
+    (rotated,) = eventlog.rotated_files(log_dir)
     stamp = datetime.fromtimestamp(clock.now, UTC).strftime("%Y%m%dT%H%M%S.%f")
     assert rotated.name == f"events.jsonl.{stamp}"
     assert [json.loads(line)["details"]["seq"] for line in rotated.read_text().splitlines()] == [0, 1]
-    current = (log_dir / events.LOG_NAME).read_text().splitlines()
+    current = (log_dir / eventlog.LOG_NAME).read_text().splitlines()
     assert [json.loads(line)["details"]["seq"] for line in current] == [2]
     clock.now += 1800  # the new file is aged from its own first event
-    events.emit("test.age", source="test", seq=3)
-    assert len(events.rotated_files(log_dir)) == 1
+    eventlog.emit("test.age", source="test", seq=3)
+    assert len(eventlog.rotated_files(log_dir)) == 1
 
 
 def test_rotations_in_the_same_microsecond_get_distinct_names(log_dir: Path, clock: Clock) -> None:
-    events.configure(EventLogSettings(max_bytes=1, keep=10))
+    eventlog.configure(EventLogSettings(max_bytes=1, keep=10))
     for seq in range(4):
-        events.emit("test.same", source="test", seq=seq)
-    rotated = events.rotated_files(log_dir)
+        eventlog.emit("test.same", source="test", seq=seq)
+    rotated = eventlog.rotated_files(log_dir)
     assert len(rotated) == 3
     assert [e.details["seq"] for e in EventLog(log_dir).events()] == [0, 1, 2, 3]
 
 
 def test_an_unreadable_config_is_reported_once_and_the_defaults_apply(
         log_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    failures = events.write_failures()
+    failures = eventlog.write_failures()
     for seq in range(3):
-        events.emit("test.noconfig", source="test", seq=seq)
+        eventlog.emit("test.noconfig", source="test", seq=seq)
     err = capsys.readouterr().err
     assert err.count("using the default rotation settings") == 1
-    assert events.settings() == EventLogSettings()
-    assert events.write_failures() == failures
+    assert eventlog.settings() == EventLogSettings()
+    assert eventlog.write_failures() == failures
     assert len(all_lines(log_dir)) == 3
 
 
@@ -143,7 +144,7 @@ def test_the_config_is_read_once_and_the_file_stat_ed_once_per_emit(
     monkeypatch.setattr(os, "fstat", fstat)
     monkeypatch.setattr(os, "stat", stat)
     for seq in range(50):
-        events.emit("test.cheap", source="test", seq=seq)
+        eventlog.emit("test.cheap", source="test", seq=seq)
     monkeypatch.undo()
     assert len(loads) == 1
     assert len(stats) == 50
@@ -154,25 +155,25 @@ def test_a_write_failure_is_counted_and_survived(
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     monkeypatch.setenv("DS01_LOG_DIR", str(blocker))
-    events.configure(EventLogSettings())
+    eventlog.configure(EventLogSettings())
     try:
-        before = events.write_failures()
-        events.emit("test.fail", source="test")
-        assert events.write_failures() == before + 1
+        before = eventlog.write_failures()
+        eventlog.emit("test.fail", source="test")
+        assert eventlog.write_failures() == before + 1
         assert "could not write event test.fail" in capsys.readouterr().err
     finally:
-        events.configure(None)
+        eventlog.configure(None)
 
 
 def test_an_oversized_event_is_cut_to_its_keys(log_dir: Path) -> None:
-    events.configure(EventLogSettings())
-    events.emit("test.big", source="test", blob="x" * events.MAX_LINE_BYTES, small=1)
+    eventlog.configure(EventLogSettings())
+    eventlog.emit("test.big", source="test", blob="x" * eventlog.MAX_LINE_BYTES, small=1)
     (event,) = EventLog(log_dir).events()
     assert event.details == {"truncated": True, "keys": ["blob", "small"]}
 
 
 def seed(log_dir: Path, clock: Clock) -> None:
-    events.configure(EventLogSettings(max_bytes=600, keep=50))
+    eventlog.configure(EventLogSettings(max_bytes=600, keep=50))
     container = "ab" * 32
     seeded: list[tuple[str, str | None, dict[str, Any]]] = [
         ("allocation.reserve", "alice", {"allocation": "a-1", "slots": ["GPU-0"], "gpu_equivalents": "1"}),
@@ -185,13 +186,13 @@ def seed(log_dir: Path, clock: Clock) -> None:
     ]
     for minute, (kind, user, details) in enumerate(seeded):
         clock.now = T0 + 60 * minute
-        events.emit(kind, source="test", user=user, **details)
+        eventlog.emit(kind, source="test", user=user, **details)
 
 
 def test_reader_filters(log_dir: Path, clock: Clock) -> None:
     seed(log_dir, clock)
     log = EventLog(log_dir)
-    assert len(events.rotated_files(log_dir)) >= 2
+    assert len(eventlog.rotated_files(log_dir)) >= 2
 
     def types(wanted: EventFilter) -> list[str]:
         return [e.type for e in log.events(wanted)]
@@ -214,10 +215,10 @@ def test_reader_filters(log_dir: Path, clock: Clock) -> None:
 
 def test_unparsable_lines_are_skipped_and_counted(log_dir: Path, clock: Clock) -> None:
     seed(log_dir, clock)
-    oldest = events.rotated_files(log_dir)[0]
+    oldest = eventlog.rotated_files(log_dir)[0]
     with oldest.open("a") as rotated:
         rotated.write("not json\n\n")
-    with (log_dir / events.LOG_NAME).open("a") as current:
+    with (log_dir / eventlog.LOG_NAME).open("a") as current:
         current.write('{"v":1,"ts":"yesterday","type":"x","details":{}}\n[1,2]\n')
         current.write('{"v":1,"ts":"2026-03-01T12:00:00.000Z","type":"late.line","user":null,"source":"t"')  # no \n
     log = EventLog(log_dir)
@@ -241,17 +242,17 @@ def test_parse_when() -> None:
 
 
 def test_follow_sees_new_lines_and_a_rotation(log_dir: Path) -> None:
-    events.configure(EventLogSettings(keep=10))
-    events.emit("test.follow", source="test", seq=0)
-    events.emit("test.follow", source="test", seq=1)
+    eventlog.configure(EventLogSettings(keep=10))
+    eventlog.emit("test.follow", source="test", seq=0)
+    eventlog.emit("test.follow", source="test", seq=1)
     followed = EventLog(log_dir).follow(backlog=1, poll_seconds=0.01, idle_timeout=2)
     try:
         assert next(followed).details["seq"] == 1  # the backlog: the last matching one
-        events.emit("test.follow", source="test", seq=2)
+        eventlog.emit("test.follow", source="test", seq=2)
         assert next(followed).details["seq"] == 2
-        events.configure(EventLogSettings(max_bytes=1, keep=10))  # the next emit rotates
-        events.emit("test.follow", source="test", seq=3)
-        (rotated,) = events.rotated_files(log_dir)
+        eventlog.configure(EventLogSettings(max_bytes=1, keep=10))  # the next emit rotates
+        eventlog.emit("test.follow", source="test", seq=3)
+        (rotated,) = eventlog.rotated_files(log_dir)
         # A writer that opened the file just before the rename lands in the rotated file: follow still sees it.
         late = json.dumps({"v": 1, "ts": "2026-03-01T12:00:00.000Z", "type": "test.follow", "user": None,
                            "source": "late", "details": {"seq": "late"}})
@@ -259,8 +260,8 @@ def test_follow_sees_new_lines_and_a_rotation(log_dir: Path) -> None:
             old.write(late + "\n")
         assert next(followed).details["seq"] == "late"
         assert next(followed).details["seq"] == 3
-        events.configure(EventLogSettings(keep=10))
-        events.emit("test.follow", source="test", seq=4)
+        eventlog.configure(EventLogSettings(keep=10))
+        eventlog.emit("test.follow", source="test", seq=4)
         assert next(followed).details["seq"] == 4
         assert list(followed) == []  # ends after idle_timeout of silence
     finally:
@@ -268,26 +269,26 @@ def test_follow_sees_new_lines_and_a_rotation(log_dir: Path) -> None:
 
 
 def test_follow_reads_every_file_rotated_between_two_polls(log_dir: Path) -> None:
-    events.configure(EventLogSettings(max_bytes=300, keep=50))
-    events.emit("test.burst", source="test", seq=0)
+    eventlog.configure(EventLogSettings(max_bytes=300, keep=50))
+    eventlog.emit("test.burst", source="test", seq=0)
     followed = EventLog(log_dir).follow(backlog=1, poll_seconds=0.01, idle_timeout=1)
     try:
         assert next(followed).details["seq"] == 0
         for seq in range(1, 40):  # several rotations before follow looks again
-            events.emit("test.burst", source="test", seq=seq)
-        assert len(events.rotated_files(log_dir)) >= 5
+            eventlog.emit("test.burst", source="test", seq=seq)
+        assert len(eventlog.rotated_files(log_dir)) >= 5
         assert [e.details["seq"] for e in followed] == list(range(1, 40))
     finally:
         followed.close()
 
 
 def test_follow_waits_for_the_log_to_appear_and_filters(log_dir: Path) -> None:
-    events.configure(EventLogSettings())
+    eventlog.configure(EventLogSettings())
     followed = EventLog(log_dir).follow(EventFilter(type_prefix="wanted"), poll_seconds=0.01, idle_timeout=5)
 
     def write() -> None:
-        events.emit("unwanted.x", source="test")
-        events.emit("wanted.x", source="test", n=1)
+        eventlog.emit("unwanted.x", source="test")
+        eventlog.emit("wanted.x", source="test", n=1)
 
     writer = threading.Timer(0.3, write)  # while follow waits for a log that does not exist yet
     writer.start()
@@ -309,7 +310,7 @@ def ds01_events(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[in
 
 def test_events_command(log_dir: Path, clock: Clock, capsys: pytest.CaptureFixture[str]) -> None:
     seed(log_dir, clock)
-    with (log_dir / events.LOG_NAME).open("a") as current:
+    with (log_dir / eventlog.LOG_NAME).open("a") as current:
         current.write("garbage\n")
     code, out, err = ds01_events([], capsys)
     assert code == 0 and "skipped 1 unparsable line" in err
@@ -323,8 +324,8 @@ def test_events_command(log_dir: Path, clock: Clock, capsys: pytest.CaptureFixtu
     assert code == 0
     (only,) = out.splitlines()
     assert json.loads(only)["type"] == "proxy.deny"
-    assert only in (log_dir / events.LOG_NAME).read_text() or any(
-        only in p.read_text() for p in events.rotated_files(log_dir))
+    assert only in (log_dir / eventlog.LOG_NAME).read_text() or any(
+        only in p.read_text() for p in eventlog.rotated_files(log_dir))
 
     code, out, _ = ds01_events(["--summary", "--json", "--since", "2026-03-01T12:02:00Z"], capsys)
     assert json.loads(out) == {"total": 5, "unparsable": 1,

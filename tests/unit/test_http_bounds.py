@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ds01.config import load_config
+from ds01.config import ProxySettings, load_config
 from ds01.errors import ConfigError
-from ds01.limits import ProxySettings
 from ds01.proxy.server import Proxy
 from ds01.proxy.upstream import Upstream
 from tests.unit.proxy_harness import (

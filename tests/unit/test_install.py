@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from ds01.cli import install_cmd, new_parser, run
+from ds01.cli import new_parser, run
+from ds01.cli.admin import install as install_cmd
 from ds01.errors import ConfigError
-from ds01.install import GID_PLACEHOLDER, STAMP, Installer, substitute_socket
+from ds01.ops.install import GID_PLACEHOLDER, STAMP, Installer, substitute_socket
 from tests.conftest import REPO
 
 GID = 4242

@@ -13,12 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ds01 import allowlist, bodies, containers, destinations, devices, policy, resources, rules, runas
+from ds01 import labels, records
+from ds01.config import BUILTIN_DEFAULTS, SecuritySettings
 from ds01.errors import Denied
-from ds01.limits import BUILTIN_DEFAULTS, SecuritySettings
-from ds01.placement import GpuRequest
-from ds01.policy import Facts, ResolvedPath
-from ds01.runas import Caller
+from ds01.gpus.placement import GpuRequest
+from ds01.proxy import allowlist, bodies, destinations, devices, policy, resources, rules, runas
+from ds01.proxy.policy import Facts, ResolvedPath
+from ds01.proxy.runas import Caller
 
 GIB = 2**30
 LONG_S = "\u017f"  # LATIN SMALL LETTER LONG S: folds to "s", and Go's JSON decoder matches it to "s" too
@@ -38,7 +39,7 @@ SECURITY = SecuritySettings(data_dirs=("/data",), cap_add_allowed=frozenset({"SY
 CGROUP = "ds01-alice.slice"
 NOW = "2025-01-02T03:04:05+00:00"
 ENGINE_SOCKETS = frozenset({"/run/docker.sock", "/data/ds01/ds01.sock"})
-STAMPED = set(containers.KNOWN_LABELS)
+STAMPED = set(labels.KNOWN_LABELS)
 NO_GPU_ENV = ["NVIDIA_VISIBLE_DEVICES=void"]  # every create without a grant ends its Env with this
 
 
@@ -75,7 +76,7 @@ VOLUME_OWNERS = {"my-data": "alice", "bobs-data": "bob", "orphan-vol": None}
 FACTS = Facts(PATHS, CONTAINER_OWNERS, VOLUME_OWNERS, ENGINE_SOCKETS,
               network_owners={"bobs-net": "bob", "my-net": "alice", "shared-net": ""})
 LABELLED_IMAGE = Facts(PATHS, CONTAINER_OWNERS, VOLUME_OWNERS, ENGINE_SOCKETS,
-                       image_labels={containers.PROTECTED: "true", "ds01.surprise": "x"})
+                       image_labels={labels.PROTECTED: "true", "ds01.surprise": "x"})
 
 
 def host(**fields: Any) -> dict[str, Any]:
@@ -199,7 +200,7 @@ DENIALS: list[tuple[str, dict[str, Any], str, str]] = [
     ("bad-env", {"Image": "busybox", "Env": "A=b"}, "bad_request", "Env must be a list"),
     ("bad-device-request", host(DeviceRequests=["gpu"]), "bad_request", "entries must be objects"),
     ("two-gpu-requests", host(DeviceRequests=[gpu(Count=1), gpu(Count=1)]), "bad_request", "not several"),
-    ("label-and-gpus", {"Image": "busybox", "Labels": {containers.REQUEST_MIG: "1g.10gb"},
+    ("label-and-gpus", {"Image": "busybox", "Labels": {labels.REQUEST_MIG: "1g.10gb"},
                         "HostConfig": {"DeviceRequests": [gpu(Count=1)]}}, "bad_request", "not both"),
 ]
 
@@ -352,8 +353,8 @@ def test_labels_are_stamped_and_client_labels_kept() -> None:
     result = plan({"Image": "busybox", "Labels": {"com.example.app": "x", "ds01x": "kept"}}, client_type="compose")
     assert result.body["Labels"] == {
         "com.example.app": "x", "ds01x": "kept",
-        **dict.fromkeys(containers.KNOWN_LABELS, ""),  # empty: an image's labels of these names never show
-        containers.USER: "alice", containers.UID: "1000", containers.CREATED_AT: NOW, containers.TYPE: "compose"}
+        **dict.fromkeys(labels.KNOWN_LABELS, ""),  # empty: an image's labels of these names never show
+        labels.USER: "alice", labels.UID: "1000", labels.CREATED_AT: NOW, labels.TYPE: "compose"}
 
 
 def test_labels_are_stamped_without_client_labels() -> None:
@@ -362,8 +363,8 @@ def test_labels_are_stamped_without_client_labels() -> None:
     assert result.gpu_request is None
 
 
-@pytest.mark.parametrize("key", [containers.USER, containers.UID, containers.TYPE, containers.CREATED_AT,
-                                 containers.ALLOCATION, containers.GPU_EQUIVALENTS, containers.PROTECTED,
+@pytest.mark.parametrize("key", [labels.USER, labels.UID, labels.TYPE, labels.CREATED_AT,
+                                 labels.ALLOCATION, labels.GPU_EQUIVALENTS, labels.PROTECTED,
                                  "DS01.USER", "Ds01.request.mig", "ds01.request.other", f"d{LONG_S}01.user",
                                  "ds01."])
 def test_client_ds01_labels_are_refused(key: str) -> None:
@@ -372,16 +373,16 @@ def test_client_ds01_labels_are_refused(key: str) -> None:
 
 
 def test_mig_label_becomes_the_gpu_request() -> None:
-    result = plan({"Image": "busybox", "Labels": {containers.REQUEST_MIG: "3g.40gb", "a": "b"}})
+    result = plan({"Image": "busybox", "Labels": {labels.REQUEST_MIG: "3g.40gb", "a": "b"}})
     assert result.gpu_request == GpuRequest(mig_profile="3g.40gb")
-    assert result.body["Labels"][containers.REQUEST_MIG] == ""  # consumed, and written empty
+    assert result.body["Labels"][labels.REQUEST_MIG] == ""  # consumed, and written empty
     assert result.body["Labels"]["a"] == "b"
 
 
 def test_empty_mig_label_asks_for_nothing() -> None:
-    result = plan({"Image": "busybox", "Labels": {containers.REQUEST_MIG: ""}})
+    result = plan({"Image": "busybox", "Labels": {labels.REQUEST_MIG: ""}})
     assert result.gpu_request is None
-    assert result.body["Labels"][containers.REQUEST_MIG] == ""
+    assert result.body["Labels"][labels.REQUEST_MIG] == ""
 
 
 # --- GPU requests and grants -------------------------------------------------------------------------------------
@@ -420,9 +421,9 @@ def test_apply_grant_rewrites_to_exactly_the_granted_devices() -> None:
     devices.apply_grant(result.body, ["GPU-1", "MIG-2"], "alloc-7", "8/7")
     assert host_config(result)["DeviceRequests"] == [
         {"Driver": "nvidia", "Count": 0, "DeviceIDs": ["GPU-1", "MIG-2"], "Capabilities": [["gpu"]], "Options": {}}]
-    assert result.body["Labels"][containers.ALLOCATION] == "alloc-7"
-    assert result.body["Labels"][containers.GPU_EQUIVALENTS] == "8/7"
-    assert result.body["Labels"][containers.USER] == "alice"
+    assert result.body["Labels"][labels.ALLOCATION] == "alloc-7"
+    assert result.body["Labels"][labels.GPU_EQUIVALENTS] == "8/7"
+    assert result.body["Labels"][labels.USER] == "alice"
 
 
 def test_apply_grant_replaces_any_spelling_of_device_requests() -> None:
@@ -602,11 +603,11 @@ def test_bind_sources_are_listed_once_and_pinned_to_staging_paths() -> None:
         {"Type": "bind", "Target": "/n", "Source": "/pins/k/1"},
         {"Type": "volume", "Source": "my-data", "Target": "/mv"},
         {"Type": "tmpfs", "Target": "/t", "TmpfsOptions": {"SizeBytes": 8 * GIB}}]  # sized: tmpfs is memory
-    labels = result.body["Labels"]
-    assert labels[containers.BIND_KEY] == "k"
-    assert json.loads(labels[containers.BIND_SOURCES]) == ["/data/shared", "/home/alice/work"]
-    assert containers.original_bind_source(labels, "/pins/k/1") == "/home/alice/work"
-    assert containers.original_bind_source(labels, "/elsewhere") == "/elsewhere"
+    stamped = result.body["Labels"]
+    assert stamped[labels.BIND_KEY] == "k"
+    assert json.loads(stamped[labels.BIND_SOURCES]) == ["/data/shared", "/home/alice/work"]
+    assert records.original_bind_source(stamped, "/pins/k/1") == "/home/alice/work"
+    assert records.original_bind_source(stamped, "/elsewhere") == "/elsewhere"
 
 
 def test_unhardened_mounts_pass_only_when_the_admin_turns_the_check_off() -> None:
@@ -881,8 +882,8 @@ def test_admin_root_lets_admins_run_as_root_only() -> None:
 
 
 def test_root_containers_with_host_mounts_are_found() -> None:
-    def info(name: str, user: str, mounts: tuple[str, ...]) -> containers.ContainerInfo:
-        return containers.ContainerInfo(id=name, name=name, labels={containers.USER: "alice"}, status="running",
+    def info(name: str, user: str, mounts: tuple[str, ...]) -> records.ContainerInfo:
+        return records.ContainerInfo(id=name, name=name, labels={labels.USER: "alice"}, status="running",
                                         device_ids=(), gpu_count=0, user=user, host_mounts=mounts)
     found = [info("a._.1000", "", ("/home/alice",)), info("b", "0:0", ("/data",)), info("c", "1000:1000", ("/x",)),
              info("d", "root", ()), info("e", "root", ("/y",))]
@@ -1079,8 +1080,8 @@ HOST_VALUES: dict[str, st.SearchStrategy[Any]] = {
 }
 ENV_ENTRY = st.one_of(st.sampled_from(["NVIDIA_VISIBLE_DEVICES=all", "nvidia_driver_capabilities=all",
                                        "CUDA_VISIBLE_DEVICES=0", "PATH=/bin", "A=NVIDIA_X"]), st.text(max_size=12))
-LABEL_KEY = st.one_of(st.sampled_from([containers.USER, containers.UID, containers.REQUEST_MIG, "DS01.TYPE",
-                                       containers.ALLOCATION, "com.example", "ds01x"]), st.text(max_size=8))
+LABEL_KEY = st.one_of(st.sampled_from([labels.USER, labels.UID, labels.REQUEST_MIG, "DS01.TYPE",
+                                       labels.ALLOCATION, "com.example", "ds01x"]), st.text(max_size=8))
 BODIES = objects({
     "Image": st.just("busybox"),
     "User": st.sampled_from([None, "", "0", "1000", "1001", "alice", "1001:0"]),
@@ -1113,13 +1114,13 @@ def test_plan_create_output_is_always_confined(body: dict[str, Any], client_type
     assert [(k, v) for k, v in hc.items() if k.casefold() == "cgroupparent"] == [("CgroupParent", CGROUP)]
     assert hc["DeviceRequests"] == []
     assert not any(v == "host" for k, v in hc.items() if k.casefold() in {m.casefold() for m in policy.HOST_MODES})
-    labels = out["Labels"]
+    stamped = out["Labels"]
     assert [k for k in out if k.casefold() == "labels"] == ["Labels"]
-    assert {k for k in labels if k.casefold().startswith("ds01.")} == STAMPED
-    assert labels[containers.USER] == "alice"
-    assert labels[containers.UID] == "1000"
-    assert labels[containers.CREATED_AT] == NOW
-    assert labels[containers.TYPE] == client_type
+    assert {k for k in stamped if k.casefold().startswith("ds01.")} == STAMPED
+    assert stamped[labels.USER] == "alice"
+    assert stamped[labels.UID] == "1000"
+    assert stamped[labels.CREATED_AT] == NOW
+    assert stamped[labels.TYPE] == client_type
     assert [k for k in out if k.casefold() == "env"] == ["Env"]
     assert [entry for entry in out["Env"] if gpu_variable(entry)] == NO_GPU_ENV
     assert all(gpu_variable(entry) for entry in result.stripped_env)

@@ -12,9 +12,12 @@ from typing import Any
 
 import pytest
 
-from ds01 import eventlog, events, report
-from ds01.cli import new_parser, report_cmd, run
+from ds01 import eventlog
+from ds01.cli import new_parser, run
+from ds01.cli.admin import report as report_cmd
 from ds01.config import load_config
+from ds01.eventlog import writer
+from ds01.ops import report
 
 DAY = "2026-03-01"
 
@@ -56,7 +59,7 @@ def log_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     log = tmp_path / "log"
     log.mkdir()
     (log / "events.jsonl.20260301T103500.000000").write_text("\n".join(OLDER) + "\n")
-    (log / events.LOG_NAME).write_text("\n".join(CURRENT) + "\nnot an event\n")
+    (log / eventlog.LOG_NAME).write_text("\n".join(CURRENT) + "\nnot an event\n")
     monkeypatch.setenv("DS01_LOG_DIR", str(log))
     config = tmp_path / "resource-limits.yaml"
     config.write_text(
@@ -113,9 +116,9 @@ def test_expire_and_release_both_end_the_hold() -> None:
 
 
 def test_by_group_with_a_user_that_no_longer_resolves(log_dir: Path) -> None:
-    for rotated in events.rotated_files(log_dir):
+    for rotated in eventlog.rotated_files(log_dir):
         rotated.unlink()
-    (log_dir / events.LOG_NAME).write_text("\n".join([
+    (log_dir / eventlog.LOG_NAME).write_text("\n".join([
         line("10:00", "allocation.reserve", "alice", allocation="a", slots=["G0"], gpu_equivalents="1"),
         line("10:00", "allocation.reserve", "bob", allocation="b", slots=["G1"], gpu_equivalents="1"),
         line("10:00", "allocation.reserve", "carol", allocation="c", slots=["G2"], gpu_equivalents="1"),
@@ -195,7 +198,7 @@ def test_bad_arguments_exit_2(log_dir: Path, capsys: pytest.CaptureFixture[str],
 
 
 def test_relative_times(log_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(events, "clock", lambda: at("11:45").timestamp())
+    monkeypatch.setattr(writer, "clock", lambda: at("11:45").timestamp())
     code, out, _ = ds01(["report", "--since", "1h", "--json"], capsys)
     assert code == 0
     assert [(r["key"], r["gpu_hours"]) for r in json.loads(out)] == [("alice", 2.0), ("bob", 0.75)]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ds01.limits import ENDPOINT_GROUPS
+from ds01.config import ENDPOINT_GROUPS
 from ds01.proxy.routes import Route, classify
 
 PREFIXES = ["", "/v1.41", "/v1.47", "/v1.24", "/v10.0"]

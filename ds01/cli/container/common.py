@@ -1,0 +1,61 @@
+"""What the `container` subcommands share: the caller's own container by name, and how one is shown."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import datetime
+from typing import Any
+
+from ds01 import labels
+from ds01.engine import UserEngine
+from ds01.errors import Ds01Error
+from ds01.names import engine_name, plain_name
+from ds01.records import Details
+
+
+def add_name(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help="the container's name, as you gave it to `container create`")
+
+
+def created_at(created: str) -> datetime | None:
+    """The engine's timestamp (nanoseconds, Z) as an aware datetime."""
+    stamp, _, _fraction = created.partition(".")
+    try:
+        return datetime.fromisoformat(stamp.removesuffix("Z") + "+00:00")
+    except ValueError:
+        return None
+
+
+def container_json(found: Details, uid: int) -> dict[str, Any]:
+    info = found.info
+    when = created_at(found.created)
+    return {"name": plain_name(info.name, uid) or info.name, "engine_name": info.name, "id": info.id,
+            "status": info.status, "image": found.image, "gpus": list(info.device_ids),
+            "gpu_equivalents": info.labels.get(labels.GPU_EQUIVALENTS) or None,
+            "created": when.isoformat(timespec="seconds") if when else found.created}
+
+
+def gpus_cell(found: Details) -> str:
+    info = found.info
+    if info.device_ids:
+        return ",".join(info.device_ids)
+    return "all" if info.gpu_count == -1 else (str(info.gpu_count) if info.gpu_count else "-")
+
+
+def own(args: argparse.Namespace) -> tuple[str, str]:
+    """(NAME, engine name) for the container the user named."""
+    return args.name, engine_name(args.name, os.getuid())
+
+
+def require_running(engine: UserEngine, name: str, full: str) -> None:
+    status = engine.inspect(full).info.status
+    if status != "running":
+        raise Ds01Error(f"{name} is not running (it is {status}). Start it with `container start {name}`.")
+
+
+def write_stream(stream: int, data: bytes) -> None:
+    out = sys.stderr.buffer if stream == 2 else sys.stdout.buffer
+    out.write(data)
+    out.flush()

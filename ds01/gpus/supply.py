@@ -1,0 +1,33 @@
+"""The pieces every GPU grant needs, assembled once: healthy slots from NVML, and an allocator that can rebuild
+its state from the engine's containers."""
+
+from __future__ import annotations
+
+import time
+from fractions import Fraction
+
+from ds01 import nvml
+from ds01.config import Config
+from ds01.engine import Engine
+from ds01.gpus import quarantine
+from ds01.gpus.allocator import Allocation, Allocator, allocations_from_containers
+from ds01.gpus.placement import Slot, slots_from_inventory
+from ds01.paths import Paths
+
+
+def current_slots(paths: Paths, config: Config) -> list[Slot]:
+    """Slots of healthy GPUs now: lost GPUs and those with a recent critical XID give none."""
+    with nvml.session() as gpus:
+        inventory = gpus.inventory()
+    return slots_from_inventory(inventory, quarantine.quarantined(paths.state_dir, config.allocation, time.time()))
+
+
+def open_allocator(paths: Paths, config: Config, engine_url: str | None = None) -> Allocator:
+    def rebuild() -> list[Allocation]:
+        with Engine(engine_url) as engine:
+            found = engine.containers()
+        known = {slot.uuid: slot.equivalents for slot in current_slots(paths, config)}
+        # A device no longer in the inventory counts as a whole GPU: over-counting is the safe side.
+        return allocations_from_containers(found, lambda uuid: known.get(uuid, Fraction(1)), time.time())
+
+    return Allocator(paths.state_dir, config.allocation, rebuild=rebuild)

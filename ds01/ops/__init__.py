@@ -1,0 +1,1 @@
+"""Operations: reclamation (`cleanup`), bare-metal access, `doctor`, `install` and usage reports."""

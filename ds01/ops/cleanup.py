@@ -1,0 +1,269 @@
+"""Reclamation: idle GPU containers and containers past max_runtime are warned, then stopped; stopped containers
+give their GPUs back after gpu_hold_after_stop, and are then removed or kept as the config says.
+
+Idleness is a window of time, not a count of checks: the first check that finds a container idle records
+since when, and later checks compare the clock with that moment. `now` is a parameter throughout, so windows
+and expiries are tested without waiting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from ds01 import eventlog, identity, labels, nvml
+from ds01.config import CleanupSettings, Config, LimitValues, effective_limits
+from ds01.engine import Engine
+from ds01.errors import Ds01Error
+from ds01.gpus.allocator import Allocator, read_allocations
+from ds01.records import ContainerInfo
+from ds01.statefile import write_json_atomic
+from ds01.units import format_duration, format_elapsed
+
+STATE_NAME = "cleanup.json"
+
+
+@dataclass
+class Tracked:
+    """What one container's earlier checks found, kept in DS01_STATE_DIR/cleanup.json."""
+
+    idle_since: float | None = None
+    cpu_ns: int | None = None
+    cpu_at: float | None = None
+    warned: list[str] = field(default_factory=list)  # "idle@0.5", "runtime@0.9", ...
+
+
+@dataclass(frozen=True)
+class Decision:
+    container: str  # name
+    user: str
+    action: str  # none, skip, warn, stop, release, remove
+    reason: str
+
+
+def _load_state(path: Path) -> dict[str, Tracked]:
+    try:
+        raw = json.loads(path.read_bytes())
+        return {cid: Tracked(**entry) for cid, entry in raw.items()}
+    except FileNotFoundError:
+        return {}
+    except (ValueError, TypeError) as exc:
+        raise Ds01Error(f"{path} is corrupt ({exc}); move it aside and run again (idle windows restart).") from exc
+
+
+def notify_user(uid: int, message: str, dev: Path = Path("/dev")) -> int:
+    """Write a message to every terminal the user owns; returns how many were reached."""
+    reached = 0
+    for tty in [*dev.glob("pts/[0-9]*"), *dev.glob("tty[0-9]*")]:
+        try:
+            info = tty.stat()
+            if info.st_uid != uid or not stat.S_ISCHR(info.st_mode):
+                continue
+            fd = os.open(tty, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+            try:
+                os.write(fd, f"\r\n*** ds01: {message}\r\n".encode())
+                reached += 1
+            finally:
+                os.close(fd)
+        except OSError:
+            continue  # a terminal that closed or will not take input is not an error of ours
+    return reached
+
+
+@dataclass
+class _Context:
+    config: Config
+    settings: CleanupSettings
+    now: float
+    dry_run: bool
+    inventory: nvml.Inventory | None
+    holdings: dict[str, list[str]]  # container id -> allocated slots
+
+
+def _gpu_active(slots: Sequence[str], inventory: nvml.Inventory | None, threshold: float) -> bool:
+    """Whole GPUs by utilization; MIG slices (no utilization in NVML) by processes holding memory."""
+    if inventory is None:
+        return True  # without NVML nothing can be judged idle
+    for gpu in inventory.available:
+        if gpu.uuid in slots and (gpu.utilization_gpu_percent is None or gpu.utilization_gpu_percent >= threshold):
+            return True
+        for mig in gpu.mig_devices:
+            if mig.uuid in slots and any((p.used_memory_bytes or 0) > 0 for p in mig.processes):
+                return True
+    return False
+
+
+def _keepalive_fresh(info: ContainerInfo, settings: CleanupSettings, now: float) -> bool:
+    if not info.workspace:
+        return False
+    try:
+        touched = (Path(info.workspace) / settings.keepalive_file).stat().st_mtime
+    except OSError:
+        return False
+    return now - touched < settings.keepalive_max_age_seconds
+
+
+class Cleanup:
+    def __init__(self, state_dir: Path, engine: Engine, allocator: Allocator,
+                 limits_of: Callable[[ContainerInfo], tuple[int, LimitValues]],
+                 notify: Callable[[int, str], int] = notify_user) -> None:
+        self.state_path = state_dir / STATE_NAME
+        self._lock = filelock.FileLock(state_dir / "cleanup.lock")
+        self.engine = engine
+        self.allocator = allocator
+        self._limits_of = limits_of
+        self._notify = notify
+
+    def run(self, config: Config, inventory: nvml.Inventory | None, now: float, dry_run: bool) -> list[Decision]:
+        with self._lock.acquire(timeout=config.allocation.lock_timeout_seconds):
+            state = _load_state(self.state_path)
+            holdings: dict[str, list[str]] = {}
+            for allocation in read_allocations(self.allocator.path.parent):
+                if allocation.container:
+                    holdings.setdefault(allocation.container, []).extend(allocation.slots)
+            ctx = _Context(config, config.cleanup, now, dry_run, inventory, holdings)
+            found = [c for c in self.engine.containers() if c.labels.get(labels.USER)]
+            decisions = [self._judge(info, state.setdefault(info.id, Tracked()), ctx) for info in found]
+            live = {c.id for c in found}
+            if not dry_run:
+                write_json_atomic(self.state_path, {cid: vars(t) for cid, t in state.items() if cid in live})
+        return decisions
+
+    def _judge(self, info: ContainerInfo, tracked: Tracked, ctx: _Context) -> Decision:
+        user = info.labels.get(labels.USER, "?")
+        if info.labels.get(labels.PROTECTED, "").lower() in ("1", "true", "yes"):
+            return Decision(info.name, user, "skip", f"label {labels.PROTECTED}: never touched")
+        uid, limits = self._limits_of(info)
+        if info.status == "running":
+            return self._running(info, tracked, ctx, uid, limits)
+        return self._stopped(info, tracked, ctx, limits)
+
+    def _running(self, info: ContainerInfo, tracked: Tracked, ctx: _Context, uid: int,
+                 limits: LimitValues) -> Decision:
+        user = info.labels.get(labels.USER, "?")
+        started = info.started_at or ctx.now
+        age = ctx.now - started
+        if age < ctx.settings.min_age_seconds:
+            return Decision(info.name, user, "skip", f"started {format_elapsed(age)} ago; the minimum age "
+                                                     f"is {format_duration(ctx.settings.min_age_seconds)}")
+        if _keepalive_fresh(info, ctx.settings, ctx.now):
+            return Decision(info.name, user, "skip", f"keep-alive file {ctx.settings.keepalive_file} was touched "
+                                                     "recently")
+        slots = ctx.holdings.get(info.id, [])
+        idle_note = self._track_idleness(info, tracked, ctx, slots)
+        timers = [("runtime", age, limits.max_runtime_seconds)]
+        if slots and tracked.idle_since is not None:
+            timers.append(("idle", ctx.now - tracked.idle_since, limits.idle_timeout_seconds))
+        for kind, elapsed, limit in timers:
+            if limit is None:
+                continue
+            what = "idle" if kind == "idle" else "running"
+            if elapsed >= limit:
+                if not ctx.dry_run:
+                    self.engine.stop(info.id, ctx.settings.stop_timeout_seconds)
+                    eventlog.emit("cleanup.stop", source="cleanup", user=user, container=info.name, reason=kind,
+                                elapsed_seconds=int(elapsed), limit_seconds=limit)
+                    self._notify(uid, f"your container {info.name} was stopped: {what} for "
+                                      f"{format_elapsed(elapsed)} (limit {format_duration(limit)}).")
+                return Decision(info.name, user, "stop", f"{what} {format_elapsed(elapsed)}, limit "
+                                                         f"{format_duration(limit)}")
+            due = [f for f in ctx.settings.warn_at if elapsed >= f * limit and f"{kind}@{f}" not in tracked.warned]
+            if due:
+                left = format_elapsed(limit - elapsed)
+                message = (f"your container {info.name} has been {what} for {format_elapsed(elapsed)}; it "
+                           f"will be stopped in {left} (touch {ctx.settings.keepalive_file} in its workspace to keep "
+                           "it).")
+                if not ctx.dry_run:
+                    tracked.warned.extend(f"{kind}@{f}" for f in due)
+                    eventlog.emit("cleanup.warn", source="cleanup", user=user, container=info.name, reason=kind,
+                                fraction=due[-1], elapsed_seconds=int(elapsed), limit_seconds=limit)
+                    self._notify(uid, message)
+                return Decision(info.name, user, "warn", f"{what} {format_elapsed(elapsed)} of "
+                                                         f"{format_duration(limit)} ({int(due[-1] * 100)}%)")
+        return Decision(info.name, user, "none", idle_note)
+
+    def _track_idleness(self, info: ContainerInfo, tracked: Tracked, ctx: _Context, slots: Sequence[str]) -> str:
+        if not slots:
+            return "no GPUs: not reclaimed for idleness"
+        cpu_ns = self.engine.cpu_usage_ns(info.id)
+        cpu_percent = None
+        if tracked.cpu_ns is not None and tracked.cpu_at is not None and ctx.now > tracked.cpu_at:
+            cpu_percent = max(0, cpu_ns - tracked.cpu_ns) / 1e9 / (ctx.now - tracked.cpu_at) * 100
+        gpu_busy = _gpu_active(slots, ctx.inventory, ctx.settings.idle_gpu_percent)
+        idle = not gpu_busy and cpu_percent is not None and cpu_percent < ctx.settings.idle_cpu_percent
+        user = info.labels.get(labels.USER, "?")
+        if not ctx.dry_run:
+            tracked.cpu_ns, tracked.cpu_at = cpu_ns, ctx.now
+        if idle and tracked.idle_since is None:
+            if not ctx.dry_run:
+                tracked.idle_since = ctx.now
+                eventlog.emit("cleanup.idle_start", source="cleanup", user=user, container=info.name,
+                            allocation=info.labels.get(labels.ALLOCATION), since=ctx.now)
+            else:
+                tracked.idle_since = ctx.now  # this run's view only; not saved
+        elif not idle and tracked.idle_since is not None:
+            if not ctx.dry_run:
+                eventlog.emit("cleanup.idle_end", source="cleanup", user=user, container=info.name,
+                            allocation=info.labels.get(labels.ALLOCATION))
+            tracked.idle_since = None
+            tracked.warned = [w for w in tracked.warned if not w.startswith("idle@")]
+        cpu = "unknown until the next check" if cpu_percent is None else f"{cpu_percent:.1f}%"
+        return f"{'idle' if idle else 'active'} (GPU {'busy' if gpu_busy else 'idle'}, CPU {cpu})"
+
+    def _stopped(self, info: ContainerInfo, tracked: Tracked, ctx: _Context, limits: LimitValues) -> Decision:
+        user = info.labels.get(labels.USER, "?")
+        if info.id not in ctx.holdings:
+            return Decision(info.name, user, "none", f"{info.status}, holds no GPUs")
+        stopped = info.finished_at or ctx.now
+        held = ctx.now - stopped
+        hold = limits.gpu_hold_after_stop_seconds
+        if held < hold:
+            return Decision(info.name, user, "none", f"{info.status} {format_elapsed(held)} ago; GPUs held "
+                                                     f"for {format_duration(hold)} after a stop")
+        remove = ctx.settings.remove_after_release
+        if not ctx.dry_run:
+            for gone in self.allocator.release_container(info.id):
+                if tracked.idle_since is not None:
+                    eventlog.emit("cleanup.idle_end", source="cleanup", user=user, container=info.name,
+                                allocation=gone.id)
+                eventlog.emit("cleanup.release", source="cleanup", user=user, container=info.name, allocation=gone.id,
+                            slots=list(gone.slots))
+            tracked.idle_since = None
+            if remove:
+                self.engine.remove(info.id)
+                eventlog.emit("cleanup.remove", source="cleanup", user=user, container=info.name,
+                            workspace_kept=info.workspace)
+        verb = "remove" if remove else "release"
+        return Decision(info.name, user, verb, f"stopped {format_elapsed(held)} ago, past the "
+                                               f"{format_duration(hold)} GPU hold; "
+                                               f"{'removed' if remove else 'kept stopped'}, workspace kept")
+
+
+def limits_resolver(config: Config, now_utc: Any) -> Callable[[ContainerInfo], tuple[int, LimitValues]]:
+    """(uid, effective limits) for a container's owner, from its ds01.uid label; resolved once per uid."""
+    cache: dict[int, LimitValues] = {}
+
+    def resolve(info: ContainerInfo) -> tuple[int, LimitValues]:
+        uid_text = info.labels.get(labels.UID, "")
+        if not uid_text.isdigit():
+            return -1, config.defaults
+        uid = int(uid_text)
+        if uid not in cache:
+            user = identity.resolve_user(uid, config.ldap)
+            cache[uid] = effective_limits(config, user.name, user.groups, now_utc).limits
+        return uid, cache[uid]
+
+    return resolve
+
+
+def describe(decisions: Iterable[Decision], dry_run: bool) -> list[list[str]]:
+    prefix = "would " if dry_run else ""
+    return [[d.container, d.user, d.action if d.action in ("none", "skip") else prefix + d.action, d.reason]
+            for d in decisions]

@@ -1,0 +1,94 @@
+"""The enforcement point: a Docker API proxy that knows its callers from the kernel and applies the policy."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from ds01 import eventlog, labels
+from ds01.engine import Engine
+from ds01.errors import Ds01Error
+from ds01.gpus.placement import Slot
+from ds01.gpus.supply import current_slots, open_allocator
+from ds01.paths import Paths
+from ds01.proxy import runas
+from ds01.proxy.binds import Pins
+from ds01.proxy.cgroups import CgroupParents
+from ds01.proxy.gate import MIN_API_VERSION, Gate
+from ds01.proxy.janitor import watch_engine
+from ds01.proxy.server import Proxy, serve_forever
+from ds01.proxy.session import Sessions
+from ds01.proxy.upstream import Upstream
+
+SLOT_CACHE_SECONDS = 2.0
+
+
+class SlotCache:
+    """The healthy slots, refreshed from NVML at most every few seconds rather than on every create."""
+
+    def __init__(self, paths: Paths, sessions: Sessions) -> None:
+        self._paths = paths
+        self._sessions = sessions
+        self._lock = threading.Lock()
+        self._taken = 0.0
+        self._slots: list[Slot] = []
+
+    def __call__(self) -> list[Slot]:
+        with self._lock:
+            if time.monotonic() - self._taken > SLOT_CACHE_SECONDS:
+                self._slots = current_slots(self._paths, self._sessions.current_config())
+                self._taken = time.monotonic()
+            return self._slots
+
+
+def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float) -> int:
+    upstream = Upstream(upstream_url)
+    sessions = Sessions(paths.config)
+    status, info = upstream.call("GET", "/info")
+    if status != 200 or not isinstance(info, dict):
+        raise Ds01Error(f"the engine at {upstream_url} answered {status} to /info: {info}")
+    status, version = upstream.call("GET", "/version")
+    if status != 200 or not isinstance(version, dict) or not str(version.get("ApiVersion", "")).count("."):
+        raise Ds01Error(f"the engine at {upstream_url} answered {status} to /version: {version}")
+    major, minor = (int(part) for part in str(version["ApiVersion"]).split(".")[:2])
+    if (major, minor) < MIN_API_VERSION:
+        raise Ds01Error(f"the engine at {upstream_url} speaks API {major}.{minor}; ds01 needs 1.40 or newer")
+    allocator = open_allocator(paths, sessions.config, upstream_url)
+    with Engine(upstream_url) as engine:
+        listed_at = time.time()
+        found = engine.containers()
+        report = allocator.reconcile(found, listed_at)  # crash recovery before serving
+    eventlog.emit("reconcile.startup", source="proxy", released=len(report.released), expired=len(report.expired),
+                adopted=len(report.adopted), unallocated=len(report.unallocated))
+    for legacy in runas.root_with_host_mounts(found):
+        print(f"ds01 proxy: WARN {runas.root_container_warning(legacy)}", file=sys.stderr, flush=True)
+        eventlog.emit("security.root_container", source="proxy", user=legacy.labels.get(labels.USER),
+                    container=legacy.name, host_mounts=list(legacy.host_mounts))
+    pins = Pins(paths.state_dir / "binds")
+    in_use = {info.labels.get(labels.BIND_KEY) or "" for info in found}
+    for key in pins.release_unused(in_use):
+        eventlog.emit("proxy.pin_released", source="proxy", key=key)
+    spool_dir = paths.state_dir / "spool"
+    spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    sockets = {os.path.realpath(p) for p in ("/var/run/docker.sock", "/run/docker.sock", str(listen))}
+    if upstream.unix_path:
+        sockets.add(os.path.realpath(upstream.unix_path))
+    instance = str(paths.state_dir.resolve())
+    gate = Gate(sessions, upstream, allocator, slots=SlotCache(paths, sessions),
+                cgroups=CgroupParents(str(info.get("CgroupDriver", "cgroupfs")), str(info.get("CgroupVersion", "1"))),
+                engine_sockets=frozenset(sockets), host_cpus=float(info.get("NCPU") or os.cpu_count() or 1),
+                pins=pins, spool_dir=spool_dir, api_versions=(MIN_API_VERSION, (major, minor)),
+                log_driver=str(info.get("LoggingDriver") or "json-file"), instance=instance)
+    stop_janitor = threading.Event()
+    janitor = threading.Thread(target=watch_engine, args=(upstream, allocator, pins, instance, stop_janitor),
+                               daemon=True)
+    janitor.start()
+    try:
+        serve_forever(Proxy(gate, upstream), listen, paths.run_dir, drain_seconds,
+                      on_ready=lambda: print(f"ds01 proxy: listening on {listen}, engine {upstream_url}", flush=True))
+    finally:
+        stop_janitor.set()
+    return 0

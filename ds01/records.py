@@ -1,0 +1,108 @@
+"""What ds01 knows about a container, parsed from the engine's inspect record: pure, no SDK."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ds01 import devicerequests, labels
+from ds01.names import WORKSPACE
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    id: str
+    name: str
+    labels: Mapping[str, str]
+    status: str  # the engine's state: created, running, exited, ...
+    device_ids: tuple[str, ...]  # GPU/MIG UUIDs (or indices) from the container's device requests
+    gpu_count: int  # devices asked for by count: 0 none, -1 all
+    started_at: float | None = None  # epoch seconds; None if never started
+    finished_at: float | None = None  # when it last stopped; None while it has not
+    workspace: str | None = None  # the host directory mounted at /workspace, if any
+    user: str = ""  # Config.User: whom its processes run as ("" is the image's default, root for most)
+    host_mounts: tuple[str, ...] = ()  # host paths bind-mounted into it
+
+    @property
+    def holds_gpus(self) -> bool:
+        return bool(self.device_ids) or self.gpu_count != 0
+
+
+@dataclass(frozen=True)
+class ContainerSummary:
+    """What the engine's container list says, without an inspect per container."""
+
+    id: str
+    name: str
+    labels: Mapping[str, str]
+    status: str
+
+
+def original_bind_source(container_labels: Mapping[str, str], source: str | None) -> str | None:
+    """The host path a pinned staging source (STAGING/KEY/N) stands for, from the container's labels."""
+    key = container_labels.get(labels.BIND_KEY)
+    if source is None or not key or f"/{key}/" not in source:
+        return source
+    try:
+        originals = json.loads(container_labels.get(labels.BIND_SOURCES) or "[]")
+        return str(originals[int(source.rsplit("/", 1)[1])])
+    except (ValueError, IndexError, TypeError):
+        return source  # labels not as ds01 writes them: show what the engine mounts
+
+
+def _timestamp(text: str | None) -> float | None:
+    """Engine times are RFC 3339 with nanoseconds; the zero time means never."""
+    if not text or text.startswith("0001-"):
+        return None
+    whole, _, fraction = text.rstrip("Z").partition(".")
+    seconds = datetime.fromisoformat(whole).replace(tzinfo=UTC).timestamp()
+    return seconds + (float(f"0.{fraction}") if fraction.isdigit() else 0.0)
+
+
+def container_info(inspected: dict[str, Any]) -> ContainerInfo:
+    host_config = inspected.get("HostConfig") or {}
+    device_ids, count = devicerequests.gpu_devices(host_config)
+    state = inspected["State"]
+    labels = (inspected.get("Config") or {}).get("Labels") or {}
+    workspace = next((m.get("Source") for m in inspected.get("Mounts") or []
+                      if m.get("Destination") == WORKSPACE and m.get("Type") == "bind"), None)
+    workspace = original_bind_source(labels, workspace)
+    return ContainerInfo(
+        id=inspected["Id"],
+        name=inspected["Name"].lstrip("/"),
+        labels=labels,
+        status=state["Status"],
+        device_ids=device_ids,
+        gpu_count=count,
+        started_at=_timestamp(state.get("StartedAt")),
+        finished_at=_timestamp(state.get("FinishedAt")),
+        workspace=workspace,
+        user=str((inspected.get("Config") or {}).get("User") or ""),
+        host_mounts=tuple(original_bind_source(labels, m.get("Source")) or "" for m in
+                          inspected.get("Mounts") or [] if m.get("Type") == "bind"),
+    )
+
+
+@dataclass(frozen=True)
+class Details:
+    """One container as `container` shows it."""
+
+    info: ContainerInfo
+    image: str
+    created: str  # as the engine recorded it, ISO 8601
+    workspace: str | None  # host directory mounted at /workspace
+    cpus: float | None
+    memory_bytes: int | None
+    shm_size_bytes: int | None
+
+
+def details(inspected: dict[str, Any]) -> Details:
+    host = inspected.get("HostConfig") or {}
+    info = container_info(inspected)
+    return Details(info=info, image=str((inspected.get("Config") or {}).get("Image") or ""),
+                   created=str(inspected.get("Created") or ""), workspace=info.workspace,
+                   cpus=(host.get("NanoCpus") or 0) / 1e9 or None, memory_bytes=host.get("Memory") or None,
+                   shm_size_bytes=host.get("ShmSize") or None)
