@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ds01.reasons import Reason
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -27,11 +29,11 @@ class ConfigError(Ds01Error):
 
 
 class Denied(Ds01Error):
-    """Policy, quota or capacity refuses the request. `reason` is a stable machine-readable code."""
+    """Policy, quota or capacity refuses the request, for one of the `Reason`s."""
 
     exit_code = EXIT_DENIED
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message

@@ -19,7 +19,11 @@ from typing import Any
 import docker
 import pytest
 
+from ds01.errors import Denied
+from ds01.eventlog import EventFilter, EventLog
 from ds01.proxy.binds import Pins
+from ds01.proxy.outcomes import Deny
+from ds01.reasons import Reason
 
 REPO = Path(__file__).resolve().parents[1]
 TESTBED_SCRIPT = REPO / "scripts" / "testbed"
@@ -191,6 +195,8 @@ def stop_proxy(handle: ProxyHandle, engine: docker.DockerClient) -> None:
     except subprocess.TimeoutExpired:
         handle.process.kill()
         handle.process.wait()
+    log = EventLog(handle.root / "log")
+    REASONS_PRODUCED.update(str(e.details.get("reason")) for e in log.events(EventFilter(type_prefix="proxy.deny")))
     for container in engine.containers.list(all=True, filters={"label": "ds01.user"}):
         container.remove(force=True)
     for volume in engine.volumes.list(filters={"label": "ds01.user"}):
@@ -217,3 +223,41 @@ def proxy(testbed: Testbed) -> Iterator[ProxyHandle]:
     finally:
         stop_proxy(handle, client)
         client.close()
+
+
+# --- every denial reason is produced by some test -------------------------------------------------------------
+# Denials made in this process are seen as they are constructed; those of the proxies the integration tests run
+# are read from each proxy's event log when it stops. A full run that leaves a Reason unproduced fails.
+REASONS_PRODUCED: set[str] = set()
+
+
+def _recording(cls: type[Any]) -> None:
+    original = cls.__init__
+
+    def init(self: Any, reason: Reason, *args: Any, **kwargs: Any) -> None:
+        REASONS_PRODUCED.add(str(reason))
+        original(self, reason, *args, **kwargs)
+
+    cls.__init__ = init
+
+
+_recording(Denied)
+_recording(Deny)
+
+
+def _whole_suite(config: pytest.Config) -> bool:
+    tests = Path(__file__).resolve().parent
+    options = config.option
+    return (not options.keyword and not options.markexpr and not options.deselect
+            and all(Path(arg).resolve() == tests for arg in config.args))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if exitstatus != 0 or not _whole_suite(session.config):
+        return
+    missing = sorted(reason.value for reason in Reason if reason.value not in REASONS_PRODUCED)
+    if missing:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"FAILED: no test produces the denial reason(s) {', '.join(missing)}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -22,6 +22,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from ds01.eventlog.files import (
     rotated_files,
     rotated_path,
 )
+from ds01.eventlog.types import EventType
 from ds01.paths import paths_from_env
 
 _TS_PREFIX = re.compile(rb'"ts":"([^"]{1,40})"')
@@ -48,12 +50,18 @@ clock: Callable[[], float] = time.time
 
 _failures: Counter[str] = Counter()
 _failures_lock = threading.Lock()
-_configured: EventLogSettings | None = None
-_settings_cache: dict[Path, EventLogSettings] = {}
-_settings_lock = threading.Lock()
+_configured_dir: Path | None = None
+_configured_settings: EventLogSettings | None = None
+_configure_lock = threading.Lock()
 _loading = threading.local()
 _first_seen: dict[tuple[int, int, bytes], float] = {}  # log files whose first line has no ts: when first seen
 _FIRST_SEEN_CACHE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class Destination:
+    log_dir: Path
+    settings: EventLogSettings
 
 
 def write_failures() -> int:
@@ -66,45 +74,53 @@ def rotation_failures() -> int:
     return _failures["rotate"]
 
 
-def configure(settings: EventLogSettings | None) -> None:
-    """Use `settings` in this process instead of reading the configuration; None reads it again (on reload)."""
-    global _configured  # noqa: PLW0603 - one per-process setting, like the cache it overrides
-    with _settings_lock:
-        _configured = settings
-        _settings_cache.clear()
+def configure(log_dir: Path | None, settings: EventLogSettings | None) -> None:
+    """Where and how this process writes events from now on: services set both at start-up and the settings again
+    on a configuration reload. What is left None is read from the environment and the configuration at the next
+    event, once."""
+    global _configured_dir, _configured_settings
+    with _configure_lock:
+        _configured_dir, _configured_settings = log_dir, settings
 
 
-def settings(config_path: Path | None = None) -> EventLogSettings:
-    """The event-log settings of this process: read from the configuration once per path, then cached.
+def destination() -> Destination:
+    """This process's log directory and rotation settings, completed from the environment on first use.
 
-    A configuration that cannot be read is reported once on stderr and the defaults are used.
+    A configuration that cannot be read is reported once on stderr and the default settings are used.
     """
-    if _configured is not None:
-        return _configured
-    path = config_path or paths_from_env().config
-    cached = _settings_cache.get(path)
-    if cached is not None:
-        return cached
+    global _configured_dir, _configured_settings  # noqa: PLW0603 - completed once, then read by every event
+    log_dir, settings = _configured_dir, _configured_settings
+    if log_dir is not None and settings is not None:
+        return Destination(log_dir, settings)
     if getattr(_loading, "active", False):  # loading the configuration emitted an event: don't recurse
+        return Destination(log_dir or paths_from_env().log_dir, settings or EventLogSettings())
+    with _configure_lock:
+        if _configured_dir is None or _configured_settings is None:
+            paths = paths_from_env()
+            _configured_dir = _configured_dir or paths.log_dir
+            if _configured_settings is None:
+                _configured_settings = _settings_from(paths.config)
+        return Destination(_configured_dir, _configured_settings)
+
+
+def _settings_from(config_path: Path) -> EventLogSettings:
+    _loading.active = True
+    try:
+        from ds01.config.loader import load_config  # noqa: PLC0415 - only a process no service configured needs it
+
+        return load_config(config_path).events
+    except Exception as exc:  # noqa: BLE001 - emit must survive any configuration problem
+        print(f"ds01: event log: using the default rotation settings: {exc}", file=sys.stderr)
         return EventLogSettings()
-    with _settings_lock:
-        cached = _settings_cache.get(path)
-        if cached is None:
-            _loading.active = True
-            try:
-                from ds01.config import load_config  # noqa: PLC0415 - the config loader is only needed once
-
-                cached = load_config(path).events
-            except Exception as exc:  # noqa: BLE001 - emit must survive any configuration problem
-                print(f"ds01: event log: using the default rotation settings: {exc}", file=sys.stderr)
-                cached = EventLogSettings()
-            finally:
-                _loading.active = False
-            _settings_cache[path] = cached
-    return cached
+    finally:
+        _loading.active = False
 
 
-def _line(event_type: str, user: str | None, source: str, details: dict[str, Any], now: float) -> bytes:
+def settings() -> EventLogSettings:
+    return destination().settings
+
+
+def _line(event_type: EventType, user: str | None, source: str, details: dict[str, Any], now: float) -> bytes:
     record = {
         "v": SCHEMA_VERSION,
         "ts": format_ts(now),
@@ -120,14 +136,14 @@ def _line(event_type: str, user: str | None, source: str, details: dict[str, Any
     return line
 
 
-def emit(event_type: str, *, source: str, user: str | None = None, **details: Any) -> None:
-    """Append one event. `event_type` is `category.action`. A write failure is reported, counted and survived."""
+def emit(event_type: EventType, *, source: str, user: str | None = None, **details: Any) -> None:
+    """Append one event. A write failure is reported, counted and survived."""
     now = clock()
     line = _line(event_type, user, source, details, now)
-    paths = paths_from_env()
-    path = paths.log_dir / LOG_NAME
+    where = destination()
+    path = where.log_dir / LOG_NAME
     try:
-        _append(path, line, now, settings(paths.config))
+        _append(path, line, now, where.settings)
     except OSError as exc:
         with _failures_lock:
             _failures["write"] += 1

@@ -23,6 +23,7 @@ import filelock
 from ds01 import eventlog, labels, records
 from ds01.config import AllocationSettings, LimitValues
 from ds01.errors import Busy, Ds01Error
+from ds01.eventlog.types import EventType
 from ds01.gpus.placement import GpuRequest, Holding, Slot, choose_slots
 from ds01.statefile import write_json_atomic
 
@@ -112,8 +113,8 @@ def allocations_from_containers(found: Sequence[records.ContainerInfo],
         if not info.device_ids:
             continue
         if taken & set(info.device_ids) or len(set(info.device_ids)) != len(info.device_ids):
-            eventlog.emit("allocator.rebuild_conflict", source="allocator", container=info.id, name=info.name,
-                        devices=list(info.device_ids))
+            eventlog.emit(EventType.ALLOCATOR_REBUILD_CONFLICT, source="allocator", container=info.id, name=info.name,
+                          devices=list(info.device_ids))
             continue
         taken.update(info.device_ids)
         found_labels = info.labels
@@ -190,7 +191,7 @@ class Allocator:
 
     def _recover(self, corrupt: StateCorrupt) -> None:
         """Rebuild from the containers' labels (engine call outside the lock), else from the verified backup."""
-        eventlog.emit("allocator.state_corrupt", source="allocator", error=str(corrupt))
+        eventlog.emit(EventType.ALLOCATOR_STATE_CORRUPT, source="allocator", error=str(corrupt))
         try:
             if self._rebuild is None:
                 raise Ds01Error("no engine access was given to rebuild from")
@@ -210,7 +211,7 @@ class Allocator:
                     stamp = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(self._clock()))}-{secrets.token_hex(3)}"
                     self.path.rename(self.path.with_name(f"{STATE_NAME}.corrupt-{stamp}"))
                 self._write(rebuilt, keep_backup=False)
-        eventlog.emit("allocator.state_rebuilt", source="allocator", origin=origin, allocations=len(rebuilt))
+        eventlog.emit(EventType.ALLOCATOR_STATE_REBUILT, source="allocator", origin=origin, allocations=len(rebuilt))
 
     def _transaction(self, change: Callable[[list[Allocation], float], tuple[_T, list[Allocation] | None]],
                      write: bool = True, expire: bool = True) -> tuple[_T, list[Allocation]]:
@@ -233,8 +234,8 @@ class Allocator:
                 self._recover(corrupt)
                 continue
             for gone in expired if write else ():
-                eventlog.emit("allocation.expire", source="allocator", user=gone.user, allocation=gone.id,
-                            slots=list(gone.slots))
+                eventlog.emit(EventType.ALLOCATION_EXPIRE, source="allocator", user=gone.user, allocation=gone.id,
+                              slots=list(gone.slots))
             return result, expired
         raise Ds01Error(f"{self.path} kept turning corrupt while being recovered; see the event log.")
 
@@ -259,8 +260,8 @@ class Allocator:
         """Reserve slots for `request`; raises Denied (with a reason code) or Busy. Nothing is held on denial."""
         ttl = self.settings.reservation_ttl_seconds if ttl_seconds is None else ttl_seconds
         allocation = self._transaction(self._reserver(user, uid, limits, request, slots=slots, ttl=ttl))[0]
-        eventlog.emit("allocation.reserve", source="allocator", user=user, allocation=allocation.id,
-                    slots=list(allocation.slots), gpu_equivalents=str(allocation.gpu_equivalents))
+        eventlog.emit(EventType.ALLOCATION_RESERVE, source="allocator", user=user, allocation=allocation.id,
+                      slots=list(allocation.slots), gpu_equivalents=str(allocation.gpu_equivalents))
         return allocation
 
     def preview(self, user: str, uid: int | None, limits: LimitValues, request: GpuRequest, *,
@@ -277,9 +278,9 @@ class Allocator:
 
         released = self._transaction(release_bound)[0]
         for gone in released:
-            eventlog.emit("allocation.release", source="allocator", user=gone.user, allocation=gone.id,
-                        container=container_id, slots=list(gone.slots), gpu_equivalents=str(gone.gpu_equivalents),
-                        held_seconds=round(self._clock() - gone.created_at, 3), reason="container_removed")
+            eventlog.emit(EventType.ALLOCATION_RELEASE, source="allocator", user=gone.user, allocation=gone.id,
+                          container=container_id, slots=list(gone.slots), gpu_equivalents=str(gone.gpu_equivalents),
+                          held_seconds=round(self._clock() - gone.created_at, 3), reason="container_removed")
         return released
 
     def bind(self, allocation_id: str, container_id: str, container_name: str | None = None) -> Allocation:
@@ -293,8 +294,8 @@ class Allocator:
             return bound, [bound if a.id == allocation_id else a for a in live]
 
         bound = self._transaction(bind_one)[0]
-        eventlog.emit("allocation.bind", source="allocator", user=bound.user, allocation=bound.id,
-                    container=container_id, container_name=container_name, slots=list(bound.slots))
+        eventlog.emit(EventType.ALLOCATION_BIND, source="allocator", user=bound.user, allocation=bound.id,
+                      container=container_id, container_name=container_name, slots=list(bound.slots))
         return bound
 
     def release(self, allocation_id: str) -> Allocation:
@@ -303,9 +304,9 @@ class Allocator:
             return gone, [a for a in live if a.id != allocation_id]
 
         gone = self._transaction(release_one)[0]
-        eventlog.emit("allocation.release", source="allocator", user=gone.user, allocation=gone.id,
-                    container=gone.container, slots=list(gone.slots), gpu_equivalents=str(gone.gpu_equivalents),
-                    held_seconds=round(self._clock() - gone.created_at, 3))
+        eventlog.emit(EventType.ALLOCATION_RELEASE, source="allocator", user=gone.user, allocation=gone.id,
+                      container=gone.container, slots=list(gone.slots), gpu_equivalents=str(gone.gpu_equivalents),
+                      held_seconds=round(self._clock() - gone.created_at, 3))
         return gone
 
     def reconcile(self, found: Sequence[records.ContainerInfo], listed_at: float,
@@ -345,18 +346,21 @@ class Allocator:
         self._transaction(settle, write=not dry_run, expire=False)
         if not dry_run:
             for allocation in report.expired:
-                eventlog.emit("allocation.expire", source="reconcile", user=allocation.user, allocation=allocation.id,
-                            slots=list(allocation.slots))
+                eventlog.emit(EventType.ALLOCATION_EXPIRE, source="reconcile", user=allocation.user,
+                              allocation=allocation.id,
+                              slots=list(allocation.slots))
             for allocation in report.released:
-                eventlog.emit("allocation.release", source="reconcile", user=allocation.user, allocation=allocation.id,
-                            container=allocation.container, reason="container_gone")
+                eventlog.emit(EventType.ALLOCATION_RELEASE, source="reconcile", user=allocation.user,
+                              allocation=allocation.id,
+                              container=allocation.container, reason="container_gone")
             for allocation in report.adopted:
-                eventlog.emit("allocation.bind", source="reconcile", user=allocation.user, allocation=allocation.id,
-                            container=allocation.container, reason="adopted_by_label")
+                eventlog.emit(EventType.ALLOCATION_BIND, source="reconcile", user=allocation.user,
+                              allocation=allocation.id,
+                              container=allocation.container, reason="adopted_by_label")
         for info in report.unallocated:
-            eventlog.emit("reconcile.unallocated_gpu_container", source="reconcile",
-                        user=info.labels.get(labels.USER), container=info.id, name=info.name,
-                        devices=list(info.device_ids), gpu_count=info.gpu_count)
+            eventlog.emit(EventType.RECONCILE_UNALLOCATED_GPU_CONTAINER, source="reconcile",
+                          user=info.labels.get(labels.USER), container=info.id, name=info.name,
+                          devices=list(info.device_ids), gpu_count=info.gpu_count)
         return report
 
     @staticmethod

@@ -10,6 +10,7 @@ from fractions import Fraction
 from ds01 import nvml
 from ds01.config import AllocationSettings, LimitValues
 from ds01.errors import Denied
+from ds01.reasons import Reason
 from ds01.units import format_equivalents, mig_equivalents
 
 
@@ -75,7 +76,7 @@ def _holdings_text(holdings: Sequence[Holding]) -> str:
 
 def _quota_denial(user: str, limits: LimitValues, mine: Sequence[Holding], needed: Fraction) -> Denied:
     held = sum((h.equivalents for h in mine), Fraction(0))
-    return Denied("quota", (
+    return Denied(Reason.QUOTA, (
         f"{user} holds {format_equivalents(held)} of a quota of {format_equivalents(limits.gpu_quota)} "
         f"GPU-equivalents and this request needs {format_equivalents(needed)} more. Held by: "
         f"{_holdings_text(mine)}. Stop or remove one of these (container remove NAME), ask for a smaller "
@@ -85,13 +86,13 @@ def _quota_denial(user: str, limits: LimitValues, mine: Sequence[Holding], neede
 def _check_profile_allowed(profile: str, limits: LimitValues) -> None:
     allowed = limits.allowed_mig_profiles
     if allowed is not None and profile not in allowed:
-        raise Denied("mig_profile_not_allowed", (
+        raise Denied(Reason.MIG_PROFILE_NOT_ALLOWED, (
             f"MIG profile {profile} is not allowed for you; allowed: {', '.join(sorted(allowed)) or 'none'}."))
 
 
 def _check_slot_allowed(slot: Slot, limits: LimitValues) -> None:
     if slot.profile is None and not limits.allow_full_gpu:
-        raise Denied("full_gpu_not_allowed", (
+        raise Denied(Reason.FULL_GPU_NOT_ALLOWED, (
             f"your limits do not allow whole GPUs ({slot.uuid} is one). Ask for a MIG slice with --mig PROFILE, "
             "or ask an admin for allow_full_gpu."))
     if slot.profile is not None:
@@ -141,17 +142,17 @@ def _pick(candidates: list[Slot], count: int, load: dict[str, Fraction], strateg
 
 def _explicit(request: GpuRequest, limits: LimitValues, by_uuid: dict[str, Slot], held: set[str]) -> list[Slot]:
     if len(set(request.devices)) != len(request.devices):
-        raise Denied("bad_request", f"a device is named twice in {', '.join(request.devices)}; name each once.")
+        raise Denied(Reason.BAD_REQUEST, f"a device is named twice in {', '.join(request.devices)}; name each once.")
     wanted = []
     for uuid in request.devices:
         if uuid not in by_uuid:
-            raise Denied("unknown_device", (
+            raise Denied(Reason.UNKNOWN_DEVICE, (
                 f"{uuid} is not a GPU or MIG device that can be handed out here (unknown or unhealthy). "
                 "See the devices with 'ds01 gpus', or ask for a count with --gpus N."))
         slot = by_uuid[uuid]
         _check_slot_allowed(slot, limits)
         if uuid in held:
-            raise Denied("capacity", f"{uuid} is already allocated. Ask for a count with --gpus N instead.")
+            raise Denied(Reason.CAPACITY, f"{uuid} is already allocated. Ask for a count with --gpus N instead.")
         wanted.append(slot)
     return wanted
 
@@ -165,7 +166,7 @@ def _candidates(request: GpuRequest, limits: LimitValues, settings: AllocationSe
     use_mig = settings.mig_preference == "all" or (settings.mig_preference == "restricted"
                                                     and not limits.allow_full_gpu)
     if not use_mig and not limits.allow_full_gpu:
-        raise Denied("full_gpu_not_allowed",
+        raise Denied(Reason.FULL_GPU_NOT_ALLOWED,
                      "your limits do not allow whole GPUs. Ask for a MIG slice with --mig PROFILE.")
     allowed = limits.allowed_mig_profiles
     migs = [s for s in free if s.is_mig and (allowed is None or s.profile in allowed)]
@@ -185,9 +186,9 @@ def _count(request: GpuRequest, limits: LimitValues) -> int:
     else:
         count = 1 if request.mig_profile else request.count
     if count < 1:
-        raise Denied("per_container_max", "a GPU request must ask for at least one GPU or MIG slice.")
+        raise Denied(Reason.PER_CONTAINER_MAX, "a GPU request must ask for at least one GPU or MIG slice.")
     if count > limits.max_gpus_per_container:
-        raise Denied("per_container_max", (
+        raise Denied(Reason.PER_CONTAINER_MAX, (
             f"{count} GPU slots asked for, but one container may hold at most {limits.max_gpus_per_container}. "
             "Ask for fewer, or split the work over several containers."))
     return count
@@ -216,7 +217,7 @@ def choose_slots(user: str, limits: LimitValues, settings: AllocationSettings, r
     candidates, kind = _candidates(request, limits, settings, free,
                                    lambda pool: _pick(pool, count, load, settings.strategy, budget) is not None)
     if _pick(candidates, count, load, settings.strategy, None) is None:
-        raise Denied("capacity", (
+        raise Denied(Reason.CAPACITY, (
             f"not enough free {kind}: {count} asked for, {len(candidates)} free and healthy. "
             "Try again later, ask for fewer, or see who holds what with 'container list --all'."))
     chosen = _pick(candidates, count, load, settings.strategy, budget)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ds01.config import LdapSettings
 from ds01.errors import Ds01Error
 from ds01.eventlog import emit
+from ds01.eventlog.types import EventType
 from ds01.identity import directory, nss
 from ds01.identity.directory import DirectorySession, DirectoryUnavailable, DirectoryUser
 
@@ -92,7 +93,7 @@ def _resolve(
             failure = exc
             # The message names the URI and bind DN, never the password: it is only ever read from its file.
             emit(
-                "identity.ldap_fallback",
+                EventType.IDENTITY_LDAP_FALLBACK,
                 source="identity",
                 user=entry.pw_name if entry is not None else None,
                 uri=settings.uri,

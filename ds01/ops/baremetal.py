@@ -25,6 +25,7 @@ import filelock
 from ds01.config import BareMetalSettings
 from ds01.errors import Busy, ConfigError, Ds01Error, UsageError
 from ds01.eventlog import emit
+from ds01.eventlog.types import EventType
 from ds01.identity import nss
 from ds01.paths import Paths
 from ds01.statefile import write_json_atomic
@@ -97,7 +98,7 @@ def ensure_group(group: str) -> bool:
     """Create `group` as a system group if it is missing; True if it was created."""
     if nss.group_id(group) is None:
         _run(["groupadd", "--system", group], f"create the group {group}")
-        emit("bare_metal.group_create", source=SOURCE, group=group)
+        emit(EventType.BARE_METAL_GROUP_CREATE, source=SOURCE, group=group)
         return True
     return False
 
@@ -195,7 +196,7 @@ def grant(paths: Paths, settings: BareMetalSettings, user: str, now: datetime,
         except Ds01Error:
             store.save(grants)
             raise
-    emit("bare_metal.grant", source=SOURCE, user=name, until=_iso(record.until), group=group,
+    emit(EventType.BARE_METAL_GRANT, source=SOURCE, user=name, until=_iso(record.until), group=group,
          duration_seconds=duration, extended=previous is not None)
     return record
 
@@ -219,7 +220,8 @@ def revoke(paths: Paths, settings: BareMetalSettings, user: str, reason: str = "
             raise Ds01Error(f"{user} has no bare-metal grant (see: ds01 bare-metal list)")
         _take_away(grants, user)
         store.save({name: g for name, g in grants.items() if name != user})
-    emit("bare_metal.revoke", source=SOURCE, user=user, reason=reason, group=record.group, until=_iso(record.until))
+    emit(EventType.BARE_METAL_REVOKE, source=SOURCE, user=user, reason=reason, group=record.group,
+         until=_iso(record.until))
     return record
 
 
@@ -252,14 +254,14 @@ def expire_grants(now: datetime, paths: Paths, settings: BareMetalSettings) -> E
                 _take_away(grants, name)
             except Ds01Error as exc:
                 failed.append((record, str(exc)))
-                emit("bare_metal.expire_failed", source=SOURCE, user=name, group=record.group, error=str(exc))
+                emit(EventType.BARE_METAL_EXPIRE_FAILED, source=SOURCE, user=name, group=record.group, error=str(exc))
                 continue
             del kept[name]
             expired.append(record)
         if expired:
             store.save(kept)
     for record in expired:
-        emit("bare_metal.expire", source=SOURCE, user=record.user, group=record.group, until=_iso(record.until))
+        emit(EventType.BARE_METAL_EXPIRE, source=SOURCE, user=record.user, group=record.group, until=_iso(record.until))
     return ExpiryReport(tuple(expired), tuple(failed))
 
 

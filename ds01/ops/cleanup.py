@@ -22,6 +22,7 @@ from ds01 import eventlog, identity, labels, nvml
 from ds01.config import CleanupSettings, Config, LimitValues, effective_limits
 from ds01.engine import Engine
 from ds01.errors import Ds01Error
+from ds01.eventlog.types import EventType
 from ds01.gpus.allocator import Allocator, read_allocations
 from ds01.records import ContainerInfo
 from ds01.statefile import write_json_atomic
@@ -168,8 +169,8 @@ class Cleanup:
             if elapsed >= limit:
                 if not ctx.dry_run:
                     self.engine.stop(info.id, ctx.settings.stop_timeout_seconds)
-                    eventlog.emit("cleanup.stop", source="cleanup", user=user, container=info.name, reason=kind,
-                                elapsed_seconds=int(elapsed), limit_seconds=limit)
+                    eventlog.emit(EventType.CLEANUP_STOP, source="cleanup", user=user, container=info.name, reason=kind,
+                                  elapsed_seconds=int(elapsed), limit_seconds=limit)
                     self._notify(uid, f"your container {info.name} was stopped: {what} for "
                                       f"{format_elapsed(elapsed)} (limit {format_duration(limit)}).")
                 return Decision(info.name, user, "stop", f"{what} {format_elapsed(elapsed)}, limit "
@@ -182,8 +183,8 @@ class Cleanup:
                            "it).")
                 if not ctx.dry_run:
                     tracked.warned.extend(f"{kind}@{f}" for f in due)
-                    eventlog.emit("cleanup.warn", source="cleanup", user=user, container=info.name, reason=kind,
-                                fraction=due[-1], elapsed_seconds=int(elapsed), limit_seconds=limit)
+                    eventlog.emit(EventType.CLEANUP_WARN, source="cleanup", user=user, container=info.name, reason=kind,
+                                  fraction=due[-1], elapsed_seconds=int(elapsed), limit_seconds=limit)
                     self._notify(uid, message)
                 return Decision(info.name, user, "warn", f"{what} {format_elapsed(elapsed)} of "
                                                          f"{format_duration(limit)} ({int(due[-1] * 100)}%)")
@@ -204,14 +205,14 @@ class Cleanup:
         if idle and tracked.idle_since is None:
             if not ctx.dry_run:
                 tracked.idle_since = ctx.now
-                eventlog.emit("cleanup.idle_start", source="cleanup", user=user, container=info.name,
-                            allocation=info.labels.get(labels.ALLOCATION), since=ctx.now)
+                eventlog.emit(EventType.CLEANUP_IDLE_START, source="cleanup", user=user, container=info.name,
+                              allocation=info.labels.get(labels.ALLOCATION), since=ctx.now)
             else:
                 tracked.idle_since = ctx.now  # this run's view only; not saved
         elif not idle and tracked.idle_since is not None:
             if not ctx.dry_run:
-                eventlog.emit("cleanup.idle_end", source="cleanup", user=user, container=info.name,
-                            allocation=info.labels.get(labels.ALLOCATION))
+                eventlog.emit(EventType.CLEANUP_IDLE_END, source="cleanup", user=user, container=info.name,
+                              allocation=info.labels.get(labels.ALLOCATION))
             tracked.idle_since = None
             tracked.warned = [w for w in tracked.warned if not w.startswith("idle@")]
         cpu = "unknown until the next check" if cpu_percent is None else f"{cpu_percent:.1f}%"
@@ -231,15 +232,16 @@ class Cleanup:
         if not ctx.dry_run:
             for gone in self.allocator.release_container(info.id):
                 if tracked.idle_since is not None:
-                    eventlog.emit("cleanup.idle_end", source="cleanup", user=user, container=info.name,
-                                allocation=gone.id)
-                eventlog.emit("cleanup.release", source="cleanup", user=user, container=info.name, allocation=gone.id,
-                            slots=list(gone.slots))
+                    eventlog.emit(EventType.CLEANUP_IDLE_END, source="cleanup", user=user, container=info.name,
+                                  allocation=gone.id)
+                eventlog.emit(EventType.CLEANUP_RELEASE, source="cleanup", user=user, container=info.name,
+                              allocation=gone.id,
+                              slots=list(gone.slots))
             tracked.idle_since = None
             if remove:
                 self.engine.remove(info.id)
-                eventlog.emit("cleanup.remove", source="cleanup", user=user, container=info.name,
-                            workspace_kept=info.workspace)
+                eventlog.emit(EventType.CLEANUP_REMOVE, source="cleanup", user=user, container=info.name,
+                              workspace_kept=info.workspace)
         verb = "remove" if remove else "release"
         return Decision(info.name, user, verb, f"stopped {format_elapsed(held)} ago, past the "
                                                f"{format_duration(hold)} GPU hold; "

@@ -23,11 +23,12 @@ from ds01 import identity
 from ds01.config import Config, effective_limits
 from ds01.errors import Ds01Error
 from ds01.eventlog import Event, EventFilter, EventLog
+from ds01.eventlog.types import EventType
 
 UNKNOWN_GROUP = "unknown"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _HOUR = 3600
-_CLOSING = ("allocation.release", "allocation.expire")
+_CLOSING = (EventType.ALLOCATION_RELEASE, EventType.ALLOCATION_EXPIRE)
 
 
 def seconds(moment: datetime) -> Fraction:
@@ -137,21 +138,21 @@ class Ledger:
         allocation = details.get("allocation") if isinstance(details.get("allocation"), str) else None
         slots = details.get("slots")
         count = len(slots) if isinstance(slots, list) else 0
-        if event.type == "allocation.reserve" and allocation:
+        if event.type == EventType.ALLOCATION_RESERVE and allocation:
             self.held[allocation] = Held(allocation, event.user or "?", count,
                                          _fraction(details.get("gpu_equivalents")) or Fraction(0), at)
         elif event.type in _CLOSING and allocation:
             self._close(allocation, event, count, at)
-        elif event.type == "allocation.bind" and allocation:
+        elif event.type == EventType.ALLOCATION_BIND and allocation:
             for key in ("container", "container_name"):
                 if isinstance(details.get(key), str):
                     self._container_allocation[details[key]] = allocation
-        elif event.type in ("cleanup.idle_start", "cleanup.idle_end"):
+        elif event.type in (EventType.CLEANUP_IDLE_START, EventType.CLEANUP_IDLE_END):
             container = details.get("container")
             if allocation is None and isinstance(container, str):
                 allocation = self._container_allocation.get(container)
             key = allocation or f"container:{container}"
-            if event.type == "cleanup.idle_start":
+            if event.type == EventType.CLEANUP_IDLE_START:
                 self._idle_open.setdefault(key, (allocation, event.user or "?", _idle_since(details.get("since"), at)))
             elif key in self._idle_open:
                 owner, user, start = self._idle_open.pop(key)

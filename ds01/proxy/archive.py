@@ -18,6 +18,7 @@ import zlib
 from typing import BinaryIO
 
 from ds01.errors import Denied
+from ds01.reasons import Reason
 
 _KEPT_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE}
 _CLEARED_BITS = stat.S_ISUID | stat.S_ISGID
@@ -28,8 +29,8 @@ def _normal(name: str) -> str:
 
 
 def _refuse(member: tarfile.TarInfo, why: str) -> Denied:
-    return Denied("archive_entry", f"the archive entry {member.name!r} {why}; nothing was copied. Copy plain "
-                                   "files, directories and symlinks only.")
+    return Denied(Reason.ARCHIVE_ENTRY, f"the archive entry {member.name!r} {why}; nothing was copied. Copy plain "
+                                        "files, directories and symlinks only.")
 
 
 def _checked(member: tarfile.TarInfo, regular_files: set[str]) -> None:
@@ -63,6 +64,7 @@ def rewrite(source: BinaryIO, spool: BinaryIO, uid: int, gid: int) -> int:
                     regular_files.add(_normal(member.name))
                 count += 1
     except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
-        raise Denied("bad_archive", f"the archive could not be read or spooled ({exc}); nothing was copied. Send a tar "
-                                    "archive, plain or compressed with gzip, bzip2 or xz.") from None
+        raise Denied(Reason.BAD_ARCHIVE,
+                     f"the archive could not be read or spooled ({exc}); nothing was copied. Send a tar "
+                     "archive, plain or compressed with gzip, bzip2 or xz.") from None
     return count

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ds01.errors import Denied
+from ds01.reasons import Reason
 
 _GO_INT = re.compile(r"[+-]?[0-9]+")
 
@@ -24,7 +25,8 @@ def parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
         for key, _ in items:
             folded = key.casefold()
             if folded in seen:
-                raise Denied("bad_request", f"the {what} has the key {key!r} twice (as {seen[folded]!r} and {key!r}); "
+                raise Denied(Reason.BAD_REQUEST,
+                             f"the {what} has the key {key!r} twice (as {seen[folded]!r} and {key!r}); "
                                            "send each field once, spelled as the Docker API spells it.")
             seen[folded] = key
         return dict(items)
@@ -32,9 +34,9 @@ def parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
         value = json.loads(raw, object_pairs_hook=pairs)
     except (ValueError, RecursionError) as exc:
-        raise Denied("bad_request", f"the {what} is not valid JSON: {exc}") from None
+        raise Denied(Reason.BAD_REQUEST, f"the {what} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise Denied("bad_request", f"the {what} must be a JSON object")
+        raise Denied(Reason.BAD_REQUEST, f"the {what} must be a JSON object")
     return value
 
 
@@ -62,7 +64,7 @@ def host_config(body: dict[str, Any]) -> dict[str, Any]:
     if host is None:
         host = {}
     if not isinstance(host, dict):
-        raise Denied("bad_request", "HostConfig must be a JSON object")
+        raise Denied(Reason.BAD_REQUEST, "HostConfig must be a JSON object")
     set_field(body, "HostConfig", host)
     return host
 
@@ -71,14 +73,14 @@ def as_list(value: Any, name: str) -> list[Any]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise Denied("bad_request", f"{name} must be a list")
+        raise Denied(Reason.BAD_REQUEST, f"{name} must be a list")
     return value
 
 
 def split_bind(bind: str) -> tuple[str, str]:
     """("source", "rest") of a -v style bind "src:dst[:opts]"."""
     if not isinstance(bind, str) or ":" not in bind:
-        raise Denied("bad_request", f"bind {bind!r} is not of the form SOURCE:TARGET[:OPTIONS]")
+        raise Denied(Reason.BAD_REQUEST, f"bind {bind!r} is not of the form SOURCE:TARGET[:OPTIONS]")
     source, _, rest = bind.partition(":")
     return source, rest
 
@@ -90,7 +92,7 @@ def is_volume_name(source: str) -> bool:
 def mounts_of(host: dict[str, Any]) -> list[dict[str, Any]]:
     mounts = as_list(field(host, "Mounts"), "HostConfig.Mounts")
     if not all(isinstance(m, dict) for m in mounts):
-        raise Denied("bad_request", "HostConfig.Mounts entries must be objects")
+        raise Denied(Reason.BAD_REQUEST, "HostConfig.Mounts entries must be objects")
     return mounts
 
 

@@ -25,6 +25,7 @@ from ds01.proxy.http import Head
 from ds01.proxy.outcomes import Deny, Forward, Outcome, Reply, Request
 from ds01.proxy.session import Sessions
 from ds01.proxy.upstream import Upstream
+from ds01.reasons import Reason
 from ds01.units import format_equivalents
 
 CLIENT_HEADER_PREFIX = "ds01-container/"
@@ -50,7 +51,7 @@ def make_volume(upstream: Upstream, caller: runas.Caller, body: dict[str, Any]) 
         raise Ds01Error(f"the engine answered {status} when creating the volume {body.get('Name')}: {made}")
     name = str(made.get("Name") or "")
     if (made.get("Labels") or {}).get(labels.USER) != caller.user:
-        raise Denied("name_taken", f"a volume named {name} exists already; pick another name.")
+        raise Denied(Reason.NAME_TAKEN, f"a volume named {name} exists already; pick another name.")
     mountpoint = str(made.get("Mountpoint") or "")
     if mountpoint:
         os.chown(mountpoint, caller.uid, caller.gid, follow_symlinks=False)
@@ -141,7 +142,7 @@ class ContainerCreates:
         try:
             count = self._count_containers(caller.user)
             if count >= caller.limits.max_containers:
-                raise Denied("max_containers", (
+                raise Denied(Reason.MAX_CONTAINERS, (
                     f"you have {count} containers and may have {caller.limits.max_containers}. Remove one "
                     "(container remove NAME) first."))
             if plan.gpu_request is not None:
@@ -192,7 +193,8 @@ class ContainerCreates:
     def _dry_run_reply(self, plan: policy.CreatePlan, allocation: Allocation | None) -> Outcome:
         image = str(bodies.field(plan.body, "Image") or "")
         if image and self.upstream.inspect("image", image) is None:
-            return Deny("image_missing", f"image {image} is not on this host; pull it or pick another.", status=404)
+            return Deny(Reason.IMAGE_MISSING,
+                        f"image {image} is not on this host; pull it or pick another.", status=404)
         host = bodies.field(plan.body, "HostConfig") or {}
         return Reply(200, {
             "dry_run": True, "image": image,

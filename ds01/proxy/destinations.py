@@ -18,6 +18,7 @@ from typing import Any
 
 from ds01.errors import Denied
 from ds01.proxy.bodies import as_list, field, is_volume_name, mounts_of, set_field, split_bind
+from ds01.reasons import Reason
 
 # The engine mounts /etc/hostname, /etc/hosts, /etc/resolv.conf, /dev/shm, /dev/pts, /proc and /sys; the NVIDIA
 # hook mounts device nodes, libraries and binaries below /dev, /usr, /lib*, /bin and /etc. A host directory or a
@@ -63,7 +64,7 @@ def destinations(body: dict[str, Any], host: dict[str, Any]) -> list[Destination
     tmpfs = field(host, "Tmpfs") or {}
     volumes = field(body, "Volumes") or {}
     if not isinstance(tmpfs, dict) or not isinstance(volumes, dict):
-        raise Denied("bad_request", "HostConfig.Tmpfs and Volumes must be objects keyed by path")
+        raise Denied(Reason.BAD_REQUEST, "HostConfig.Tmpfs and Volumes must be objects keyed by path")
     found += [Destination(_normal(str(path)), "tmpfs") for path in tmpfs]
     found += [Destination(_normal(str(path)), "anonymous") for path in volumes]
     return found
@@ -85,8 +86,8 @@ def check_destinations(body: dict[str, Any], host: dict[str, Any], image_working
     WORKDIR and VOLUMEs count where the request does not set them."""
     found = destinations(body, host) + [Destination(_normal(path), "anonymous") for path in image_volumes]
     if found and as_list(field(host, "VolumesFrom"), "HostConfig.VolumesFrom"):
-        raise Denied("nested_mount", "--volumes-from cannot be combined with mounts of your own: they could land "
-                                     "inside the inherited ones. Mount what you need directly instead.")
+        raise Denied(Reason.NESTED_MOUNT, "--volumes-from cannot be combined with mounts of your own: they could land "
+                                          "inside the inherited ones. Mount what you need directly instead.")
     holders = [d for d in found if d.kind in HOLDING_KINDS]
     # Anonymous volumes too: their owner can mount one elsewhere, or fill it from inside, with symlinks.
     for holder in holders:
@@ -95,19 +96,19 @@ def check_destinations(body: dict[str, Any], host: dict[str, Any], image_working
         if tree is not None:
             what = {"bind": "host directory", "volume": "volume", "anonymous": "volume (-v PATH, or the image's "
                     "VOLUME)"}[holder.kind]
-            raise Denied("system_mount_point", (
+            raise Denied(Reason.SYSTEM_MOUNT_POINT, (
                 f"a {what} at {holder.path} would hold or sit in {tree}, where the engine and the GPU runtime put "
                 "files of their own as root. Mount it elsewhere, such as /workspace, /data or /mnt/NAME."))
     for inner in found:
         outer = next((h for h in holders if _below(inner.path, h.path)), None)
         if outer is not None:
-            raise Denied("nested_mount", (
+            raise Denied(Reason.NESTED_MOUNT, (
                 f"the mount at {inner.path} lies inside the {outer.kind} mounted at {outer.path}: the engine would "
                 f"create {inner.path} as root inside it, past its permissions. Mount them side by side instead."))
     working_dir = _normal(str(field(body, "WorkingDir") or image_working_dir or "/"))
     outer = next((d for d in holders if _below(working_dir, d.path)), None)
     if outer is not None:
-        raise Denied("nested_mount", (
+        raise Denied(Reason.NESTED_MOUNT, (
             f"the working directory {working_dir} lies below the {outer.kind} mounted at {outer.path}: if it is "
             f"missing, the engine creates it there as root. Use {outer.path} as the working directory and cd "
             "inside, or mount the directory you want to work in."))
@@ -146,11 +147,11 @@ def check_restart_policy(caller_is_admin: bool, restart_policy: Any, has_host_mo
     start; the engine's own restarts would skip that check."""
     name = field(restart_policy, "Name") if isinstance(restart_policy, dict) else restart_policy
     if not caller_is_admin and name not in (None, *USER_RESTART_POLICIES):
-        raise Denied("restart_policy", (
+        raise Denied(Reason.RESTART_POLICY, (
             f"restart policy {name!r} is not allowed: containers here restart on failure at most (--restart "
             "on-failure[:N]), so that a stopped container stays stopped and its GPUs can be reclaimed."))
     if has_host_mounts and not caller_is_admin and name not in (None, "", "no"):
-        raise Denied("restart_policy", (
+        raise Denied(Reason.RESTART_POLICY, (
             f"restart policy {name!r} is not allowed for a container that mounts host directories: ds01 checks "
             "every start of such a container, and the engine's own restarts would skip that. Start it again with "
             "docker start or container start."))

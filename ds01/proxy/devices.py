@@ -11,6 +11,7 @@ from ds01.errors import Denied
 from ds01.gpus.placement import GpuRequest
 from ds01.proxy import resources
 from ds01.proxy.bodies import as_list, field, host_config, set_field
+from ds01.reasons import Reason
 
 STRIPPED_ENV_PREFIXES = ("NVIDIA_",)
 STRIPPED_ENV_NAMES = frozenset({"CUDA_VISIBLE_DEVICES"})
@@ -46,16 +47,16 @@ def gpu_request(host: dict[str, Any], found_labels: Mapping[str, str]) -> GpuReq
     wanted: GpuRequest | None = None
     for request in as_list(field(host, "DeviceRequests"), "HostConfig.DeviceRequests"):
         if not isinstance(request, dict):
-            raise Denied("bad_request", "DeviceRequests entries must be objects")
+            raise Denied(Reason.BAD_REQUEST, "DeviceRequests entries must be objects")
         groups = as_list(field(request, "Capabilities"), "Capabilities")
         if not all(isinstance(group, list) and all(isinstance(c, str) for c in group) for group in groups):
-            raise Denied("bad_request", "Capabilities must be a list of lists of names, like [[\"gpu\"]]")
+            raise Denied(Reason.BAD_REQUEST, "Capabilities must be a list of lists of names, like [[\"gpu\"]]")
         driver = field(request, "Driver")
         if driver not in (None, "", devicerequests.NVIDIA_DRIVER) or not devicerequests.asks_for_gpus(
                 driver, {c for group in groups for c in group}):
-            raise Denied("devices", "only GPU device requests (--gpus) are allowed.")
+            raise Denied(Reason.DEVICES, "only GPU device requests (--gpus) are allowed.")
         if wanted is not None:
-            raise Denied("bad_request", "send one GPU device request, not several.")
+            raise Denied(Reason.BAD_REQUEST, "send one GPU device request, not several.")
         ids = as_list(field(request, "DeviceIDs"), "DeviceIDs")
         count = resources.integer(request, "Count") or 0
         if ids:
@@ -67,7 +68,7 @@ def gpu_request(host: dict[str, Any], found_labels: Mapping[str, str]) -> GpuReq
     mig = found_labels.get(labels.REQUEST_MIG)
     if mig:
         if wanted is not None:
-            raise Denied("bad_request", f"ask for GPUs either with --gpus or with the {labels.REQUEST_MIG} "
+            raise Denied(Reason.BAD_REQUEST, f"ask for GPUs either with --gpus or with the {labels.REQUEST_MIG} "
                                        "label, not both.")
         wanted = GpuRequest(mig_profile=mig)
     return wanted

@@ -22,6 +22,7 @@ from ds01.proxy.creates import ContainerCreates, make_volume, network_owners
 from ds01.proxy.outcomes import Deny, Forward, Outcome, Reply, Request
 from ds01.proxy.session import Session, Sessions
 from ds01.proxy.upstream import Upstream
+from ds01.reasons import Reason
 from ds01.records import container_info
 
 MIN_API_VERSION = (1, 40)
@@ -36,14 +37,14 @@ def _with_owner_filter(query: str, user: str, key: str = "filters") -> str:
     try:
         filters = json.loads(raw)
     except ValueError:
-        raise Denied("bad_request", f"the {key} parameter is not valid JSON") from None
+        raise Denied(Reason.BAD_REQUEST, f"the {key} parameter is not valid JSON") from None
     if not isinstance(filters, dict):
-        raise Denied("bad_request", f"the {key} parameter must be a JSON object")
+        raise Denied(Reason.BAD_REQUEST, f"the {key} parameter must be a JSON object")
     found_labels = filters.get("label", {})
     if isinstance(found_labels, str):
         found_labels = [found_labels]
     if not isinstance(found_labels, (list, dict)):
-        raise Denied("bad_request", f"the label filter in {key} must be a list or an object of labels")
+        raise Denied(Reason.BAD_REQUEST, f"the label filter in {key} must be a list or an object of labels")
     found_labels = dict.fromkeys(found_labels, True) if isinstance(found_labels, list) else dict(found_labels)
     found_labels[f"{labels.USER}={user}"] = True
     # The engine takes one shape for the whole object: lists (docker-py) or maps of true (the docker CLI).
@@ -87,13 +88,14 @@ class Gate:
         if kind == "open":
             return Forward(target)
         if kind == "admin_only":
-            return Forward(target) if caller.is_admin else Deny("admin_only", f"{method} {path} is for admins only.")
+            return Forward(target) if caller.is_admin else Deny(Reason.ADMIN_ONLY,
+                                                                f"{method} {path} is for admins only.")
         if kind == "gated":
             allowed = self.sessions.current_config().security.allowed_endpoints
             if route.group in allowed:
                 return Forward(target)
-            return Deny("endpoint_disabled", f"{route.group} is turned off on this host ({method} {path}); an "
-                                             f"admin can allow it with security.allow_endpoints: [{route.group}].")
+            return Deny(Reason.ENDPOINT_DISABLED, f"{route.group} is turned off on this host ({method} {path}); an "
+                                                  f"admin can allow it with security.allow_endpoints: [{route.group}].")
         if kind in ("list_containers", "prune_containers", "events", "list_volumes", "prune_volumes"):
             return Forward(target if caller.is_admin else f"{path}?{_with_owner_filter(request.query, caller.user)}")
         if kind == "list_networks":
@@ -106,8 +108,8 @@ class Gate:
             return self._create_owned(request, kind.removeprefix("create_"))
         if kind in ("container", "exec", "volume", "network"):
             return self._object(request)
-        return Deny("unknown_endpoint", f"{method} {path} is not allowed through the ds01 proxy. Only the "
-                                        "endpoints docker, docker-py, compose and dev containers need are open.")
+        return Deny(Reason.UNKNOWN_ENDPOINT, f"{method} {path} is not allowed through the ds01 proxy. Only the "
+                                             "endpoints docker, docker-py, compose and dev containers need are open.")
 
     def _outside_the_surface(self, request: Request) -> Deny | None:
         """Requests the engine could read otherwise than the proxy: a parameter given twice (the engine takes the
@@ -116,12 +118,12 @@ class Gate:
         names = [name for name, _ in parse_qsl(request.query, keep_blank_values=True)]
         if len(names) != len(set(names)):
             twice = sorted({name for name in names if names.count(name) > 1})
-            return Deny("bad_request", f"the query parameter(s) {', '.join(twice)} are given more than once; the "
-                                       "engine would read another of them than the proxy checked. Give each once.",
+            return Deny(Reason.BAD_REQUEST, f"the query parameter(s) {', '.join(twice)} are given more than once; the "
+                                            "engine would read another of them than the proxy checked. Give each once.",
                         status=400)
         if route.version is not None and not self.api_versions[0] <= route.version <= self.api_versions[1]:
             low, high = (f"{major}.{minor}" for major, minor in self.api_versions)
-            return Deny("api_version", (
+            return Deny(Reason.API_VERSION, (
                 f"API version {route.version[0]}.{route.version[1]} is not served here: the ds01 proxy speaks "
                 f"{low} to {high}. Older versions let a start carry a whole new HostConfig. Upgrade the client, or "
                 f"set DOCKER_API_VERSION={high}."), status=400)
@@ -135,11 +137,11 @@ class Gate:
         if request.session.caller.is_admin or params <= PULL_PARAMETERS:
             return Forward(request.target)
         if "fromSrc" in params:
-            return Deny("admin_only", "docker import is for admins only: it can replace an image tag that others "
-                                      "use. Pull images from a registry (docker pull), or ask an admin.")
+            return Deny(Reason.ADMIN_ONLY, "docker import is for admins only: it can replace an image tag that others "
+                                           "use. Pull images from a registry (docker pull), or ask an admin.")
         unknown = ", ".join(sorted(params - PULL_PARAMETERS))
-        return Deny("bad_request", f"image pull parameter(s) {unknown} are not allowed; a pull takes "
-                                   f"{', '.join(sorted(PULL_PARAMETERS))}.")
+        return Deny(Reason.BAD_REQUEST, f"image pull parameter(s) {unknown} are not allowed; a pull takes "
+                                        f"{', '.join(sorted(PULL_PARAMETERS))}.")
 
     def error_answer(self, request: Request, status: int, data: bytes) -> bytes:
         """An engine error that names someone else's object (a name conflict gives the other container's id)
@@ -180,7 +182,7 @@ class Gate:
             info, owner = self._owner_of(kind, name)
         if info is None or (owner != caller.user and not caller.is_admin):
             # The same answer whether it is missing or someone else's: existence is not leaked.
-            return Deny("not_found", f"No such {kind}: {name}", status=404)
+            return Deny(Reason.NOT_FOUND, f"No such {kind}: {name}", status=404)
         real = str(info.get("Id") or info.get("Name") or name) if kind != "exec" else name
         collection = "exec" if kind == "exec" else f"{kind}s"
         prefix = path[:path.index(f"/{collection}/")]
@@ -204,7 +206,7 @@ class Gate:
             ref = str(bodies.field(body, "Container") or "")
             _, container_owner = self._owner_of("container", ref)
             if container_owner != caller.user and not caller.is_admin:
-                return Deny("not_found", f"No such container: {ref}", status=404)
+                return Deny(Reason.NOT_FOUND, f"No such container: {ref}", status=404)
             return Forward(target, body=json.dumps(body).encode())
         if kind == "container" and method == "DELETE":
             return Forward(target, after=lambda status, _body: self._released_on_delete(status, info))
@@ -238,7 +240,7 @@ class Gate:
             execs = len((current or {}).get("ExecIDs") or [])
             if execs >= owner.limits.max_execs:
                 name = str(info.get("Name") or "").lstrip("/")
-                raise Denied("max_execs", (
+                raise Denied(Reason.MAX_EXECS, (
                     f"{name} has {execs} exec instances, and a container may have {owner.limits.max_execs} "
                     "(created and not yet finished). Let some finish, or restart the container to clear them."))
         except BaseException:
@@ -250,8 +252,8 @@ class Gate:
         """A start or restart: no body, the container's checks again (as its owner's), its GPUs again if released."""
         caller, route, query, read_body = request.session.caller, request.route, request.query, request.read_body
         if read_body().strip():
-            raise Denied("bad_request", f"{route.action} takes no body (a HostConfig there is how old API "
-                                        "versions changed a container at start); send it empty.")
+            raise Denied(Reason.BAD_REQUEST, f"{route.action} takes no body (a HostConfig there is how old API "
+                                             "versions changed a container at start); send it empty.")
         by_rules_of = self._rules_of(info, caller)
         starting = info
         if route.action == "restart" and any(m.get("Type") in ("bind", "volume") for m in info.get("Mounts") or []):
@@ -294,7 +296,7 @@ class Gate:
             raise Ds01Error(f"the engine answered {status} when stopping {info.get('Name')} to restart it: {answer}")
         stopped = self.upstream.inspect("container", container_id)
         if stopped is None:
-            raise Denied("not_found", f"No such container: {container_id}")
+            raise Denied(Reason.NOT_FOUND, f"No such container: {container_id}")
         return stopped
 
     def _regrant_on_start(self, session: Session, info: dict[str, Any]) -> None:
@@ -304,7 +306,7 @@ class Gate:
             return
         owner = container.labels.get(labels.USER, "")
         if owner != session.caller.user:
-            raise Denied("gpus_released", f"the GPUs of {container.name} were released; its owner must start it.")
+            raise Denied(Reason.GPUS_RELEASED, f"the GPUs of {container.name} were released; its owner must start it.")
         lock = self._user_locks[owner]
         with lock:
             allocation = self.allocator.request(owner, session.caller.uid, session.caller.limits,
@@ -331,7 +333,7 @@ class Gate:
             else:
                 what, fix = f"copying out of {name}", ("Read the files on the host, or copy them inside the container "
                                                        "into a mounted directory")
-            raise Denied("archive_with_host_mounts", (
+            raise Denied(Reason.ARCHIVE_WITH_HOST_MOUNTS, (
                 f"{what} is refused: it mounts host directories ({shown}), and the engine copies as root, past the "
                 f"permissions on the host. {fix}, where your own permissions apply."))
         if request.method != "PUT":
@@ -354,22 +356,23 @@ class Gate:
         ipam = body.get("IPAM") or {}
         chosen = ipam.get("Config") or ipam.get("Options") or ipam.get("Driver") not in (None, "", "default")
         if kind == "network" and chosen and not caller.is_admin:  # the docker CLI sends an empty IPAM
-            return Deny("network_ipam", "choosing a network's addresses (--subnet, --ip-range, --gateway, IPAM "
-                                        "options) is for admins: a subnet can shadow the host's own networks. "
-                                        "Leave them out; the engine picks a free range.")
+            return Deny(Reason.NETWORK_IPAM, "choosing a network's addresses (--subnet, --ip-range, --gateway, IPAM "
+                                             "options) is for admins: a subnet can shadow the host's own networks. "
+                                             "Leave them out; the engine picks a free range.")
         wanted = str(body.get("Name") or "")
         if kind == "volume" and wanted and not policy.VOLUME_NAME.fullmatch(wanted):
-            return Deny("bad_request", f"{wanted!r} is not a volume name: letters, digits and _ . - only, starting "
-                                       "with a letter or digit.", status=400)
+            return Deny(Reason.BAD_REQUEST,
+                        f"{wanted!r} is not a volume name: letters, digits and _ . - only, starting "
+                        "with a letter or digit.", status=400)
         policy.check_object_name(caller, kind, wanted)
         found, owner = self._owner_of(kind, wanted) if wanted else (None, None)
         # Creating an existing volume returns it, and a second network of a name makes the name ambiguous to
         # everyone: someone else's must not be shown, nor taken.
         if found is not None and not caller.is_admin and (kind == "network" or owner != caller.user):
             if str(found.get("Name") or "") != wanted:  # the engine took it for the start of an id
-                return Deny("name_taken", f"the name {wanted} is the start of another {kind}'s id, which it would "
-                                          "shadow; pick another name.", status=409)
-            return Deny("name_taken", f"a {kind} named {wanted} exists already; pick another name.", status=409)
+                return Deny(Reason.NAME_TAKEN, f"the name {wanted} is the start of another {kind}'s id, which it would "
+                                               "shadow; pick another name.", status=409)
+            return Deny(Reason.NAME_TAKEN, f"a {kind} named {wanted} exists already; pick another name.", status=409)
         if kind == "volume":  # made by the proxy, which checks whose the engine's answer is
             return Reply(201, make_volume(self.upstream, caller, body))
         body["Labels"] = {**(body.get("Labels") or {}), labels.USER: caller.user, labels.UID: str(caller.uid)}

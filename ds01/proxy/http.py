@@ -19,6 +19,8 @@ from typing import Any
 
 import h11
 
+from ds01.reasons import Reason
+
 MAX_BODY_BYTES = 1024 * 1024
 BLOCK = 64 * 1024
 MAX_CHUNK_EXTRA_BYTES = 1024  # chunk extensions and trailers in one body, all dropped; Docker clients send none
@@ -41,7 +43,7 @@ def wire(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
 class HttpError(Exception):
     """The peer sent something that is not HTTP/1.1 as the Docker API speaks it."""
 
-    def __init__(self, message: str, status: int = 400, reason: str = "bad_request") -> None:
+    def __init__(self, message: str, status: int = 400, reason: Reason = Reason.BAD_REQUEST) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
@@ -49,7 +51,7 @@ class HttpError(Exception):
 
 class BodyTooLarge(HttpError):
     def __init__(self, limit: int) -> None:
-        super().__init__(f"body larger than {limit} bytes", 413, "body_too_large")
+        super().__init__(f"body larger than {limit} bytes", 413, Reason.BODY_TOO_LARGE)
         self.limit = limit
 
 
@@ -154,7 +156,7 @@ class ClientSide:
         except h11.RemoteProtocolError as exc:
             if exc.error_status_hint == 431:
                 raise HttpError(f"the request head is larger than {self._max_head_bytes} bytes.", 431,
-                                "header_too_large") from None
+                                Reason.HEADER_TOO_LARGE) from None
             said = str(exc) or "malformed request"
             said = said if len(said) <= 120 else f"{said[:120]}..."
             raise HttpError(f"the request is not HTTP/1.1 as the Docker API speaks it ({said}); send plain "
@@ -189,7 +191,7 @@ class ClientSide:
                 if deadline is None:
                     return None
                 raise HttpError(f"the request head did not arrive whole within {self._header_seconds:g}s.", 408,
-                                "header_timeout") from None
+                                Reason.HEADER_TIMEOUT) from None
             if not data and not raw:
                 return None
             raw += data
@@ -198,7 +200,8 @@ class ClientSide:
         left = len(self._h11.trailing_data[0])
         head_bytes = bytes(raw[:len(raw) - left])
         if len(head_bytes) > self._max_head_bytes:
-            raise HttpError(f"the request head is larger than {self._max_head_bytes} bytes.", 431, "header_too_large")
+            raise HttpError(f"the request head is larger than {self._max_head_bytes} bytes.", 431,
+                            Reason.HEADER_TOO_LARGE)
         if _FOLDED.search(head_bytes):
             raise HttpError("a header is folded onto a second line (obsolete line folding); send each header on "
                             "one line.")
@@ -238,7 +241,7 @@ class ClientSide:
                 try:
                     fed = len(self._recv(stall))
                 except TimeoutError:
-                    raise HttpError(f"the request body stalled for {stall:g}s.", 408, "body_timeout") from None
+                    raise HttpError(f"the request body stalled for {stall:g}s.", 408, Reason.BODY_TIMEOUT) from None
                 if self._chunks is not None:
                     self._chunks.fed += fed
 

@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 from ds01 import eventlog, labels
 from ds01.errors import Ds01Error, EngineError
+from ds01.eventlog.types import EventType
 from ds01.gpus.allocator import Allocator
 from ds01.proxy import http
 from ds01.proxy.binds import Pins
@@ -26,7 +27,7 @@ def watch_engine(upstream: Upstream, allocator: Allocator, pins: Pins, instance:
             for event in upstream.events(WATCHED):
                 on_event(event, upstream, allocator, pins, instance)
         except (OSError, EngineError, http.HttpError, ValueError, Ds01Error) as exc:
-            eventlog.emit("proxy.event_stream_lost", source="proxy", error=str(exc))
+            eventlog.emit(EventType.PROXY_EVENT_STREAM_LOST, source="proxy", error=str(exc))
             stop.wait(RETRY_SECONDS)
 
 
@@ -38,8 +39,8 @@ def on_event(event: dict[str, Any], upstream: Upstream, allocator: Allocator, pi
     # Only this ds01's own, or one from before the instance label: another's grants are in another store.
     ours = bool(attributes.get(labels.USER)) and attributes.get(labels.INSTANCE) in ("", None, instance)
     if action == "oom":
-        eventlog.emit("container.oom", source="engine", user=attributes.get(labels.USER),
-                    container=attributes.get("name"), id=container_id)
+        eventlog.emit(EventType.CONTAINER_OOM, source="engine", user=attributes.get(labels.USER),
+                      container=attributes.get("name"), id=container_id)
     elif action == "destroy":
         allocator.release_container(container_id)
         pins.release(attributes.get(labels.BIND_KEY) or "")
@@ -57,6 +58,6 @@ def _stop_if_ungranted(container_id: str, upstream: Upstream, allocator: Allocat
     if not info.holds_gpus or any(a.container == info.id for a in allocator.allocations()):
         return
     status, answer = upstream.call("POST", f"/containers/{quote(info.id, safe='')}/stop", query={"t": "0"})
-    eventlog.emit("proxy.ungranted_start", source="proxy", user=info.labels.get(labels.USER),
-                container=info.name, id=info.id, devices=list(info.device_ids), stopped=status in (204, 304),
-                engine_status=status, engine_answer=None if status in (204, 304) else str(answer)[:200])
+    eventlog.emit(EventType.PROXY_UNGRANTED_START, source="proxy", user=info.labels.get(labels.USER),
+                  container=info.name, id=info.id, devices=list(info.device_ids), stopped=status in (204, 304),
+                  engine_status=status, engine_answer=None if status in (204, 304) else str(answer)[:200])

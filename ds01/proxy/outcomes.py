@@ -9,11 +9,12 @@ from typing import Any, BinaryIO
 from ds01.proxy.http import Head
 from ds01.proxy.routes import Route
 from ds01.proxy.session import Session
+from ds01.reasons import Reason
 
 
 @dataclass
 class Deny:
-    reason: str
+    reason: Reason
     message: str
     status: int = 403
 

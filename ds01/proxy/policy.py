@@ -25,6 +25,7 @@ from ds01.proxy import allowlist, devices, resources, runas
 from ds01.proxy.bodies import as_list, field, host_config, is_volume_name, mounts_of, set_field, split_bind
 from ds01.proxy.destinations import check_destinations, check_restart_policy, label_anonymous_volumes
 from ds01.proxy.runas import Caller
+from ds01.reasons import Reason
 
 SHARED_NETWORKS = frozenset({"", "default", "bridge", "none"})
 MIN_HOST_PORT = 1024  # below it only root may listen on the host
@@ -76,7 +77,7 @@ class CreatePlan:
     notes: tuple[str, ...]  # what the proxy changed, for the reply's warnings
 
 
-def _deny(reason: str, message: str) -> Denied:
+def _deny(reason: Reason, message: str) -> Denied:
     return Denied(reason, message)
 
 
@@ -127,26 +128,26 @@ def _within(path: str, roots: Sequence[str]) -> bool:
 
 def check_bind_source(caller: Caller, source: str, facts: Facts, security: SecuritySettings) -> None:
     if not posixpath.isabs(source):
-        raise _deny("mount_outside_home", f"bind source {source!r} must be an absolute path")
+        raise _deny(Reason.MOUNT_OUTSIDE_HOME, f"bind source {source!r} must be an absolute path")
     resolved = facts.paths.get(source)
     if resolved is None:
-        raise _deny("mount_outside_home", f"bind source {source} does not exist; create it in your home first")
+        raise _deny(Reason.MOUNT_OUTSIDE_HOME, f"bind source {source} does not exist; create it in your home first")
     if resolved.real in facts.engine_sockets or PurePosixPath(resolved.real).name in ("docker.sock", "containerd.sock"):
-        raise _deny("socket_mount", f"{source} is a Docker or ds01 socket; mounting it would give away the host.")
+        raise _deny(Reason.SOCKET_MOUNT, f"{source} is a Docker or ds01 socket; mounting it would give away the host.")
     allowed = [root for root in (caller.home, *security.data_dirs) if root]
     if not _within(resolved.real, allowed):
         home = caller.home or f"none: {caller.home_problem or 'no home directory'}"
-        raise _deny("mount_outside_home", (
+        raise _deny(Reason.MOUNT_OUTSIDE_HOME, (
             f"bind mount of {source} (really {resolved.real}) is outside your home ({home}) and the data "
             f"directories ({', '.join(security.data_dirs) or 'none configured'}). Mount a directory under them."))
     if any(_within(socket, [resolved.real]) for socket in facts.engine_sockets):
-        raise _deny("socket_mount", f"{source} contains a Docker or ds01 socket; mount a narrower directory.")
+        raise _deny(Reason.SOCKET_MOUNT, f"{source} contains a Docker or ds01 socket; mount a narrower directory.")
     if resolved.closed_at is not None:
-        raise _deny("mount_outside_home", (
+        raise _deny(Reason.MOUNT_OUTSIDE_HOME, (
             f"bind source {source} lies inside {resolved.closed_at}, which you may not enter; a container reaches "
             "only what you can reach on the host."))
     if security.require_nosuid_mounts and not resolved.mount_hardened:
-        raise _deny("mount_not_hardened", (
+        raise _deny(Reason.MOUNT_NOT_HARDENED, (
             f"bind source {source} lies on the host mount {resolved.mount_point}, which lacks nosuid and nodev: a "
             "file made through a container there could act as a setuid program or a device on the host. Ask an "
             f"admin to add nosuid,nodev to the options of {resolved.mount_point} in /etc/fstab (then "
@@ -163,13 +164,13 @@ def check_object_name(caller: Caller, kind: str, name: str) -> None:
         return
     suffix = name.rpartition(names.NAME_SEPARATOR)[2] if names.NAME_SEPARATOR in name else None
     if suffix is not None and suffix != str(caller.uid):
-        raise _deny("foreign_name", (
+        raise _deny(Reason.FOREIGN_NAME, (
             f"the name {name} ends in {names.NAME_SEPARATOR}{suffix}, another user's name space "
             f"(container create uses NAME{names.NAME_SEPARATOR}{caller.uid} for yours); pick another "
             "name."))
     if _ID_LIKE.fullmatch(name.lstrip("/")):
-        raise _deny("foreign_name", f"the {kind} name {name} looks like an object id, and would shadow the {kind} "
-                                    "that has that id; pick a name with other letters in it.")
+        raise _deny(Reason.FOREIGN_NAME, f"the {kind} name {name} looks like an object id, and would shadow the {kind} "
+                                         "that has that id; pick a name with other letters in it.")
 
 
 def within_host(caller: Caller, host_cpus: float) -> Caller:
@@ -180,7 +181,7 @@ def within_host(caller: Caller, host_cpus: float) -> Caller:
 
 def _check_owned(caller: Caller, owner: str | None, what: str) -> None:
     if owner != caller.user and not caller.is_admin:
-        raise _deny("not_owner", f"{what} is not yours; you may only refer to your own containers and volumes.")
+        raise _deny(Reason.NOT_OWNER, f"{what} is not yours; you may only refer to your own containers and volumes.")
 
 
 def _check_mounts(caller: Caller, host: dict[str, Any], facts: Facts, security: SecuritySettings) -> None:
@@ -188,14 +189,14 @@ def _check_mounts(caller: Caller, host: dict[str, Any], facts: Facts, security: 
         source, rest = split_bind(bind)
         options = rest.partition(":")[2].split(",")
         if {"shared", "rshared"} & set(options):
-            raise _deny("mount_propagation", f"bind {bind}: shared propagation would carry mounts made in the "
-                                             "container back to the host; use private or slave.")
+            raise _deny(Reason.MOUNT_PROPAGATION, f"bind {bind}: shared propagation would carry mounts made in the "
+                                                  "container back to the host; use private or slave.")
         if {"z", "Z"} & set(options):
-            raise _deny("security_opt", f"bind {bind}: :z and :Z make the engine relabel the whole tree as root; "
-                                        "leave them out.")
+            raise _deny(Reason.SECURITY_OPT, f"bind {bind}: :z and :Z make the engine relabel the whole tree as root; "
+                                             "leave them out.")
         if is_volume_name(source) and not VOLUME_NAME.fullmatch(source):
-            raise _deny("bad_request", f"bind {bind}: {source!r} is neither an absolute path nor a volume name "
-                                       "(letters, digits and _ . -, starting with a letter or digit).")
+            raise _deny(Reason.BAD_REQUEST, f"bind {bind}: {source!r} is neither an absolute path nor a volume name "
+                                            "(letters, digits and _ . -, starting with a letter or digit).")
         if is_volume_name(source) and source not in facts.missing_volumes:
             _check_owned(caller, facts.volume_owners.get(source), f"volume {source}")
         elif not is_volume_name(source):
@@ -205,11 +206,11 @@ def _check_mounts(caller: Caller, host: dict[str, Any], facts: Facts, security: 
         if kind == "bind":
             check_bind_source(caller, str(source), facts, security)
         elif kind == "volume" and field(field(mount, "VolumeOptions") or {}, "DriverConfig"):
-            raise _deny("mount_type", "volume driver options are not allowed: they can bind any host path.")
+            raise _deny(Reason.MOUNT_TYPE, "volume driver options are not allowed: they can bind any host path.")
         elif kind == "volume" and source and source not in facts.missing_volumes:
             _check_owned(caller, facts.volume_owners.get(str(source)), f"volume {source}")
         elif kind not in ("volume", "tmpfs"):
-            raise _deny("mount_type", f"mounts of type {kind!r} are not allowed; use bind, volume or tmpfs.")
+            raise _deny(Reason.MOUNT_TYPE, f"mounts of type {kind!r} are not allowed; use bind, volume or tmpfs.")
     for source in as_list(field(host, "VolumesFrom"), "HostConfig.VolumesFrom"):
         ref = str(source).split(":", 1)[0]
         _check_owned(caller, facts.container_owners.get(ref), f"container {ref} (in VolumesFrom)")
@@ -219,7 +220,7 @@ def _check_namespaces(caller: Caller, host: dict[str, Any], facts: Facts) -> Non
     for mode_name in HOST_MODES:
         mode = field(host, mode_name)
         if mode == "host":
-            raise _deny("host_namespace", f"{mode_name}=host would share the host's namespace; it is not allowed.")
+            raise _deny(Reason.HOST_NAMESPACE, f"{mode_name}=host would share the host's namespace; it is not allowed.")
         ref = _container_ref(mode)
         if ref:
             _check_owned(caller, facts.container_owners.get(ref), f"container {ref} (in {mode_name})")
@@ -230,7 +231,7 @@ def _check_escapes(caller: Caller, host: dict[str, Any], facts: Facts, security:
         name = str(cap).upper().removeprefix("CAP_")
         if name not in security.cap_add_allowed:
             allowed = ", ".join(sorted(security.cap_add_allowed)) or "none"
-            raise _deny("capability", f"adding capability {cap} is not allowed (allowed: {allowed}).")
+            raise _deny(Reason.CAPABILITY, f"adding capability {cap} is not allowed (allowed: {allowed}).")
     _check_namespaces(caller, host, facts)
     for option in as_list(field(host, "SecurityOpt"), "HostConfig.SecurityOpt"):
         text = str(option).replace(":", "=", 1).lower()
@@ -239,13 +240,13 @@ def _check_escapes(caller: Caller, host: dict[str, Any], facts: Facts, security:
         # another container's would reach its files.
         selinux_label = text.startswith("label=") and text[6:].replace("=", ":", 1) != "type:container_t"
         if text == "disable" or custom_seccomp or selinux_label or any(m in text for m in UNCONFINED_MARKERS):
-            raise _deny("security_opt", f"security option {str(option)[:80]!r} changes confinement; it is not "
-                                        "allowed (the default seccomp and AppArmor profiles apply).")
+            raise _deny(Reason.SECURITY_OPT, f"security option {str(option)[:80]!r} changes confinement; it is not "
+                                             "allowed (the default seccomp and AppArmor profiles apply).")
     if field(host, "CgroupParent"):
-        raise _deny("cgroup_parent", "the cgroup parent is set by ds01 (your per-user slice); leave it out.")
+        raise _deny(Reason.CGROUP_PARENT, "the cgroup parent is set by ds01 (your per-user slice); leave it out.")
     runtime = field(host, "Runtime")
     if runtime not in (None, "", "runc"):
-        raise _deny("runtime", f"runtime {runtime!r} is not allowed; GPUs are granted with --gpus, not a runtime.")
+        raise _deny(Reason.RUNTIME, f"runtime {runtime!r} is not allowed; GPUs are granted with --gpus, not a runtime.")
     _check_mounts(caller, host, facts, security)
 
 
@@ -253,7 +254,7 @@ def _check_image(image_labels: Mapping[str, str]) -> None:
     unknown = sorted(key for key in image_labels if key.casefold().startswith(labels.LABEL_PREFIX)
                      and key not in labels.KNOWN_LABELS)
     if unknown:
-        raise _deny("image_label", (
+        raise _deny(Reason.IMAGE_LABEL, (
             f"the image carries the label(s) {', '.join(unknown)}, in ds01's reserved ds01.* namespace, which ds01 "
             "does not know; it would show on the container as if ds01 had set it. Rebuild the image without them."))
 
@@ -266,7 +267,7 @@ def _check_ports(host: dict[str, Any], caller: Caller) -> None:
             free = numbers == ["0"]  # the engine picks a free one
             if caller.is_admin or free or all(n.isdigit() and int(n) >= MIN_HOST_PORT for n in numbers):
                 continue
-            raise _deny("host_port", (
+            raise _deny(Reason.HOST_PORT, (
                 f"publishing {port} on host port {text} is not allowed: ports below {MIN_HOST_PORT} are root's on "
                 f"the host. Use a port of {MIN_HOST_PORT} or more (-p 8080:{port.split('/')[0]}), or leave the host "
                 "port out for a free one."))
@@ -276,11 +277,13 @@ def _check_networks(caller: Caller, body: dict[str, Any], facts: Facts) -> None:
     for name in networks_of(body):
         owner = facts.network_owners.get(name)
         if owner is None and not caller.is_admin:
-            raise _deny("not_owner", f"there is no network {name}; create it first (docker network create {name}), "
-                                     "so that it is yours when the container starts.")
+            raise _deny(Reason.NOT_OWNER,
+                        f"there is no network {name}; create it first (docker network create {name}), "
+                        "so that it is yours when the container starts.")
         if owner not in ("", caller.user) and not caller.is_admin:
-            raise _deny("not_owner", f"network {name} is not yours; join your own networks (docker network create) "
-                                     "or the default bridge.")
+            raise _deny(Reason.NOT_OWNER,
+                        f"network {name} is not yours; join your own networks (docker network create) "
+                        "or the default bridge.")
 
 
 def bind_sources(host: dict[str, Any]) -> tuple[str, ...]:
@@ -351,12 +354,13 @@ def check_update(caller: Caller, body: dict[str, Any], has_host_mounts: bool,
     check_restart_policy(caller.is_admin, field(body, "RestartPolicy"), has_host_mounts)
     for name in ("DeviceRequests", "CgroupParent"):
         if field(body, name):
-            raise _deny("devices" if name.startswith("Device") else "cgroup_parent", f"{name} cannot be updated.")
+            reason = Reason.DEVICES if name.startswith("Device") else Reason.CGROUP_PARENT
+            raise _deny(reason, f"{name} cannot be updated.")
     # On update the engine reads these as "no limit", which would lift the user's cap.
     for name in ("PidsLimit", "CpuQuota", "Memory", "NanoCpus", "MemorySwap"):
         value = resources.integer(body, name)
         if value is not None and (value < 0 or (name == "PidsLimit" and value == 0)):
-            raise _deny("limit_lifted", f"{name}={value} would remove your limit; give a value within it.")
+            raise _deny(Reason.LIMIT_LIFTED, f"{name}={value} would remove your limit; give a value within it.")
     memory = resources.integer(body, "Memory")
     if memory and not field(body, "MemorySwap"):
         # The engine would keep the current swap limit, made for the old memory; swap stays twice the memory.

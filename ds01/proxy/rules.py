@@ -14,6 +14,7 @@ from typing import Any
 
 from ds01 import labels
 from ds01.errors import Denied
+from ds01.reasons import Reason
 
 
 class Rule(enum.StrEnum):
@@ -48,14 +49,14 @@ def _is_empty(value: Any) -> bool:
     return value in (None, False, 0, "", [], {})
 
 
-def must_be_empty(reason: str, message: str) -> Check:
+def must_be_empty(reason: Reason, message: str) -> Check:
     def check(value: Any, where: str) -> None:
         if not _is_empty(value):
             raise Denied(reason, message)
     return check
 
 
-def must_be_absent(reason: str, message: str) -> Check:
+def must_be_absent(reason: Reason, message: str) -> Check:
     """For lists where an empty one means something (MaskedPaths: [] unmasks everything)."""
     def check(value: Any, where: str) -> None:
         if value is not None:
@@ -63,7 +64,7 @@ def must_be_absent(reason: str, message: str) -> Check:
     return check
 
 
-def one_of(reason: str, allowed: tuple[str, ...], message: str) -> Check:
+def one_of(reason: Reason, allowed: tuple[str, ...], message: str) -> Check:
     def check(value: Any, where: str) -> None:
         if value not in (None, *allowed):
             raise Denied(reason, f"{where}={str(value)[:60]!r}: {message}")
@@ -72,7 +73,7 @@ def one_of(reason: str, allowed: tuple[str, ...], message: str) -> Check:
 
 def _oom_score_adj(value: Any, where: str) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise Denied("oom_score_adj", (
+        raise Denied(Reason.OOM_SCORE_ADJ, (
             f"{where}={value!r} is not allowed: below 0 it makes other users' processes the kernel's OOM victims "
             "instead of yours. Give 0 to 1000, or leave it out."))
 
@@ -84,21 +85,21 @@ def labels_check(allow_requests: bool) -> Check:
         if value is None:
             return
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-            raise Denied("bad_request", f"{where} must be an object of text values")
+            raise Denied(Reason.BAD_REQUEST, f"{where} must be an object of text values")
         for key in value:
             if not key.casefold().startswith(labels.LABEL_PREFIX):
                 continue
             if allow_requests and key in labels.REQUEST_LABELS:
                 continue
             known = ", ".join(sorted(labels.REQUEST_LABELS)) if allow_requests else "none here"
-            raise Denied("label_reserved", f"label {key} is reserved: ds01 sets the ds01.* labels itself (request "
-                                           f"labels: {known}).")
+            raise Denied(Reason.LABEL_RESERVED, f"label {key} is reserved: ds01 sets the ds01.* labels itself (request "
+                                                f"labels: {known}).")
     return check
 
 
-_NO_DEVICES = must_be_empty("devices", "host devices cannot be passed in; GPUs are granted with --gpus.")
-_WINDOWS = must_be_empty("bad_request", "this is a Windows-only field; leave it out on this Linux host.")
-_REALTIME = must_be_empty("realtime", "real-time CPU scheduling is not allowed: it would starve other users.")
+_NO_DEVICES = must_be_empty(Reason.DEVICES, "host devices cannot be passed in; GPUs are granted with --gpus.")
+_WINDOWS = must_be_empty(Reason.BAD_REQUEST, "this is a Windows-only field; leave it out on this Linux host.")
+_REALTIME = must_be_empty(Reason.REALTIME, "real-time CPU scheduling is not allowed: it would starve other users.")
 
 
 def _h(why: str, shape: Shape = Shape.VALUE, of: str | None = None) -> FieldRule:
@@ -123,7 +124,7 @@ def _forced(why: str) -> FieldRule:
 
 _TTY = "terminal and stream settings of the container's own processes"
 _ONLY_LOWERS = "only limits the container's own I/O, inside the user's cgroup slice"
-_INSPECT_ONLY = must_be_empty("not_owner", (
+_INSPECT_ONLY = must_be_empty(Reason.NOT_OWNER, (
     "the inspect-only endpoint fields (NetworkID, EndpointID, IPAddress, ...) must be empty in a request: the engine "
     "would join the network NetworkID names. Name the network by its key, and give addresses in IPAMConfig."))
 
@@ -153,7 +154,7 @@ RESOURCES: dict[str, FieldRule] = {
     "MemoryReservation": _limit("at most the memory limit, never negative"),
     "MemorySwap": _limit("at most twice the memory limit, never -1 (unlimited)"),
     "MemorySwappiness": _h("how eagerly the container's own memory is swapped"),
-    "OomKillDisable": _c("must be false", must_be_empty("oom_kill_disable", (
+    "OomKillDisable": _c("must be false", must_be_empty(Reason.OOM_KILL_DISABLE, (
         "turning the OOM killer off for a container is not allowed: it would hang the host's memory instead."))),
     "PidsLimit": _limit("at most the pids_limit; filled in when unset"),
     "Ulimits": _limit("each within the ulimits limit", Shape.LIST, "Ulimit"),
@@ -178,10 +179,10 @@ HOST_CONFIG: dict[str, FieldRule] = {
     "RestartPolicy": _c("no or on-failure (admins: any); none with host mounts (destinations)", shape=Shape.OBJECT,
                         of="RestartPolicy"),
     "AutoRemove": _h("removes the container when it exits"),
-    "VolumeDriver": _c("local only", one_of("volume_driver", ("", "local"), "only local volumes are allowed.")),
+    "VolumeDriver": _c("local only", one_of(Reason.VOLUME_DRIVER, ("", "local"), "only local volumes are allowed.")),
     "VolumesFrom": _owned("only the caller's own containers (policy._check_mounts)", Shape.LIST),
     "ConsoleSize": _h(_TTY, Shape.LIST),
-    "Annotations": _c("must be empty", must_be_empty("annotations", (
+    "Annotations": _c("must be empty", must_be_empty(Reason.ANNOTATIONS, (
         "OCI annotations are not allowed: the runtime and its hooks (the GPU hook among them) act on them."))),
     "CapAdd": _c("only capabilities in security.cap_add (policy._check_escapes)", shape=Shape.LIST),
     "CapDrop": _c("the caller's drops plus ds01's own (runas._cap_drop)", shape=Shape.LIST),
@@ -192,37 +193,37 @@ HOST_CONFIG: dict[str, FieldRule] = {
     "ExtraHosts": _h("lines of the container's own /etc/hosts", Shape.LIST),
     "GroupAdd": _c("only numeric gids the caller is in (runas._group_add)", shape=Shape.LIST),
     "IpcMode": _c(_MODE),
-    "Cgroup": _c("must be empty", must_be_empty("host_namespace", "HostConfig.Cgroup joins another cgroup; it is "
+    "Cgroup": _c("must be empty", must_be_empty(Reason.HOST_NAMESPACE, "HostConfig.Cgroup joins another cgroup; it is "
                                                                  "not allowed.")),
-    "Links": _c("must be empty", must_be_empty("links", (
+    "Links": _c("must be empty", must_be_empty(Reason.LINKS, (
         "legacy --link is not allowed (it copies another container's environment); use a network of your own "
         "instead.")), Shape.LIST),
     "OomScoreAdj": _c("0 or more", _oom_score_adj),
     "PidMode": _c(_MODE),
-    "Privileged": _c("must be false", must_be_empty("privileged", (
+    "Privileged": _c("must be false", must_be_empty(Reason.PRIVILEGED, (
         "privileged containers are not allowed: they can take over the host."))),
     "PublishAllPorts": _h("publishes exposed ports on random high host ports"),
     "ReadonlyRootfs": _h("makes the container's own root read-only"),
     "SecurityOpt": _c("no confinement changes; no-new-privileges forced (policy._check_escapes)",
                       shape=Shape.LIST),
-    "StorageOpt": _c("must be empty", must_be_empty("storage_opt", "storage driver options are not allowed."),
+    "StorageOpt": _c("must be empty", must_be_empty(Reason.STORAGE_OPT, "storage driver options are not allowed."),
                      Shape.MAP),
     "Tmpfs": _c("sizes counted against the memory limit, never at /dev/shm (resources.check_tmpfs)",
                 shape=Shape.MAP),
     "UTSMode": _c(_MODE),
     "UsernsMode": _c(_MODE),
     "ShmSize": _limit("at most the shm_size limit; filled in when unset"),
-    "Sysctls": _c("must be empty", must_be_empty("sysctls", "setting sysctls is not allowed."), Shape.MAP),
+    "Sysctls": _c("must be empty", must_be_empty(Reason.SYSCTLS, "setting sysctls is not allowed."), Shape.MAP),
     "Runtime": _c("runc only (policy._check_escapes)"),
-    "Isolation": _c("default only", one_of("bad_request", ("", "default"), "isolation is for Windows hosts.")),
+    "Isolation": _c("default only", one_of(Reason.BAD_REQUEST, ("", "default"), "isolation is for Windows hosts.")),
     "Mounts": _owned("bind, volume and tmpfs only, each checked like Binds and Tmpfs (policy._check_mounts)",
                      Shape.LIST, "Mount"),
-    "MaskedPaths": _c("must be absent", must_be_absent("security_opt", (
+    "MaskedPaths": _c("must be absent", must_be_absent(Reason.SECURITY_OPT, (
         "changing the masked or read-only system paths is not allowed.")), Shape.LIST),
-    "ReadonlyPaths": _c("must be absent", must_be_absent("security_opt", (
+    "ReadonlyPaths": _c("must be absent", must_be_absent(Reason.SECURITY_OPT, (
         "changing the masked or read-only system paths is not allowed.")), Shape.LIST),
     "Init": _h("runs an init process inside the container"),
-    "Capabilities": _c("must be empty (API 1.40's whole capability list)", must_be_empty("capability", (
+    "Capabilities": _c("must be empty (API 1.40's whole capability list)", must_be_empty(Reason.CAPABILITY, (
         "HostConfig.Capabilities replaces the capability set; use CapAdd within security.cap_add.")), Shape.LIST),
 }
 
@@ -279,20 +280,20 @@ TABLES: dict[str, dict[str, FieldRule]] = {
         "BindOptions": _c("see Mount.BindOptions", shape=Shape.OBJECT, of="Mount.BindOptions"),
         "VolumeOptions": _c("see Mount.VolumeOptions", shape=Shape.OBJECT, of="Mount.VolumeOptions"),
         "TmpfsOptions": _c("see Mount.TmpfsOptions", shape=Shape.OBJECT, of="Mount.TmpfsOptions"),
-        "ImageOptions": _c("must be empty: image mounts are not allowed", must_be_empty(
-            "mount_type", "image mounts are not allowed; use bind, volume or tmpfs."), Shape.OBJECT,
-            "Mount.ImageOptions"),
-        "ClusterOptions": _c("must be empty", must_be_empty("mount_type", "cluster volumes are not allowed."),
+        "ImageOptions": _c("must be empty: image mounts are not allowed",
+                           must_be_empty(Reason.MOUNT_TYPE, "image mounts are not allowed; use bind, volume or tmpfs."),
+                           Shape.OBJECT, "Mount.ImageOptions"),
+        "ClusterOptions": _c("must be empty", must_be_empty(Reason.MOUNT_TYPE, "cluster volumes are not allowed."),
                              Shape.OBJECT, "Mount.ClusterOptions"),
     },
     "Mount.ImageOptions": {"Subpath": _c("refused with ImageOptions")},
     "Mount.ClusterOptions": {},
     "Mount.BindOptions": {
-        "Propagation": _c("private or slave only", one_of("mount_propagation", (
+        "Propagation": _c("private or slave only", one_of(Reason.MOUNT_PROPAGATION, (
             "", "private", "rprivate", "slave", "rslave"), "shared propagation would carry mounts made in the "
             "container back to the host; use private or slave.")),
         "NonRecursive": _h("mounts less of the source"),
-        "CreateMountpoint": _c("must be false", must_be_empty("mount_outside_home", (
+        "CreateMountpoint": _c("must be false", must_be_empty(Reason.MOUNT_OUTSIDE_HOME, (
             "CreateMountpoint makes the engine create the source on the host as root; create it yourself first."))),
         "ReadOnlyNonRecursive": _h("makes less of the mount read-only, never more writable than the source"),
         "ReadOnlyForceRecursive": _h("makes the mount read-only all the way down"),
@@ -300,7 +301,7 @@ TABLES: dict[str, dict[str, FieldRule]] = {
     "Mount.VolumeOptions": {
         "NoCopy": _h("skips copying the image's files into a new volume"),
         "Labels": _c("no ds01.* label", labels_check(False), Shape.MAP),
-        "DriverConfig": _c("must be empty", must_be_empty("mount_type", (
+        "DriverConfig": _c("must be empty", must_be_empty(Reason.MOUNT_TYPE, (
             "volume driver options are not allowed: they can bind any host path.")), Shape.OBJECT,
             "Mount.VolumeOptions.DriverConfig"),
         "Subpath": _h("a directory inside the caller's own volume; the engine keeps it inside"),
@@ -314,7 +315,8 @@ TABLES: dict[str, dict[str, FieldRule]] = {
                       "Count": _c("turned into a grant (devices.gpu_request)"),
                       "DeviceIDs": _c("turned into a grant (devices.gpu_request)", shape=Shape.LIST),
                       "Capabilities": _c("gpu only (devices.gpu_request)", shape=Shape.LIST),
-                      "Options": _c("must be empty", must_be_empty("devices", "GPU driver options are not allowed."),
+                      "Options": _c("must be empty", must_be_empty(Reason.DEVICES,
+                                                                   "GPU driver options are not allowed."),
                                     Shape.MAP)},
     "DeviceMapping": {name: _c("refused with Devices") for name in ("PathOnHost", "PathInContainer",
                                                                     "CgroupPermissions")},
@@ -328,13 +330,13 @@ TABLES: dict[str, dict[str, FieldRule]] = {
                                                    "EndpointSettings")},
     "EndpointSettings": {
         "IPAMConfig": _h("addresses on the caller's own network", Shape.OBJECT, "EndpointIPAMConfig"),
-        "Links": _c("must be empty", must_be_empty("links", "legacy links are not allowed; use a network of your "
-                                                            "own."), Shape.LIST),
+        "Links": _c("must be empty", must_be_empty(Reason.LINKS, "legacy links are not allowed; use a network of your "
+                                                                 "own."), Shape.LIST),
         "Aliases": _h("names on the caller's own network", Shape.LIST),
         "DNSNames": _h("names on the caller's own network", Shape.LIST),
         "MacAddress": _h("the container's own interface address"),
-        "DriverOpts": _c("must be empty", must_be_empty("network_driver", "endpoint driver options are not "
-                                                                          "allowed."), Shape.MAP),
+        "DriverOpts": _c("must be empty", must_be_empty(Reason.NETWORK_DRIVER, "endpoint driver options are not "
+                                                                               "allowed."), Shape.MAP),
         "GwPriority": _h("which of the container's own networks is its default route"),
         # Inspect-only, but the engine joins the network NetworkID names, whatever the key says.
         **{name: _c("must be empty: an inspect-only field", _INSPECT_ONLY) for name in (
@@ -350,7 +352,7 @@ TABLES: dict[str, dict[str, FieldRule]] = {
         "ConsoleSize": _h(_TTY, Shape.LIST),
         "Env": _c("NVIDIA_* and CUDA_VISIBLE_DEVICES removed (policy.check_exec)", shape=Shape.LIST),
         "Cmd": _h("what runs, as the caller", Shape.LIST),
-        "Privileged": _c("must be false", must_be_empty("privileged", "privileged exec is not allowed.")),
+        "Privileged": _c("must be false", must_be_empty(Reason.PRIVILEGED, "privileged exec is not allowed.")),
         "User": _forced("the caller's uid:gid (policy.check_exec)"),
         "WorkingDir": _h("where the command starts, inside the container"),
         "Container": _h("docker-py names the container again; the engine acts on the one in the path"),
@@ -358,29 +360,32 @@ TABLES: dict[str, dict[str, FieldRule]] = {
     "ExecStartConfig": {"Detach": _h(_TTY), "Tty": _h(_TTY), "ConsoleSize": _h(_TTY, Shape.LIST)},
     "VolumeCreateOptions": {
         "Name": _c("never someone else's existing volume (gate._create_owned)"),
-        "Driver": _c("local only", one_of("volume_driver", ("", "local"), "only local volumes can be created.")),
-        "DriverOpts": _c("must be empty", must_be_empty("volume_driver", (
+        "Driver": _c("local only", one_of(Reason.VOLUME_DRIVER, ("", "local"), "only local volumes can be created.")),
+        "DriverOpts": _c("must be empty", must_be_empty(Reason.VOLUME_DRIVER, (
             "only plain local volumes can be created: driver options can bind any host path.")), Shape.MAP),
         "Labels": _c("no ds01.* label; ds01.user and ds01.uid are stamped", labels_check(False), Shape.MAP),
-        "ClusterVolumeSpec": _c("must be empty", must_be_empty("volume_driver", "cluster volumes are not allowed."),
+        "ClusterVolumeSpec": _c("must be empty", must_be_empty(Reason.VOLUME_DRIVER,
+                                                               "cluster volumes are not allowed."),
                                 Shape.OBJECT),
     },
     "NetworkCreateRequest": {
         "Name": _h("the network's name; the engine keeps each network's own id"),
         "CheckDuplicate": _h("refuses a duplicate name"),
-        "Driver": _c("bridge only", one_of("network_driver", ("", "bridge"), "only bridge networks can be created.")),
-        "Scope": _c("local only", one_of("network_driver", ("", "local"), "only local networks can be created.")),
+        "Driver": _c("bridge only",
+                     one_of(Reason.NETWORK_DRIVER, ("", "bridge"), "only bridge networks can be created.")),
+        "Scope": _c("local only", one_of(Reason.NETWORK_DRIVER, ("", "local"), "only local networks can be created.")),
         "Internal": _h("cuts the network off from the outside"),
         "Attachable": _h("a swarm flag; no effect on a local bridge"),
-        "Ingress": _c("must be false", must_be_empty("network_driver", "ingress networks are for swarm.")),
-        "ConfigOnly": _c("must be false", must_be_empty("network_driver", "config-only networks are not allowed.")),
-        "ConfigFrom": _c("must be empty", must_be_empty("network_driver", "config-only networks are not allowed."),
+        "Ingress": _c("must be false", must_be_empty(Reason.NETWORK_DRIVER, "ingress networks are for swarm.")),
+        "ConfigOnly": _c("must be false", must_be_empty(Reason.NETWORK_DRIVER,
+                                                        "config-only networks are not allowed.")),
+        "ConfigFrom": _c("must be empty", must_be_empty(Reason.NETWORK_DRIVER, "config-only networks are not allowed."),
                          Shape.OBJECT),
         "IPAM": _c("admins only: a subnet can shadow the host's own networks (gate._create_owned)",
                    shape=Shape.OBJECT, of="IPAM"),
         "EnableIPv4": _h("addresses the network over IPv4"),
         "EnableIPv6": _h("addresses the network over IPv6"),
-        "Options": _c("must be empty", must_be_empty("network_driver", (
+        "Options": _c("must be empty", must_be_empty(Reason.NETWORK_DRIVER, (
             "bridge driver options (interface names, masquerading, host bindings) are not allowed.")), Shape.MAP),
         "Labels": _c("no ds01.* label; ds01.user and ds01.uid are stamped", labels_check(False), Shape.MAP),
     },

@@ -14,6 +14,7 @@ from ds01 import labels, names, records
 from ds01.config import LimitValues, SecuritySettings
 from ds01.errors import Denied
 from ds01.proxy.bodies import as_list, field, go_int, mounts_of, set_field, split_bind
+from ds01.reasons import Reason
 
 # Docker's default capabilities that matter only to root or to file ownership: a container of a user keeps
 # none of them unless the admin allows it in security.cap_add and the request adds it.
@@ -44,11 +45,11 @@ def check_user(caller: Caller, user: Any) -> str:
     if user in (None, ""):
         return own
     if not isinstance(user, str):
-        raise Denied("bad_request", "User must be a string")
+        raise Denied(Reason.BAD_REQUEST, "User must be a string")
     uid_text, _, gid_text = user.partition(":")
     uid, gid = go_int(uid_text), go_int(gid_text) if gid_text else caller.gid
     if uid != caller.uid or gid is None or gid not in caller.gids or gid_text.count(":"):
-        raise Denied("foreign_uid", (
+        raise Denied(Reason.FOREIGN_UID, (
             f"running as {user!r} is not allowed: containers run as you (uid {caller.uid}, gid {caller.gid}). "
             f"Leave --user out, or give {own} or your uid with another of your groups (id -G)."))
     return f"{uid}:{gid}"
@@ -61,11 +62,11 @@ def _group_add(caller: Caller, host: dict[str, Any], gpu_gid: int | None) -> lis
     for entry in as_list(field(host, "GroupAdd"), "HostConfig.GroupAdd"):
         gid = go_int(str(entry))
         if gid is None:
-            raise Denied("foreign_group", (
+            raise Denied(Reason.FOREIGN_GROUP, (
                 f"--group-add {entry} names a group, which the engine looks up in the image's /etc/group (yours to "
                 "edit); give the numeric gid of one of your own groups (id -G)."))
         if gid not in caller.gids:
-            raise Denied("foreign_group", f"--group-add {entry}: you are not in group {gid}; your groups are "
+            raise Denied(Reason.FOREIGN_GROUP, f"--group-add {entry}: you are not in group {gid}; your groups are "
                                          f"{' '.join(str(g) for g in sorted(caller.gids))}.")
         wanted.add(gid)
     if gpu_gid is not None:
@@ -78,7 +79,7 @@ def _security_options(host: dict[str, Any]) -> list[str]:
     for option in options:
         name, _, value = option.replace("=", ":", 1).partition(":")
         if name.lower() == "no-new-privileges" and value.lower() not in ("", "true"):
-            raise Denied("security_opt", "no-new-privileges is always on for ds01 containers; leave "
+            raise Denied(Reason.SECURITY_OPT, "no-new-privileges is always on for ds01 containers; leave "
                                         f"{option!r} out.")
     return [*(o for o in options if not o.lower().startswith("no-new-privileges")), NO_NEW_PRIVILEGES]
 

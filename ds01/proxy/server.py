@@ -21,6 +21,7 @@ from ds01 import eventlog
 from ds01.config import ProxySettings
 from ds01.daemon import only_instance, stop_on_signals
 from ds01.errors import Busy, Denied, Ds01Error, EngineError
+from ds01.eventlog.types import EventType
 from ds01.proxy import http
 from ds01.proxy.gate import Gate
 from ds01.proxy.link import EngineLink
@@ -28,6 +29,7 @@ from ds01.proxy.outcomes import Deny, Forward, Reply, Request
 from ds01.proxy.routes import classify
 from ds01.proxy.session import Session, peer_uid
 from ds01.proxy.upstream import Upstream
+from ds01.reasons import Reason
 
 _ANSWER_BYTES = 16 * http.MAX_BODY_BYTES  # the most of an engine answer the proxy reads whole (for `after`)
 DISCARD_LIMIT_BYTES = 64 * 2**20
@@ -123,8 +125,8 @@ class Proxy:
                 if not self._exchange(side, link, session, incoming):
                     return
         except http.HttpError as exc:
-            eventlog.emit("proxy.deny", source="proxy", user=user, endpoint="framing", verdict="deny",
-                        reason=exc.reason, message=str(exc))
+            eventlog.emit(EventType.PROXY_DENY, source="proxy", user=user, endpoint="framing", verdict="deny",
+                          reason=exc.reason, message=str(exc))
             with contextlib.suppress(OSError):
                 if side.can_answer():
                     side.send_whole(exc.status, *_error_body(exc.reason, str(exc)))
@@ -142,17 +144,17 @@ class Proxy:
         try:
             session = self.gate.sessions.for_uid(uid)
         except Ds01Error as exc:
-            eventlog.emit("proxy.deny", source="proxy", user=None, uid=uid, endpoint="connect", verdict="deny",
-                        reason="unknown_user")
-            return Deny("unknown_user", str(exc))
+            eventlog.emit(EventType.PROXY_DENY, source="proxy", user=None, uid=uid, endpoint="connect", verdict="deny",
+                          reason=Reason.UNKNOWN_USER)
+            return Deny(Reason.UNKNOWN_USER, str(exc))
         if self._admit(session.caller.user, most):
             return session
         message = (f"you have {most} connections open to the ds01 proxy, the most one user may have "
                    "(proxy.max_connections_per_user). Close some (docker logs -f, docker events, attached "
                    "sessions, idle clients) and try again.")
-        eventlog.emit("proxy.deny", source="proxy", user=session.caller.user, uid=uid, endpoint="connect",
-                    verdict="deny", reason="too_many_connections", message=message)
-        return Deny("too_many_connections", message, 429)
+        eventlog.emit(EventType.PROXY_DENY, source="proxy", user=session.caller.user, uid=uid, endpoint="connect",
+                      verdict="deny", reason=Reason.TOO_MANY_CONNECTIONS, message=message)
+        return Deny(Reason.TOO_MANY_CONNECTIONS, message, 429)
 
     def _refuse(self, side: http.ClientSide, deny: Deny) -> None:
         if side.has_body() and not side.waiting_for_continue():
@@ -170,7 +172,7 @@ class Proxy:
                 try:
                     buffered.append(side.read_body())
                 except http.BodyTooLarge as exc:
-                    raise Denied("body_too_large", f"the request body is larger than {exc.limit} bytes") from None
+                    raise Denied(Reason.BODY_TOO_LARGE, f"the request body is larger than {exc.limit} bytes") from None
             return buffered[0]
 
         streamed: list[BinaryIO] = []
@@ -186,20 +188,20 @@ class Proxy:
         outcome = self._decide(request)
         if incoming.upgrade and not (isinstance(outcome, Forward) and outcome.hijack):
             _abandon(outcome)
-            outcome = Deny("bad_request", (
+            outcome = Deny(Reason.BAD_REQUEST, (
                 f"{method} {path} asked to upgrade the connection (Upgrade: tcp); only attach "
                 "(POST /containers/ID/attach) and exec start (POST /exec/ID/start) upgrade. Send it without the "
                 "Upgrade and Connection: Upgrade headers."), 400)
         user = session.caller.user
         if isinstance(outcome, Deny):
-            eventlog.emit("proxy.deny", source="proxy", user=user, endpoint=f"{method} {path}", verdict="deny",
-                        reason=outcome.reason, message=outcome.message)
+            eventlog.emit(EventType.PROXY_DENY, source="proxy", user=user, endpoint=f"{method} {path}", verdict="deny",
+                          reason=outcome.reason, message=outcome.message)
             if (streamed or (not buffered and side.has_body())) and not side.waiting_for_continue():
                 _discard_body(side)
             side.send_whole(outcome.status, *_error_body(outcome.reason, outcome.message))
             return False
-        eventlog.emit("proxy.allow", source="proxy", user=user, endpoint=f"{method} {path}", verdict="allow",
-                    reason=request.route.kind)
+        eventlog.emit(EventType.PROXY_ALLOW, source="proxy", user=user, endpoint=f"{method} {path}", verdict="allow",
+                      reason=request.route.kind)
         if isinstance(outcome, Reply):
             return side.send_whole(outcome.status, json.dumps(outcome.body).encode(), [])
         return self._forward(side, link, request, incoming, outcome, buffered=buffered)
@@ -208,20 +210,21 @@ class Proxy:
         try:
             return self.gate.decide(request)
         except Denied as denial:
-            return Deny(denial.reason, denial.message, 413 if denial.reason == "body_too_large" else 403)
+            return Deny(denial.reason, denial.message, 413 if denial.reason == Reason.BODY_TOO_LARGE else 403)
         except http.HttpError as exc:  # the body's framing, found bad while the gate read it
             return Deny(exc.reason, str(exc), exc.status)
         except Busy as exc:
-            return Deny("busy", str(exc), 503)
+            return Deny(Reason.BUSY, str(exc), 503)
         except EngineError as exc:
-            return Deny("engine_error", str(exc), 502)
+            return Deny(Reason.ENGINE_ERROR, str(exc), 502)
         except Ds01Error as exc:
-            return Deny("error", str(exc), 500)
+            return Deny(Reason.ERROR, str(exc), 500)
         except Exception as exc:  # noqa: BLE001 - a bug answers 500 and is logged in full; it never drops the client
             traceback.print_exc()
-            eventlog.emit("proxy.internal_error", source="proxy", error=repr(exc), endpoint=request.path)
-            return Deny("internal_error", f"internal error in the ds01 proxy ({type(exc).__name__}); it was logged "
-                                          "for the admin.", 500)
+            eventlog.emit(EventType.PROXY_INTERNAL_ERROR, source="proxy", error=repr(exc), endpoint=request.path)
+            return Deny(Reason.INTERNAL_ERROR,
+                        f"internal error in the ds01 proxy ({type(exc).__name__}); it was logged "
+                        "for the admin.", 500)
 
     def _forward(self, side: http.ClientSide, link: _Link, request: Request, incoming: http.Incoming,
                  forward: Forward, *, buffered: list[bytes]) -> bool:
@@ -348,7 +351,7 @@ def serve_forever(proxy: Proxy, listen: Path, run_dir: Path, drain_seconds: floa
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         accepting = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
         accepting.start()
-        eventlog.emit("proxy.start", source="proxy", listen=str(listen), upstream=proxy.upstream.url)
+        eventlog.emit(EventType.PROXY_START, source="proxy", listen=str(listen), upstream=proxy.upstream.url)
         if on_ready is not None:
             on_ready()
         stop.wait()
@@ -362,6 +365,6 @@ def serve_forever(proxy: Proxy, listen: Path, run_dir: Path, drain_seconds: floa
             time.sleep(0.05)
         left = proxy.open_connections()
         proxy.close_idle(everything=True)
-        eventlog.emit("proxy.stop", source="proxy", cut_connections=left,
+        eventlog.emit(EventType.PROXY_STOP, source="proxy", cut_connections=left,
                       event_write_failures=eventlog.write_failures(),
                       event_rotation_failures=eventlog.rotation_failures())

@@ -11,6 +11,7 @@ from pathlib import Path
 from ds01 import eventlog, labels
 from ds01.engine import Engine
 from ds01.errors import Ds01Error
+from ds01.eventlog.types import EventType
 from ds01.gpus.placement import Slot
 from ds01.gpus.supply import current_slots, open_allocator
 from ds01.paths import Paths
@@ -47,6 +48,7 @@ class SlotCache:
 def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float) -> int:
     upstream = Upstream(upstream_url)
     sessions = Sessions(paths.config)
+    eventlog.configure(paths.log_dir, sessions.config.events)
     status, info = upstream.call("GET", "/info")
     if status != 200 or not isinstance(info, dict):
         raise Ds01Error(f"the engine at {upstream_url} answered {status} to /info: {info}")
@@ -61,16 +63,17 @@ def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float) -> 
         listed_at = time.time()
         found = engine.containers()
         report = allocator.reconcile(found, listed_at)  # crash recovery before serving
-    eventlog.emit("reconcile.startup", source="proxy", released=len(report.released), expired=len(report.expired),
-                adopted=len(report.adopted), unallocated=len(report.unallocated))
+    eventlog.emit(EventType.RECONCILE_STARTUP, source="proxy", released=len(report.released),
+                  expired=len(report.expired),
+                  adopted=len(report.adopted), unallocated=len(report.unallocated))
     for legacy in runas.root_with_host_mounts(found):
         print(f"ds01 proxy: WARN {runas.root_container_warning(legacy)}", file=sys.stderr, flush=True)
-        eventlog.emit("security.root_container", source="proxy", user=legacy.labels.get(labels.USER),
-                    container=legacy.name, host_mounts=list(legacy.host_mounts))
+        eventlog.emit(EventType.SECURITY_ROOT_CONTAINER, source="proxy", user=legacy.labels.get(labels.USER),
+                      container=legacy.name, host_mounts=list(legacy.host_mounts))
     pins = Pins(paths.state_dir / "binds")
     in_use = {info.labels.get(labels.BIND_KEY) or "" for info in found}
     for key in pins.release_unused(in_use):
-        eventlog.emit("proxy.pin_released", source="proxy", key=key)
+        eventlog.emit(EventType.PROXY_PIN_RELEASED, source="proxy", key=key)
     spool_dir = paths.state_dir / "spool"
     spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     sockets = {os.path.realpath(p) for p in ("/var/run/docker.sock", "/run/docker.sock", str(listen))}

@@ -15,6 +15,7 @@ from pathlib import Path
 from ds01 import eventlog, identity
 from ds01.config import Config, effective_limits, load_config
 from ds01.errors import ConfigError
+from ds01.eventlog.types import EventType
 from ds01.proxy.runas import Caller
 
 _UCRED = struct.Struct("3i")
@@ -73,10 +74,10 @@ class Sessions:
                     self._stamp = stamp
                     self.config = load_config(self._path)
                     self._cache.clear()
-                    eventlog.configure(self.config.events)
-                    eventlog.emit("config.reload", source="proxy", file=str(self._path))
+                    eventlog.configure(eventlog.destination().log_dir, self.config.events)
+                    eventlog.emit(EventType.CONFIG_RELOAD, source="proxy", file=str(self._path))
             except (ConfigError, OSError) as exc:
-                eventlog.emit("config.reload_failed", source="proxy", file=str(self._path), error=str(exc))
+                eventlog.emit(EventType.CONFIG_RELOAD_FAILED, source="proxy", file=str(self._path), error=str(exc))
             return self.config
 
     def for_uid(self, uid: int) -> Session:

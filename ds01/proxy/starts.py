@@ -14,6 +14,7 @@ from ds01 import labels, overlay
 from ds01.config import SecuritySettings
 from ds01.errors import Denied
 from ds01.proxy import binds, destinations, policy, runas
+from ds01.reasons import Reason
 
 
 def check_start(info: dict[str, Any], owner: runas.Caller, pins: binds.Pins, security: SecuritySettings,
@@ -31,7 +32,7 @@ def check_networks(info: dict[str, Any], owner: runas.Caller, network_owners: di
     name = str(info.get("Name") or "").lstrip("/")
     for network, network_owner in network_owners.items():
         if network_owner not in (None, "", owner.user) and not owner.is_admin:
-            raise Denied("not_owner", (
+            raise Denied(Reason.NOT_OWNER, (
                 f"{name} joins the network {network}, which is not its owner's (any more): a network of that name "
                 "was made by someone else. Connect it to a network of your own (docker network disconnect / "
                 "connect), or remove it and create it again."))
@@ -55,7 +56,7 @@ def _recheck_binds(info: dict[str, Any], owner: runas.Caller, pins: binds.Pins, 
             if pinned is None:
                 pins.pin(key, index, source)
             elif pinned != (source.device, source.inode) or source.resolved.real != original:
-                raise Denied("bind_source_changed", (
+                raise Denied(Reason.BIND_SOURCE_CHANGED, (
                     f"the bind source {original} of {name} was moved or replaced since the container was "
                     "created, so it is not started. Put it back, or remove the container and create it again."))
 
@@ -71,7 +72,7 @@ def _check_mount_paths(info: dict[str, Any]) -> None:
     name = str(info.get("Name") or "").lstrip("/")
     layers = overlay.layers_of(info)
     if layers is None:
-        raise Denied("mount_path_symlink", (
+        raise Denied(Reason.MOUNT_PATH_SYMLINK, (
             f"{name} mounts host directories or volumes, and this engine's storage driver "
             f"({(info.get('GraphDriver') or {}).get('Name')}) does not let ds01 check the container's paths to "
             "them; ask an admin to use overlay2."))
@@ -79,17 +80,17 @@ def _check_mount_paths(info: dict[str, Any]) -> None:
         try:
             leads_to = overlay.resolve(layers, path)
         except overlay.OverlayError as exc:
-            raise Denied("mount_path_symlink", f"{name}: {exc}; use an image without that symlink loop.") from None
+            raise Denied(Reason.MOUNT_PATH_SYMLINK, f"{name}: {exc}; use an image without that symlink loop.") from None
         holder = destinations.holder_of(leads_to, found)
         if holder is not None:
-            raise Denied("mount_path_symlink", (
+            raise Denied(Reason.MOUNT_PATH_SYMLINK, (
                 f"{path} in {name} leads to {leads_to}, inside the {holder.kind} mounted at {holder.path}: the engine "
                 "or the GPU runtime would make its own files there, as root. Use an image whose system directories "
                 "are not symlinks into your mounts, or mount elsewhere."))
     for path in [d.path for d in found] + [str(config.get("WorkingDir") or "/")]:
         link = overlay.first_symlink(layers, path)
         if link is not None:
-            raise Denied("mount_path_symlink", (
+            raise Denied(Reason.MOUNT_PATH_SYMLINK, (
                 f"{link.path} in {name} is a symlink (to {link.target}) on the way to a mount point or the "
                 "working directory: the engine would follow it while making them, perhaps into a mounted host "
                 "directory. Remove the container and create it with mounts elsewhere, or use an image without "

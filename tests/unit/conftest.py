@@ -15,6 +15,6 @@ from ds01.config import EventLogSettings
 def event_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The event log in a fresh directory, configured as a service configures it."""
     monkeypatch.setenv("DS01_LOG_DIR", str(tmp_path / "log"))
-    eventlog.configure(EventLogSettings())
+    eventlog.configure(None, EventLogSettings())
     yield tmp_path / "log" / "events.jsonl"
-    eventlog.configure(None)
+    eventlog.configure(None, None)

@@ -33,9 +33,9 @@ class Clock:
 def log_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("DS01_LOG_DIR", str(tmp_path / "log"))
     monkeypatch.setenv("DS01_CONFIG", str(tmp_path / "resource-limits.yaml"))
-    eventlog.configure(None)
+    eventlog.configure(None, None)
     yield tmp_path / "log"
-    eventlog.configure(None)
+    eventlog.configure(None, None)
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_rotation_by_age_of_the_first_event(log_dir: Path, tmp_path: Path, clock
 
 
 def test_rotations_in_the_same_microsecond_get_distinct_names(log_dir: Path, clock: Clock) -> None:
-    eventlog.configure(EventLogSettings(max_bytes=1, keep=10))
+    eventlog.configure(None, EventLogSettings(max_bytes=1, keep=10))
     for seq in range(4):
         eventlog.emit("test.same", source="test", seq=seq)
     rotated = eventlog.rotated_files(log_dir)
@@ -121,10 +121,10 @@ def test_an_unreadable_config_is_reported_once_and_the_defaults_apply(
 def test_the_config_is_read_once_and_the_file_stat_ed_once_per_emit(
         log_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_config(tmp_path)
-    import ds01.config  # noqa: PLC0415
+    from ds01.config import loader  # noqa: PLC0415
 
     loads: list[Path | None] = []
-    real_load, real_fstat, real_stat = ds01.config.load_config, os.fstat, os.stat
+    real_load, real_fstat, real_stat = loader.load_config, os.fstat, os.stat
 
     def load(path: Path | None = None) -> Config:
         loads.append(path)
@@ -140,7 +140,7 @@ def test_the_config_is_read_once_and_the_file_stat_ed_once_per_emit(
         stats.append(path)
         return real_stat(path, **kwargs)
 
-    monkeypatch.setattr(ds01.config, "load_config", load)
+    monkeypatch.setattr(loader, "load_config", load)
     monkeypatch.setattr(os, "fstat", fstat)
     monkeypatch.setattr(os, "stat", stat)
     for seq in range(50):
@@ -150,30 +150,45 @@ def test_the_config_is_read_once_and_the_file_stat_ed_once_per_emit(
     assert len(stats) == 50
 
 
+def test_a_configured_process_never_reads_the_environment_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DS01_LOG_DIR", str(tmp_path / "from-env"))
+    eventlog.configure(tmp_path / "service", EventLogSettings())
+    monkeypatch.setattr(eventlog.writer, "paths_from_env", lambda: pytest.fail("emit read the environment"))
+    try:
+        eventlog.emit("test.configured", source="test", seq=1)
+        monkeypatch.setenv("DS01_LOG_DIR", str(tmp_path / "moved"))
+        eventlog.emit("test.configured", source="test", seq=2)
+    finally:
+        eventlog.configure(None, None)
+    assert [e.details["seq"] for e in EventLog(tmp_path / "service").events()] == [1, 2]
+    assert not (tmp_path / "from-env").exists() and not (tmp_path / "moved").exists()
+
+
 def test_a_write_failure_is_counted_and_survived(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     monkeypatch.setenv("DS01_LOG_DIR", str(blocker))
-    eventlog.configure(EventLogSettings())
+    eventlog.configure(None, EventLogSettings())
     try:
         before = eventlog.write_failures()
         eventlog.emit("test.fail", source="test")
         assert eventlog.write_failures() == before + 1
         assert "could not write event test.fail" in capsys.readouterr().err
     finally:
-        eventlog.configure(None)
+        eventlog.configure(None, None)
 
 
 def test_an_oversized_event_is_cut_to_its_keys(log_dir: Path) -> None:
-    eventlog.configure(EventLogSettings())
+    eventlog.configure(None, EventLogSettings())
     eventlog.emit("test.big", source="test", blob="x" * eventlog.MAX_LINE_BYTES, small=1)
     (event,) = EventLog(log_dir).events()
     assert event.details == {"truncated": True, "keys": ["blob", "small"]}
 
 
 def seed(log_dir: Path, clock: Clock) -> None:
-    eventlog.configure(EventLogSettings(max_bytes=600, keep=50))
+    eventlog.configure(None, EventLogSettings(max_bytes=600, keep=50))
     container = "ab" * 32
     seeded: list[tuple[str, str | None, dict[str, Any]]] = [
         ("allocation.reserve", "alice", {"allocation": "a-1", "slots": ["GPU-0"], "gpu_equivalents": "1"}),
@@ -242,7 +257,7 @@ def test_parse_when() -> None:
 
 
 def test_follow_sees_new_lines_and_a_rotation(log_dir: Path) -> None:
-    eventlog.configure(EventLogSettings(keep=10))
+    eventlog.configure(None, EventLogSettings(keep=10))
     eventlog.emit("test.follow", source="test", seq=0)
     eventlog.emit("test.follow", source="test", seq=1)
     followed = EventLog(log_dir).follow(backlog=1, poll_seconds=0.01, idle_timeout=2)
@@ -250,7 +265,7 @@ def test_follow_sees_new_lines_and_a_rotation(log_dir: Path) -> None:
         assert next(followed).details["seq"] == 1  # the backlog: the last matching one
         eventlog.emit("test.follow", source="test", seq=2)
         assert next(followed).details["seq"] == 2
-        eventlog.configure(EventLogSettings(max_bytes=1, keep=10))  # the next emit rotates
+        eventlog.configure(None, EventLogSettings(max_bytes=1, keep=10))  # the next emit rotates
         eventlog.emit("test.follow", source="test", seq=3)
         (rotated,) = eventlog.rotated_files(log_dir)
         # A writer that opened the file just before the rename lands in the rotated file: follow still sees it.
@@ -260,7 +275,7 @@ def test_follow_sees_new_lines_and_a_rotation(log_dir: Path) -> None:
             old.write(late + "\n")
         assert next(followed).details["seq"] == "late"
         assert next(followed).details["seq"] == 3
-        eventlog.configure(EventLogSettings(keep=10))
+        eventlog.configure(None, EventLogSettings(keep=10))
         eventlog.emit("test.follow", source="test", seq=4)
         assert next(followed).details["seq"] == 4
         assert list(followed) == []  # ends after idle_timeout of silence
@@ -269,7 +284,7 @@ def test_follow_sees_new_lines_and_a_rotation(log_dir: Path) -> None:
 
 
 def test_follow_reads_every_file_rotated_between_two_polls(log_dir: Path) -> None:
-    eventlog.configure(EventLogSettings(max_bytes=300, keep=50))
+    eventlog.configure(None, EventLogSettings(max_bytes=300, keep=50))
     eventlog.emit("test.burst", source="test", seq=0)
     followed = EventLog(log_dir).follow(backlog=1, poll_seconds=0.01, idle_timeout=1)
     try:
@@ -283,7 +298,7 @@ def test_follow_reads_every_file_rotated_between_two_polls(log_dir: Path) -> Non
 
 
 def test_follow_waits_for_the_log_to_appear_and_filters(log_dir: Path) -> None:
-    eventlog.configure(EventLogSettings())
+    eventlog.configure(None, EventLogSettings())
     followed = EventLog(log_dir).follow(EventFilter(type_prefix="wanted"), poll_seconds=0.01, idle_timeout=5)
 
     def write() -> None:
