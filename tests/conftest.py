@@ -22,6 +22,7 @@ import pytest
 from ds01.errors import Denied
 from ds01.eventlog import EventFilter, EventLog
 from ds01.proxy.binds import Pins
+from ds01.proxy.http import HttpError
 from ds01.proxy.outcomes import Deny
 from ds01.reasons import Reason
 
@@ -243,6 +244,15 @@ def _recording(cls: type[Any]) -> None:
 
 _recording(Denied)
 _recording(Deny)
+_framing_error = HttpError.__init__
+
+
+def _recording_framing_error(self: HttpError, *args: Any, **kwargs: Any) -> None:
+    _framing_error(self, *args, **kwargs)
+    REASONS_PRODUCED.add(str(self.reason))
+
+
+HttpError.__init__ = _recording_framing_error  # type: ignore[method-assign]
 
 
 def _whole_suite(config: pytest.Config) -> bool:
