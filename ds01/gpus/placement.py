@@ -7,11 +7,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
-from ds01 import nvml
 from ds01.config import AllocationSettings, LimitValues
 from ds01.errors import Denied
 from ds01.reasons import Reason
-from ds01.units import format_equivalents, mig_equivalents
+from ds01.units import format_equivalents
 
 
 @dataclass(frozen=True)
@@ -48,21 +47,6 @@ class Holding:
     slots: tuple[str, ...]
     equivalents: Fraction
     container_name: str | None
-
-
-def slots_from_inventory(inventory: nvml.Inventory, unhealthy_gpus: frozenset[str]) -> list[Slot]:
-    """Healthy whole GPUs, and the MIG devices of healthy MIG-mode GPUs; unavailable GPUs give no slot."""
-    slots = []
-    for gpu in inventory.available:
-        if gpu.uuid in unhealthy_gpus:
-            continue
-        if not gpu.mig_mode:
-            slots.append(Slot(gpu.uuid, gpu.uuid, gpu.index, None, Fraction(1), gpu.memory_used_bytes,
-                              gpu.utilization_gpu_percent))
-        for mig in gpu.mig_devices:
-            slots.append(Slot(mig.uuid, gpu.uuid, gpu.index, mig.profile, mig_equivalents(mig.slices),
-                              gpu.memory_used_bytes, gpu.utilization_gpu_percent))
-    return slots
 
 
 def _holdings_text(holdings: Sequence[Holding]) -> str:

@@ -1,5 +1,5 @@
-"""The pieces every GPU grant needs, assembled once: healthy slots from NVML, and an allocator that can rebuild
-its state from the engine's containers."""
+"""The pieces every GPU grant needs, assembled once: the slots there are (healthy GPUs and MIG devices from
+NVML), and an allocator that can rebuild its state from the engine's containers."""
 
 from __future__ import annotations
 
@@ -11,8 +11,24 @@ from ds01.config import Config
 from ds01.engine import Engine
 from ds01.gpus import quarantine
 from ds01.gpus.allocator import Allocation, Allocator, allocations_from_containers
-from ds01.gpus.placement import Slot, slots_from_inventory
+from ds01.gpus.placement import Slot
 from ds01.paths import Paths
+from ds01.units import mig_equivalents
+
+
+def slots_from_inventory(inventory: nvml.Inventory, unhealthy_gpus: frozenset[str]) -> list[Slot]:
+    """Healthy whole GPUs, and the MIG devices of healthy MIG-mode GPUs; unavailable GPUs give no slot."""
+    slots = []
+    for gpu in inventory.available:
+        if gpu.uuid in unhealthy_gpus:
+            continue
+        if not gpu.mig_mode:
+            slots.append(Slot(gpu.uuid, gpu.uuid, gpu.index, None, Fraction(1), gpu.memory_used_bytes,
+                              gpu.utilization_gpu_percent))
+        for mig in gpu.mig_devices:
+            slots.append(Slot(mig.uuid, gpu.uuid, gpu.index, mig.profile, mig_equivalents(mig.slices),
+                              gpu.memory_used_bytes, gpu.utilization_gpu_percent))
+    return slots
 
 
 def current_slots(paths: Paths, config: Config) -> list[Slot]:

@@ -25,7 +25,8 @@ from ds01 import nvml
 from ds01.config import BUILTIN_DEFAULTS, AllocationSettings, LimitValues
 from ds01.errors import Busy, Denied
 from ds01.gpus.allocator import STATE_NAME, Allocator, _parse_state
-from ds01.gpus.placement import GpuRequest, Slot, slots_from_inventory
+from ds01.gpus.placement import GpuRequest, Slot
+from ds01.gpus.supply import slots_from_inventory
 from tests.conftest import TopologyFile
 
 WORKERS = 32

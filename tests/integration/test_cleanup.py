@@ -21,7 +21,8 @@ from ds01 import nvml
 from ds01.config import Config, load_config
 from ds01.engine import Engine
 from ds01.gpus.allocator import Allocator
-from ds01.gpus.placement import GpuRequest, slots_from_inventory
+from ds01.gpus.placement import GpuRequest
+from ds01.gpus.supply import slots_from_inventory
 from ds01.ops.cleanup import Cleanup, Decision, limits_resolver, notify_user
 from tests.conftest import REPO, TEST_IMAGE, Testbed, TopologyFile
 

@@ -16,7 +16,8 @@ import pytest
 from ds01 import nvml
 from ds01.config import load_config
 from ds01.gpus.allocator import Allocator
-from ds01.gpus.placement import GpuRequest, slots_from_inventory
+from ds01.gpus.placement import GpuRequest
+from ds01.gpus.supply import slots_from_inventory
 from tests.conftest import TEST_IMAGE, ProxyHandle, Testbed
 
 PYTHON = str(Path(sys.executable))
