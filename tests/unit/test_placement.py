@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from ds01 import nvml
 from ds01.config import BUILTIN_DEFAULTS, AllocationSettings, LimitValues
 from ds01.errors import Denied
-from ds01.gpus.placement import GpuRequest, Holding, Slot, choose_slots, slots_from_inventory
+from ds01.gpus.placement import GpuRequest, Holding, Slot, choose_slots
+from ds01.gpus.supply import slots_from_inventory
 
 GIB = 2**30
 REASONS = {"quota", "capacity", "per_container_max", "mig_profile_not_allowed", "full_gpu_not_allowed",
