@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,16 +100,6 @@ def read_process(pid: int, root: Path = PROC) -> ProcessInfo | None:
     if status is None:
         return None
     return ProcessInfo(pid=pid, container_id=container_id, uid=_real_uid(status_path, status), uid_source="status")
-
-
-def read_processes(pids: Iterable[int], root: Path = PROC) -> dict[int, ProcessInfo]:
-    """`read_process` for many pids, leaving out those that exited."""
-    found: dict[int, ProcessInfo] = {}
-    for pid in pids:
-        info = read_process(pid, root)
-        if info is not None:
-            found[pid] = info
-    return found
 
 
 @dataclass(frozen=True)

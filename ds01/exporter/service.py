@@ -13,15 +13,37 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
 
 from ds01 import eventlog, nvml
-from ds01.config import load_config
+from ds01.config import AllocationSettings, load_config
 from ds01.daemon import only_instance, stop_on_signals
+from ds01.engine import Engine
 from ds01.errors import Ds01Error, UsageError
+from ds01.eventlog.types import EventType
 from ds01.exporter.metrics import SnapshotCollector
 from ds01.exporter.snapshot import Collector, Snapshot, XidCounts
 from ds01.gpus import quarantine
 from ds01.paths import Paths
+from ds01.records import ContainerSummary
 
 STALE_AFTER_INTERVALS = 3
+
+
+class NvmlGpus:
+    """The GPU source, opened anew each cycle: a driver that is down fails that cycle only."""
+
+    def inventory(self) -> nvml.Inventory:
+        with nvml.session() as gpus:
+            return gpus.inventory()
+
+
+class EngineContainers:
+    """The container source, connected anew each cycle: an engine that is down fails that cycle only."""
+
+    def __init__(self, url: str | None) -> None:
+        self.url = url
+
+    def summaries(self) -> list[ContainerSummary]:
+        with Engine(self.url) as engine:
+            return engine.summaries()
 
 
 class XidLog:
@@ -39,6 +61,7 @@ class XidLog:
             return {uuid: XidCounts(self._last[uuid], dict(self._counts[uuid])) for uuid in self._last}
 
     def watch(self, stop: threading.Event) -> None:
+        """Follow every available GPU until `stop` is set; a failure is logged and the watch begun again."""
         while not stop.is_set():
             try:
                 settings = load_config(self._paths.config).allocation
@@ -46,20 +69,24 @@ class XidLog:
                     uuids = [gpu.uuid for gpu in gpus.inventory().available]
                     watcher = gpus.xid_watcher(uuids)
                     try:
-                        while not stop.is_set():
-                            event = watcher.wait(500)
-                            if event is None:
-                                continue
-                            quarantine.record_xid(self._paths.state_dir, event, settings, time.time())
-                            with self._lock:
-                                self._last[event.gpu_uuid] = event.xid
-                                self._counts.setdefault(event.gpu_uuid, Counter())[event.xid] += 1
+                        self.follow(watcher, settings, stop)
                     finally:
                         watcher.close()
             except Ds01Error as exc:
                 self.failures += 1
-                eventlog.emit("exporter.xid_watch_failed", source="exporter", error=str(exc))
+                eventlog.emit(EventType.EXPORTER_XID_WATCH_FAILED, source="exporter", error=str(exc))
                 stop.wait(10)
+
+    def follow(self, watcher: nvml.XidWatcher, settings: AllocationSettings, stop: threading.Event) -> None:
+        """Record and count the watcher's events until `stop` is set."""
+        while not stop.is_set():
+            event = watcher.wait(500)
+            if event is None:
+                continue
+            quarantine.record_xid(self._paths.state_dir, event, settings, time.time())
+            with self._lock:
+                self._last[event.gpu_uuid] = event.xid
+                self._counts.setdefault(event.gpu_uuid, Counter())[event.xid] += 1
 
 
 class Exporter:
@@ -136,7 +163,8 @@ def run(paths: Paths, listen: str, interval: float, engine_url: str | None, proc
     address = parse_listen(listen)
     with only_instance(paths.run_dir, "exporter"):
         xids = XidLog(paths)
-        exporter = Exporter(Collector(paths, engine_url, proc_root, xids.counts), interval)
+        collector = Collector(paths, NvmlGpus(), EngineContainers(engine_url), proc_root, xids.counts)
+        exporter = Exporter(collector, interval)
         try:
             server = ThreadingHTTPServer(address, _handler(exporter))
         except OSError as exc:

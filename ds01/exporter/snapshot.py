@@ -2,7 +2,8 @@
 
 Each source (NVML, the engine, /proc, the allocator's state, the config, the event log) fails on its own: a
 failure is counted and marked, the other sources still fill the snapshot, and GPU data is never dropped
-because the engine or /proc had a bad moment.
+because the engine or /proc had a bad moment. The GPUs, the containers and the /proc root are handed in, so
+tests drive a collector with fakes.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from ds01 import identity, labels, names, nvml, procfs
 from ds01.config import Config, effective_limits, load_config
-from ds01.engine import Engine
 from ds01.errors import Ds01Error
 from ds01.gpus.allocator import Allocation, read_allocations
 from ds01.identity import nss
@@ -26,6 +27,18 @@ from ds01.paths import Paths
 from ds01.records import ContainerSummary
 
 SOURCES = ("nvml", "engine", "proc", "allocator", "config", "events")
+
+
+class GpuSource(Protocol):
+    def inventory(self) -> nvml.Inventory:
+        """Every GPU NVML counts; raises Ds01Error when NVML itself cannot answer."""
+        ...
+
+
+class ContainerSource(Protocol):
+    def summaries(self) -> list[ContainerSummary]:
+        """Every container the engine has; raises Ds01Error when the engine cannot answer."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -127,10 +140,11 @@ class EventCounter:
 class Collector:
     """Builds snapshots. Not thread-safe by itself: one collector thread calls `collect`."""
 
-    def __init__(self, paths: Paths, engine_url: str | None, proc_root: Path = procfs.PROC,
+    def __init__(self, paths: Paths, gpus: GpuSource, containers: ContainerSource, proc_root: Path,
                  xids: Callable[[], dict[str, XidCounts]] = dict) -> None:
         self.paths = paths
-        self.engine_url = engine_url
+        self.gpus = gpus
+        self.containers = containers
         self.proc_root = proc_root
         self._xids = xids
         self._errors: Counter[str] = Counter()
@@ -169,8 +183,7 @@ class Collector:
 
     def _inventory(self, up: dict[str, bool], problems: list[str]) -> nvml.Inventory | None:
         try:
-            with nvml.session() as gpus:
-                inventory = gpus.inventory()
+            inventory = self.gpus.inventory()
         except Ds01Error as exc:
             up["nvml"] = False
             self._fail("nvml", problems, exc)
@@ -183,8 +196,7 @@ class Collector:
 
     def _containers(self, up: dict[str, bool], problems: list[str]) -> list[ContainerSummary]:
         try:
-            with Engine(self.engine_url) as engine:
-                summaries = engine.summaries()
+            summaries = self.containers.summaries()
         except Ds01Error as exc:
             up["engine"] = False
             self._fail("engine", problems, exc)

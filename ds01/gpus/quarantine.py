@@ -1,15 +1,12 @@
 """GPU health beyond what NVML answers now: critical XID events remembered in DS01_STATE_DIR/gpu-health.json.
 
-NVML reports XIDs only as live events, so a long-running watcher records them here and the allocator reads
+NVML reports XIDs only as live events, so the exporter's XID watch records them here and the allocator reads
 them to keep a GPU with a recent critical XID out of circulation for `xid_quarantine`.
 """
 
 from __future__ import annotations
 
 import json
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import filelock
@@ -17,7 +14,8 @@ import filelock
 from ds01 import eventlog
 from ds01.config import AllocationSettings
 from ds01.errors import Ds01Error
-from ds01.nvml import XidEvent, XidWatcher
+from ds01.eventlog.types import EventType
+from ds01.nvml import XidEvent
 from ds01.statefile import write_json_atomic
 
 HEALTH_NAME = "gpu-health.json"
@@ -31,14 +29,14 @@ def _read(path: Path) -> dict[str, dict[str, float]]:
         return {}
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise Ds01Error(f"{path} is corrupt ({exc!r}); GPUs cannot be judged healthy. Check it, or remove it to "
-                        "forget past XID eventlog.") from exc
+                        "forget past XID events.") from exc
 
 
 def record_xid(state_dir: Path, event: XidEvent, settings: AllocationSettings, now: float) -> bool:
     """Remember a critical XID; returns whether `event` was critical (others are only logged)."""
     critical = event.xid in settings.critical_xids
-    eventlog.emit("gpu.xid", source="health", gpu=event.gpu_uuid, xid=event.xid, critical=critical,
-                gpu_instance_id=event.gpu_instance_id, compute_instance_id=event.compute_instance_id)
+    eventlog.emit(EventType.GPU_XID, source="health", gpu=event.gpu_uuid, xid=event.xid, critical=critical,
+                  gpu_instance_id=event.gpu_instance_id, compute_instance_id=event.compute_instance_id)
     if critical:
         path = state_dir / HEALTH_NAME
         with filelock.FileLock(state_dir / "gpu-health.lock", timeout=settings.lock_timeout_seconds):
@@ -52,12 +50,3 @@ def quarantined(state_dir: Path, settings: AllocationSettings, now: float) -> fr
     """GPUs whose last critical XID is more recent than `xid_quarantine`."""
     recorded = _read(state_dir / HEALTH_NAME)
     return frozenset(uuid for uuid, entry in recorded.items() if now - entry["at"] < settings.xid_quarantine_seconds)
-
-
-def watch_xids(watcher: XidWatcher, state_dir: Path, settings: AllocationSettings, stop: threading.Event, *,
-               clock: Callable[[], float] = time.time, poll_ms: int = 500) -> None:
-    """Record XID events until `stop` is set."""
-    while not stop.is_set():
-        event = watcher.wait(poll_ms)
-        if event is not None:
-            record_xid(state_dir, event, settings, clock())

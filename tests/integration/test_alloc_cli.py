@@ -18,6 +18,7 @@ import pytest
 
 from ds01 import nvml
 from ds01.config import load_config
+from ds01.exporter.service import XidLog
 from ds01.gpus import quarantine
 from ds01.gpus.supply import current_slots
 from ds01.paths import paths_from_env
@@ -126,11 +127,10 @@ def test_recent_critical_xid_quarantines_a_gpu(env: dict[str, str], topology: To
     paths, config = paths_from_env(), load_config()
     data = topology.read()
     sick = data["gpus"][2]["uuid"]
-    stop = threading.Event()
+    xids, stop = XidLog(paths), threading.Event()
     with nvml.session() as gpus:
-        watcher = gpus.xid_watcher([sick])
-        thread = threading.Thread(target=quarantine.watch_xids, args=(watcher, paths.state_dir, config.allocation, stop),
-                                  kwargs={"poll_ms": 50})
+        watcher = gpus.xid_watcher([sick])  # registered before the events, which NVML gives only to those watching
+        thread = threading.Thread(target=xids.follow, args=(watcher, config.allocation, stop))
         thread.start()
         try:
             data["gpus"][2]["xid_events"] = [{"xid": 31}, {"xid": 79}]  # 31 is not critical, 79 is
@@ -143,11 +143,13 @@ def test_recent_critical_xid_quarantines_a_gpu(env: dict[str, str], topology: To
             stop.set()
             thread.join()
             watcher.close()
+    counted = xids.counts()[sick]
+    assert (counted.last, counted.by_code) == (79, {31: 1, 79: 1})
     assert sick not in {slot.uuid for slot in current_slots(paths, config)}
     later = time.time() + config.allocation.xid_quarantine_seconds + 1
     assert sick not in quarantine.quarantined(paths.state_dir, config.allocation, later)
-    xids = [(e["details"]["xid"], e["details"]["critical"]) for e in events(env) if e["type"] == "gpu.xid"]
-    assert xids == [(31, False), (79, True)]
+    logged = [(e["details"]["xid"], e["details"]["critical"]) for e in events(env) if e["type"] == "gpu.xid"]
+    assert logged == [(31, False), (79, True)]
 
 
 def test_reconcile_releases_orphans_and_reports_unallocated(

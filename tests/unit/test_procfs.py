@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ds01.errors import Ds01Error
-from ds01.procfs import ProcessInfo, container_id_from_cgroup, read_process, read_processes
+from ds01.procfs import ProcessInfo, container_id_from_cgroup, read_process
 
 FIXTURE_PROC = Path(__file__).resolve().parents[1] / "fixtures" / "proc"
 ID = "3f2a9c0e8b7d6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b2a1f"  # the docker container in the fixture
@@ -137,10 +137,10 @@ def test_missing_pid_is_skipped() -> None:
     assert read_process(999999, FIXTURE_PROC) is None
 
 
-def test_read_processes_leaves_out_vanished() -> None:
-    found = read_processes([4242, 2, 999999, 1500, 4300, 1600], FIXTURE_PROC)
-    assert sorted(found) == [1500, 1600, 4242, 4300]
-    assert found[4300].container_id == DS01_ID
+def test_only_vanished_processes_read_as_none() -> None:
+    found = {pid: read_process(pid, FIXTURE_PROC) for pid in (4242, 2, 999999, 1500, 4300, 1600)}
+    assert sorted(pid for pid, info in found.items() if info is not None) == [1500, 1600, 4242, 4300]
+    assert found[4300] is not None and found[4300].container_id == DS01_ID
 
 
 def _fake_process(root: Path, pid: int, files: dict[str, str]) -> Path:
@@ -171,8 +171,6 @@ def test_unreadable_file_raises_naming_it(tmp_path: Path) -> None:
     (directory / "status").mkdir()  # reading it raises IsADirectoryError, an OSError that is not a vanished process
     with pytest.raises(Ds01Error, match=re.escape(str(directory / "status"))):
         read_process(7, tmp_path)
-    with pytest.raises(Ds01Error):
-        read_processes([7], tmp_path)
 
 
 @pytest.mark.parametrize(
