@@ -54,7 +54,6 @@ class XidLog:
         self._lock = threading.Lock()
         self._last: dict[str, int] = {}
         self._counts: dict[str, Counter[int]] = {}
-        self.failures = 0
 
     def counts(self) -> dict[str, XidCounts]:
         with self._lock:
@@ -72,8 +71,7 @@ class XidLog:
                         self.follow(watcher, settings, stop)
                     finally:
                         watcher.close()
-            except Ds01Error as exc:
-                self.failures += 1
+            except (Ds01Error, OSError) as exc:  # OSError: the health store's lock timed out or its disk failed
                 eventlog.emit(EventType.EXPORTER_XID_WATCH_FAILED, source="exporter", error=str(exc))
                 stop.wait(10)
 
@@ -162,6 +160,7 @@ def run(paths: Paths, listen: str, interval: float, engine_url: str | None, proc
         raise UsageError("--interval must be more than 0 seconds")
     address = parse_listen(listen)
     with only_instance(paths.run_dir, "exporter"):
+        eventlog.configure(paths.log_dir, None)  # the rotation settings are read once, at the first event
         xids = XidLog(paths)
         collector = Collector(paths, NvmlGpus(), EngineContainers(engine_url), proc_root, xids.counts)
         exporter = Exporter(collector, interval)

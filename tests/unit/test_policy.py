@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 import json
-import re
 from typing import Any
 
 import pytest
@@ -17,7 +15,7 @@ from ds01 import labels, records
 from ds01.config import BUILTIN_DEFAULTS, SecuritySettings
 from ds01.errors import Denied
 from ds01.gpus.placement import GpuRequest
-from ds01.proxy import allowlist, bodies, destinations, devices, policy, resources, rules, runas
+from ds01.proxy import bodies, devices, policy, runas
 from ds01.proxy.policy import Facts, ResolvedPath
 from ds01.proxy.runas import Caller
 
