@@ -20,6 +20,7 @@ import docker
 import pytest
 
 from ds01.errors import Denied
+from ds01 import eventlog
 from ds01.eventlog import EventFilter, EventLog
 from ds01.proxy.binds import Pins
 from ds01.proxy.http import HttpError
@@ -63,6 +64,14 @@ def _parse_exports(text: str) -> dict[str, str]:
         name, _, value = words[1].partition("=")
         env[name] = value
     return env
+
+
+@pytest.fixture(autouse=True)
+def event_log_of_the_test() -> Iterator[None]:
+    """A process resolves its event log's place once; each test resolves it again, from its own environment."""
+    eventlog.configure(None, None)
+    yield
+    eventlog.configure(None, None)
 
 
 @pytest.fixture(scope="session")
