@@ -19,8 +19,8 @@ from typing import Any
 import docker
 import pytest
 
-from ds01.errors import Denied
 from ds01 import eventlog
+from ds01.errors import Denied
 from ds01.eventlog import EventFilter, EventLog
 from ds01.proxy.binds import Pins
 from ds01.proxy.http import HttpError
