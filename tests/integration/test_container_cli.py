@@ -353,6 +353,11 @@ def test_no_proxy_is_a_clear_message(proxy: ProxyHandle) -> None:
     stale.unlink()
 
 
+def test_a_docker_host_other_than_a_unix_socket_is_a_usage_error(proxy: ProxyHandle) -> None:
+    refused = proxy.as_user("alice", "env", "DOCKER_HOST=tcp://127.0.0.1:2375", CONTAINER, "list")
+    assert refused.returncode == 2 and "only talks to the ds01 proxy on its unix socket" in refused.stderr
+
+
 def test_no_image_anywhere_is_a_usage_error(proxy: ProxyHandle) -> None:
     config = proxy.config.with_name("no-image.yaml")  # where alice can read it
     config.write_text(proxy.config.read_text().replace("  default_image: ", "  # default_image: "))

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from ds01 import labels
-from ds01.engine import UserEngine
+from ds01.cli.container.client import ProxyClient
 from ds01.errors import Ds01Error
 from ds01.names import engine_name, plain_name
 from ds01.records import Details
@@ -49,8 +49,8 @@ def own(args: argparse.Namespace) -> tuple[str, str]:
     return args.name, engine_name(args.name, os.getuid())
 
 
-def require_running(engine: UserEngine, name: str, full: str) -> None:
-    status = engine.inspect(full).info.status
+def require_running(proxy: ProxyClient, name: str, full: str) -> None:
+    status = proxy.inspect(full).info.status
     if status != "running":
         raise Ds01Error(f"{name} is not running (it is {status}). Start it with `container start {name}`.")
 

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from ds01 import labels
+from ds01.cli.container.client import ProxyClient, create_body
 from ds01.cli.container.common import add_name
 from ds01.cli.context import Context
 from ds01.config.schema import Config
-from ds01.engine import UserEngine
 from ds01.errors import ConfigError, Ds01Error, UsageError
 from ds01.identity import nss
 from ds01.names import check_name, engine_name
@@ -134,9 +134,9 @@ def _make_dirs(missing: list[Path]) -> None:
                              "with --workspace DIR.") from None
 
 
-def _body(engine: UserEngine, request: Request, workspace: Path) -> dict[str, Any]:
-    return engine.body(request.image, request.command, workspace=str(workspace), gpus=request.gpus,
-                       mig=request.mig, cpus=request.cpus, memory=request.memory, shm_size=request.shm_size)
+def _body(request: Request, workspace: Path) -> dict[str, Any]:
+    return create_body(request.image, request.command, workspace=str(workspace), gpus=request.gpus, mig=request.mig,
+                       cpus=request.cpus, memory=request.memory, shm_size=request.shm_size)
 
 
 def _equivalents(text: str | None) -> str:
@@ -152,11 +152,11 @@ def _gpu_line(gpus: list[str], equivalents: str) -> str:
     return f"{len(gpus)} GPU{'s' if len(gpus) > 1 else ''}: {', '.join(gpus)} ({equivalents} GPU-equivalents)"
 
 
-def _dry_run(engine: UserEngine, name: str, full: str, request: Request) -> int:
+def _dry_run(proxy: ProxyClient, name: str, full: str, request: Request) -> int:
     missing = _missing_dirs(request.workspace)
     # The proxy checks the mount against the real directory; until it exists, its nearest existing parent.
     checked = missing[0].parent if missing else request.workspace
-    reply = engine.dry_run(full, _body(engine, request, checked))
+    reply = proxy.dry_run(full, _body(request, checked))
     print(f"dry run: nothing was created. `container create {name}` would get:")
     rows = [("image", reply.get("image") or request.image),
             ("GPUs", _gpu_line(list(reply.get("gpus") or []), str(reply.get("gpu_equivalents") or "0"))),
@@ -204,14 +204,14 @@ def run(args: argparse.Namespace, context: Context) -> int:
     name = check_name(args.name)
     full = engine_name(name, os.getuid())
     request = _request(args, context.config)
-    with UserEngine() as engine:
+    with ProxyClient.of(context.paths) as proxy:
         if args.dry_run:
-            return _dry_run(engine, name, full, request)
+            return _dry_run(proxy, name, full, request)
         missing = _missing_dirs(request.workspace)
         _make_dirs(missing)
         try:
             with _progress(f"creating {name}... "):
-                engine.create(full, _body(engine, request, request.workspace))
+                proxy.create(full, _body(request, request.workspace))
         except BaseException:
             for directory in reversed(missing):  # leave no trace of a create that did not happen
                 with contextlib.suppress(OSError):
@@ -219,11 +219,11 @@ def run(args: argparse.Namespace, context: Context) -> int:
             raise
         with _progress("starting... "):
             try:
-                engine.start(full)
+                proxy.start(full)
             except Ds01Error as exc:
                 raise Ds01Error(f"{name} was created but did not start: {exc} See `container logs {name}`, then "
                                 f"`container remove {name}`.") from exc
             print("started", flush=True)
-        _report(name, engine.inspect(full), request)
+        _report(name, proxy.inspect(full), request)
     sys.stdout.flush()
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ds01.cli.container.client import ProxyClient
 from ds01.cli.container.common import (
     add_name,
     own,
@@ -11,7 +12,6 @@ from ds01.cli.container.common import (
     write_stream,
 )
 from ds01.cli.context import Context
-from ds01.engine import UserEngine
 from ds01.errors import UsageError
 
 
@@ -19,10 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_name(parser)
 
 
-def run(args: argparse.Namespace, _context: Context) -> int:
+def run(args: argparse.Namespace, context: Context) -> int:
     name, full = own(args)
     if not args.command:
         raise UsageError(f"give the command after '--', for example: container exec {name} -- nvidia-smi")
-    with UserEngine() as engine:
-        require_running(engine, name, full)
-        return engine.run(full, list(args.command), write_stream)
+    with ProxyClient.of(context.paths) as proxy:
+        require_running(proxy, name, full)
+        return proxy.run(full, list(args.command), write_stream)

@@ -6,6 +6,7 @@ import argparse
 import os
 
 from ds01.cli import add_format_option
+from ds01.cli.container.client import ProxyClient
 from ds01.cli.container.common import (
     container_json,
     created_at,
@@ -13,7 +14,6 @@ from ds01.cli.container.common import (
 )
 from ds01.cli.context import Context
 from ds01.cli.output import print_json, print_table
-from ds01.engine import UserEngine
 from ds01.names import plain_name
 
 
@@ -22,10 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_format_option(parser)
 
 
-def run(args: argparse.Namespace, _context: Context) -> int:
+def run(args: argparse.Namespace, context: Context) -> int:
     uid = os.getuid()
-    with UserEngine() as engine:
-        found = engine.containers(uid, everything=args.all)
+    with ProxyClient.of(context.paths) as proxy:
+        found = proxy.containers(uid, everything=args.all)
     found.sort(key=lambda item: item.info.name)
     if args.format == "json":
         print_json([container_json(item, uid) for item in found])

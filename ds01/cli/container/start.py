@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from ds01.cli.container.client import ProxyClient
 from ds01.cli.container.common import (
     add_name,
     own,
 )
 from ds01.cli.context import Context
-from ds01.engine import UserEngine
 from ds01.errors import Ds01Error
 
 
@@ -17,15 +17,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_name(parser)
 
 
-def run(args: argparse.Namespace, _context: Context) -> int:
+def run(args: argparse.Namespace, context: Context) -> int:
     name, full = own(args)
-    with UserEngine() as engine:
-        if engine.inspect(full).info.status == "running":
+    with ProxyClient.of(context.paths) as proxy:
+        if proxy.inspect(full).info.status == "running":
             print(f"{name} is already running; open a shell with `container open {name}`")
             return 0
         print(f"starting {name}... ", end="", flush=True)
         try:
-            engine.start(full)
+            proxy.start(full)
         except Ds01Error:
             print("failed", flush=True)
             raise

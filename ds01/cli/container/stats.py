@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ds01.cli import add_format_option
+from ds01.cli.container.client import ProxyClient
 from ds01.cli.container.common import gpus_cell
 from ds01.cli.context import Context
 from ds01.cli.output import print_json, print_table
-from ds01.engine import UserEngine
 from ds01.errors import UsageError
 from ds01.names import plain_name
 from ds01.records import Details
@@ -99,16 +99,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_format_option(parser)
 
 
-def run(args: argparse.Namespace, _context: Context) -> int:
+def run(args: argparse.Namespace, context: Context) -> int:
     filters = parse_filters(args.filter)
     uid = os.getuid()
-    with UserEngine() as engine:
+    with ProxyClient.of(context.paths) as proxy:
         found = [(plain_name(item.info.name, uid) or item.info.name, item)
-                 for item in engine.containers(uid, everything="status" in filters)]
+                 for item in proxy.containers(uid, everything="status" in filters)]
         chosen = sorted((pair for pair in found if matches(*pair, filters)), key=lambda pair: pair[0])
         running = [item.info.name for _, item in chosen if item.info.status == "running"]
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(running)))) as pool:
-            samples = dict(zip(running, pool.map(engine.stats, running), strict=True))
+            samples = dict(zip(running, pool.map(proxy.stats, running), strict=True))
     rows = [(_row(name, item, samples.get(item.info.name)), gpus_cell(item)) for name, item in chosen]
     if args.format == "json":
         print_json([row for row, _ in rows])

@@ -1,0 +1,338 @@
+"""The `container` command's client of the ds01 proxy: HTTP/1.1 with the standard library's http.client on the
+proxy's unix socket. The command starts on every call, and docker-py with requests costs ~150 ms of imports.
+
+`translate` is the one place where the proxy's refusals and socket errors become ds01 errors that say what
+happened, why and what to do.
+"""
+
+from __future__ import annotations
+
+import errno
+import http.client
+import json
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import quote, urlencode
+
+from ds01 import devicerequests, labels
+from ds01.errors import Denied, Ds01Error, EngineError, UsageError
+from ds01.names import DRY_RUN_HEADER, ENGINE_NAME, USER_AGENT, WORKSPACE, plain_name
+from ds01.paths import Paths
+from ds01.reasons import Reason
+from ds01.records import Details, details
+
+API = "/v1.40"  # the oldest version the proxy serves, so every proxy serves it; all sent here exists in 1.40
+TIMEOUT_SECONDS = 60.0  # per call on a quiet socket; a stop adds its own grace time
+FRAME = struct.Struct(">BxxxL")  # a multiplexed stream's frame head: stream (1 stdout, 2 stderr), length
+IMAGE_MISSING = ("no such image", "does not exist or no pull access", "repository does not exist")
+_T = TypeVar("_T")
+
+
+def proxy_url(paths: Paths, environ: Mapping[str, str] = os.environ) -> str:
+    """unix://PATH of the proxy: DOCKER_HOST if set, else the ds01 socket in the run dir."""
+    default = f"unix://{paths.run_dir}/docker.sock"
+    url = environ.get("DOCKER_HOST") or default
+    if not url.startswith("unix://") or url == "unix://":
+        raise UsageError(f"DOCKER_HOST is {url}, but the container command only talks to the ds01 proxy on its unix "
+                         f"socket ({default}). Unset DOCKER_HOST, or set it to unix://PATH of the proxy's socket.")
+    return url
+
+
+class Refusal(Exception):
+    """An error answer of the proxy (or of the engine behind it); `translate` makes it a ds01 error."""
+
+    def __init__(self, status: int, reason: str | None, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.reason = reason  # X-DS01-Reason: the proxy's stable code for a refusal
+        self.message = message
+
+
+Problem = Refusal | OSError | http.client.HTTPException
+
+
+def translate(problem: Problem, url: str, name: str | None = None, image: str | None = None) -> Ds01Error:
+    """The one place failures become ds01 errors. `name` is the engine name the call was about."""
+    shown = ENGINE_NAME.sub(r"\1", name or "") or "?"
+    if isinstance(problem, Refusal):
+        reason, status = problem.reason, problem.status
+        message = ENGINE_NAME.sub(r"\1", problem.message).removeprefix("ds01: ").rstrip(".")
+        if status == 404 and (reason == Reason.IMAGE_MISSING or any(m in message.lower() for m in IMAGE_MISSING)):
+            return Ds01Error(f"image {image or '?'} is not on this host, so nothing was created. Pull it first "
+                             f"(docker pull {image or 'IMAGE'}) or choose another with --image.")
+        if status == 404:
+            return Ds01Error(f"container {shown} does not exist. Run `container list --all` to see your containers.")
+        if reason and status in (403, 413):
+            return Denied(_reason(reason), f"{message}.")
+        if status == 409 and "already in use" in message:
+            return Ds01Error(f"you already have a container named {shown}. Pick another name, or remove it first "
+                             f"(container remove {shown}).")
+        if status == 409:
+            return Ds01Error(f"container {shown}: {message}. See `container list --all` for its state.")
+        if reason == Reason.BUSY:
+            return Ds01Error(f"{message}. Try again in a moment.")
+        return EngineError(f"the ds01 proxy answered {status}: {message}. Try again; if it persists, tell your admin.")
+    path = url.removeprefix("unix://")
+    if isinstance(problem, TimeoutError):
+        return EngineError(f"the ds01 proxy at {path} did not answer in time. Try again; if it persists, ask your "
+                           "admin to check `systemctl status ds01-proxy`.")
+    if isinstance(problem, OSError) and problem.errno not in (None, errno.ECONNRESET, errno.EPIPE):
+        why = {errno.ENOENT: "no socket there", errno.ECONNREFUSED: "connection refused",
+               errno.EACCES: "permission denied"}.get(problem.errno, problem.strerror or str(problem))
+        return EngineError(f"the ds01 proxy is not running at {path} ({why}). Ask your admin to start it, or "
+                           "check `systemctl status ds01-proxy`.")
+    if isinstance(problem, OSError):  # connected, then cut off without an answer
+        return EngineError(f"the ds01 proxy at {path} closed the connection without answering ({problem}); it may "
+                           "have stopped. Try again; if it persists, ask your admin to check "
+                           "`systemctl status ds01-proxy`.")
+    what = str(problem) or type(problem).__name__
+    return EngineError(f"talking to the ds01 proxy at {url} failed: {what}. Try again with --debug for details.")
+
+
+def _reason(code: str) -> Reason:
+    try:
+        return Reason(code)
+    except ValueError:  # a code of a newer proxy: still a denial
+        return Reason.ERROR
+
+
+def create_body(image: str, command: list[str], *, workspace: str, gpus: int, mig: str | None, cpus: float | None,
+                memory: int | None, shm_size: int | None) -> dict[str, Any]:
+    """A create body: GPUs by count (-1: all) or by MIG label, the workspace at /workspace, limits if given."""
+    host: dict[str, Any] = {"Binds": [f"{workspace}:{WORKSPACE}"], "NetworkMode": "default"}
+    if gpus:
+        host["DeviceRequests"] = devicerequests.by_count(gpus)
+    if memory is not None:
+        host["Memory"] = memory
+    if shm_size is not None:
+        host["ShmSize"] = shm_size
+    if cpus is not None:
+        host["NanoCpus"] = round(cpus * 1e9)
+    return {"Image": image, "Cmd": command, "WorkingDir": WORKSPACE,
+            "Labels": {labels.REQUEST_MIG: mig} if mig else {}, "HostConfig": host}
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=TIMEOUT_SECONDS)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+@dataclass
+class _Exchange:
+    """An answer being read, on the connection it came on."""
+
+    connection: _UnixConnection
+    response: http.client.HTTPResponse
+
+
+# A kept-alive connection the proxy closed while it sat idle fails at once in one of these ways.
+_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+
+
+class ProxyClient:
+    """The calling user's containers, through the ds01 proxy (DOCKER_HOST or ds01's own socket). Calls may come
+    from several threads: each takes an idle kept-alive connection or opens one, and gives it back when done."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._path = url.removeprefix("unix://")
+        self._idle: list[_UnixConnection] = []  # list.pop and append are atomic: no lock needed
+
+    @classmethod
+    def of(cls, paths: Paths) -> ProxyClient:
+        return cls(proxy_url(paths))
+
+    def _send(self, method: str, path: str, *, query: Mapping[str, str | int] | None = None,
+              body: dict[str, Any] | None = None, headers: Mapping[str, str] | None = None,
+              timeout: float | None = TIMEOUT_SECONDS) -> _Exchange:
+        target = API + path + (f"?{urlencode(query)}" if query else "")
+        data = None if body is None else json.dumps(body).encode()
+        sent = {"User-Agent": USER_AGENT, **({"Content-Type": "application/json"} if data is not None else {}),
+                **(headers or {})}
+        while True:
+            try:
+                connection, reused = self._idle.pop(), True
+            except IndexError:
+                connection, reused = _UnixConnection(self._path), False
+            try:
+                if connection.sock is None:
+                    connection.connect()
+                connection.sock.settimeout(timeout)
+                connection.request(method, target, body=data, headers=sent)
+                return _Exchange(connection, connection.getresponse())
+            except _STALE:
+                connection.close()
+                if not reused:
+                    raise
+            except BaseException:
+                connection.close()
+                raise
+
+    def _done(self, exchange: _Exchange) -> None:
+        """Keep the connection for the next call, unless the answer ends it."""
+        if exchange.response.will_close:
+            exchange.connection.close()
+        else:
+            self._idle.append(exchange.connection)
+
+    def _read(self, exchange: _Exchange) -> bytes:
+        try:
+            data = exchange.response.read()
+        except BaseException:
+            exchange.connection.close()
+            raise
+        self._done(exchange)
+        if exchange.response.status >= 400:
+            raise _refusal(exchange.response, data)
+        return data
+
+    def _json(self, method: str, path: str, *, query: Mapping[str, str | int] | None = None,
+              body: dict[str, Any] | None = None, headers: Mapping[str, str] | None = None,
+              timeout: float = TIMEOUT_SECONDS) -> Any:
+        data = self._read(self._send(method, path, query=query, body=body, headers=headers, timeout=timeout))
+        try:
+            return json.loads(data) if data else None
+        except ValueError:
+            raise http.client.HTTPException(f"an answer that is not JSON: {data[:200]!r}") from None
+
+    def _call(self, name: str | None, action: Callable[[], _T], image: str | None = None) -> _T:
+        try:
+            return action()
+        except (Refusal, OSError, http.client.HTTPException) as exc:
+            raise translate(exc, self.url, name, image) from exc
+
+    def containers(self, uid: int, everything: bool) -> list[Details]:
+        """uid's `container`-made containers (running only unless `everything`), inspected for their GPUs."""
+        def listing() -> list[Details]:
+            filters = json.dumps({"label": [f"{labels.UID}={uid}"]})
+            listed = self._json("GET", "/containers/json", query={"all": int(everything), "filters": filters})
+            found = []
+            for summary in listed:
+                if not any(plain_name(n, uid) for n in summary.get("Names") or []):
+                    continue
+                try:
+                    found.append(details(self._json("GET", f"/containers/{quote(summary['Id'])}/json")))
+                except Refusal as refused:
+                    if refused.status != 404:  # 404: removed between the list and the inspect
+                        raise
+            return found
+        return self._call(None, listing)
+
+    def inspect(self, name: str) -> Details:
+        return self._call(name, lambda: details(self._json("GET", f"/containers/{quote(name)}/json")))
+
+    def create(self, name: str, body: dict[str, Any]) -> str:
+        created = self._call(name, lambda: self._json("POST", "/containers/create", query={"name": name}, body=body),
+                             body.get("Image"))
+        return str(created["Id"])
+
+    def dry_run(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """What the proxy would grant for this create, without creating anything."""
+        def ask() -> Any:
+            return self._json("POST", "/containers/create", query={"name": name}, body=body,
+                              headers={DRY_RUN_HEADER: "true"})
+        return dict(self._call(name, ask, body.get("Image")))
+
+    def start(self, name: str) -> None:
+        self._call(name, lambda: self._json("POST", f"/containers/{quote(name)}/start"))
+
+    def stop(self, name: str, timeout: int) -> None:
+        self._call(name, lambda: self._json("POST", f"/containers/{quote(name)}/stop", query={"t": timeout},
+                                            timeout=TIMEOUT_SECONDS + timeout))
+
+    def remove(self, name: str, force: bool) -> None:
+        self._call(name, lambda: self._json("DELETE", f"/containers/{quote(name)}", query={"force": int(force)}))
+
+    def run(self, name: str, command: list[str], write: Callable[[int, bytes], None]) -> int:
+        """Run a command in a running container, passing each (1 stdout | 2 stderr, bytes) to `write`; its exit code."""
+        def go() -> int:
+            made = self._json("POST", f"/containers/{quote(name)}/exec", body={
+                "AttachStdin": False, "AttachStdout": True, "AttachStderr": True, "Tty": False, "Cmd": command})
+            exec_id = quote(str(made["Id"]))
+            exchange = self._send("POST", f"/exec/{exec_id}/start", body={"Detach": False, "Tty": False},
+                                  headers={"Connection": "Upgrade", "Upgrade": "tcp"}, timeout=None)
+            if exchange.response.status >= 400:
+                self._read(exchange)
+            # After the switch (101) the socket carries the stream; http.client has read the head only.
+            upgraded = exchange.response.status == 101
+            try:
+                for stream, data in _frames(exchange.response.fp.read if upgraded else exchange.response.read):
+                    write(stream, data)
+            finally:
+                exchange.connection.close()
+            state: dict[str, Any] = {}
+            for _ in range(50):  # the stream can end a moment before the engine records the exit code
+                state = self._json("GET", f"/exec/{exec_id}/json")
+                if not state.get("Running"):
+                    break
+                time.sleep(0.1)
+            return int(state.get("ExitCode") or 0)
+        return self._call(name, go)
+
+    def logs(self, name: str, follow: bool, tail: int | None) -> Iterator[tuple[int, bytes]]:
+        """(1 stdout | 2 stderr, bytes) frames of the container's log; with `follow`, until it stops."""
+        try:
+            tty = bool((self._json("GET", f"/containers/{quote(name)}/json").get("Config") or {}).get("Tty"))
+            query = {"stdout": 1, "stderr": 1, "follow": int(follow), "tail": "all" if tail is None else tail}
+            exchange = self._send("GET", f"/containers/{quote(name)}/logs", query=query, timeout=None)
+            if exchange.response.status >= 400:
+                self._read(exchange)
+            try:
+                if tty:  # no frames: the terminal's bytes as they come
+                    while data := exchange.response.read1(65536):
+                        yield 1, data
+                else:
+                    yield from _frames(exchange.response.read)
+            finally:
+                exchange.connection.close()
+        except (Refusal, OSError, http.client.HTTPException) as exc:
+            raise translate(exc, self.url, name) from exc
+
+    def stats(self, name: str) -> dict[str, Any]:
+        """One snapshot (the engine samples twice, about a second apart, so CPU use can be computed)."""
+        return dict(self._call(name, lambda: self._json("GET", f"/containers/{quote(name)}/stats",
+                                                        query={"stream": 0})))
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
+
+    def __enter__(self) -> ProxyClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def _refusal(response: http.client.HTTPResponse, data: bytes) -> Refusal:
+    """The error answer's message: the engine's and the proxy's are JSON {"message": ...}, anything else text."""
+    try:
+        answer = json.loads(data)
+        message = str(answer.get("message") or "") if isinstance(answer, dict) else ""
+    except ValueError:
+        message = data.decode(errors="replace").strip()
+    return Refusal(response.status, response.getheader("X-DS01-Reason"),
+                   message or f"{response.status} {response.reason}")
+
+
+def _frames(read: Callable[[int], bytes]) -> Iterator[tuple[int, bytes]]:
+    """(1 stdout | 2 stderr, bytes) from a multiplexed stream, until it ends."""
+    while len(head := read(FRAME.size)) == FRAME.size:
+        stream, length = FRAME.unpack(head)
+        yield (2 if stream == 2 else 1), read(length) if length else b""
