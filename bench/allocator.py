@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+from _common import IMAGE, BenchError, engine_url, percentile, verdict
 from docker.types import DeviceRequest
 
 from ds01 import nvml
@@ -37,10 +38,10 @@ from ds01.config import BUILTIN_DEFAULTS, AllocationSettings
 from ds01.engine import Engine
 from ds01.errors import Busy, Denied
 from ds01.gpus.allocator import Allocator
-from ds01.gpus.placement import GpuRequest, Holding, Slot, choose_slots, slots_from_inventory
+from ds01.gpus.placement import GpuRequest, Holding, Slot, choose_slots
+from ds01.gpus.supply import slots_from_inventory
 
 BENCH_LABEL = "ds01.bench"
-IMAGE = "ds01-test/busybox:latest"
 TARGET_PAIRS_PER_SECOND = 300
 TARGET_P99_HOLD_MS = 5.0
 TARGET_RATIO = 20
@@ -156,12 +157,6 @@ def run_round(target: Any, argument: str, processes: int, duration: float) -> di
     }
 
 
-def percentile(ordered: list[float], fraction: float) -> float:
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-
 def ensure_containers(client: docker.DockerClient, slots: list[Slot], wanted: int) -> int:
     """`wanted` stopped containers labelled ds01.bench=1 with GPU labels and device requests; reuses existing ones."""
     present = client.containers.list(all=True, filters={"label": f"{BENCH_LABEL}=1"})
@@ -209,11 +204,12 @@ def main() -> int:
                         help="leave the benchmark containers for the next run (they confuse reconcile in tests)")
     args = parser.parse_args()
 
-    docker_host = os.environ.get("DOCKER_HOST", "")
-    if "ds01-testbed" not in docker_host and not args.cleanup:
-        print('bench: run inside the test bed first: eval "$(scripts/testbed env)"', file=sys.stderr)
+    try:
+        docker_host = engine_url("LD_LIBRARY_PATH")
+    except BenchError as exc:
+        print(f"bench/allocator.py: {exc}", file=sys.stderr)
         return 2
-    client = docker.DockerClient(base_url=docker_host or None)
+    client = docker.DockerClient(base_url=docker_host)
     try:
         if args.cleanup:
             print(f"removed {cleanup(client)} benchmark containers")
@@ -266,9 +262,6 @@ def main() -> int:
         print(f"{label:<34} {left:<28} {right}")
     print(f"{'ratio ours/naive':<34} {ratio:.0f}x")
     print()
-
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "MISSED"
 
     print(f"targets: >= {TARGET_PAIRS_PER_SECOND} pairs/s: {verdict(ours_rate >= TARGET_PAIRS_PER_SECOND)}; "
           f"p99 lock hold <= {TARGET_P99_HOLD_MS:g} ms: {verdict(p99 <= TARGET_P99_HOLD_MS)}; "

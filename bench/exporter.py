@@ -32,12 +32,10 @@ import json
 import os
 import pwd
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -49,18 +47,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
+from _common import BIN, IMAGE, BenchError, ds01_env, engine_url, percentile, private_root, stop_process, verdict
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ds01 import nvml
 from ds01.exporter.metrics import SnapshotCollector
+from ds01.exporter.service import NvmlGpus
 from ds01.exporter.snapshot import Collector, ProcessRow, Snapshot
 from ds01.paths import Paths
 from ds01.records import ContainerSummary
 
 REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-IMAGE = "ds01-test/busybox:latest"
 TOPOLOGY = REPO / "tests" / "fakes" / "topologies" / "a100-8gpu.json"
 FIXTURE_LABEL = "ds01.bench"
 FIXTURE_VALUE = "exporter"
@@ -88,10 +86,6 @@ Exit status: 0 when every target is met, 3 when one is missed, 1 when the benchm
 _T = TypeVar("_T")
 
 
-class BenchError(Exception):
-    """The benchmark cannot go on (no test bed, the exporter did not start, the payload is wrong)."""
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # the engine's fixture containers
 
@@ -102,14 +96,6 @@ class Owned:
     name: str
     user: str
     uid: int
-
-
-def engine_url() -> str:
-    url = os.environ.get("DOCKER_HOST", "")
-    if not url.startswith("unix://") or not os.environ.get("DS01_CONFIG") or not os.environ.get("LD_LIBRARY_PATH"):
-        raise BenchError('run inside the test bed: eval "$(scripts/testbed env)" (DOCKER_HOST, DS01_CONFIG and the '
-                         "simulated NVML on LD_LIBRARY_PATH)")
-    return url
 
 
 def fixture(client: docker.DockerClient) -> list[Owned]:
@@ -244,10 +230,7 @@ def write_process(proc: Path, pid: int, cgroup: str, loginuid: int, uid: int) ->
 
 
 def build_world(containers: list[Owned], processes: int, host: int) -> World:
-    base = Path(os.environ.get("DS01_TESTBED_DIR") or tempfile.gettempdir())
-    root = Path(tempfile.mkdtemp(prefix="bench-exporter-", dir=base if base.is_dir() else None))
-    for sub in ("etc", "state", "log", "run", "proc"):
-        (root / sub).mkdir()
+    root = private_root("bench-exporter-", "proc")
     shutil.copyfile(os.environ["DS01_CONFIG"], root / "etc" / "resource-limits.yaml")
     topology = json.loads(TOPOLOGY.read_text())
     devices: list[dict[str, Any]] = []
@@ -281,9 +264,7 @@ def build_world(containers: list[Owned], processes: int, host: int) -> World:
     topology_path.write_text(json.dumps(topology, indent=1))
     paths = Paths(config=root / "etc" / "resource-limits.yaml", state_dir=root / "state", log_dir=root / "log",
                   run_dir=root / "run")
-    env = {**os.environ, "FAKE_NVML_TOPOLOGY": str(topology_path), "DS01_CONFIG": str(paths.config),
-           "DS01_STATE_DIR": str(paths.state_dir), "DS01_LOG_DIR": str(paths.log_dir),
-           "DS01_RUN_DIR": str(paths.run_dir)}
+    env = {**ds01_env(root), "FAKE_NVML_TOPOLOGY": str(topology_path)}
     return World(root, proc, topology_path, paths, env, in_containers, host, len(devices), containers)
 
 
@@ -394,12 +375,7 @@ def running_exporter(world: World, interval: float) -> Iterator[Running]:
             time.sleep(0.1)
         yield running
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def rss_bytes(pid: int) -> tuple[int, int]:
@@ -482,10 +458,11 @@ def measure_ours(world: World, client: docker.DockerClient, args: argparse.Names
 
 
 class NaiveCollector(Collector):
-    """The exporter's own collector, but the containers come from one inspect each, and every step is timed."""
+    """The exporter's own collector, but the containers come from one inspect each (it is its own container
+    source), and every step is timed."""
 
     def __init__(self, world: World, client: docker.DockerClient) -> None:
-        super().__init__(world.paths, None, world.proc)
+        super().__init__(world.paths, NvmlGpus(), self, world.proc)
         self.client = client
         self.timings: dict[str, list[float]] = defaultdict(list)
         self.inspected = 0
@@ -502,9 +479,10 @@ class NaiveCollector(Collector):
         return self._timed("NVML session + inventory", lambda: inventory(up, problems))
 
     def _containers(self, up: dict[str, bool], problems: list[str]) -> list[ContainerSummary]:
-        return self._timed("list + docker inspect each", self._inspect_all)
+        containers = super()._containers
+        return self._timed("list + docker inspect each", lambda: containers(up, problems))
 
-    def _inspect_all(self) -> list[ContainerSummary]:
+    def summaries(self) -> list[ContainerSummary]:
         summaries = []
         for listed in self.client.api.containers(all=True):
             try:
@@ -571,17 +549,9 @@ def measure_naive(world: World, client: docker.DockerClient, repeats: int) -> Na
 # report
 
 
-def p90(samples: list[float]) -> float:
-    return statistics.quantiles(samples, n=10, method="inclusive")[8] if len(samples) > 1 else samples[0]
-
-
-def verdict(ok: bool) -> str:
-    return "met" if ok else "MISSED"
-
-
 def report(world: World, ours: Ours, naive: Naive) -> bool:
-    scrape_p50, scrape_p90 = statistics.median(ours.scrapes) * 1000, p90(ours.scrapes) * 1000
-    naive_p50, naive_p90 = statistics.median(naive.scrapes) * 1000, p90(naive.scrapes) * 1000
+    scrape_p50, scrape_p90 = statistics.median(ours.scrapes) * 1000, percentile(ours.scrapes, 0.9) * 1000
+    naive_p50, naive_p90 = statistics.median(naive.scrapes) * 1000, percentile(naive.scrapes, 0.9) * 1000
     cycles = [ours.cycles[k] * 1000 for k in sorted(ours.cycles)]
     cycle_median = statistics.median(cycles)
     rss_mb = ours.rss / 2**20
@@ -644,7 +614,7 @@ def main() -> int:
             or not 0 <= args.host_processes < args.processes or args.processes - args.host_processes < args.containers:
         parser.error("need --scrapes >= 2, --naive-repeats >= 1, --cycles >= 1 and at least one process per container")
     try:
-        client = docker.DockerClient(base_url=engine_url(), timeout=60)
+        client = docker.DockerClient(base_url=engine_url("LD_LIBRARY_PATH"), timeout=60)
         try:
             if args.cleanup:
                 print(f"removed {remove_fixture(client)} benchmark containers")

@@ -28,34 +28,39 @@ import argparse
 import contextlib
 import json
 import os
-import pwd
-import shutil
-import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import docker
+from _common import (
+    BIN,
+    DOCKER,
+    IMAGE,
+    NORMAL_USER,
+    BenchError,
+    Case,
+    Proxy,
+    as_user,
+    engine_url,
+    interleave,
+    print_ratios,
+    require_root,
+    running_proxy,
+    timed,
+)
 
-from ds01.proxy.binds import Pins
-
-IMAGE = "ds01-test/busybox:latest"
 FIXTURE_LABEL = "ds01.bench-proxy"
 FIXTURE_COUNTS = {"root": 100, "alice": 20}
-NORMAL_USER = "alice"
 PS_SAMPLES_PER_REPETITION = 3
-BIN = Path(sys.executable).parent
-DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
 EXAMPLE = """example:
   eval "$(scripts/testbed env)"
   .venv/bin/python bench/proxy.py                  # 15 repetitions of each, about 1-2 minutes
@@ -66,19 +71,8 @@ Exit status: 0 when every target is met, 3 when one is missed, 1 when the benchm
 """
 
 
-class BenchError(Exception):
-    """The benchmark cannot go on (no test bed, a command failed, the proxy did not start)."""
-
-
 # ---------------------------------------------------------------------------------------------------------------
-# setup: the engine's fixture containers and a private proxy
-
-
-def engine_url() -> str:
-    url = os.environ.get("DOCKER_HOST", "")
-    if not url.startswith("unix://") or not os.environ.get("DS01_CONFIG"):
-        raise BenchError('run inside the test bed: eval "$(scripts/testbed env)" (DOCKER_HOST and DS01_CONFIG)')
-    return url
+# setup: the engine's fixture containers
 
 
 def fixture_name(user: str, index: int) -> str:
@@ -113,119 +107,8 @@ def remove_fixture(client: docker.DockerClient) -> int:
     return len(found)
 
 
-def roomy_config(shipped: str, data_dir: Path) -> str:
-    """The test bed's config, with room for root's 100+ containers and a data dir for `container` workspaces."""
-    replacements = (("data_dirs: []", f"data_dirs: [{data_dir}]"),
-                    ("users: {}\n", "users:\n  root:\n    group: admin\n    max_containers: 10000\n"
-                                    f"  {NORMAL_USER}:\n    max_containers: 1000\n"))
-    for old, new in replacements:
-        if old not in shipped:
-            raise BenchError(f"the test bed config has no {old.strip()!r} line to replace; is it the shipped one?")
-        shipped = shipped.replace(old, new)
-    return shipped
-
-
-@dataclass
-class Proxy:
-    root: Path
-    process: subprocess.Popen[bytes]
-    env: dict[str, str]  # DS01_* for the proxy and its clients
-    data: Path  # its data dir (security.data_dirs), where workspaces go
-
-    @property
-    def socket(self) -> Path:
-        return self.root / "run" / "docker.sock"
-
-    @property
-    def url(self) -> str:
-        return f"unix://{self.socket}"
-
-    @property
-    def events_log(self) -> Path:
-        return self.root / "log" / "events.jsonl"
-
-    def event_count(self) -> int:
-        return len(self.events())
-
-    def events(self) -> list[dict[str, Any]]:
-        if not self.events_log.exists():
-            return []
-        return [json.loads(line) for line in self.events_log.read_text().splitlines() if line.strip()]
-
-
-@contextlib.contextmanager
-def running_proxy(upstream: str, keep: bool) -> Iterator[Proxy]:
-    base = Path(os.environ.get("DS01_TESTBED_DIR") or tempfile.gettempdir())
-    root = Path(tempfile.mkdtemp(prefix="bench-proxy-", dir=base))
-    for sub in ("etc", "state", "log", "run"):
-        (root / sub).mkdir()
-    # Root's workspaces go under a data dir on the test bed's nosuid,nodev data mount, as bind sources must.
-    data = Path(os.environ["DS01_TESTBED_DATA"]) / root.name
-    data.mkdir()
-    for directory in (root, root / "run", data):
-        directory.chmod(0o755)  # alice reaches the socket
-    config = root / "etc" / "resource-limits.yaml"
-    config.write_text(roomy_config(Path(os.environ["DS01_CONFIG"]).read_text(), data))
-    env = {**os.environ, "DS01_CONFIG": str(config), "DS01_STATE_DIR": str(root / "state"),
-           "DS01_LOG_DIR": str(root / "log"), "DS01_RUN_DIR": str(root / "run")}
-    process = subprocess.Popen([str(BIN / "ds01"), "proxy", "--listen", str(root / "run" / "docker.sock"),
-                                "--upstream", upstream, "--drain-seconds", "2"],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    proxy = Proxy(root, process, env, data)
-    try:
-        deadline = time.monotonic() + 30
-        while not proxy.socket.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise BenchError(f"the proxy did not start: {process.communicate()[1].decode(errors='replace')}")
-            time.sleep(0.05)
-        yield proxy
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if keep:
-            print(f"\nkept the proxy's dir: {root} (events: {proxy.events_log})")
-        else:
-            if (root / "state" / "binds").is_dir():  # unmount before any tree removal could reach through a pin
-                Pins(root / "state" / "binds").release_unused(set())
-            shutil.rmtree(data, ignore_errors=True)
-            shutil.rmtree(root, ignore_errors=True)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # the timed commands
-
-
-def user_env(user: str, docker_host: str, extra: dict[str, str] | None = None) -> list[str]:
-    """`env NAME=VALUE...` words that give a command run through runuser a clean, fixed environment."""
-    values = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": pwd.getpwnam(user).pw_dir,
-              "DOCKER_HOST": docker_host, **(extra or {})}
-    return ["env", "-i", *(f"{k}={v}" for k, v in values.items())]
-
-
-def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
-    began = time.perf_counter()
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False, timeout=120)
-    elapsed = time.perf_counter() - began
-    if done.returncode != 0:
-        raise BenchError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
-    return elapsed, done.stdout
-
-
-@dataclass
-class Case:
-    key: str
-    label: str
-    target: float
-    proxy: Callable[[], float]
-    direct: Callable[[], float]
-    inner: int = 1  # samples per side in each repetition: the quick (a) commands take more, for steadier medians
-    proxy_samples: list[float] = field(default_factory=list)
-    direct_samples: list[float] = field(default_factory=list)
 
 
 class Commands:
@@ -252,12 +135,11 @@ class Commands:
         # Both sides pay for runuser; the direct side asks for the filter the proxy adds (alice cannot reach
         # the engine's socket, so it runs as root).
         def through() -> float:
-            return timed(["runuser", "-u", NORMAL_USER, "--", *user_env(NORMAL_USER, self.proxy.url),
-                          DOCKER, "ps", *args])[0]
+            return timed(as_user(NORMAL_USER, self.proxy.url, [DOCKER, "ps", *args]))[0]
 
         def direct() -> float:
-            return timed(["runuser", "-u", "root", "--", *user_env("root", self.upstream),
-                          DOCKER, "ps", *args, "--filter", f"label=ds01.user={NORMAL_USER}"])[0]
+            return timed(as_user("root", self.upstream,
+                                 [DOCKER, "ps", *args, "--filter", f"label=ds01.user={NORMAL_USER}"]))[0]
         return through, direct
 
     def run_rm(self) -> tuple[Callable[[], float], Callable[[], float]]:
@@ -327,53 +209,19 @@ def fixture_intact(client: docker.DockerClient) -> bool:
 
 def measure(cases: list[Case], repeats: int, warmup: int, deadline: float,
             client: docker.DockerClient) -> tuple[int, int]:
-    """Interleaved: each repetition runs every case once on each side, alternating which side goes first.
-    Returns the repetitions made and how many of them found the fixture disturbed afterwards."""
-    for case in cases:  # warm caches (the proxy's session cache, the page cache, the CLI's own files)
-        for _ in range(warmup):
-            case.proxy()
-            case.direct()
-    done = disturbed = 0
-    fixture_intact(client)
-    for repetition in range(repeats):
-        if time.monotonic() > deadline and done >= 3:
-            print(f"(time limit reached after {done} repetitions)", file=sys.stderr)
-            break
-        for case in cases:
-            for sample in range(case.inner):
-                if (repetition + sample) % 2 == 0:
-                    case.proxy_samples.append(case.proxy())
-                    case.direct_samples.append(case.direct())
-                else:
-                    case.direct_samples.append(case.direct())
-                    case.proxy_samples.append(case.proxy())
-        done += 1
+    """Interleaved repetitions; returns how many were made and how many of them found the fixture disturbed."""
+    disturbed = 0
+
+    def check() -> None:
+        nonlocal disturbed
         disturbed += not fixture_intact(client)
-    return done, disturbed
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# report
-
-
-def p90(samples: list[float]) -> float:
-    return statistics.quantiles(samples, n=10, method="inclusive")[8] if len(samples) > 1 else samples[0]
+    fixture_intact(client)
+    return interleave(cases, repeats, warmup, deadline, check), disturbed
 
 
 def print_table(cases: list[Case], repeats: int) -> bool:
-    header = f"{'':5}{'command':<50}{'side':<8}{'median ms':>10}{'p90 ms':>9}{'ratio':>8}{'target':>8}  result"
-    print(header)
-    print("-" * len(header))
-    all_met = True
-    for case in cases:
-        ratio = statistics.median(case.proxy_samples) / statistics.median(case.direct_samples)
-        met = ratio <= case.target
-        all_met &= met
-        for side, samples in (("proxy", case.proxy_samples), ("direct", case.direct_samples)):
-            first = side == "proxy"
-            print(f"{f'({case.key})' if first else '':5}{case.label if first else '':<50}{side:<8}"
-                  f"{statistics.median(samples) * 1000:>10.1f}{p90(samples) * 1000:>9.1f}"
-                  + (f"{ratio:>7.2f}x{case.target:>7.2f}x  {'met' if met else 'MISSED'}" if first else ""))
+    all_met = print_ratios(cases)
     print(f"\n{repeats} repetitions, interleaved; each gives one sample per side ({PS_SAMPLES_PER_REPETITION} for the "
           "quick (a) rows). ratio = median proxy / median direct.")
     return all_met
@@ -505,7 +353,7 @@ def explain(commands: Commands, cases: list[Case]) -> None:
     for case in cases:
         if case.label.startswith(("docker ps (alice", "docker ps -a (root")):
             continue
-        elapsed, made = requests_made(proxy, case.proxy)
+        elapsed, made = requests_made(proxy, case.ours)
         listing = ", ".join(f"{what} +{offset:.0f}" for offset, what in made)
         print(f"  {case.label}: {len(made)} requests, {elapsed * 1000:.0f} ms in all:\n    {listing}")
 
@@ -567,8 +415,7 @@ def main() -> int:
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     try:
-        if os.geteuid() != 0:
-            raise BenchError("run as root: it starts a proxy and runs commands as the test user alice")
+        require_root("it starts a proxy and runs commands as the test user alice")
         upstream = engine_url()
         client = docker.DockerClient(base_url=upstream)
         try:
