@@ -170,7 +170,10 @@ def as_user(user: str, docker_host: str, argv: list[str], extra: dict[str, str] 
 def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
     """Seconds a command took, and its output; a failure stops the benchmark."""
     began = time.perf_counter()
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False, timeout=120)
+    try:
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False, timeout=120)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"{' '.join(argv)} did not finish in {exc.timeout:g} s") from None
     elapsed = time.perf_counter() - began
     if done.returncode != 0:
         raise BenchError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")

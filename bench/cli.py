@@ -92,7 +92,9 @@ class Commands:
         self.workspaces = proxy.data / NORMAL_USER  # on the data mount, alice's own
         self.workspaces.mkdir()
         os.chown(self.workspaces, alice.pw_uid, alice.pw_gid)
-        self.alice_env = {"DS01_CONFIG": proxy.env["DS01_CONFIG"]}
+        # alice runs the ds01 this interpreter imports: a PYTHONPATH given to the benchmark goes along
+        here = os.environ.get("PYTHONPATH")
+        self.alice_env = {"DS01_CONFIG": proxy.env["DS01_CONFIG"], **({"PYTHONPATH": here} if here else {})}
 
     def next_name(self) -> str:
         self.serial += 1
