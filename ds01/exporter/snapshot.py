@@ -18,11 +18,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from ds01 import identity, labels, names, nvml, procfs
+from ds01 import labels, names, nvml, procfs
 from ds01.config import Config, effective_limits, load_config
 from ds01.errors import Ds01Error
 from ds01.gpus.allocator import Allocation, read_allocations
-from ds01.identity import nss
+from ds01.identity import accounts, nss
 from ds01.paths import Paths
 from ds01.records import ContainerSummary
 
@@ -153,7 +153,7 @@ class Collector:
         self._config: Config | None = None
         self._config_stamp: tuple[int, int] | None = None
         self._events = EventCounter(paths.log_dir / "events.jsonl")
-        self._users: dict[int, tuple[float, identity.User]] = {}
+        self._users: dict[int, tuple[float, accounts.User]] = {}
 
     def _fail(self, source: str, problems: list[str], exc: Exception) -> None:
         self._errors[source] += 1
@@ -248,11 +248,11 @@ class Collector:
             self._config, self._config_stamp = load_config(self.paths.config), stamp
         return self._config
 
-    def _resolve(self, uid: int, config: Config) -> identity.User:
+    def _resolve(self, uid: int, config: Config) -> accounts.User:
         cached = self._users.get(uid)
         if cached and time.monotonic() - cached[0] < 300:
             return cached[1]
-        user = identity.resolve_user(uid, config.ldap)
+        user = accounts.resolve_user(uid, config.ldap)
         self._users[uid] = (time.monotonic(), user)
         return user
 

@@ -18,12 +18,13 @@ from typing import Any
 
 import filelock
 
-from ds01 import eventlog, identity, labels, nvml
+from ds01 import eventlog, labels, nvml
 from ds01.config import CleanupSettings, Config, LimitValues, effective_limits
 from ds01.engine import Engine
 from ds01.errors import Ds01Error
 from ds01.eventlog.types import EventType
 from ds01.gpus.allocator import Allocator, read_allocations
+from ds01.identity import accounts
 from ds01.records import ContainerInfo
 from ds01.statefile import write_json_atomic
 from ds01.units import format_duration, format_elapsed
@@ -258,7 +259,7 @@ def limits_resolver(config: Config, now_utc: Any) -> Callable[[ContainerInfo], t
             return -1, config.defaults
         uid = int(uid_text)
         if uid not in cache:
-            user = identity.resolve_user(uid, config.ldap)
+            user = accounts.resolve_user(uid, config.ldap)
             cache[uid] = effective_limits(config, user.name, user.groups, now_utc).limits
         return uid, cache[uid]
 

@@ -19,11 +19,11 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from ds01 import identity
 from ds01.config import Config, effective_limits
 from ds01.errors import Ds01Error
 from ds01.eventlog import Event, EventFilter, EventLog
 from ds01.eventlog.types import EventType
+from ds01.identity import accounts
 
 UNKNOWN_GROUP = "unknown"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -233,7 +233,7 @@ def group_resolver(config: Config, now: datetime) -> Callable[[str], str | None]
     """The ds01 group of a user name under `config`, or None when the name no longer resolves."""
     def group_of(user: str) -> str | None:
         try:
-            resolved = identity.resolve_name(user, config.ldap)
+            resolved = accounts.resolve_name(user, config.ldap)
         except Ds01Error:
             return None
         return effective_limits(config, resolved.name, resolved.groups, now).group

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ds01 import eventlog, identity
+from ds01 import eventlog
 from ds01.config import Config, effective_limits, load_config
 from ds01.errors import ConfigError
 from ds01.eventlog.types import EventType
+from ds01.identity import accounts
 from ds01.proxy.runas import Caller
 
 _UCRED = struct.Struct("3i")
@@ -87,7 +88,7 @@ class Sessions:
             cached = self._cache.get(uid)
             if cached and now - cached[0] < CACHE_SECONDS:
                 return cached[1]
-        user = identity.resolve_user(uid, config.ldap)
+        user = accounts.resolve_user(uid, config.ldap)
         effective = effective_limits(config, user.name, user.groups, datetime.now(UTC))
         home, home_problem = bind_home(user.home, uid, config.security.home_roots)
         caller = Caller(uid=uid, user=user.sanitized, home=home, is_admin=uid == 0 or effective.is_admin,

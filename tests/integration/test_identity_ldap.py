@@ -18,7 +18,7 @@ import pytest
 
 from ds01.config import LdapSettings
 from ds01.errors import EXIT_FAILURE, ConfigError
-from ds01.identity import UnknownUser, User, resolve_name, resolve_user, sanitize_username
+from ds01.identity.accounts import UnknownUser, User, resolve_name, resolve_user, sanitize_username
 
 REPO = Path(__file__).resolve().parents[2]
 SLAPD = REPO / "tests" / "fakes" / "ldap" / "slapd.sh"

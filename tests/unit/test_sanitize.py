@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from ds01.identity import MAX_SANITIZED_LENGTH, sanitize_username
+from ds01.identity.accounts import MAX_SANITIZED_LENGTH, sanitize_username
 
 SAFE = re.compile(r"[a-z0-9][a-z0-9_]*")
 safe_names = st.from_regex(r"[a-z0-9][a-z0-9_]{0,31}", fullmatch=True)

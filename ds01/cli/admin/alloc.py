@@ -8,7 +8,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from ds01 import identity
 from ds01.cli import Commands, add_command, add_format_option
 from ds01.cli.context import Context
 from ds01.cli.output import print_json, print_table
@@ -18,6 +17,7 @@ from ds01.errors import EXIT_FAILURE, Denied, UsageError
 from ds01.gpus.allocator import Allocation
 from ds01.gpus.placement import GpuRequest
 from ds01.gpus.supply import current_slots, open_allocator
+from ds01.identity import accounts
 from ds01.proxy import runas
 from ds01.units import format_equivalents, parse_duration
 
@@ -81,7 +81,7 @@ def request_slots(args: argparse.Namespace, context: Context) -> int:
         raise UsageError(f"--ttl: {exc}") from None
     gpu_request = _gpu_request(args)
     paths, config = context.paths, context.config
-    user = identity.resolve_name(args.user, config.ldap)
+    user = accounts.resolve_name(args.user, config.ldap)
     effective = effective_limits(config, user.name, user.groups, datetime.now(UTC))
     slots = current_slots(paths, config)
     try:

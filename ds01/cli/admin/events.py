@@ -17,7 +17,7 @@ from ds01.cli.context import Context
 from ds01.cli.output import print_json, print_table
 from ds01.errors import UsageError
 from ds01.eventlog import writer
-from ds01.identity import sanitize_username
+from ds01.identity.accounts import sanitize_username
 
 DETAILS_WIDTH = 100
 FOLLOW_BACKLOG = 10

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 
-from ds01 import identity, labels
+from ds01 import labels
 from ds01.cli import Commands, add_command, add_format_option
 from ds01.cli.context import Context
 from ds01.cli.output import print_json, print_table
@@ -16,6 +16,7 @@ from ds01.config import LIMIT_KEYS, LimitValues, effective_limits, format_ulimit
 from ds01.engine import Engine
 from ds01.errors import EXIT_FAILURE, EngineError
 from ds01.gpus.supply import open_allocator
+from ds01.identity import accounts
 from ds01.units import format_duration, format_equivalents, format_size
 
 
@@ -56,7 +57,7 @@ def _show(key: str, limits: LimitValues) -> str:
 
 def show_limits(args: argparse.Namespace, context: Context) -> int:
     paths, config = context.paths, context.config
-    user = identity.resolve_name(args.user, config.ldap)
+    user = accounts.resolve_name(args.user, config.ldap)
     effective = effective_limits(config, user.name, user.groups, datetime.now(UTC))
     held = [a for a in open_allocator(paths, config).allocations() if a.user == user.sanitized]
     held_equivalents = sum((a.gpu_equivalents for a in held), Fraction(0))
