@@ -6,10 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -22,9 +21,9 @@ from ds01.names import DRY_RUN_HEADER
 from ds01.proxy import allowlist, binds, bodies, devices, policy, runas
 from ds01.proxy.cgroups import CgroupParents
 from ds01.proxy.http import Head
+from ds01.proxy.interfaces import Callers, EngineCalls, Pinning
 from ds01.proxy.outcomes import Deny, Forward, Outcome, Reply, Request
-from ds01.proxy.session import Sessions
-from ds01.proxy.upstream import Upstream
+from ds01.proxy.userlocks import UserLocks
 from ds01.reasons import Reason
 from ds01.units import format_equivalents
 
@@ -41,7 +40,7 @@ def network_owners(owner_of: OwnerOf, names: Iterable[str]) -> dict[str, str | N
     return owners
 
 
-def make_volume(upstream: Upstream, caller: runas.Caller, body: dict[str, Any]) -> dict[str, Any]:
+def make_volume(upstream: EngineCalls, caller: runas.Caller, body: dict[str, Any]) -> dict[str, Any]:
     """A volume made as the caller's: labelled, and its top directory theirs (the engine makes it root's, and a
     container runs as its caller). The engine answers a create of an existing volume with that volume, so the
     answer's owner is checked: a volume someone else made in between is neither taken nor shown."""
@@ -71,18 +70,19 @@ def client_type(head: Head, body: dict[str, Any]) -> str:
 
 @dataclasses.dataclass
 class ContainerCreates:
-    sessions: Sessions
-    upstream: Upstream
+    sessions: Callers
+    upstream: EngineCalls
     allocator: Allocator
     slots: Callable[[], list[Slot]]
     cgroups: CgroupParents
     engine_sockets: frozenset[str]
     host_cpus: float
-    pins: binds.Pins
-    user_locks: Mapping[str, threading.Lock]
+    pins: Pinning
+    locks: UserLocks
     log_driver: str
     owner_of: OwnerOf
     instance: str  # stamped as ds01.instance
+    clock: Callable[[], datetime]  # for ds01.created_at
 
     def _facts(self, body: dict[str, Any], refs: policy.References,
                opened: dict[str, binds.OpenedSource]) -> policy.Facts:
@@ -131,13 +131,14 @@ class ContainerCreates:
         plan = policy.plan_create(
             caller, body, facts, config.security,
             cgroup_parent=self.cgroups.name(caller.user), client_type=client_type(head, body),
-            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            created_at=self.clock().isoformat(timespec="seconds"),
             gpu_gid=nss.group_id(config.bare_metal.group))
         plan.body["Labels"][labels.INSTANCE] = self.instance
         dry_run = (head.get(DRY_RUN_HEADER) or "").lower() in ("1", "true")
-        lock = self.user_locks[caller.user]
         key = uuid.uuid4().hex
-        lock.acquire()  # count, reserve and create one at a time per user; released once the create is answered
+        # Count, reserve and create one at a time per user: the lock goes with the Forward, and is released once
+        # the engine has answered the create (or here, on any way out before it is sent).
+        held = self.locks.hold(caller.user)
         allocation: Allocation | None = None
         try:
             count = self._count_containers(caller.user)
@@ -151,7 +152,7 @@ class ContainerCreates:
                               else self.allocator.request(*args, slots=self.slots()))
                 devices.apply_grant(plan.body, allocation.slots, allocation.id, str(allocation.gpu_equivalents))
             if dry_run:
-                lock.release()
+                held.release()
                 return self._dry_run_reply(plan, allocation)
             self.cgroups.ensure(caller.user, caller.limits.user_cpus, caller.limits.user_memory_bytes)
             for volume in sorted(facts.missing_volumes):
@@ -162,28 +163,27 @@ class ContainerCreates:
                 policy.pin_bind_sources(plan.body, staged, key,
                                         [opened[source].resolved.real for source in plan.bind_sources])
         except BaseException:
-            self.pins.release(key)
-            if allocation is not None and not dry_run:
-                self.allocator.release(allocation.id)
-            lock.release()
+            try:
+                self.pins.release(key)
+                if allocation is not None and not dry_run:
+                    self.allocator.release(allocation.id)
+            finally:
+                held.release()
             raise
         name = dict(parse_qsl(query)).get("name")
 
         def after(status: int | None, response: bytes) -> None:
-            try:
-                if status != 201:
-                    self.pins.release(key)
-                if allocation is None:
-                    return
-                if status == 201:
-                    created = json.loads(response)["Id"]
-                    self.allocator.bind(allocation.id, created, name)
-                else:
-                    self.allocator.release(allocation.id)
-            finally:
-                lock.release()
+            if status != 201:
+                self.pins.release(key)
+            if allocation is None:
+                return
+            if status == 201:
+                self.allocator.bind(allocation.id, json.loads(response)["Id"], name)
+            else:
+                self.allocator.release(allocation.id)
 
-        return Forward(request.target, body=json.dumps(plan.body).encode(), after=after, warnings=plan.notes)
+        return Forward(request.target, body=json.dumps(plan.body).encode(), after=after, warnings=plan.notes,
+                       held=held)
 
     def _make_volume(self, caller: runas.Caller, name: str) -> None:
         """A named volume the create mounts and nobody has yet, made as the caller's (the engine would make it

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from ds01.proxy.http import Head
 from ds01.proxy.routes import Route
 from ds01.proxy.session import Session
+from ds01.proxy.userlocks import Held
 from ds01.reasons import Reason
 
 
@@ -27,12 +28,43 @@ class Reply:
 
 @dataclass
 class Forward:
+    """A request to send on. The server owns it from the gate's return: it settles it once the engine has answered,
+    and closes it however the request ends."""
+
     target: str  # the request target to send upstream (path and query), possibly rewritten
     body: bytes | None = None  # a replacement body; None streams the client's own
     after: Callable[[int | None, bytes], None] | None = None  # sees the buffered response (None: forward failed)
     hijack: bool = False  # attach / exec start: the connection may turn into a raw stream
     body_file: BinaryIO | None = None  # a replacement body spooled to a file, sent from its start
     warnings: tuple[str, ...] = ()  # added to the Warnings of a successful create's answer
+    held: Held | None = None  # a per-user lock the request holds until the engine has answered it
+    _settled: bool = field(default=False, init=False, repr=False, compare=False)
+
+    @property
+    def awaits_answer(self) -> bool:
+        """Whether the engine's answer is read whole and settled before the client gets it."""
+        return self.after is not None or self.held is not None
+
+    def settle(self, status: int | None, answer: bytes) -> None:
+        """The engine answered (status None: it did not, or the request went no further): `after` sees it, then the
+        lock is released, even if `after` fails. Only the first call acts."""
+        if self._settled:
+            return
+        self._settled = True
+        try:
+            if self.after is not None:
+                self.after(status, answer)
+        finally:
+            if self.held is not None:
+                self.held.release()
+
+    def close(self) -> None:
+        """The request is over, however it ended: settled if it was not yet, its spooled body closed."""
+        try:
+            self.settle(None, b"")
+        finally:
+            if self.body_file is not None:
+                self.body_file.close()
 
 
 Outcome = Deny | Reply | Forward

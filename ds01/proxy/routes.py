@@ -6,23 +6,56 @@ import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
 from urllib.parse import unquote
 
 _VERSION = re.compile(r"^/v(\d{1,3})\.(\d{1,3})(?=/)")
 _SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_.:@+=,-]+")
 
 
+class RouteKind(StrEnum):
+    """What a request is for. The gate matches on it, so a kind it does not handle is a type error; the value is
+    the `reason` of a `proxy.allow` event."""
+
+    OPEN = "open"  # forwarded as it is: the engine's own facts, and the images everyone shares
+    ADMIN_ONLY = "admin_only"
+    GATED = "gated"  # an endpoint group the config may allow (Route.group)
+    UNKNOWN = "unknown"  # not on the allow-list
+    PULL = "pull"  # an image pull, or an import
+    EVENTS = "events"
+    LIST_CONTAINERS = "list_containers"
+    CREATE_CONTAINER = "create_container"
+    PRUNE_CONTAINERS = "prune_containers"
+    CONTAINER = "container"  # an existing object, named in the path (Route.object_id)
+    EXEC = "exec"
+    LIST_VOLUMES = "list_volumes"
+    CREATE_VOLUME = "create_volume"
+    PRUNE_VOLUMES = "prune_volumes"
+    VOLUME = "volume"
+    LIST_NETWORKS = "list_networks"
+    CREATE_NETWORK = "create_network"
+    PRUNE_NETWORKS = "prune_networks"
+    NETWORK = "network"
+
+
+ObjectKind = Literal[RouteKind.CONTAINER, RouteKind.EXEC, RouteKind.VOLUME, RouteKind.NETWORK]
+
+
 @dataclass(frozen=True)
 class Route:
-    kind: str
+    kind: RouteKind
     object_id: str | None = None  # container, exec, volume or network named in the path
     action: str = ""  # what follows the object id: "json", "start", "exec", ...
     group: str | None = None  # for endpoints the config may allow: build, session, plugins, ...
     version: tuple[int, int] | None = None  # the API version the path names (/v1.41/...), None for none
 
 
-def _object_route(kind: str, segments: list[str]) -> Route:
+def _object_route(kind: ObjectKind, segments: list[str]) -> Route:
     return Route(kind, segments[1], "/".join(segments[2:]))
+
+
+UNKNOWN = Route(RouteKind.UNKNOWN)
 
 
 _GATED = {"build": "build", "session": "session", "grpc": "session", "plugins": "plugins", "swarm": "swarm",
@@ -32,69 +65,77 @@ _GATED = {"build": "build", "session": "session", "grpc": "session", "plugins": 
 
 def _images(method: str, segments: list[str]) -> Route:
     if segments[1:] == ["json"] and method == "GET":
-        return Route("open")
+        return Route(RouteKind.OPEN)
     if segments[1:] == ["create"] and method == "POST":
-        return Route("pull")  # or an import (fromSrc), which the gate tells apart by the query
+        return Route(RouteKind.PULL)  # or an import (fromSrc), which the gate tells apart by the query
     if segments[1:] == ["load"] and method == "POST":
-        return Route("gated", group="image_load")
+        return Route(RouteKind.GATED, group="image_load")
     if len(segments) >= 3 and segments[-1] in ("json", "history") and method == "GET":
-        return Route("open")
+        return Route(RouteKind.OPEN)
     if len(segments) >= 2 and method == "DELETE":
-        return Route("admin_only")
-    return Route("unknown")
+        return Route(RouteKind.ADMIN_ONLY)
+    return UNKNOWN
 
 
 def _containers(method: str, segments: list[str]) -> Route:
     if len(segments) == 2 and segments[1] == "json" and method == "GET":
-        return Route("list_containers")
+        return Route(RouteKind.LIST_CONTAINERS)
     if len(segments) == 2 and segments[1] == "create" and method == "POST":
-        return Route("create_container")
+        return Route(RouteKind.CREATE_CONTAINER)
     if len(segments) == 2 and segments[1] == "prune" and method == "POST":
-        return Route("prune_containers")
+        return Route(RouteKind.PRUNE_CONTAINERS)
     if len(segments) >= 2:
-        return _object_route("container", segments)
-    return Route("unknown")
+        return _object_route(RouteKind.CONTAINER, segments)
+    return UNKNOWN
 
 
-def _volumes_or_networks(kind: str, method: str, segments: list[str]) -> Route:
+# Per collection: its list, create and prune routes, and the kind of one object in it.
+_COLLECTIONS: dict[str, tuple[RouteKind, RouteKind, RouteKind, ObjectKind]] = {
+    "volumes": (RouteKind.LIST_VOLUMES, RouteKind.CREATE_VOLUME, RouteKind.PRUNE_VOLUMES, RouteKind.VOLUME),
+    "networks": (RouteKind.LIST_NETWORKS, RouteKind.CREATE_NETWORK, RouteKind.PRUNE_NETWORKS, RouteKind.NETWORK),
+}
+
+
+def _volumes_or_networks(method: str, segments: list[str]) -> Route:
+    listing, create, prune, one = _COLLECTIONS[segments[0]]
     if len(segments) == 1 and method == "GET":
-        return Route(f"list_{kind}s")
+        return Route(listing)
     if segments[1:] == ["create"] and method == "POST":
-        return Route(f"create_{kind}")
+        return Route(create)
     if segments[1:] == ["prune"] and method == "POST":
-        return Route(f"prune_{kind}s")
+        return Route(prune)
     if len(segments) >= 2:
-        return _object_route(kind, segments)
-    return Route("unknown")
+        return _object_route(one, segments)
+    return UNKNOWN
 
 
 def _system(method: str, segments: list[str]) -> Route:
     if len(segments) == 1 and method in ("GET", "HEAD") and segments[0] in ("_ping", "version", "info"):
-        return Route("open") if method == "GET" or segments[0] == "_ping" else Route("unknown")
-    return Route("unknown")
+        return Route(RouteKind.OPEN) if method == "GET" or segments[0] == "_ping" else UNKNOWN
+    return UNKNOWN
 
 
-def _single(kind: str) -> Callable[[str, list[str]], Route]:
+def _single(kind: RouteKind) -> Callable[[str, list[str]], Route]:
     def route(method: str, segments: list[str]) -> Route:
-        return Route(kind) if len(segments) == 1 and method == "GET" else Route("unknown")
+        return Route(kind) if len(segments) == 1 and method == "GET" else UNKNOWN
     return route
 
 
 def _exec(method: str, segments: list[str]) -> Route:
-    return _object_route("exec", segments) if len(segments) >= 3 else Route("unknown")
+    return _object_route(RouteKind.EXEC, segments) if len(segments) >= 3 else UNKNOWN
 
 
 _BY_TOP: dict[str, Callable[[str, list[str]], Route]] = {
     "_ping": _system, "version": _system, "info": _system,
-    "distribution": lambda method, _segments: Route("open") if method == "GET" else Route("unknown"),
+    "distribution": lambda method, _segments: Route(RouteKind.OPEN) if method == "GET" else UNKNOWN,
     "images": _images,
     "containers": _containers,
     "exec": _exec,
-    "events": _single("events"),
-    "volumes": lambda method, segments: _volumes_or_networks("volume", method, segments),
-    "networks": lambda method, segments: _volumes_or_networks("network", method, segments),
-    "system": lambda method, segments: Route("admin_only") if segments[1:] == ["df"] and method == "GET"
-    else Route("unknown"),
+    "events": _single(RouteKind.EVENTS),
+    "volumes": _volumes_or_networks,
+    "networks": _volumes_or_networks,
+    "system": lambda method, segments: Route(RouteKind.ADMIN_ONLY) if segments[1:] == ["df"] and method == "GET"
+    else UNKNOWN,
 }
 
 
@@ -110,10 +151,10 @@ def _classify(method: str, path: str) -> Route:
     segments = [unquote(s) for s in path.strip("/").split("/")]
     if not path.startswith("/") or "//" in path or any(not _SAFE_SEGMENT.fullmatch(s) or s in (".", "..")
                                                        for s in segments):
-        return Route("unknown")
+        return UNKNOWN
     top = segments[0]
     if top in _BY_TOP:
         return _BY_TOP[top](method, segments)
     if top in _GATED:
-        return Route("gated", group=_GATED[top])
-    return Route("unknown")
+        return Route(RouteKind.GATED, group=_GATED[top])
+    return UNKNOWN

@@ -185,14 +185,22 @@ class Proxy:
             return streamed[0]
 
         request = Request(session, method, path, query, classify(method, path), head, read_body, body_stream)
-        outcome = self._decide(request)
+        decided = self._decide(request)
+        try:
+            return self._answer(side, link, request, incoming, decided, buffered=buffered, streamed=streamed)
+        finally:
+            if isinstance(decided, Forward):
+                decided.close()  # whatever happened to it: the engine failed, the client left, the proxy refused it
+
+    def _answer(self, side: http.ClientSide, link: _Link, request: Request, incoming: http.Incoming,
+                outcome: Deny | Reply | Forward, *, buffered: list[bytes], streamed: list[BinaryIO]) -> bool:
+        method, path = request.method, request.path
         if incoming.upgrade and not (isinstance(outcome, Forward) and outcome.hijack):
-            _abandon(outcome)
             outcome = Deny(Reason.BAD_REQUEST, (
                 f"{method} {path} asked to upgrade the connection (Upgrade: tcp); only attach "
                 "(POST /containers/ID/attach) and exec start (POST /exec/ID/start) upgrade. Send it without the "
                 "Upgrade and Connection: Upgrade headers."), 400)
-        user = session.caller.user
+        user = request.session.caller.user
         if isinstance(outcome, Deny):
             eventlog.emit(EventType.PROXY_DENY, source="proxy", user=user, endpoint=f"{method} {path}", verdict="deny",
                           reason=outcome.reason, message=outcome.message)
@@ -228,7 +236,6 @@ class Proxy:
 
     def _forward(self, side: http.ClientSide, link: _Link, request: Request, incoming: http.Incoming,
                  forward: Forward, *, buffered: list[bytes]) -> bool:
-        after: Callable[[int | None, bytes], None] | None = forward.after
         answered = False
         try:
             engine = link.open()
@@ -240,11 +247,9 @@ class Proxy:
                 answered = True
                 http.splice(side.sock, engine.sock, to_upstream=upward, to_client=engine.raw_rest())
                 return False
-            if after is not None or answer.status >= 400:  # errors are read whole: the gate filters them
+            if forward.awaits_answer or answer.status >= 400:  # errors are read whole: the gate filters them
                 data = engine.read_body(_ANSWER_BYTES)
-                if after is not None:
-                    callback, after = after, None
-                    callback(answer.status, data)
+                forward.settle(answer.status, data)
                 data = _with_warnings(answer.status, data, forward.warnings)
                 data = self.gate.error_answer(request, answer.status, data)
                 side.send_head(answer.status, headers, len(data), answer.reason)
@@ -261,22 +266,8 @@ class Proxy:
         except EngineError as exc:
             link.close()
             if not answered:
-                side.send_whole(502, *_error_body("engine_error", str(exc)))
+                side.send_whole(502, *_error_body(Reason.ENGINE_ERROR, str(exc)))
             return False
-        finally:
-            if forward.body_file is not None:
-                forward.body_file.close()
-            if after is not None:
-                after(None, b"")
-
-
-def _abandon(outcome: Deny | Reply | Forward) -> None:
-    """Undo what the gate prepared for a request that is refused after all."""
-    if isinstance(outcome, Forward):
-        if outcome.body_file is not None:
-            outcome.body_file.close()
-        if outcome.after is not None:
-            outcome.after(None, b"")
 
 
 def _discard_body(side: http.ClientSide) -> None:

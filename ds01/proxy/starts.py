@@ -14,10 +14,11 @@ from ds01 import labels, overlay
 from ds01.config import SecuritySettings
 from ds01.errors import Denied
 from ds01.proxy import binds, destinations, policy, runas
+from ds01.proxy.interfaces import Pinning
 from ds01.reasons import Reason
 
 
-def check_start(info: dict[str, Any], owner: runas.Caller, pins: binds.Pins, security: SecuritySettings,
+def check_start(info: dict[str, Any], owner: runas.Caller, pins: Pinning, security: SecuritySettings,
                 engine_sockets: frozenset[str]) -> None:
     # The create's rules again, on what the engine made of it (the image's VOLUMEs and WORKDIR merged in).
     destinations.check_destinations(info.get("Config") or {}, info.get("HostConfig") or {})
@@ -38,7 +39,7 @@ def check_networks(info: dict[str, Any], owner: runas.Caller, network_owners: di
                 "connect), or remove it and create it again."))
 
 
-def _recheck_binds(info: dict[str, Any], owner: runas.Caller, pins: binds.Pins, security: SecuritySettings,
+def _recheck_binds(info: dict[str, Any], owner: runas.Caller, pins: Pinning, security: SecuritySettings,
                    engine_sockets: frozenset[str]) -> None:
     """Before the engine mounts a container's binds again: each pinned source must still be where, and what,
     it was when checked, under today's rules for its owner; a pin lost to a reboot is made again."""

@@ -1,5 +1,6 @@
-"""The harness of the HTTP framing tests: a real `Proxy.serve` over socketpairs, a stub gate, and a small fake
-engine that records every byte it receives. No engine, no test bed."""
+"""The harness of the proxy's unit tests: a real `Proxy.serve` over socketpairs, with a stub gate or a real one;
+a small fake engine that records every byte it receives; and for the real gate, an in-memory engine for its own
+calls, pins without mounts and fixed accounts. No engine, no test bed."""
 
 from __future__ import annotations
 
@@ -8,13 +9,17 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h11
 
-from ds01.config import BUILTIN_DEFAULTS, ProxySettings
+from ds01.config import BUILTIN_DEFAULTS, Config, ProxySettings
+from ds01.identity.accounts import UnknownUser
+from ds01.proxy.binds import OpenedSource
+from ds01.proxy.gate import Gate
 from ds01.proxy.outcomes import Forward, Outcome, Request
 from ds01.proxy.runas import Caller
 from ds01.proxy.server import Proxy
@@ -108,8 +113,8 @@ class StubGate:
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 
 
-def start(gate: StubGate, engine: FakeEngine, settings: ProxySettings | None = None) -> socket.socket:
-    """A client socket on a proxy connection served in a thread."""
+def _started(gate: StubGate | Gate, engine: FakeEngine,
+             settings: ProxySettings | None) -> tuple[socket.socket, threading.Thread]:
     proxy = Proxy(gate, engine, settings=lambda: settings or ProxySettings())  # type: ignore[arg-type]
     client, served = socket.socketpair()
 
@@ -117,9 +122,15 @@ def start(gate: StubGate, engine: FakeEngine, settings: ProxySettings | None = N
         with served:
             proxy.serve(served)
 
-    threading.Thread(target=serve, daemon=True).start()
+    serving = threading.Thread(target=serve, daemon=True)
+    serving.start()
     client.settimeout(10)
-    return client
+    return client, serving
+
+
+def start(gate: StubGate | Gate, engine: FakeEngine, settings: ProxySettings | None = None) -> socket.socket:
+    """A client socket on a proxy connection served in a thread."""
+    return _started(gate, engine, settings)[0]
 
 
 def read_all(sock: socket.socket) -> bytes:
@@ -145,12 +156,17 @@ def send_all(sock: socket.socket, data: bytes, piece: int | None = None) -> None
         pass
 
 
-def exchange(data: bytes, gate: StubGate | None = None, engine: FakeEngine | None = None,
+def exchange(data: bytes, gate: StubGate | Gate | None = None, engine: FakeEngine | None = None,
              settings: ProxySettings | None = None) -> bytes:
-    client = start(gate or StubGate(), engine or FakeEngine(OK), settings)
+    """What the proxy answers to `data`, once it is done with the connection (what it does on the way out, such
+    as releasing a lock, done too)."""
+    client, serving = _started(gate or StubGate(), engine or FakeEngine(OK), settings)
     with client:
         send_all(client, data)
-        return read_all(client)
+        answered = read_all(client)
+    serving.join(10)
+    assert not serving.is_alive(), "the proxy still serves the connection"
+    return answered
 
 
 def responses(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
@@ -187,3 +203,103 @@ def message(answer: tuple[int, dict[str, str], bytes]) -> str:
 
 SMUGGLED = (b"POST /v1.41/containers/create?name=smuggled HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\n"
             b"Content-Length: 45\r\n\r\n" + json.dumps({"Image": "x", "HostConfig": {"Privileged": True}}).encode())
+
+
+# --- what the real gate is given in place of the engine, the pins and the accounts ------------------------------
+
+
+class FakeUpstream:
+    """The engine as the gate's own calls see it (`interfaces.EngineCalls`), answered from its objects in dicts.
+    Every call is recorded (inspects apart: they change nothing)."""
+
+    def __init__(self) -> None:
+        self.containers: dict[str, dict[str, Any]] = {}  # by id
+        self.execs: dict[str, dict[str, Any]] = {}  # by id
+        self.images: dict[str, dict[str, Any]] = {}  # by reference
+        self.volumes: dict[str, dict[str, Any]] = {}  # by name
+        self.networks: dict[str, dict[str, Any]] = {}  # by name
+        self.calls: list[tuple[str, str]] = []
+        # (method, path) -> what the engine answers instead, or the error its call meets
+        self.answers: dict[tuple[str, str], tuple[int, Any] | Exception] = {}
+        self.broken: Exception | None = None  # raised by every call and inspect
+
+    def inspect(self, kind: str, name: str) -> dict[str, Any] | None:
+        if self.broken is not None:
+            raise self.broken
+        if kind == "container":
+            return next((found for found in self.containers.values()
+                         if name in (found["Id"], found["Name"], found["Name"].lstrip("/"))), None)
+        by_name = {"exec": self.execs, "image": self.images, "volume": self.volumes, "network": self.networks}[kind]
+        return by_name.get(name)
+
+    def call(self, method: str, path: str, query: dict[str, str] | None = None,
+             body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        self.calls.append((method, path))
+        if self.broken is not None:
+            raise self.broken
+        answer = self.answers.get((method, path))
+        if isinstance(answer, Exception):
+            raise answer
+        if answer is not None:
+            return answer
+        if (method, path) == ("GET", "/containers/json"):
+            wanted = [label.partition("=") for label in json.loads((query or {}).get("filters") or "{}")["label"]]
+            return 200, [found for found in self.containers.values()
+                         if all(found["Config"]["Labels"].get(key) == value for key, _, value in wanted)]
+        if (method, path) == ("POST", "/volumes/create") and body is not None:
+            return 201, self.volumes.setdefault(body["Name"], {"Name": body["Name"], "Labels": body.get("Labels"),
+                                                              "Mountpoint": ""})
+        collection, _, rest = path.strip("/").partition("/")
+        container_id, _, action = rest.partition("/")
+        if collection == "containers" and container_id in self.containers:
+            if method == "DELETE":
+                del self.containers[container_id]
+                return 204, None
+            if (method, action) == ("POST", "stop"):
+                self.containers[container_id]["State"]["Status"] = "exited"
+                return 204, None
+        return 404, {"message": f"the fake engine has no answer to {method} {path}"}
+
+
+def container(name: str, owner: Caller | None, *, host_config: dict[str, Any] | None = None,
+              mounts: Iterable[dict[str, Any]] = (), container_labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """An inspect record as the engine gives it, for a container ds01 made for `owner` (None: made by no one)."""
+    owned = {"ds01.user": owner.user, "ds01.uid": str(owner.uid)} if owner is not None else {}
+    return {"Id": name.encode().hex().ljust(64, "0")[:64], "Name": f"/{name}",
+            "Config": {"Labels": {**owned, **(container_labels or {})},
+                       "User": f"{owner.uid}:{owner.gid}" if owner is not None else ""},
+            "HostConfig": host_config or {}, "Mounts": list(mounts), "State": {"Status": "created"},
+            "ExecIDs": None, "GraphDriver": {"Name": "overlay2", "Data": {}}}
+
+
+class FakePins:
+    """`interfaces.Pinning` without mounts: the (device, inode) pinned at each (key, index)."""
+
+    def __init__(self) -> None:
+        self.pins: dict[tuple[str, int], tuple[int, int]] = {}
+
+    def pin(self, key: str, index: int, source: OpenedSource) -> Path:
+        self.pins[(key, index)] = (source.device, source.inode)
+        return Path("/pins", key, str(index))
+
+    def pinned(self, key: str, index: int) -> tuple[int, int] | None:
+        return self.pins.get((key, index))
+
+    def release(self, key: str) -> None:
+        self.pins = {at: pinned for at, pinned in self.pins.items() if at[0] != key}
+
+
+class FakeSessions:
+    """`interfaces.Callers`: one config and fixed accounts; a uid with none is refused as `Sessions` refuses it."""
+
+    def __init__(self, config: Config, callers: Iterable[Caller]) -> None:
+        self.config = config
+        self.by_uid = {caller.uid: Session(caller=caller, login=caller.login) for caller in callers}
+
+    def current_config(self) -> Config:
+        return self.config
+
+    def for_uid(self, uid: int) -> Session:
+        if uid not in self.by_uid:
+            raise UnknownUser(f"uid {uid} is no user on this host")
+        return self.by_uid[uid]

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import get_args
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ds01.config import ENDPOINT_GROUPS
-from ds01.proxy.routes import Route, classify
+from ds01.proxy.routes import ObjectKind, Route, RouteKind, classify
 
 PREFIXES = ["", "/v1.41", "/v1.47", "/v1.24", "/v10.0"]
-KINDS = {"open", "admin_only", "gated", "unknown", "events", "list_containers", "create_container",
-         "prune_containers", "container", "exec", "list_volumes", "create_volume", "prune_volumes", "volume",
-         "list_networks", "create_network", "prune_networks", "network"}
-UNKNOWN = Route("unknown")
+OBJECT_KINDS = frozenset(get_args(ObjectKind))
+UNKNOWN = Route(RouteKind.UNKNOWN)
 
 
 def route_of(method: str, path: str) -> Route:
@@ -44,13 +43,13 @@ OPEN = [
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "route"), all_prefixes([(m, p, Route("open")) for m, p in OPEN]))
+@pytest.mark.parametrize(("method", "path", "route"), all_prefixes([(m, p, Route(RouteKind.OPEN)) for m, p in OPEN]))
 def test_open_endpoints(method: str, path: str, route: Route) -> None:
     assert route_of(method, path) == route
 
 
 def test_image_create_is_a_pull_the_gate_checks() -> None:
-    assert route_of("POST", "/v1.41/images/create") == Route("pull")
+    assert route_of("POST", "/v1.41/images/create") == Route(RouteKind.PULL)
 
 
 CLOSED_VARIANTS = [
@@ -72,17 +71,17 @@ def test_unlisted_methods_and_endpoints_are_unknown(method: str, path: str, rout
 
 
 LIST_KINDS = [
-    ("GET", "/containers/json", Route("list_containers")),
-    ("POST", "/containers/create", Route("create_container")),
-    ("POST", "/containers/prune", Route("prune_containers")),
-    ("GET", "/events", Route("events")),
-    ("GET", "/volumes", Route("list_volumes")),
-    ("POST", "/volumes/create", Route("create_volume")),
-    ("POST", "/volumes/prune", Route("prune_volumes")),
-    ("GET", "/networks", Route("list_networks")),
-    ("POST", "/networks/create", Route("create_network")),
-    ("POST", "/networks/prune", Route("prune_networks")),
-    ("GET", "/containers/json/", Route("list_containers")),
+    ("GET", "/containers/json", Route(RouteKind.LIST_CONTAINERS)),
+    ("POST", "/containers/create", Route(RouteKind.CREATE_CONTAINER)),
+    ("POST", "/containers/prune", Route(RouteKind.PRUNE_CONTAINERS)),
+    ("GET", "/events", Route(RouteKind.EVENTS)),
+    ("GET", "/volumes", Route(RouteKind.LIST_VOLUMES)),
+    ("POST", "/volumes/create", Route(RouteKind.CREATE_VOLUME)),
+    ("POST", "/volumes/prune", Route(RouteKind.PRUNE_VOLUMES)),
+    ("GET", "/networks", Route(RouteKind.LIST_NETWORKS)),
+    ("POST", "/networks/create", Route(RouteKind.CREATE_NETWORK)),
+    ("POST", "/networks/prune", Route(RouteKind.PRUNE_NETWORKS)),
+    ("GET", "/containers/json/", Route(RouteKind.LIST_CONTAINERS)),
 ]
 
 
@@ -92,29 +91,29 @@ def test_list_create_prune_and_events(method: str, path: str, route: Route) -> N
 
 
 OBJECTS = [
-    ("GET", "/containers/abc/json", Route("container", "abc", "json")),
-    ("POST", "/containers/abc/start", Route("container", "abc", "start")),
-    ("POST", "/containers/abc/stop", Route("container", "abc", "stop")),
-    ("POST", "/containers/my_app-1.2/exec", Route("container", "my_app-1.2", "exec")),
-    ("POST", "/containers/abc/attach", Route("container", "abc", "attach")),
-    ("GET", "/containers/abc/logs", Route("container", "abc", "logs")),
-    ("POST", "/containers/abc/update", Route("container", "abc", "update")),
-    ("PUT", "/containers/abc/archive", Route("container", "abc", "archive")),
-    ("POST", "/containers/abc/resize", Route("container", "abc", "resize")),
-    ("DELETE", "/containers/abc", Route("container", "abc", "")),
-    ("GET", "/containers/abc/x/y", Route("container", "abc", "x/y")),
-    ("POST", "/containers/json", Route("container", "json", "")),
-    ("GET", "/containers/create", Route("container", "create", "")),
-    ("POST", "/exec/e1/start", Route("exec", "e1", "start")),
-    ("GET", "/exec/e1/json", Route("exec", "e1", "json")),
-    ("POST", "/exec/e1/resize", Route("exec", "e1", "resize")),
-    ("GET", "/volumes/data", Route("volume", "data", "")),
-    ("DELETE", "/volumes/data", Route("volume", "data", "")),
-    ("GET", "/volumes/create", Route("volume", "create", "")),
-    ("GET", "/networks/net1", Route("network", "net1", "")),
-    ("DELETE", "/networks/net1", Route("network", "net1", "")),
-    ("POST", "/networks/net1/connect", Route("network", "net1", "connect")),
-    ("POST", "/networks/net1/disconnect", Route("network", "net1", "disconnect")),
+    ("GET", "/containers/abc/json", Route(RouteKind.CONTAINER, "abc", "json")),
+    ("POST", "/containers/abc/start", Route(RouteKind.CONTAINER, "abc", "start")),
+    ("POST", "/containers/abc/stop", Route(RouteKind.CONTAINER, "abc", "stop")),
+    ("POST", "/containers/my_app-1.2/exec", Route(RouteKind.CONTAINER, "my_app-1.2", "exec")),
+    ("POST", "/containers/abc/attach", Route(RouteKind.CONTAINER, "abc", "attach")),
+    ("GET", "/containers/abc/logs", Route(RouteKind.CONTAINER, "abc", "logs")),
+    ("POST", "/containers/abc/update", Route(RouteKind.CONTAINER, "abc", "update")),
+    ("PUT", "/containers/abc/archive", Route(RouteKind.CONTAINER, "abc", "archive")),
+    ("POST", "/containers/abc/resize", Route(RouteKind.CONTAINER, "abc", "resize")),
+    ("DELETE", "/containers/abc", Route(RouteKind.CONTAINER, "abc", "")),
+    ("GET", "/containers/abc/x/y", Route(RouteKind.CONTAINER, "abc", "x/y")),
+    ("POST", "/containers/json", Route(RouteKind.CONTAINER, "json", "")),
+    ("GET", "/containers/create", Route(RouteKind.CONTAINER, "create", "")),
+    ("POST", "/exec/e1/start", Route(RouteKind.EXEC, "e1", "start")),
+    ("GET", "/exec/e1/json", Route(RouteKind.EXEC, "e1", "json")),
+    ("POST", "/exec/e1/resize", Route(RouteKind.EXEC, "e1", "resize")),
+    ("GET", "/volumes/data", Route(RouteKind.VOLUME, "data", "")),
+    ("DELETE", "/volumes/data", Route(RouteKind.VOLUME, "data", "")),
+    ("GET", "/volumes/create", Route(RouteKind.VOLUME, "create", "")),
+    ("GET", "/networks/net1", Route(RouteKind.NETWORK, "net1", "")),
+    ("DELETE", "/networks/net1", Route(RouteKind.NETWORK, "net1", "")),
+    ("POST", "/networks/net1/connect", Route(RouteKind.NETWORK, "net1", "connect")),
+    ("POST", "/networks/net1/disconnect", Route(RouteKind.NETWORK, "net1", "disconnect")),
 ]
 
 
@@ -124,8 +123,8 @@ def test_object_endpoints(method: str, path: str, route: Route) -> None:
 
 
 def test_object_id_is_percent_decoded() -> None:
-    assert route_of("GET", "/containers/ab%63/json") == Route("container", "abc", "json")
-    assert route_of("GET", "/volumes/my%2Dvol") == Route("volume", "my-vol", "")
+    assert route_of("GET", "/containers/ab%63/json") == Route(RouteKind.CONTAINER, "abc", "json")
+    assert route_of("GET", "/volumes/my%2Dvol") == Route(RouteKind.VOLUME, "my-vol", "")
 
 
 GATED = [
@@ -149,7 +148,7 @@ GATED = [
 
 @pytest.mark.parametrize(("method", "path", "group"), [(m, prefix + p, g) for prefix in PREFIXES for m, p, g in GATED])
 def test_gated_groups(method: str, path: str, group: str) -> None:
-    assert route_of(method, path) == Route("gated", group=group)
+    assert route_of(method, path) == Route(RouteKind.GATED, group=group)
 
 
 def test_gated_groups_are_the_configurable_ones() -> None:
@@ -169,7 +168,8 @@ ADMIN = [
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "route"), all_prefixes([(m, p, Route("admin_only")) for m, p in ADMIN]))
+@pytest.mark.parametrize(("method", "path", "route"),
+                         all_prefixes([(m, p, Route(RouteKind.ADMIN_ONLY)) for m, p in ADMIN]))
 def test_admin_only(method: str, path: str, route: Route) -> None:
     assert route_of(method, path) == route
 
@@ -272,10 +272,10 @@ METHODS = st.one_of(st.sampled_from(["GET", "POST", "DELETE", "HEAD", "PUT"]), s
 def test_classify_never_raises_and_object_ids_are_single_segments(method: str, path: str) -> None:
     route = route_of(method, path)
     assert isinstance(route, Route)
-    assert route.kind in KINDS
-    if route.kind == "gated":
+    assert type(route.kind) is RouteKind
+    if route.kind is RouteKind.GATED:
         assert route.group in ENDPOINT_GROUPS
-    if route.kind in ("container", "exec", "volume", "network"):
+    if route.kind in OBJECT_KINDS:
         assert route.object_id
         assert "/" not in route.object_id
         assert route.object_id not in (".", "..")
@@ -288,3 +288,10 @@ def test_classify_never_raises_and_object_ids_are_single_segments(method: str, p
                                                ("/containers/json", None), ("/v999.0/_ping", (999, 0))])
 def test_the_api_version_is_read_from_the_path(path: str, version: tuple[int, int] | None) -> None:
     assert classify("GET", path).version == version
+
+
+def test_every_route_kind_is_reached_by_some_path() -> None:
+    """The tables above classify into every kind, so a kind the gate handles is one that requests can have."""
+    paths = [*OPEN, *CLOSED_VARIANTS, *ADMIN, *[(m, p) for m, p, _ in LIST_KINDS + OBJECTS + GATED]]
+    reached = {route_of(method, path).kind for method, path in [*paths, ("POST", "/images/create")]}
+    assert reached == set(RouteKind)
