@@ -13,6 +13,7 @@ import pytest
 
 from ds01.config import ProxySettings, load_config
 from ds01.errors import ConfigError
+from ds01.proxy.outcomes import Reply
 from ds01.proxy.server import Proxy
 from ds01.proxy.upstream import Upstream
 from tests.unit.proxy_harness import (
@@ -50,6 +51,19 @@ def test_an_idle_connection_is_closed_at_the_idle_timeout() -> None:
         began = time.monotonic()
         assert read_all(client) == b""
     assert 0.9 < time.monotonic() - began < 5
+
+
+def test_a_body_that_stalls_is_refused_and_never_reaches_the_engine() -> None:
+    engine = FakeEngine(OK)
+    gate = StubGate(decide_with=lambda request: (request.read_body(), Reply(200, {}))[1])
+    client = start(gate, engine, ProxySettings(idle_timeout_seconds=1))
+    with client:
+        client.sendall(b"POST /v1.41/containers/create HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: 40\r\n\r\n{\"Image\": ")
+        [answer] = responses(read_all(client))
+    assert answer[0] == 408 and answer[1]["x-ds01-reason"] == "body_timeout"
+    assert "stalled for 1s" in message(answer)
+    assert len(gate.seen) == 1 and engine.links == 0 and engine.raw == b""
 
 
 def test_a_head_past_the_size_cap_is_refused() -> None:
