@@ -66,14 +66,14 @@ def container_info(inspected: dict[str, Any]) -> ContainerInfo:
     host_config = inspected.get("HostConfig") or {}
     device_ids, count = devicerequests.gpu_devices(host_config)
     state = inspected["State"]
-    labels = (inspected.get("Config") or {}).get("Labels") or {}
+    container_labels = (inspected.get("Config") or {}).get("Labels") or {}
     workspace = next((m.get("Source") for m in inspected.get("Mounts") or []
                       if m.get("Destination") == WORKSPACE and m.get("Type") == "bind"), None)
-    workspace = original_bind_source(labels, workspace)
+    workspace = original_bind_source(container_labels, workspace)
     return ContainerInfo(
         id=inspected["Id"],
         name=inspected["Name"].lstrip("/"),
-        labels=labels,
+        labels=container_labels,
         status=state["Status"],
         device_ids=device_ids,
         gpu_count=count,
@@ -81,7 +81,7 @@ def container_info(inspected: dict[str, Any]) -> ContainerInfo:
         finished_at=_timestamp(state.get("FinishedAt")),
         workspace=workspace,
         user=str((inspected.get("Config") or {}).get("User") or ""),
-        host_mounts=tuple(original_bind_source(labels, m.get("Source")) or "" for m in
+        host_mounts=tuple(original_bind_source(container_labels, m.get("Source")) or "" for m in
                           inspected.get("Mounts") or [] if m.get("Type") == "bind"),
     )
 

@@ -1,5 +1,6 @@
 """What every command handler is given: the paths of this installation, and its configuration, loaded the
-first time a handler asks for it (and only then: `container list` never reads resource-limits.yaml)."""
+first time a handler asks for it (and only then: `container list` never reads resource-limits.yaml). Loading it
+also sets this process's event log, so that the first event does not read the configuration again."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ class Context:
 
     @cached_property
     def config(self) -> Config:
-        from ds01.config.loader import load_config  # noqa: PLC0415 - only the commands that need it pay for YAML
+        from ds01 import eventlog  # noqa: PLC0415 - only the commands that need them pay for YAML and the log
+        from ds01.config.loader import load_config  # noqa: PLC0415
 
-        return load_config(self.paths.config)
+        config = load_config(self.paths.config)
+        eventlog.configure(self.paths.log_dir, config.events)
+        return config

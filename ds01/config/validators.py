@@ -20,10 +20,9 @@ def count(value: Any) -> int:
 
 
 def positive_count(value: Any) -> int:
-    whole = count(value)
-    if whole == 0:
-        raise ValueError("must be at least 1")
-    return whole
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{value!r} is not a whole number of at least 1")
+    return value
 
 
 def cpus(value: Any) -> float:
@@ -113,7 +112,6 @@ def format_ulimits(caps: Mapping[str, int | None]) -> str:
             return UNLIMITED
         return format_size(cap) if name in _BYTE_ULIMITS else str(cap)
     return "{" + ", ".join(f"{name}: {shown(name, cap)}" for name, cap in sorted(caps.items())) + "}"
-
 
 
 def choice(options: tuple[str, ...]) -> Callable[[Any], str]:

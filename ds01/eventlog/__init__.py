@@ -12,10 +12,10 @@ from ds01.eventlog.files import (
 )
 from ds01.eventlog.reader import Event, EventFilter, EventLog, parse_event, parse_when
 from ds01.eventlog.types import EventType
-from ds01.eventlog.writer import configure, destination, emit, rotation_failures, settings, write_failures
+from ds01.eventlog.writer import configure, destination, emit, rotation_failures, write_failures
 
 __all__ = [
     "LOG_NAME", "MAX_LINE_BYTES", "ROTATED", "SCHEMA_VERSION", "Event", "EventFilter", "EventLog", "EventType",
     "configure", "destination", "emit", "format_ts", "parse_event", "parse_ts", "parse_when", "rotated_files",
-    "rotation_failures", "settings", "write_failures",
+    "rotation_failures", "write_failures",
 ]

@@ -116,10 +116,6 @@ def _settings_from(config_path: Path) -> EventLogSettings:
         _loading.active = False
 
 
-def settings() -> EventLogSettings:
-    return destination().settings
-
-
 def _line(event_type: EventType, user: str | None, source: str, details: dict[str, Any], now: float) -> bytes:
     record = {
         "v": SCHEMA_VERSION,

@@ -20,8 +20,8 @@ HW_LABELS = ["gpu", "UUID", "modelName", "Hostname", "GPU_I_ID", "GPU_I_PROFILE"
 PROCESS_LABELS = ["gpu", "UUID", "GPU_I_ID", "GPU_I_PROFILE", "Hostname", "user", "container", "kind"]
 
 
-def _gauge(name: str, documentation: str, labels: list[str]) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, documentation, labels=labels)
+def _gauge(name: str, documentation: str, label_names: list[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, labels=label_names)
 
 
 def _hardware(snapshot: Snapshot) -> Iterator[Metric]:
@@ -53,8 +53,8 @@ def _hardware(snapshot: Snapshot) -> Iterator[Metric]:
             last_xid.add_metric([str(gpu.index), gpu.uuid, host], xids.last if xids else 0)
             for code, count in sorted((xids.by_code if xids else {}).items()):
                 xid_total.add_metric([str(gpu.index), gpu.uuid, host, str(code)], count)
-            labels = [str(gpu.index), gpu.uuid, gpu.name, host, "", ""]
-            info.add_metric([*labels, gpu.pci_bus_id, inventory.driver_version, str(gpu.mig_mode).lower(), ""], 1)
+            gpu_labels = [str(gpu.index), gpu.uuid, gpu.name, host, "", ""]
+            info.add_metric([*gpu_labels, gpu.pci_bus_id, inventory.driver_version, str(gpu.mig_mode).lower(), ""], 1)
             values: dict[str, float | None] = {
                 "ds01_gpu_utilization_ratio": None if gpu.mig_mode or gpu.utilization_gpu_percent is None
                 else gpu.utilization_gpu_percent / 100,
@@ -68,7 +68,7 @@ def _hardware(snapshot: Snapshot) -> Iterator[Metric]:
             }
             for name, value in values.items():
                 if value is not None:
-                    families[name].add_metric(labels, value)
+                    families[name].add_metric(gpu_labels, value)
             for mig in gpu.mig_devices:
                 mig_labels = [f"{gpu.index}.{mig.index}", mig.uuid, gpu.name, host, str(mig.gpu_instance_id),
                               mig.profile]
@@ -117,9 +117,9 @@ def _attribution(snapshot: Snapshot) -> Iterator[Metric]:
                   {(u,): n for u, n in by_user.items()})
 
 
-def _filled(name: str, documentation: str, labels: list[str],
+def _filled(name: str, documentation: str, label_names: list[str],
             values: Mapping[tuple[str, ...], float]) -> GaugeMetricFamily:
-    family = _gauge(name, documentation, labels)
+    family = _gauge(name, documentation, label_names)
     for key, value in sorted(values.items()):
         family.add_metric(list(key), value)
     return family

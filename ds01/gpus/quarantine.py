@@ -35,6 +35,7 @@ def _read(path: Path) -> dict[str, dict[str, float]]:
 def record_xid(state_dir: Path, event: XidEvent, settings: AllocationSettings, now: float) -> bool:
     """Remember a critical XID; returns whether `event` was critical (others are only logged)."""
     critical = event.xid in settings.critical_xids
+    # source "health": the name events have always carried, kept for readers of older logs
     eventlog.emit(EventType.GPU_XID, source="health", gpu=event.gpu_uuid, xid=event.xid, critical=critical,
                   gpu_instance_id=event.gpu_instance_id, compute_instance_id=event.compute_instance_id)
     if critical:

@@ -5,10 +5,8 @@ The checks only read: sockets are pinged, files and groups are looked at, nothin
 
 from __future__ import annotations
 
-import http.client
 import os
 import re
-import socket
 import stat
 import subprocess
 import traceback
@@ -24,6 +22,7 @@ from ds01.identity import nss
 from ds01.ops.install import MODPROBE, UDEV_RULES
 from ds01.proxy import runas
 from ds01.proxy.upstream import Upstream
+from ds01.unixhttp import UnixConnection
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 DEFAULT_ENGINE = "unix:///var/run/docker.sock"
@@ -95,17 +94,6 @@ def check_engine(options: Options) -> Check:
     return Check("engine", PASS, f"Docker {named} answers at {options.engine}")
 
 
-class _UnixHttp(http.client.HTTPConnection):
-    def __init__(self, path: Path) -> None:
-        super().__init__("localhost", timeout=TIMEOUT_SECONDS)
-        self._path = str(path)
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self._path)
-
-
 def check_proxy(options: Options) -> Check:
     path = options.proxy_socket
     start = "start it: systemctl enable --now ds01-proxy (journalctl -u ds01-proxy says why it stopped)"
@@ -113,7 +101,7 @@ def check_proxy(options: Options) -> Check:
         return Check("proxy", FAIL, f"no socket at {path}: the ds01 proxy is not running", start)
     if not stat.S_ISSOCK(path.stat().st_mode):
         return Check("proxy", FAIL, f"{path} is not a socket", f"remove {path}, then {start}")
-    connection = _UnixHttp(path)
+    connection = UnixConnection(str(path), TIMEOUT_SECONDS)
     try:
         connection.request("GET", "/_ping")
         answer = connection.getresponse()

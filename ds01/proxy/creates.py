@@ -58,12 +58,12 @@ def make_volume(upstream: EngineCalls, caller: runas.Caller, body: dict[str, Any
 
 
 def client_type(head: Head, body: dict[str, Any]) -> str:
-    labels = bodies.field(body, "Labels") or {}
+    body_labels = bodies.field(body, "Labels") or {}
     if (head.get("User-Agent") or "").startswith(CLIENT_HEADER_PREFIX):
         return "container"
-    if "com.docker.compose.project" in labels:
+    if "com.docker.compose.project" in body_labels:
         return "compose"
-    if any(key.startswith("devcontainer.") for key in labels):
+    if any(key.startswith("devcontainer.") for key in body_labels):
         return "devcontainer"
     return "docker"
 

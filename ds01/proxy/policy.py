@@ -117,9 +117,9 @@ def networks_of(body: dict[str, Any]) -> tuple[str, ...]:
     host = field(body, "HostConfig") or {}
     mode = field(host, "NetworkMode") if isinstance(host, dict) else None
     endpoints = field(field(body, "NetworkingConfig") or {}, "EndpointsConfig") or {}
-    names = [mode] if isinstance(mode, str) and ":" not in mode else []
-    names += list(endpoints) if isinstance(endpoints, dict) else []
-    return tuple(name for name in dict.fromkeys(names) if name not in SHARED_NETWORKS and name != "host")
+    joined = [mode] if isinstance(mode, str) and ":" not in mode else []
+    joined += list(endpoints) if isinstance(endpoints, dict) else []
+    return tuple(name for name in dict.fromkeys(joined) if name not in SHARED_NETWORKS and name != "host")
 
 
 def _within(path: str, roots: Sequence[str]) -> bool:

@@ -1,4 +1,4 @@
-"""The allow-list (ds01.rules) against the Docker API's own field list, and the policy's invariants over bodies
+"""The allow-list (ds01.proxy.rules) against the Docker API's own field list, and the policy's invariants over bodies
 made of the API's real fields, with valid and hostile values, in any key case."""
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import pytest
 from ds01.cli import add_command, new_parser, run
 from ds01.cli.context import Context
 from ds01.errors import ConfigError, Denied
+from ds01.reasons import Reason
 
 
 def parser_with(handler: object) -> argparse.ArgumentParser:
@@ -18,7 +19,7 @@ def parser_with(handler: object) -> argparse.ArgumentParser:
     return parser
 
 
-@pytest.mark.parametrize(("error", "code"), [(ConfigError("bad file"), 2), (Denied("quota", "no more"), 3)])
+@pytest.mark.parametrize(("error", "code"), [(ConfigError("bad file"), 2), (Denied(Reason.QUOTA, "no more"), 3)])
 def test_errors_become_exit_codes_and_one_line(error: Exception, code: int, capsys: pytest.CaptureFixture[str]) -> None:
     def fail(_args: argparse.Namespace, _context: Context) -> int:
         raise error

@@ -64,7 +64,7 @@ def test_rotation_by_size_from_the_config_keeps_every_event_in_order(
     assert all(eventlog.ROTATED.match(path.name) for path in rotated)
     assert all(path.stat().st_size <= 1024 for path in [*rotated, log_dir / eventlog.LOG_NAME])
     assert [e.details["seq"] for e in EventLog(log_dir).events()] == list(range(60))
-    assert eventlog.settings() == EventLogSettings(max_bytes=1024, max_age_seconds=86400, keep=100)
+    assert eventlog.destination().settings == EventLogSettings(max_bytes=1024, max_age_seconds=86400, keep=100)
     assert capsys.readouterr().err == ""
 
 
@@ -113,7 +113,7 @@ def test_an_unreadable_config_is_reported_once_and_the_defaults_apply(
         eventlog.emit("test.noconfig", source="test", seq=seq)
     err = capsys.readouterr().err
     assert err.count("using the default rotation settings") == 1
-    assert eventlog.settings() == EventLogSettings()
+    assert eventlog.destination().settings == EventLogSettings()
     assert eventlog.write_failures() == failures
     assert len(all_lines(log_dir)) == 3
 

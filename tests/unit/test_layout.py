@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "ds01"
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"", "errors", "reasons", "paths", "units", "labels", "names", "devicerequests", "records",
                "statefile", "daemon"}),
-    frozenset({"config", "eventlog", "identity", "engine", "nvml", "procfs", "overlay"}),
+    frozenset({"config", "eventlog", "identity", "engine", "nvml", "procfs", "overlay", "unixhttp"}),
     frozenset({"gpus"}),
     frozenset({"proxy", "exporter"}),
     frozenset({"ops"}),
@@ -25,7 +25,9 @@ def _module_name(path: Path) -> str:
 
 
 def _layer(module: str) -> int:
-    for depth in range(module.count(".") + 1, -1, -1):
+    if module == "":
+        return 0
+    for depth in range(module.count(".") + 1, 0, -1):
         prefix = ".".join(module.split(".")[:depth])
         for index, layer in enumerate(LAYERS):
             if prefix in layer:
@@ -79,3 +81,28 @@ def test_the_policy_and_the_gate_stay_off_the_sdk_door() -> None:
     graph = _graph()
     for module in ("proxy.gate", "proxy.policy", "proxy.creates", "records", "labels"):
         assert "engine" not in graph[module], f"ds01.{module} imports the Docker SDK door"
+
+
+# Each outside system has one door: the only modules that may import it.
+DOORS = {
+    "pwd": {"identity.nss"}, "grp": {"identity.nss"}, "docker": {"engine"}, "pynvml": {"nvml"},
+    "ldap": {"identity.directory"}, "yaml": {"config.loader"}, "h11": {"proxy.http", "proxy.link"},
+    "prometheus_client": {"exporter.metrics", "exporter.service"},
+}
+
+
+def _outside_imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_each_outside_system_is_imported_through_its_door_only() -> None:
+    strays = [f"ds01.{_module_name(path)} imports {system}, whose door is {', '.join(sorted(doors))}"
+              for path in sorted(PACKAGE.rglob("*.py")) for system, doors in DOORS.items()
+              if system in _outside_imports(path) and _module_name(path) not in doors]
+    assert strays == []

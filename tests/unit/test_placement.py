@@ -1,4 +1,5 @@
-"""ds01.placement: which slots a GPU request gets, from hand-made slots and holdings (pure, no engine, no NVML)."""
+"""ds01.gpus.placement: which slots a GPU request gets, from hand-made slots and holdings (pure, no engine, no
+NVML)."""
 
 from __future__ import annotations
 

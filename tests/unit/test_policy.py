@@ -1,4 +1,5 @@
-"""ds01.policy: the create/exec/update policy of the proxy, from hand-built Facts (pure: no engine, no filesystem)."""
+"""ds01.proxy.policy: the create/exec/update policy of the proxy, from hand-built Facts (pure: no engine, no
+filesystem)."""
 
 from __future__ import annotations
 

@@ -42,7 +42,6 @@ def register(commands: Commands) -> None:
     add_format_option(command)
 
 
-
 def event_filter(args: argparse.Namespace, now: datetime) -> eventlog.EventFilter:
     since, until = time_option("--since", args.since, now), time_option("--until", args.until, now)
     if since is not None and until is not None and since >= until:
@@ -119,7 +118,7 @@ def show_events(args: argparse.Namespace, context: Context) -> int:
         raise UsageError(f"--limit {args.limit}: give 0 or more")
     now = datetime.fromtimestamp(writer.clock(), UTC)
     wanted = event_filter(args, now)
-    log = eventlog.EventLog()
+    log = eventlog.EventLog(context.paths.log_dir)
     if args.follow:
         return _follow(log, wanted, args.format, FOLLOW_BACKLOG if args.limit is None else args.limit)
     found: Iterable[eventlog.Event] = log.events(wanted)

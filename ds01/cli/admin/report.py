@@ -34,7 +34,6 @@ def register(commands: Commands) -> None:
     command.add_argument("--output", metavar="FILE", type=Path, help="write to FILE instead of standard output")
 
 
-
 def make_report(args: argparse.Namespace, context: Context) -> int:
     now = datetime.fromtimestamp(writer.clock(), UTC)
     since = time_option("--since", args.since, now)
@@ -44,7 +43,8 @@ def make_report(args: argparse.Namespace, context: Context) -> int:
     if args.format == "png" and args.output is None:
         raise UsageError("--format png draws a chart into a file: add --output FILE.png")
     group_of = report.group_resolver(context.config, now) if args.by == "group" else None
-    result = report.report_from_log(eventlog.EventLog(), since=since, until=until, by=args.by, group_of=group_of)
+    result = report.report_from_log(eventlog.EventLog(context.paths.log_dir), since=since, until=until, by=args.by,
+                                    group_of=group_of)
 
     if args.format == "png":
         report.write_png(result, args.output)

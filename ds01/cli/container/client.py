@@ -25,6 +25,7 @@ from ds01.names import DRY_RUN_HEADER, ENGINE_NAME, USER_AGENT, WORKSPACE, plain
 from ds01.paths import Paths
 from ds01.reasons import Reason
 from ds01.records import Details, details
+from ds01.unixhttp import UnixConnection
 
 API = "/v1.40"  # the oldest version the proxy serves, so every proxy serves it; all sent here exists in 1.40
 TIMEOUT_SECONDS = 60.0  # per call on a quiet socket; a stop adds its own grace time
@@ -113,36 +114,22 @@ def create_body(image: str, command: list[str], *, workspace: str, gpus: int, mi
         host["ShmSize"] = shm_size
     if cpus is not None:
         host["NanoCpus"] = round(cpus * 1e9)
-    return {"Image": image, "Cmd": command, "WorkingDir": WORKSPACE,
+    # Attached output, as docker-py and the docker CLI create: `docker start -a` shows it.
+    return {"Image": image, "Cmd": command, "WorkingDir": WORKSPACE, "AttachStdout": True, "AttachStderr": True,
             "Labels": {labels.REQUEST_MIG: mig} if mig else {}, "HostConfig": host}
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=TIMEOUT_SECONDS)
-        self.socket_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self.socket_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 @dataclass
 class _Exchange:
-    """An answer being read, on the connection it came on."""
+    """An answer being read, on the connection (and its socket, which http.client forgets at a closing answer)."""
 
-    connection: _UnixConnection
+    connection: UnixConnection
+    sock: socket.socket
     response: http.client.HTTPResponse
 
-
-# A kept-alive connection the proxy closed while it sat idle fails at once in one of these ways.
-_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+    def stream(self) -> None:
+        """The head is in: what follows may take as long as the container does (a follow, a long exec)."""
+        self.sock.settimeout(None)
 
 
 class ProxyClient:
@@ -152,7 +139,7 @@ class ProxyClient:
     def __init__(self, url: str) -> None:
         self.url = url
         self._path = url.removeprefix("unix://")
-        self._idle: list[_UnixConnection] = []  # list.pop and append are atomic: no lock needed
+        self._idle: list[UnixConnection] = []  # list.pop and append are atomic: no lock needed
 
     @classmethod
     def of(cls, paths: Paths) -> ProxyClient:
@@ -160,29 +147,32 @@ class ProxyClient:
 
     def _send(self, method: str, path: str, *, query: Mapping[str, str | int] | None = None,
               body: dict[str, Any] | None = None, headers: Mapping[str, str] | None = None,
-              timeout: float | None = TIMEOUT_SECONDS) -> _Exchange:
+              timeout: float = TIMEOUT_SECONDS) -> _Exchange:
+        """Send one request and read the head of its answer, on an idle kept-alive connection or a new one. A
+        connection the proxy closed while idle is dropped before it is used, so a request is never sent twice."""
         target = API + path + (f"?{urlencode(query)}" if query else "")
         data = None if body is None else json.dumps(body).encode()
         sent = {"User-Agent": USER_AGENT, **({"Content-Type": "application/json"} if data is not None else {}),
                 **(headers or {})}
-        while True:
-            try:
-                connection, reused = self._idle.pop(), True
-            except IndexError:
-                connection, reused = _UnixConnection(self._path), False
-            try:
-                if connection.sock is None:
-                    connection.connect()
-                connection.sock.settimeout(timeout)
-                connection.request(method, target, body=data, headers=sent)
-                return _Exchange(connection, connection.getresponse())
-            except _STALE:
-                connection.close()
-                if not reused:
-                    raise
-            except BaseException:
-                connection.close()
-                raise
+        connection = self._connection()
+        try:
+            if connection.sock is None:
+                connection.connect()
+            sock = connection.sock
+            sock.settimeout(timeout)
+            connection.request(method, target, body=data, headers=sent)
+            return _Exchange(connection, sock, connection.getresponse())
+        except BaseException:
+            connection.close()
+            raise
+
+    def _connection(self) -> UnixConnection:
+        while self._idle:
+            connection = self._idle.pop()
+            if not connection.closed_by_peer():
+                return connection
+            connection.close()
+        return UnixConnection(self._path, TIMEOUT_SECONDS)
 
     def _done(self, exchange: _Exchange) -> None:
         """Keep the connection for the next call, unless the answer ends it."""
@@ -266,9 +256,10 @@ class ProxyClient:
                 "AttachStdin": False, "AttachStdout": True, "AttachStderr": True, "Tty": False, "Cmd": command})
             exec_id = quote(str(made["Id"]))
             exchange = self._send("POST", f"/exec/{exec_id}/start", body={"Detach": False, "Tty": False},
-                                  headers={"Connection": "Upgrade", "Upgrade": "tcp"}, timeout=None)
+                                  headers={"Connection": "Upgrade", "Upgrade": "tcp"})
             if exchange.response.status >= 400:
                 self._read(exchange)
+            exchange.stream()
             # After the switch (101) the socket carries the stream; http.client has read the head only.
             upgraded = exchange.response.status == 101
             try:
@@ -290,9 +281,10 @@ class ProxyClient:
         try:
             tty = bool((self._json("GET", f"/containers/{quote(name)}/json").get("Config") or {}).get("Tty"))
             query = {"stdout": 1, "stderr": 1, "follow": int(follow), "tail": "all" if tail is None else tail}
-            exchange = self._send("GET", f"/containers/{quote(name)}/logs", query=query, timeout=None)
+            exchange = self._send("GET", f"/containers/{quote(name)}/logs", query=query)
             if exchange.response.status >= 400:
                 self._read(exchange)
+            exchange.stream()
             try:
                 if tty:  # no frames: the terminal's bytes as they come
                     while data := exchange.response.read1(65536):

@@ -16,7 +16,6 @@ from ds01 import labels
 from ds01.cli.container.client import ProxyClient, create_body
 from ds01.cli.container.common import add_name
 from ds01.cli.context import Context
-from ds01.config.schema import Config
 from ds01.errors import ConfigError, Ds01Error, UsageError
 from ds01.identity import nss
 from ds01.names import check_name, engine_name
@@ -103,9 +102,10 @@ def workspace_path(given: str | None, root: str, name: str) -> Path:
     return Path(os.path.abspath(expand(given) if given else f"{expand(root).rstrip('/')}/{name}"))
 
 
-def _request(args: argparse.Namespace, config: Config) -> Request:
+def _request(args: argparse.Namespace, context: Context) -> Request:
     gpus, cpus = _gpus(args), _cpus(args.cpus)
     memory, shm_size = _size("--memory", args.memory), _size("--shm-size", args.shm_size)
+    config = context.config  # read after the options are checked: a bad flag is named before a bad config
     image = args.image or config.containers.default_image
     if not image:
         raise ConfigError(f"no image: give one with --image (for example --image pytorch/pytorch:latest); the "
@@ -203,7 +203,7 @@ def _report(name: str, found: Details, request: Request) -> None:
 def run(args: argparse.Namespace, context: Context) -> int:
     name = check_name(args.name)
     full = engine_name(name, os.getuid())
-    request = _request(args, context.config)
+    request = _request(args, context)
     with ProxyClient.of(context.paths) as proxy:
         if args.dry_run:
             return _dry_run(proxy, name, full, request)
