@@ -10,8 +10,9 @@ both alike:
 (c) `container create NAME --cpu-only --dry-run` as alice against `docker create IMAGE true` + `docker rm` as
     alice; both through the proxy. Target <= 1.5x.
 
-Then before and after: (a) and (b) with the command as it was at an earlier commit (default 8105fd5, the last
-with docker-py in the command), run from a git worktree on PYTHONPATH, against the command now.
+Then before and after: (a) and (b) with the command as it was at an earlier commit (default 8be058d, before
+issue 11), run from a git worktree on PYTHONPATH through the entry point that commit's pyproject.toml names,
+against the command now.
 
 Times are reported, never asserted: the exit status is 0 when the benchmark ran, 1 when it could not. Needs root
 and the test bed: eval "$(scripts/testbed env)" first.
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -55,12 +57,23 @@ REPO = Path(__file__).resolve().parent.parent
 CONTAINER = str(BIN / "container")
 LISTED = 20  # alice's running containers for (b)
 QUICK_SAMPLES = 3  # samples per side in each repetition for the quick rows
-BEFORE = "8105fd5"
+BEFORE = "8be058d"  # the last commit before issue 11: the command on docker-py, every subcommand imported
 EXAMPLE = """example:
   eval "$(scripts/testbed env)"
   .venv/bin/python bench/cli.py                    # 20 repetitions, about a minute
   .venv/bin/python bench/cli.py --repeats 5 --before 8105fd5
 """
+
+
+def command_of(tree: str | None) -> list[str]:
+    """The `container` command now, or as the checkout at `tree` defines it: the entry point its pyproject names
+    (the module moved in issue 11), run by this virtualenv's interpreter the way the installed script runs it."""
+    if tree is None:
+        return [CONTAINER]
+    scripts = tomllib.loads((Path(tree) / "pyproject.toml").read_text())["project"]["scripts"]
+    module, function = scripts["container"].split(":")
+    # -P: not the current directory first on the path, as for the installed script
+    return [str(BIN / "python3"), "-P", "-c", f"import sys; from {module} import {function}; sys.exit({function}())"]
 
 
 @contextlib.contextmanager
@@ -111,14 +124,14 @@ class Commands:
 
     def help(self, pythonpath: str | None = None) -> Callable[[], float]:
         env = {**os.environ, **({"PYTHONPATH": pythonpath} if pythonpath else {})}
-        return lambda: timed([CONTAINER, "--help"], env)[0]
+        return lambda: timed([*command_of(pythonpath), "--help"], env)[0]
 
     def python(self) -> float:
         return timed([str(BIN / "python3"), "-c", "pass"])[0]
 
     def listing(self, pythonpath: str | None = None) -> Callable[[], float]:
         extra = {"PYTHONPATH": pythonpath} if pythonpath else None
-        return lambda: self.as_alice([CONTAINER, "list"], extra)
+        return lambda: self.as_alice([*command_of(pythonpath), "list"], extra)
 
     def ps(self) -> float:
         return self.as_alice([DOCKER, "ps"])
