@@ -28,7 +28,7 @@ from ds01.records import Details, details
 from ds01.unixhttp import UnixConnection
 
 API = "/v1.40"  # the oldest version the proxy serves, so every proxy serves it; all sent here exists in 1.40
-TIMEOUT_SECONDS = 60.0  # per call on a quiet socket; a stop adds its own grace time
+TIMEOUT_SECONDS = 60.0  # for an answer's head on a quiet socket; a stop adds its own grace time
 FRAME = struct.Struct(">BxxxL")  # a multiplexed stream's frame head: stream (1 stdout, 2 stderr), length
 IMAGE_MISSING = ("no such image", "does not exist or no pull access", "repository does not exist")
 _T = TypeVar("_T")
@@ -136,8 +136,9 @@ class ProxyClient:
     """The calling user's containers, through the ds01 proxy (DOCKER_HOST or ds01's own socket). Calls may come
     from several threads: each takes an idle kept-alive connection or opens one, and gives it back when done."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeout_seconds: float = TIMEOUT_SECONDS) -> None:
         self.url = url
+        self.timeout_seconds = timeout_seconds
         self._path = url.removeprefix("unix://")
         self._idle: list[UnixConnection] = []  # list.pop and append are atomic: no lock needed
 
@@ -147,7 +148,7 @@ class ProxyClient:
 
     def _send(self, method: str, path: str, *, query: Mapping[str, str | int] | None = None,
               body: dict[str, Any] | None = None, headers: Mapping[str, str] | None = None,
-              timeout: float = TIMEOUT_SECONDS) -> _Exchange:
+              grace_seconds: float = 0) -> _Exchange:
         """Send one request and read the head of its answer, on an idle kept-alive connection or a new one. A
         connection the proxy closed while idle is dropped before it is used, so a request is never sent twice."""
         target = API + path + (f"?{urlencode(query)}" if query else "")
@@ -159,7 +160,7 @@ class ProxyClient:
             if connection.sock is None:
                 connection.connect()
             sock = connection.sock
-            sock.settimeout(timeout)
+            sock.settimeout(self.timeout_seconds + grace_seconds)
             connection.request(method, target, body=data, headers=sent)
             return _Exchange(connection, sock, connection.getresponse())
         except BaseException:
@@ -172,7 +173,7 @@ class ProxyClient:
             if not connection.closed_by_peer():
                 return connection
             connection.close()
-        return UnixConnection(self._path, TIMEOUT_SECONDS)
+        return UnixConnection(self._path, self.timeout_seconds)
 
     def _done(self, exchange: _Exchange) -> None:
         """Keep the connection for the next call, unless the answer ends it."""
@@ -194,8 +195,9 @@ class ProxyClient:
 
     def _json(self, method: str, path: str, *, query: Mapping[str, str | int] | None = None,
               body: dict[str, Any] | None = None, headers: Mapping[str, str] | None = None,
-              timeout: float = TIMEOUT_SECONDS) -> Any:
-        data = self._read(self._send(method, path, query=query, body=body, headers=headers, timeout=timeout))
+              grace_seconds: float = 0) -> Any:
+        data = self._read(self._send(method, path, query=query, body=body, headers=headers,
+                                     grace_seconds=grace_seconds))
         try:
             return json.loads(data) if data else None
         except ValueError:
@@ -244,7 +246,7 @@ class ProxyClient:
 
     def stop(self, name: str, timeout: int) -> None:
         self._call(name, lambda: self._json("POST", f"/containers/{quote(name)}/stop", query={"t": timeout},
-                                            timeout=TIMEOUT_SECONDS + timeout))
+                                            grace_seconds=timeout))
 
     def remove(self, name: str, force: bool) -> None:
         self._call(name, lambda: self._json("DELETE", f"/containers/{quote(name)}", query={"force": int(force)}))

@@ -282,3 +282,31 @@ def test_a_kept_alive_connection_the_proxy_dropped_is_replaced(stand_in: StandIn
         for _ in range(3):
             assert proxy.inspect("train._.1").info.device_ids == ("MIG-1",)
     assert len(stand_in.seen) == 3
+
+
+def test_a_request_that_reached_the_proxy_is_never_sent_again(stand_in: StandIn) -> None:
+    # The first answer keeps the connection; the create is read and then the connection is cut without an answer.
+    stand_in.answer = lambda seen: Answer(hang_up=True) if seen.method == "POST" else Answer(body=_inspected(0))
+    with ProxyClient(_url(stand_in)) as proxy:
+        proxy.inspect("train._.1")
+        with pytest.raises(Ds01Error, match="closed the connection without answering"):
+            proxy.create("train._.1", {"Image": "img:1"})
+    assert [seen.method for seen in stand_in.seen] == ["GET", "POST"]
+
+
+def test_a_proxy_that_never_answers_a_follow_times_out_before_its_head(stand_in: StandIn) -> None:
+    released = threading.Event()
+
+    def answers(seen: Seen) -> Answer:
+        if "/logs" in seen.path:
+            released.wait(10)  # silent until the test is over
+        return Answer(body=_inspected(0))
+
+    stand_in.answer = answers
+    try:
+        with ProxyClient(_url(stand_in), timeout_seconds=0.5) as proxy, \
+                pytest.raises(Ds01Error, match="did not answer in time"):
+            list(proxy.logs("train._.1", follow=True, tail=None))
+    finally:
+        released.set()
+    assert [seen.path.split("?")[0] for seen in stand_in.seen][-1] == "/v1.40/containers/train._.1/logs"
