@@ -73,8 +73,10 @@ class Gate:
         self._host_cpus = host_cpus
         self.locks = UserLocks()
         # log_driver: the engine's default, the only one users' containers may log with
-        self._creates = ContainerCreates(sessions, upstream, allocator, slots, cgroups, engine_sockets, host_cpus,
-                                         pins, self.locks, log_driver, self._owner_of, instance, clock)
+        self._creates = ContainerCreates(
+            sessions=sessions, upstream=upstream, allocator=allocator, slots=slots, cgroups=cgroups,
+            engine_sockets=engine_sockets, host_cpus=host_cpus, pins=pins, locks=self.locks, log_driver=log_driver,
+            owner_of=self._owner_of, instance=instance, clock=clock)
         self._containers = ContainerActions(sessions, upstream, allocator, self._owner_of, self.locks, slots=slots,
                                             pins=pins, engine_sockets=engine_sockets, spool_dir=spool_dir)
 
