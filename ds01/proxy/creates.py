@@ -3,6 +3,7 @@ pinned bind sources, and the create itself, one at a time per user."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -13,7 +14,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from ds01 import labels
-from ds01.errors import Denied, Ds01Error
+from ds01.errors import Busy, Denied, Ds01Error
 from ds01.gpus.allocator import Allocation, Allocator
 from ds01.gpus.placement import Slot
 from ds01.identity import nss
@@ -178,12 +179,26 @@ class ContainerCreates:
             if allocation is None:
                 return
             if status == 201:
-                self.allocator.bind(allocation.id, json.loads(response)["Id"], name)
+                self._bind_or_undo(allocation, str(json.loads(response)["Id"]), name)
             else:
                 self.allocator.release(allocation.id)
 
         return Forward(request.target, body=json.dumps(plan.body).encode(), after=after, warnings=plan.notes,
                        held=held)
+
+    def _bind_or_undo(self, allocation: Allocation, container_id: str, name: str | None) -> None:
+        """Bind the grant to the container the engine made. If the grant cannot be recorded, the container goes
+        again: one that holds GPUs its reservation does not name would see them handed out at the reservation's
+        TTL."""
+        try:
+            self.allocator.bind(allocation.id, container_id, name)
+        except (Ds01Error, OSError) as exc:
+            self.upstream.call("DELETE", f"/containers/{container_id}", query={"force": "1"})
+            with contextlib.suppress(Ds01Error, OSError):  # else the reservation lapses at its TTL, unused
+                self.allocator.release(allocation.id)
+            failure = Busy if isinstance(exc, Busy) else Ds01Error
+            raise failure(f"the GPUs of the new container could not be recorded ({exc}), so it was removed again "
+                          "and nothing was created. Try again.") from exc
 
     def _make_volume(self, caller: runas.Caller, name: str) -> None:
         """A named volume the create mounts and nobody has yet, made as the caller's (the engine would make it

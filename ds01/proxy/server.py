@@ -249,7 +249,14 @@ class Proxy:
                 return False
             if forward.awaits_answer or answer.status >= 400:  # errors are read whole: the gate filters them
                 data = engine.read_body(_ANSWER_BYTES)
-                forward.settle(answer.status, data)
+                try:
+                    forward.settle(answer.status, data)
+                except Ds01Error as exc:  # what the engine did was undone, and the client hears why
+                    busy = isinstance(exc, Busy)
+                    side.send_whole(503 if busy else 500, *_error_body(Reason.BUSY if busy else Reason.ERROR,
+                                                                         str(exc)))
+                    link.close()
+                    return False
                 data = _with_warnings(answer.status, data, forward.warnings)
                 data = self.gate.error_answer(request, answer.status, data)
                 side.send_head(answer.status, headers, len(data), answer.reason)

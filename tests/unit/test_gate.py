@@ -525,3 +525,17 @@ def test_a_caller_with_no_account_is_refused(world: World) -> None:
     world.sessions.by_uid.pop(os.getuid(), None)
     status, headers, engine = served(world, b"GET /v1.41/_ping HTTP/1.1\r\nHost: d\r\n\r\n")
     assert (status, headers["x-ds01-reason"]) == (403, "unknown_user") and engine.links == 0
+
+
+def test_a_create_whose_grant_cannot_be_recorded_is_removed_and_says_so(
+        connected: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    def disk_full(*_args: Any, **_kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(connected.allocator, "bind", disk_full)
+    made = json.dumps({"Id": "c" * 64, "Warnings": []}).encode()
+    status, headers, engine = served(connected, create_request({"Image": IMAGE, "HostConfig": ONE_GPU}),
+                                     b"HTTP/1.1 201 Created\r\nContent-Length: %d\r\n\r\n%s" % (len(made), made))
+    assert (status, headers["x-ds01-reason"]) == (500, "error") and len(engine.requests) == 1
+    assert ("DELETE", f"/containers/{'c' * 64}") in connected.upstream.calls
+    assert connected.reserved() == [] and not connected.gate.locks.locked("alice")
