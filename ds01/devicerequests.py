@@ -3,15 +3,16 @@ they ask for, and the request a grant or a GPU count becomes."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 GPU_CAPABILITY = "gpu"
 NVIDIA_DRIVER = "nvidia"
 
 
-def capabilities(request: Mapping[str, Any]) -> set[str]:
-    return {c for group in request.get("Capabilities") or [] for c in group}
+def capabilities(groups: Iterable[Iterable[str]]) -> set[str]:
+    """Every capability a request's Capabilities (a list of alternatives, each a list of names) mentions."""
+    return {capability for group in groups for capability in group}
 
 
 def asks_for_gpus(driver: object, wanted: set[str]) -> bool:
@@ -24,7 +25,7 @@ def gpu_devices(host_config: Mapping[str, Any]) -> tuple[tuple[str, ...], int]:
     device_ids: list[str] = []
     count = 0
     for request in host_config.get("DeviceRequests") or []:
-        if asks_for_gpus(request.get("Driver"), capabilities(request)):
+        if asks_for_gpus(request.get("Driver"), capabilities(request.get("Capabilities") or [])):
             device_ids.extend(request.get("DeviceIDs") or [])
             count = -1 if request.get("Count") == -1 else count + int(request.get("Count") or 0)
     return tuple(device_ids), count

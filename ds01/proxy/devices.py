@@ -53,7 +53,7 @@ def gpu_request(host: dict[str, Any], found_labels: Mapping[str, str]) -> GpuReq
             raise Denied(Reason.BAD_REQUEST, "Capabilities must be a list of lists of names, like [[\"gpu\"]]")
         driver = field(request, "Driver")
         if driver not in (None, "", devicerequests.NVIDIA_DRIVER) or not devicerequests.asks_for_gpus(
-                driver, {c for group in groups for c in group}):
+                driver, devicerequests.capabilities(groups)):
             raise Denied(Reason.DEVICES, "only GPU device requests (--gpus) are allowed.")
         if wanted is not None:
             raise Denied(Reason.BAD_REQUEST, "send one GPU device request, not several.")
