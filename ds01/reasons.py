@@ -76,6 +76,7 @@ class Reason(StrEnum):
     LIMIT_LIFTED = "limit_lifted"  # a value the engine reads as "no limit"
     MAX_CONTAINERS = "max_containers"
     MAX_EXECS = "max_execs"
+    MAX_PUBLISHED_PORTS = "max_published_ports"
     # GPUs
     QUOTA = "quota"
     CAPACITY = "capacity"  # not enough free GPUs right now

@@ -84,6 +84,8 @@ LIMIT_KEYS: tuple[LimitKey, ...] = (
              "may not be set; a group or user entry changes only the names it gives", "proxy"),
     LimitKey("max_execs", "max_execs", validators.positive_count, 64,
              "exec instances one container may have at once, counting those created and not yet started", "proxy"),
+    LimitKey("max_published_ports", "max_published_ports", validators.count, 8,
+             "host ports one user's containers may publish at once, all on 127.0.0.1", "proxy"),
     LimitKey("user_cpus", "user_cpus", validators.cpus, 16.0,
              "CPUs for all of one user's containers together, through the per-user cgroup parent", "proxy"),
     LimitKey("user_memory", "user_memory_bytes", validators.size, 128 * 2**30,
@@ -112,6 +114,7 @@ class LimitValues:
     pids_limit: int
     ulimits: Mapping[str, int | None]  # name -> highest hard limit; None: unlimited
     max_execs: int
+    max_published_ports: int
     user_cpus: float
     user_memory_bytes: int
     max_runtime_seconds: int | None  # None: unlimited

@@ -14,7 +14,7 @@ from ds01 import labels, records
 from ds01.errors import Denied, Ds01Error
 from ds01.gpus.allocator import Allocator
 from ds01.gpus.placement import GpuRequest, Slot
-from ds01.proxy import archive, bodies, policy, runas, starts
+from ds01.proxy import archive, bodies, networks, policy, runas, starts
 from ds01.proxy.creates import OwnerOf, network_owners
 from ds01.proxy.interfaces import Callers, EngineCalls, Pinning
 from ds01.proxy.outcomes import Forward, Outcome, Request
@@ -99,7 +99,7 @@ class ContainerActions:
         body's are."""
         joined = {"HostConfig": {"NetworkMode": (info.get("HostConfig") or {}).get("NetworkMode")},
                   "NetworkingConfig": {"EndpointsConfig": (info.get("NetworkSettings") or {}).get("Networks")}}
-        return network_owners(self._owner_of, policy.networks_of(joined))
+        return network_owners(self._owner_of, networks.networks_of(joined))
 
     def _removed_if_auto_remove(self, info: dict[str, Any]) -> None:
         """A --rm container whose start is refused goes, as the engine removes one whose start fails: docker run

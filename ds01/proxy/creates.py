@@ -19,7 +19,7 @@ from ds01.gpus.allocator import Allocation, Allocator
 from ds01.gpus.placement import Slot
 from ds01.identity import nss
 from ds01.names import DRY_RUN_HEADER
-from ds01.proxy import allowlist, binds, bodies, devices, policy, runas
+from ds01.proxy import allowlist, binds, bodies, devices, networks, policy, runas
 from ds01.proxy.cgroups import CgroupParents
 from ds01.proxy.http import Head
 from ds01.proxy.interfaces import Callers, EngineCalls, Pinning
@@ -114,6 +114,35 @@ class ContainerCreates:
             raise Ds01Error(f"the engine answered {status} when counting containers: {listed}")
         return len(listed)
 
+    def _check_published_ports(self, caller: runas.Caller, publishing: int) -> None:
+        query = {"all": "1", "filters": json.dumps({"label": [f"{labels.USER}={caller.user}"]})}
+        status, listed = self.upstream.call("GET", "/containers/json", query=query)
+        if status != 200 or not isinstance(listed, list):
+            raise Ds01Error(f"the engine answered {status} when listing containers: {listed}")
+        published = 0
+        for summary in listed:  # stopped ones too: their ports are theirs again at the next start
+            found = self.upstream.inspect("container", str(summary.get("Id")))
+            published += networks.published_ports((found or {}).get("HostConfig") or {})
+        limit = caller.limits.max_published_ports
+        if published + publishing > limit:
+            raise Denied(Reason.MAX_PUBLISHED_PORTS, (
+                f"your containers publish {published} host ports and this one would add {publishing}; you may "
+                f"publish {limit}. Remove a container that publishes ports, or publish fewer."))
+
+    def _ensure_user_network(self, caller: runas.Caller) -> None:
+        """The caller's own network, made on first use and kept: the network their containers join by default."""
+        name = networks.user_network(caller)
+        found, owner = self.owner_of("network", name)
+        if found is None:
+            made_labels = {labels.USER: caller.user, labels.UID: str(caller.uid)}
+            status, made = self.upstream.call("POST", "/networks/create", body={
+                "Name": name, "Driver": "bridge", "CheckDuplicate": True, "Labels": made_labels})
+            if status != 201:
+                raise Ds01Error(f"the engine answered {status} when creating your network {name}: {made}")
+        elif owner != caller.user:
+            raise Denied(Reason.NOT_OWNER, f"the network {name}, which your containers join, is not yours; ask an "
+                                           "admin to remove it (docker network rm), then create again.")
+
     def create(self, request: Request) -> Outcome:
         caller = request.session.caller
         policy.check_object_name(caller, "container", dict(parse_qsl(request.query)).get("name") or "")
@@ -152,10 +181,15 @@ class ContainerCreates:
                 allocation = (self.allocator.preview(*args, slots=self.slots()) if dry_run
                               else self.allocator.request(*args, slots=self.slots()))
                 devices.apply_grant(plan.body, allocation.slots, allocation.id, str(allocation.gpu_equivalents))
+            publishing = networks.published_ports(plan.body["HostConfig"])
+            if publishing:
+                self._check_published_ports(caller, publishing)
             if dry_run:
                 held.release()
                 return self._dry_run_reply(plan, allocation)
             self.cgroups.ensure(caller.user, caller.limits.user_cpus, caller.limits.user_memory_bytes)
+            if plan.joins_user_network:
+                self._ensure_user_network(caller)
             for volume in sorted(facts.missing_volumes):
                 self._make_volume(caller, volume)
             if plan.bind_sources:

@@ -14,7 +14,7 @@ from ds01 import labels
 from ds01.errors import Denied
 from ds01.gpus.allocator import Allocator
 from ds01.gpus.placement import Slot
-from ds01.proxy import allowlist, bodies, policy
+from ds01.proxy import allowlist, bodies, networks, policy, runas
 from ds01.proxy.cgroups import CgroupParents
 from ds01.proxy.containers import ContainerActions, host_mounts
 from ds01.proxy.creates import ContainerCreates, make_volume
@@ -26,6 +26,7 @@ from ds01.reasons import Reason
 
 MIN_API_VERSION = (1, 40)
 PULL_PARAMETERS = frozenset({"fromImage", "tag", "platform"})
+BUILT_IN_NETWORKS = frozenset({"bridge", "host", "none"})
 _OBJECT_ID = re.compile(r"[0-9a-f]{64}")
 
 
@@ -51,6 +52,11 @@ def _with_owner_filter(query: str, user: str, key: str = "filters") -> str:
     filters["label"] = list(found_labels) if as_lists else found_labels
     rest = [(name, value) for name, value in params if name != key]
     return urlencode([*rest, (key, json.dumps(filters))])
+
+
+def _built_in(network: dict[str, Any]) -> bool:
+    """bridge, host and none: the engine's own networks, which no user owns."""
+    return str(network.get("Name") or "") in BUILT_IN_NETWORKS and not (network.get("Labels") or {}).get(labels.USER)
 
 
 def _now() -> datetime:
@@ -88,8 +94,10 @@ class Gate:
         caller, route, method, path, target = (request.session.caller, request.route, request.method, request.path,
                                                request.target)
         match route.kind:
-            case RouteKind.OPEN | RouteKind.LIST_NETWORKS:
+            case RouteKind.OPEN:
                 return Forward(target)
+            case RouteKind.LIST_NETWORKS:
+                return Forward(target) if caller.is_admin else self._list_networks(request)
             case RouteKind.ADMIN_ONLY:
                 return Forward(target) if caller.is_admin else Deny(Reason.ADMIN_ONLY,
                                                                     f"{method} {path} is for admins only.")
@@ -100,20 +108,18 @@ class Gate:
                                                       "an admin can allow it with security.allow_endpoints: "
                                                       f"[{route.group}].")
             case (RouteKind.LIST_CONTAINERS | RouteKind.PRUNE_CONTAINERS | RouteKind.EVENTS | RouteKind.LIST_VOLUMES
-                  | RouteKind.PRUNE_VOLUMES):
+                  | RouteKind.PRUNE_VOLUMES | RouteKind.PRUNE_NETWORKS):
                 owned = f"{path}?{_with_owner_filter(request.query, caller.user)}"
                 return Forward(target if caller.is_admin else owned)
             case RouteKind.PULL:
                 return self._pull(request)
             case RouteKind.CREATE_CONTAINER:
                 return self._creates.create(request)
-            case RouteKind.CREATE_VOLUME:
-                return self._create_owned(request, "volume")
-            case RouteKind.CREATE_NETWORK:
-                return self._create_owned(request, "network")
+            case RouteKind.CREATE_VOLUME | RouteKind.CREATE_NETWORK:
+                return self._create_owned(request, "volume" if route.kind is RouteKind.CREATE_VOLUME else "network")
             case RouteKind.CONTAINER | RouteKind.EXEC | RouteKind.VOLUME | RouteKind.NETWORK:
                 return self._object(request, route.kind)
-            case RouteKind.UNKNOWN | RouteKind.PRUNE_NETWORKS:
+            case RouteKind.UNKNOWN:
                 return Deny(Reason.UNKNOWN_ENDPOINT, f"{method} {path} is not allowed through the ds01 proxy. Only "
                                                      "the endpoints docker, docker-py, compose and dev containers need "
                                                      "are open.")
@@ -191,6 +197,9 @@ class Gate:
             info, owner = self._owner_of("container", container_id) if container_id else (None, None)
         else:
             info, owner = self._owner_of(kind, name)
+        if kind is RouteKind.NETWORK and info is not None and _built_in(info) and request.method == "GET" \
+                and not route.action:
+            return Reply(200, self._shown_network(info, caller))
         if info is None or (owner != caller.user and not caller.is_admin):
             # The same answer whether it is missing or someone else's: existence is not leaked.
             return Deny(Reason.NOT_FOUND, f"No such {kind}: {name}", status=404)
@@ -238,6 +247,24 @@ class Gate:
             case _:
                 return Forward(target)
 
+    def _list_networks(self, request: Request) -> Outcome:
+        """The caller's own networks and the built-in ones: a list that names other users' networks would tell
+        what they work on."""
+        query = dict(parse_qsl(request.query))
+        status, listed = self.upstream.call("GET", "/networks", query=query or None)
+        if status != 200 or not isinstance(listed, list):
+            return Deny(Reason.ENGINE_ERROR, f"the engine answered {status} to the network list: {listed}", 502)
+        user = request.session.caller.user
+        return Reply(200, [network for network in listed if isinstance(network, dict) and (
+            _built_in(network) or (network.get("Labels") or {}).get(labels.USER) == user)])
+
+    def _shown_network(self, info: dict[str, Any], caller: runas.Caller) -> dict[str, Any]:
+        """A built-in network as inspected, with only the caller's own containers in it."""
+        containers = info.get("Containers") or {}
+        mine = {container_id: endpoint for container_id, endpoint in containers.items()
+                if caller.is_admin or self._owner_of("container", container_id)[1] == caller.user}
+        return {**info, "Containers": mine}
+
     def _create_owned(self, request: Request, kind: Literal["volume", "network"]) -> Outcome:
         """A volume or network create: read through its allow-list table and stamped with the caller's labels."""
         caller = request.session.caller
@@ -255,6 +282,11 @@ class Gate:
                         f"{wanted!r} is not a volume name: letters, digits and _ . - only, starting "
                         "with a letter or digit.", status=400)
         policy.check_object_name(caller, kind, wanted)
+        if kind == "network":
+            networks.check_network_name(caller, wanted)
+            if body.get("EnableIPv6") and not caller.is_admin:
+                return Deny(Reason.NETWORK_DRIVER, "IPv6 networks are for admins: the engine turns on the host's "
+                                                   "IPv6 forwarding for them. Leave --ipv6 out.")
         found, owner = self._owner_of(kind, wanted) if wanted else (None, None)
         # Creating an existing volume returns it, and a second network of a name makes the name ambiguous to
         # everyone: someone else's must not be shown, nor taken.

@@ -23,7 +23,7 @@ class Deny:
 @dataclass
 class Reply:
     status: int
-    body: dict[str, Any]
+    body: Any  # JSON: an object, or a list for a list the proxy filtered
 
 
 @dataclass

@@ -21,14 +21,12 @@ from ds01 import labels, names
 from ds01.config import SecuritySettings
 from ds01.errors import Denied
 from ds01.gpus.placement import GpuRequest
-from ds01.proxy import allowlist, devices, resources, runas
+from ds01.proxy import allowlist, devices, networks, resources, runas
 from ds01.proxy.bodies import as_list, field, host_config, is_volume_name, mounts_of, set_field, split_bind
 from ds01.proxy.destinations import check_destinations, check_restart_policy, label_anonymous_volumes
 from ds01.proxy.runas import Caller
 from ds01.reasons import Reason
 
-SHARED_NETWORKS = frozenset({"", "default", "bridge", "none"})
-MIN_HOST_PORT = 1024  # below it only root may listen on the host
 VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")  # the engine's own rule
 HOST_MODES = ("PidMode", "IpcMode", "UTSMode", "NetworkMode", "UsernsMode", "CgroupnsMode")
 UNCONFINED_MARKERS = ("unconfined", "label=disable", "label:disable")
@@ -75,6 +73,7 @@ class CreatePlan:
     stripped_env: tuple[str, ...]
     bind_sources: tuple[str, ...]  # absolute bind sources as written, each once, in order
     notes: tuple[str, ...]  # what the proxy changed, for the reply's warnings
+    joins_user_network: bool = False  # the caller's own network, which the proxy makes on first use
 
 
 def _deny(reason: Reason, message: str) -> Denied:
@@ -109,17 +108,7 @@ def references(body: dict[str, Any]) -> References:
     for source in as_list(field(host, "VolumesFrom"), "HostConfig.VolumesFrom"):
         if isinstance(source, str):
             refs.append(source.split(":", 1)[0])
-    return References(tuple(sources), tuple(refs), tuple(volumes), networks_of(body))
-
-
-def networks_of(body: dict[str, Any]) -> tuple[str, ...]:
-    """The named networks a create joins: its NetworkMode and each endpoint."""
-    host = field(body, "HostConfig") or {}
-    mode = field(host, "NetworkMode") if isinstance(host, dict) else None
-    endpoints = field(field(body, "NetworkingConfig") or {}, "EndpointsConfig") or {}
-    joined = [mode] if isinstance(mode, str) and ":" not in mode else []
-    joined += list(endpoints) if isinstance(endpoints, dict) else []
-    return tuple(name for name in dict.fromkeys(joined) if name not in SHARED_NETWORKS and name != "host")
+    return References(tuple(sources), tuple(refs), tuple(volumes), networks.networks_of(body))
 
 
 def _within(path: str, roots: Sequence[str]) -> bool:
@@ -259,33 +248,6 @@ def _check_image(image_labels: Mapping[str, str]) -> None:
             "does not know; it would show on the container as if ds01 had set it. Rebuild the image without them."))
 
 
-def _check_ports(host: dict[str, Any], caller: Caller) -> None:
-    for port, bindings in (field(host, "PortBindings") or {}).items():
-        for binding in bindings or []:
-            text = str(field(binding, "HostPort") or "")
-            numbers = [part for part in text.split("-") if part]
-            free = numbers == ["0"]  # the engine picks a free one
-            if caller.is_admin or free or all(n.isdigit() and int(n) >= MIN_HOST_PORT for n in numbers):
-                continue
-            raise _deny(Reason.HOST_PORT, (
-                f"publishing {port} on host port {text} is not allowed: ports below {MIN_HOST_PORT} are root's on "
-                f"the host. Use a port of {MIN_HOST_PORT} or more (-p 8080:{port.split('/')[0]}), or leave the host "
-                "port out for a free one."))
-
-
-def _check_networks(caller: Caller, body: dict[str, Any], facts: Facts) -> None:
-    for name in networks_of(body):
-        owner = facts.network_owners.get(name)
-        if owner is None and not caller.is_admin:
-            raise _deny(Reason.NOT_OWNER,
-                        f"there is no network {name}; create it first (docker network create {name}), "
-                        "so that it is yours when the container starts.")
-        if owner not in ("", caller.user) and not caller.is_admin:
-            raise _deny(Reason.NOT_OWNER,
-                        f"network {name} is not yours; join your own networks (docker network create) "
-                        "or the default bridge.")
-
-
 def bind_sources(host: dict[str, Any]) -> tuple[str, ...]:
     """The absolute bind sources of a create body as written, each once, in order."""
     sources = [source for source, _ in map(split_bind, as_list(field(host, "Binds"), "HostConfig.Binds"))
@@ -302,14 +264,15 @@ def plan_create(caller: Caller, body: dict[str, Any], facts: Facts, security: Se
     host = host_config(body)
     _check_escapes(caller, host, facts, security)
     _check_image(facts.image_labels)
-    _check_ports(host, caller)
+    notes = networks.confine_ports(host, caller)
     resources.check_log_config(host, facts.log_driver)
-    _check_networks(caller, body, facts)
+    joins_user_network = networks.join_own_network(caller, body, host)
+    networks.check_networks(caller, body, facts.network_owners)
     found_labels = field(body, "Labels") or {}
     check_destinations(body, host, facts.image_working_dir, facts.image_volumes)
     check_restart_policy(caller.is_admin, field(host, "RestartPolicy"), bool(bind_sources(host)))
     gpu_request = devices.gpu_request(host, found_labels)
-    notes = runas.run_as_caller(caller, body, host, security, gpu_gid if gpu_request is not None else None)
+    notes += runas.run_as_caller(caller, body, host, security, gpu_gid if gpu_request is not None else None)
     resources.apply_limits(host, caller.limits)
     resources.check_tmpfs(host, int(field(host, "Memory")))
     set_field(host, "CgroupParent", cgroup_parent)
@@ -326,7 +289,7 @@ def plan_create(caller: Caller, body: dict[str, Any], facts: Facts, security: Se
     set_field(body, "Labels", stamped)
     set_field(host, "DeviceRequests", [])
     return CreatePlan(body=body, gpu_request=gpu_request, stripped_env=stripped, bind_sources=bind_sources(host),
-                      notes=notes)
+                      notes=notes, joins_user_network=joins_user_network)
 
 
 def pin_bind_sources(body: dict[str, Any], staged: Mapping[str, str], key: str, originals: Sequence[str]) -> None:

@@ -173,8 +173,9 @@ HOST_CONFIG: dict[str, FieldRule] = {
     "ContainerIDFile": _h("read by the client only"),
     "LogConfig": _c("the engine's default driver, with size-capped options (resources.check_log_config)",
                     shape=Shape.OBJECT, of="LogConfig"),
-    "NetworkMode": _owned(f"{_MODE}; a named network must be the caller's or a shared one"),
-    "PortBindings": _c("host ports 1024 and up only, as on the host (policy._check_ports)",
+    "NetworkMode": _owned(f"{_MODE}; default and bridge become the caller's own network, a named one must be the "
+                          "caller's (networks.join_own_network)"),
+    "PortBindings": _c("on 127.0.0.1 only, host ports 1024 and up (networks.confine_ports)",
                        shape=Shape.MAP_OF_LISTS, of="PortBinding"),
     "RestartPolicy": _c("no or on-failure (admins: any); none with host mounts (destinations)", shape=Shape.OBJECT,
                         of="RestartPolicy"),
@@ -202,7 +203,7 @@ HOST_CONFIG: dict[str, FieldRule] = {
     "PidMode": _c(_MODE),
     "Privileged": _c("must be false", must_be_empty(Reason.PRIVILEGED, (
         "privileged containers are not allowed: they can take over the host."))),
-    "PublishAllPorts": _h("publishes exposed ports on random high host ports"),
+    "PublishAllPorts": _c("admins only: it publishes on every address (networks.confine_ports)"),
     "ReadonlyRootfs": _h("makes the container's own root read-only"),
     "SecurityOpt": _c("no confinement changes; no-new-privileges forced (policy._check_escapes)",
                       shape=Shape.LIST),
@@ -324,9 +325,9 @@ TABLES: dict[str, dict[str, FieldRule]] = {
     "WeightDevice": {"Path": _h(_ONLY_LOWERS), "Weight": _h(_ONLY_LOWERS)},
     "Ulimit": {"Name": _limit("one the ulimits limit names"), "Soft": _limit("at most Hard"),
                "Hard": _limit("at most the ulimits limit")},
-    "PortBinding": {"HostIp": _h("the host address to publish on"),
-                    "HostPort": _c("1024 and up, or empty for a random one (policy._check_ports)")},
-    "NetworkingConfig": {"EndpointsConfig": _owned("each network the caller's or a shared one", Shape.MAP,
+    "PortBinding": {"HostIp": _c("127.0.0.1; 0.0.0.0, :: and none are rewritten to it (networks.confine_ports)"),
+                    "HostPort": _c("1024 and up, or empty for a random one (networks.confine_ports)")},
+    "NetworkingConfig": {"EndpointsConfig": _owned("each network the caller's own (networks.check_networks)", Shape.MAP,
                                                    "EndpointSettings")},
     "EndpointSettings": {
         "IPAMConfig": _h("addresses on the caller's own network", Shape.OBJECT, "EndpointIPAMConfig"),
@@ -384,7 +385,7 @@ TABLES: dict[str, dict[str, FieldRule]] = {
         "IPAM": _c("admins only: a subnet can shadow the host's own networks (gate._create_owned)",
                    shape=Shape.OBJECT, of="IPAM"),
         "EnableIPv4": _h("addresses the network over IPv4"),
-        "EnableIPv6": _h("addresses the network over IPv6"),
+        "EnableIPv6": _c("admins only: it turns on the host's IPv6 forwarding (gate._create_owned)"),
         "Options": _c("must be empty", must_be_empty(Reason.NETWORK_DRIVER, (
             "bridge driver options (interface names, masquerading, host bindings) are not allowed.")), Shape.MAP),
         "Labels": _c("no ds01.* label; ds01.user and ds01.uid are stamped", labels_check(False), Shape.MAP),

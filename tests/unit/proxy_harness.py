@@ -246,6 +246,13 @@ class FakeUpstream:
             wanted = [label.partition("=") for label in json.loads((query or {}).get("filters") or "{}")["label"]]
             return 200, [found for found in self.containers.values()
                          if all(found["Config"]["Labels"].get(key) == value for key, _, value in wanted)]
+        if (method, path) == ("POST", "/networks/create") and body is not None:
+            made = {"Name": body["Name"], "Id": f"net-{len(self.networks)}", "Driver": body.get("Driver"),
+                    "Labels": body.get("Labels") or {}, "Containers": {}}
+            self.networks[body["Name"]] = made
+            return 201, {"Id": made["Id"], "Warning": ""}
+        if (method, path) == ("GET", "/networks"):
+            return 200, list(self.networks.values())
         if (method, path) == ("POST", "/volumes/create") and body is not None:
             return 201, self.volumes.setdefault(body["Name"], {"Name": body["Name"], "Labels": body.get("Labels"),
                                                               "Mountpoint": ""})

@@ -719,7 +719,7 @@ def test_container_namespaces_need_the_owner(mode: str) -> None:
 
 
 @pytest.mark.parametrize(("network", "ipc"), [("", ""), ("none", "private"), ("bridge", "shareable"),
-                                              ("my-net", "none"), ("shared-net", "")])
+                                              ("my-net", "none"), ("ds01-alice", "")])
 def test_other_namespace_modes_are_allowed(network: str, ipc: str) -> None:
     plan(host(NetworkMode=network, IpcMode=ipc))
 
