@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,11 @@ class Testbed:
         return self.env["DOCKER_HOST"]
 
     @property
+    def netns(self) -> str:
+        """The network namespace the engine runs in: container IPs and ports published on 127.0.0.1 are there."""
+        return self.env["DS01_TESTBED_NETNS"]
+
+    @property
     def hook_records(self) -> Path:
         return self.dir / "hook-records.jsonl"
 
@@ -54,6 +59,13 @@ class Testbed:
             if record["container_id"] == container_id:
                 return dict(record)
         raise AssertionError(f"the stand-in hook recorded nothing for container {container_id}")
+
+
+def in_netns(testbed: Testbed, user: str, argv: Sequence[str], *, timeout: float = 60,
+             **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run argv as a test user inside the test bed's network namespace (text, captured, unchecked)."""
+    return subprocess.run(["ip", "netns", "exec", testbed.netns, "runuser", "-u", user, "--", *argv],
+                          capture_output=True, text=True, check=False, timeout=timeout, **kwargs)
 
 
 def _parse_exports(text: str) -> dict[str, str]:
