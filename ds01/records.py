@@ -97,6 +97,28 @@ class Details:
     cpus: float | None
     memory_bytes: int | None
     shm_size_bytes: int | None
+    ports: tuple[PublishedPort, ...] = ()  # as published now (a stopped container has none)
+
+
+@dataclass(frozen=True)
+class PublishedPort:
+    container_port: int
+    protocol: str  # tcp, udp or sctp
+    host_ip: str
+    host_port: int
+
+
+def published(network_settings: Mapping[str, Any]) -> tuple[PublishedPort, ...]:
+    """NetworkSettings.Ports of an inspect: what each container port is published on now."""
+    found = []
+    for port, bindings in sorted((network_settings.get("Ports") or {}).items()):
+        number, _, protocol = str(port).partition("/")
+        for binding in bindings or []:
+            host_port = str(binding.get("HostPort") or "")
+            if number.isdigit() and host_port.isdigit():
+                found.append(PublishedPort(int(number), protocol or "tcp", str(binding.get("HostIp") or ""),
+                                           int(host_port)))
+    return tuple(found)
 
 
 def details(inspected: dict[str, Any]) -> Details:
@@ -105,4 +127,5 @@ def details(inspected: dict[str, Any]) -> Details:
     return Details(info=info, image=str((inspected.get("Config") or {}).get("Image") or ""),
                    created=str(inspected.get("Created") or ""), workspace=info.workspace,
                    cpus=(host.get("NanoCpus") or 0) / 1e9 or None, memory_bytes=host.get("Memory") or None,
-                   shm_size_bytes=host.get("ShmSize") or None)
+                   shm_size_bytes=host.get("ShmSize") or None,
+                   ports=published(inspected.get("NetworkSettings") or {}))

@@ -223,6 +223,8 @@ def stop_proxy(handle: ProxyHandle, engine: docker.DockerClient) -> None:
         container.remove(force=True)
     for volume in engine.volumes.list(filters={"label": "ds01.user"}):
         volume.remove(force=True)
+    for network in engine.networks.list(filters={"label": "ds01.user"}):
+        network.remove()
     release_pins(handle.root / "state" / "binds")
     shutil.rmtree(handle.data, ignore_errors=True)
     shutil.rmtree(handle.root, ignore_errors=True)

@@ -25,7 +25,7 @@ from tests.conftest import TEST_IMAGE, ProxyHandle
 
 CONTAINER = str(Path(sys.executable).parent / "container")
 USERS = ("alice", "bob")
-COMMANDS = ("create", "list", "start", "stop", "remove", "open", "exec", "logs", "stats")
+COMMANDS = ("create", "list", "start", "stop", "remove", "open", "exec", "logs", "stats", "ports")
 
 
 def uid(user: str) -> int:
@@ -386,3 +386,21 @@ def test_an_interrupted_logs_follow_leaves_the_proxy_running(
     ok(stopped)
     assert os.path.exists(proxy.socket)
     ok(cli(proxy, "alice", "list"))
+
+
+def test_a_port_is_published_on_loopback_with_the_ssh_line_to_reach_it(
+        proxy: ProxyHandle, engine: docker.DockerClient, names: Callable[[], str]) -> None:
+    name = names()
+    made = ok(cli(proxy, "alice", "create", name, "--cpu-only", "--port", "8888"))
+    info = inspect(engine, name)
+    [binding] = info["NetworkSettings"]["Ports"]["8888/tcp"]
+    assert binding["HostIp"] == "127.0.0.1" and int(binding["HostPort"]) >= 1024
+    assert info["HostConfig"]["NetworkMode"] == "ds01-alice"
+    line = f"ssh -N -L 8888:127.0.0.1:{binding['HostPort']} alice@"
+    assert line in made.stdout
+    [shown] = json.loads(ok(cli(proxy, "alice", "ports", name, "--json")).stdout)
+    assert (shown["host_ip"], shown["host_port"], shown["container_port"]) == ("127.0.0.1", int(binding["HostPort"]),
+                                                                              8888)
+    assert line in ok(cli(proxy, "alice", "ports", name)).stdout
+    refused = cli(proxy, "alice", "create", names(), "--cpu-only", "--port", "99999")
+    assert refused.returncode == 2 and "not a port number" in refused.stderr

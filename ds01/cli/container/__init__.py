@@ -50,6 +50,8 @@ SUBCOMMANDS = (
     Subcommand("logs", "print a container's output", "container logs train -f"),
     Subcommand("stats", "CPU, memory and GPUs of your running containers, one snapshot",
                "container stats --filter gpu=yes --json"),
+    Subcommand("ports", "the ports a container publishes, with the ssh line that reaches each from your laptop",
+               "container ports train"),
 )
 
 

@@ -27,6 +27,7 @@ from ds01.reasons import Reason
 from ds01.records import Details, details
 from ds01.unixhttp import UnixConnection
 
+LOOPBACK = "127.0.0.1"
 API = "/v1.40"  # the oldest version the proxy serves, so every proxy serves it; all sent here exists in 1.40
 TIMEOUT_SECONDS = 60.0  # for an answer's head on a quiet socket; a stop adds its own grace time
 FRAME = struct.Struct(">BxxxL")  # a multiplexed stream's frame head: stream (1 stdout, 2 stderr), length
@@ -103,7 +104,7 @@ def _reason(code: str) -> Reason:
 
 
 def create_body(image: str, command: list[str], *, workspace: str, gpus: int, mig: str | None, cpus: float | None,
-                memory: int | None, shm_size: int | None) -> dict[str, Any]:
+                memory: int | None, shm_size: int | None, ports: tuple[int, ...] = ()) -> dict[str, Any]:
     """A create body: GPUs by count (-1: all) or by MIG label, the workspace at /workspace, limits if given."""
     host: dict[str, Any] = {"Binds": [f"{workspace}:{WORKSPACE}"], "NetworkMode": "default"}
     if gpus:
@@ -114,8 +115,12 @@ def create_body(image: str, command: list[str], *, workspace: str, gpus: int, mi
         host["ShmSize"] = shm_size
     if cpus is not None:
         host["NanoCpus"] = round(cpus * 1e9)
+    if ports:  # each on a free host port of 127.0.0.1: the proxy publishes nowhere else
+        host["PortBindings"] = {f"{port}/tcp": [{"HostIp": LOOPBACK, "HostPort": ""}] for port in ports}
     # Attached output, as docker-py and the docker CLI create: `docker start -a` shows it.
+    exposed: dict[str, Any] = {"ExposedPorts": {f"{port}/tcp": {} for port in ports}} if ports else {}
     return {"Image": image, "Cmd": command, "WorkingDir": WORKSPACE, "AttachStdout": True, "AttachStderr": True,
+            **exposed,
             "Labels": {labels.REQUEST_MIG: mig} if mig else {}, "HostConfig": host}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from datetime import datetime
 from typing import Any
@@ -11,8 +12,9 @@ from typing import Any
 from ds01 import labels
 from ds01.cli.container.client import ProxyClient
 from ds01.errors import Ds01Error
+from ds01.identity import nss
 from ds01.names import engine_name, plain_name
-from ds01.records import Details
+from ds01.records import Details, PublishedPort
 
 
 def add_name(parser: argparse.ArgumentParser) -> None:
@@ -59,3 +61,11 @@ def write_stream(stream: int, data: bytes) -> None:
     out = sys.stderr.buffer if stream == 2 else sys.stdout.buffer
     out.write(data)
     out.flush()
+
+
+def tunnels(found: Details) -> list[tuple[PublishedPort, str]]:
+    """Each port published on 127.0.0.1, with the ssh line that brings it to the same port on a laptop."""
+    login = nss.login_name(os.getuid()) or str(os.getuid())
+    host = socket.gethostname()
+    return [(port, f"ssh -N -L {port.container_port}:127.0.0.1:{port.host_port} {login}@{host}")
+            for port in found.ports if port.host_ip == "127.0.0.1" and port.protocol == "tcp"]

@@ -14,7 +14,7 @@ from typing import Any
 
 from ds01 import labels
 from ds01.cli.container.client import ProxyClient, create_body
-from ds01.cli.container.common import add_name
+from ds01.cli.container.common import add_name, tunnels
 from ds01.cli.context import Context
 from ds01.errors import ConfigError, Ds01Error, UsageError
 from ds01.identity import nss
@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", metavar="DIR",
                         help="host directory mounted at /workspace (default: WORKSPACE_ROOT/NAME from the config, "
                              "~/workspace/NAME as shipped); created if missing, never deleted by ds01")
+    parser.add_argument("--port", action="append", type=_port, default=[], metavar="PORT",
+                        help="publish this container port (tcp) on a free port of the server's 127.0.0.1, for "
+                             "ssh -L from your laptop; repeat for more (Jupyter: --port 8888)")
     parser.add_argument("--dry-run", action="store_true",
                         help="ask the proxy what would be granted, and create nothing")
 
@@ -54,6 +57,13 @@ class Request:
     shm_size: int | None
     workspace: Path
     command: list[str]
+    ports: tuple[int, ...] = ()
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number from 1 to 65535")
+    return int(text)
 
 
 def _gpus(args: argparse.Namespace) -> int:
@@ -111,7 +121,8 @@ def _request(args: argparse.Namespace, context: Context) -> Request:
         raise ConfigError(f"no image: give one with --image (for example --image pytorch/pytorch:latest); the "
                           f"ds01 config ({config.source}) sets no containers.default_image.")
     workspace = workspace_path(args.workspace, config.containers.workspace_root, args.name)
-    return Request(image, gpus, args.mig, cpus, memory, shm_size, workspace, args.command or KEEP_ALIVE)
+    return Request(image, gpus, args.mig, cpus, memory, shm_size, workspace, args.command or KEEP_ALIVE,
+                   tuple(dict.fromkeys(args.port)))
 
 
 def _missing_dirs(path: Path) -> list[Path]:
@@ -136,7 +147,7 @@ def _make_dirs(missing: list[Path]) -> None:
 
 def _body(request: Request, workspace: Path) -> dict[str, Any]:
     return create_body(request.image, request.command, workspace=str(workspace), gpus=request.gpus, mig=request.mig,
-                       cpus=request.cpus, memory=request.memory, shm_size=request.shm_size)
+                       cpus=request.cpus, memory=request.memory, shm_size=request.shm_size, ports=request.ports)
 
 
 def _equivalents(text: str | None) -> str:
@@ -194,6 +205,8 @@ def _report(name: str, found: Details, request: Request) -> None:
               f"{format_size(found.shm_size_bytes)} shm" if found.shm_size_bytes else None]
     print(f"  limits     {', '.join(item for item in limits if item) or 'none'}")
     print(f"  workspace  {found.workspace or request.workspace} at /workspace (kept when the container is removed)")
+    for _, line in tunnels(found):
+        print(f"  port       from your laptop: {line}")
     print("next steps:")
     print(f"  container open {name}             a shell inside it")
     print(f"  container exec {name} -- CMD      run one command")
