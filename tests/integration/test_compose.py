@@ -60,3 +60,40 @@ def test_compose_up_exec_down_as_the_user(proxy: ProxyHandle, engine: docker.Doc
     finally:
         compose(proxy, project, "down", "--timeout", "1")
     assert not engine.containers.list(all=True, filters={"label": f"com.docker.compose.project={project.name}"})
+
+
+@pytest.fixture
+def two_services() -> Iterator[Path]:
+    account = pwd.getpwnam(USER)
+    folder = Path(account.pw_dir) / f"compose-{uuid.uuid4().hex[:8]}"
+    folder.mkdir()
+    (folder / "docker-compose.yml").write_text(
+        "version: '2.4'\n"
+        "services:\n"
+        "  server:\n"
+        f"    image: {TEST_IMAGE}\n"
+        "    command: ['nc', '-ll', '-p', '8080', '-e', 'echo', 'pong']\n"
+        "  client:\n"
+        f"    image: {TEST_IMAGE}\n"
+        "    command: ['sleep', '300']\n")
+    for path in (folder, folder / "docker-compose.yml"):
+        shutil.chown(path, USER, USER)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_compose_services_talk_by_name_on_the_users_own_network(
+        proxy: ProxyHandle, engine: docker.DockerClient, two_services: Path) -> None:
+    compose(proxy, two_services, "up", "-d")
+    try:
+        answer = compose(proxy, two_services, "exec", "-T", "client", "nc", "-w", "5", "server", "8080")
+        assert answer.strip() == "pong"
+        network = engine.networks.get(f"{two_services.name}_default")
+        assert network.attrs["Labels"]["ds01.user"] == USER
+        bobs = proxy.as_user("bob", "docker", "run", "--rm", "--network", f"{two_services.name}_default", TEST_IMAGE,
+                             "true")
+        assert bobs.returncode != 0 and "is not yours" in bobs.stderr
+    finally:
+        compose(proxy, two_services, "down", "--timeout", "1")
