@@ -15,7 +15,7 @@ from ds01.errors import Denied, Ds01Error
 from ds01.gpus.allocator import Allocator
 from ds01.gpus.placement import GpuRequest, Slot
 from ds01.proxy import archive, bodies, networks, policy, runas, starts
-from ds01.proxy.creates import OwnerOf, network_owners
+from ds01.proxy.creates import OwnerOf, ensure_user_network, network_owners
 from ds01.proxy.interfaces import Callers, EngineCalls, Pinning
 from ds01.proxy.outcomes import Forward, Outcome, Request
 from ds01.proxy.session import Session
@@ -87,10 +87,16 @@ class ContainerActions:
         try:
             starts.check_start(starting, by_rules_of, self.pins, self.sessions.current_config().security,
                                self._engine_sockets)
-            starts.check_networks(starting, by_rules_of, self._network_owners(starting))
+            owners = self._network_owners(starting)
+            starts.check_networks(starting, by_rules_of, owners)
         except Denied:
             self._removed_if_auto_remove(starting)
             raise
+        own = networks.user_network(by_rules_of)
+        # Removed while the container was stopped: the engine takes a new network of the same name at the start.
+        if own in owners and owners[own] is None:
+            with self._locks.hold(by_rules_of.user):
+                ensure_user_network(self.upstream, self._owner_of, by_rules_of)
         self._regrant_on_start(request.session, starting)
         return Forward(target)
 

@@ -41,6 +41,22 @@ def network_owners(owner_of: OwnerOf, names: Iterable[str]) -> dict[str, str | N
     return owners
 
 
+def ensure_user_network(upstream: EngineCalls, owner_of: OwnerOf, caller: runas.Caller) -> None:
+    """The caller's own network, made on first use and kept: the network their containers join by default. Called
+    under the caller's lock, so that two creates do not make two networks of one name."""
+    name = networks.user_network(caller)
+    found, owner = owner_of("network", name)
+    if found is None:
+        made_labels = {labels.USER: caller.user, labels.UID: str(caller.uid)}
+        status, made = upstream.call("POST", "/networks/create", body={
+            "Name": name, "Driver": "bridge", "CheckDuplicate": True, "Labels": made_labels})
+        if status != 201:
+            raise Ds01Error(f"the engine answered {status} when creating your network {name}: {made}")
+    elif owner != caller.user:
+        raise Denied(Reason.NOT_OWNER, f"the network {name}, which your containers join, is not yours; ask an "
+                                       "admin to remove it (docker network rm), then create again.")
+
+
 def make_volume(upstream: EngineCalls, caller: runas.Caller, body: dict[str, Any]) -> dict[str, Any]:
     """A volume made as the caller's: labelled, and its top directory theirs (the engine makes it root's, and a
     container runs as its caller). The engine answers a create of an existing volume with that volume, so the
@@ -130,18 +146,7 @@ class ContainerCreates:
                 f"publish {limit}. Remove a container that publishes ports, or publish fewer."))
 
     def _ensure_user_network(self, caller: runas.Caller) -> None:
-        """The caller's own network, made on first use and kept: the network their containers join by default."""
-        name = networks.user_network(caller)
-        found, owner = self.owner_of("network", name)
-        if found is None:
-            made_labels = {labels.USER: caller.user, labels.UID: str(caller.uid)}
-            status, made = self.upstream.call("POST", "/networks/create", body={
-                "Name": name, "Driver": "bridge", "CheckDuplicate": True, "Labels": made_labels})
-            if status != 201:
-                raise Ds01Error(f"the engine answered {status} when creating your network {name}: {made}")
-        elif owner != caller.user:
-            raise Denied(Reason.NOT_OWNER, f"the network {name}, which your containers join, is not yours; ask an "
-                                           "admin to remove it (docker network rm), then create again.")
+        ensure_user_network(self.upstream, self.owner_of, caller)
 
     def create(self, request: Request) -> Outcome:
         caller = request.session.caller

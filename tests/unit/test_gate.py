@@ -598,3 +598,11 @@ def test_published_ports_are_capped_per_user_across_containers(world: World) -> 
     created = sent_body(world.decide(ALICE, "POST", "/v1.41/containers/create?name=fits",
                                      {"Image": IMAGE, "HostConfig": one}))
     assert created["HostConfig"]["PortBindings"] == {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}
+
+
+def test_a_start_makes_the_callers_network_again_if_it_was_removed(world: World) -> None:
+    world.add(container("app2", ALICE, host_config={"NetworkMode": "ds01-alice"}))
+    outcome = world.decide(ALICE, "POST", "/v1.41/containers/app2/start")
+    forwarded(outcome).close()
+    assert world.upstream.networks["ds01-alice"]["Labels"] == {"ds01.user": "alice", "ds01.uid": "2001"}
+    assert not world.gate.locks.locked("alice")
