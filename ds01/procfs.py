@@ -6,6 +6,7 @@ any other failure to read raises, so a collector never mistakes a broken /proc f
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -143,3 +144,22 @@ def mount_of_path(path: str | Path) -> MountInfo:
         return mount_of_fd(fd)
     finally:
         os.close(fd)
+
+
+def ipv4_routes(proc: Path = PROC) -> list[ipaddress.IPv4Network]:
+    """The networks this network namespace routes to itself (not the default route), from /proc/net/route."""
+    try:
+        text = (proc / "net" / "route").read_text(encoding="ascii")
+    except OSError as exc:
+        raise Ds01Error(f"cannot read {proc}/net/route: {exc.strerror}") from exc
+    found = []
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        # Destination and mask are 32-bit hex in the host's (little-endian) byte order.
+        destination = ipaddress.IPv4Address(int.from_bytes(bytes.fromhex(fields[1]), "little"))
+        mask = bin(int.from_bytes(bytes.fromhex(fields[7]), "little")).count("1")
+        if mask:
+            found.append(ipaddress.IPv4Network(f"{destination}/{mask}", strict=False))
+    return found

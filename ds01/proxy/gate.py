@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, assert_never
 from urllib.parse import parse_qsl, quote, urlencode
 
-from ds01 import labels
+from ds01 import labels, procfs
 from ds01.errors import Denied
 from ds01.gpus.allocator import Allocator
 from ds01.gpus.placement import Slot
@@ -272,6 +272,8 @@ class Gate:
         body = allowlist.canonical(bodies.parse_json_object(request.read_body(), f"{kind} create body"), table)
         ipam = body.get("IPAM") or {}
         chosen = ipam.get("Config") or ipam.get("Options") or ipam.get("Driver") not in (None, "", "default")
+        if kind == "network" and chosen and caller.is_admin:
+            networks.check_subnets(ipam.get("Config"), procfs.ipv4_routes())
         if kind == "network" and chosen and not caller.is_admin:  # the docker CLI sends an empty IPAM
             return Deny(Reason.NETWORK_IPAM, "choosing a network's addresses (--subnet, --ip-range, --gateway, IPAM "
                                              "options) is for admins: a subnet can shadow the host's own networks. "

@@ -8,7 +8,8 @@ where the proxy's host rules let the owner alone connect.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import ipaddress
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ds01.errors import Denied
@@ -98,6 +99,23 @@ def check_network_name(caller: Caller, name: str) -> None:
     if name.startswith(USER_NETWORK_PREFIX) and not caller.is_admin:
         raise Denied(Reason.NAME_TAKEN, f"network names beginning {USER_NETWORK_PREFIX} are ds01's own (yours is "
                                         f"{user_network(caller)}, made for you); pick another name.")
+
+
+def check_subnets(ipam_configs: Any, routes: Sequence[ipaddress.IPv4Network]) -> None:
+    """An address range asked for (admins only) must not overlap a network the host routes to: containers on it
+    would shadow those hosts, for the host and for each other."""
+    for config in ipam_configs if isinstance(ipam_configs, list) else []:
+        subnet = field(config, "Subnet") if isinstance(config, dict) else None
+        if not subnet:
+            continue
+        try:
+            wanted = ipaddress.ip_network(str(subnet), strict=False)
+        except ValueError:
+            raise Denied(Reason.BAD_REQUEST, f"{subnet!r} is not a subnet, such as 10.77.0.0/24") from None
+        clash = next((route for route in routes if route.version == wanted.version and route.overlaps(wanted)), None)
+        if clash is not None:
+            raise Denied(Reason.NETWORK_IPAM, f"the subnet {wanted} overlaps {clash}, which the host routes to; "
+                                              "pick a range the host does not use (ip route shows them).")
 
 
 def published_ports(host: Mapping[str, Any]) -> int:

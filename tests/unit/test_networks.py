@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ds01 import procfs
 from ds01.proxy import networks
 from tests.unit.test_policy import ADMIN, ALICE, host, host_config, plan, refused
 
@@ -74,3 +77,22 @@ def test_ds01_network_names_are_the_proxys() -> None:
 def test_published_ports_are_counted_per_binding() -> None:
     assert networks.published_ports({"PortBindings": {"80/tcp": [{}, {}], "81/tcp": None}}) == 2
     assert networks.published_ports({}) == 0
+
+
+def test_an_admins_subnet_must_not_overlap_what_the_host_routes_to() -> None:
+    routes = [ipaddress.IPv4Network("10.231.0.4/30"), ipaddress.IPv4Network("192.168.0.0/16")]
+    with pytest.raises(networks.Denied, match=r"overlaps 192\.168\.0\.0/16"):
+        networks.check_subnets([{"Subnet": "192.168.7.0/24"}], routes)
+    with pytest.raises(networks.Denied, match="is not a subnet"):
+        networks.check_subnets([{"Subnet": "nonsense"}], routes)
+    networks.check_subnets([{"Subnet": "10.77.0.0/24"}, {"Gateway": "10.77.0.1"}], routes)
+    networks.check_subnets(None, routes)
+
+
+def test_the_hosts_routes_are_read_from_proc(tmp_path: Path) -> None:
+    (tmp_path / "net").mkdir()
+    (tmp_path / "net" / "route").write_text(
+        "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n"
+        "eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"
+        "eth0\t0002000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n")
+    assert procfs.ipv4_routes(tmp_path) == [ipaddress.IPv4Network("10.0.2.0/24")]
