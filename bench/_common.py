@@ -121,6 +121,9 @@ class Proxy:
 def running_proxy(upstream: str, keep: bool) -> Iterator[Proxy]:
     """A private `ds01 proxy` in front of the test bed's engine (own config, state, log and run dirs); alice can
     reach its socket, and its data dir is on the test bed's nosuid,nodev data mount, as bind sources must be."""
+    netns = os.environ.get("DS01_TESTBED_NETNS", "")
+    if not netns:
+        raise BenchError('run inside the test bed: eval "$(scripts/testbed env)" (DS01_TESTBED_NETNS)')
     root = private_root("bench-proxy-")
     data = Path(os.environ["DS01_TESTBED_DATA"]) / root.name
     data.mkdir()
@@ -129,8 +132,10 @@ def running_proxy(upstream: str, keep: bool) -> Iterator[Proxy]:
     config = root / "etc" / "resource-limits.yaml"
     config.write_text(roomy_config(Path(os.environ["DS01_CONFIG"]).read_text(), data))
     env = ds01_env(root)
-    process = subprocess.Popen([str(BIN / "ds01"), "proxy", "--listen", str(root / "run" / "docker.sock"),
-                                "--upstream", upstream, "--drain-seconds", "2"],
+    # In the engine's network namespace, where the proxy keeps its reach rules; nsenter execs the proxy itself.
+    process = subprocess.Popen(["nsenter", f"--net=/run/netns/{netns}", str(BIN / "ds01"), "proxy",
+                                "--listen", str(root / "run" / "docker.sock"), "--upstream", upstream,
+                                "--drain-seconds", "2"],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     proxy = Proxy(root, process, env, data)
     try:

@@ -180,7 +180,9 @@ class ProxyHandle:
                               timeout=timeout, check=False, input=stdin)
 
 
-def start_proxy(testbed: Testbed, root: Path, *, ttl: str = "60s") -> ProxyHandle:
+def start_proxy(testbed: Testbed, root: Path, *, ttl: str = "60s", extra_config: str = "") -> ProxyHandle:
+    """A proxy in the engine's network namespace, whose reach rules it keeps; `extra_config` is appended to the
+    test bed's configuration (a section the shipped file leaves out)."""
     for sub in ("etc", "state", "log", "run"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
@@ -195,11 +197,14 @@ def start_proxy(testbed: Testbed, root: Path, *, ttl: str = "60s") -> ProxyHandl
                             ("users: {}\n", "users:\n  bob:\n    group: researcher\n")):
         assert shipped in text, shipped
         text = text.replace(shipped, wanted)
-    (root / "etc" / "resource-limits.yaml").write_text(text)
+    (root / "etc" / "resource-limits.yaml").write_text(text + extra_config)
     env = {**os.environ, "DS01_CONFIG": str(root / "etc" / "resource-limits.yaml"),
            "DS01_STATE_DIR": str(root / "state"), "DS01_LOG_DIR": str(root / "log"), "DS01_RUN_DIR": str(root / "run")}
+    # nsenter execs the proxy itself (its pid is the proxy's) and changes only the network namespace: the proxy
+    # keeps the host's mounts, where the engine sees its pins.
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ds01"), "proxy", "--upstream", testbed.docker_host, "--drain-seconds", "5"],
+        ["nsenter", f"--net=/run/netns/{testbed.netns}", str(Path(sys.executable).parent / "ds01"), "proxy",
+         "--upstream", testbed.docker_host, "--drain-seconds", "5"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while not (root / "run" / "docker.sock").exists():

@@ -29,7 +29,9 @@ from ds01.config.schema import (
     EventLogSettings,
     Exemption,
     GroupRule,
+    HostService,
     LdapSettings,
+    NetworkSettings,
     ProxySettings,
     SecuritySettings,
     UserRule,
@@ -39,7 +41,7 @@ from ds01.paths import paths_from_env
 
 SCHEMA_VERSION = 1
 TOP_LEVEL_KEYS = ("version", "identity", "admins", "allocation", "security", "containers", "events", "cleanup",
-                  "bare_metal", "proxy", "default_group", "defaults", "groups", "users", "exemptions")
+                  "bare_metal", "proxy", "networks", "default_group", "defaults", "groups", "users", "exemptions")
 _T = TypeVar("_T")
 _Entries = dict[str, tuple[yaml.Node, yaml.Node]]
 
@@ -240,6 +242,15 @@ PROXY_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
 }
 
 
+def _host_services(value: Any) -> tuple[HostService, ...]:
+    return tuple(HostService(*entry) for entry in validators.host_services(value))
+
+
+NETWORK_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "host_services": ("host_services", _host_services),
+}
+
+
 def _ldap(reader: _Reader, node: yaml.Node) -> LdapSettings | None:
     entries = reader.mapping(node, "identity", ("source", "ldap"))
     source = "nss"
@@ -361,4 +372,6 @@ def load_config(path: Path | None = None) -> Config:
         bare_metal=BareMetalSettings(**_section(reader, top["bare_metal"][1], "bare_metal", BARE_METAL_FIELDS))
         if "bare_metal" in top else BareMetalSettings(),
         proxy=_proxy(reader, top),
+        networks=NetworkSettings(**_section(reader, top["networks"][1], "networks", NETWORK_FIELDS))
+        if "networks" in top else NetworkSettings(),
     )

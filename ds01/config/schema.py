@@ -220,6 +220,22 @@ class ProxySettings:
 
 
 @dataclass(frozen=True)
+class HostService:
+    """A service of the host that containers may reach (`networks.host_services`)."""
+
+    address: str  # IPv4; "" for every address of the host
+    port: int
+    protocol: str  # tcp or udp
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    """What containers may reach on the host (the `networks:` section)."""
+
+    host_services: tuple[HostService, ...] = ()  # none: containers reach no service on the host's addresses
+
+
+@dataclass(frozen=True)
 class Config:
     source: Path
     defaults: LimitValues
@@ -237,3 +253,4 @@ class Config:
     cleanup: CleanupSettings = CleanupSettings()
     bare_metal: BareMetalSettings = BareMetalSettings()
     proxy: ProxySettings = ProxySettings()
+    networks: NetworkSettings = NetworkSettings()

@@ -3,6 +3,7 @@ returns the typed one, or raises ValueError saying what was expected. The loader
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -158,3 +159,33 @@ def group_name(value: Any) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", value):
         raise ValueError(f"{value!r} is not a Unix group name")
     return value
+
+
+HOST_SERVICE_PROTOCOLS = ("tcp", "udp")
+
+
+def host_services(value: Any) -> tuple[tuple[str, int, str], ...]:
+    """A list of PORT/PROTO or ADDRESS:PORT/PROTO (IPv4), like [53/udp, 10.0.0.1:3128/tcp]: each as (address,
+    port, protocol), the address "" for every address of the host."""
+    example = "like [53/udp, 10.0.0.1:3128/tcp]"
+    if not isinstance(value, list):
+        raise ValueError(f"is not a list of PORT/PROTO or ADDRESS:PORT/PROTO, {example}")
+    found: list[tuple[str, int, str]] = []
+    for item in value:
+        text = item if isinstance(item, str) else ""
+        where, _, protocol = text.rpartition("/")
+        address, _, port = where.rpartition(":")
+        if protocol not in HOST_SERVICE_PROTOCOLS or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{item!r} is not PORT/PROTO or ADDRESS:PORT/PROTO with a port from 1 to 65535 and "
+                             f"a protocol of {' or '.join(HOST_SERVICE_PROTOCOLS)}, {example}")
+        if address:
+            try:
+                address = str(ipaddress.IPv4Address(address))
+            except ValueError:
+                raise ValueError(f"{item!r}: {address!r} is not an IPv4 address (containers' networks are "
+                                 "IPv4; leave the address out for every address of the host)") from None
+        entry = (address, int(port), protocol)
+        if entry in found:
+            raise ValueError(f"{item!r} is listed twice")
+        found.append(entry)
+    return tuple(found)

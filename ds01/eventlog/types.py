@@ -25,6 +25,7 @@ class EventType(StrEnum):
     PROXY_EVENT_STREAM_LOST = "proxy.event_stream_lost"
     PROXY_PIN_RELEASED = "proxy.pin_released"
     PROXY_UNGRANTED_START = "proxy.ungranted_start"
+    PROXY_REACH_FAILED = "proxy.reach_failed"
     CONTAINER_OOM = "container.oom"
     SECURITY_ROOT_CONTAINER = "security.root_container"
     CONFIG_RELOAD = "config.reload"

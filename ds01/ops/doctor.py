@@ -5,22 +5,25 @@ The checks only read: sockets are pinged, files and groups are looked at, nothin
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
 import subprocess
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ds01 import nvml, procfs
+from ds01 import iptables, labels, nvml, procfs
 from ds01.config import Config, load_config
 from ds01.engine import Engine
 from ds01.errors import Ds01Error, EngineError, NvmlError
 from ds01.identity import nss
 from ds01.ops.install import MODPROBE, UDEV_RULES
-from ds01.proxy import runas
+from ds01.proxy import reach, runas
+from ds01.proxy.janitor import ReachKeeper
 from ds01.proxy.upstream import Upstream
 from ds01.unixhttp import UnixConnection
 
@@ -296,6 +299,100 @@ def check_root_containers(options: Options) -> Check:
     return Check("root containers", PASS, "no container runs as root with host directories mounted")
 
 
+# --- The network model (docs-admin/networks.md) ----------------------------------------------------------------
+
+ICC_OPTION = "com.docker.network.bridge.enable_icc"
+DAEMON_JSON = "/etc/docker/daemon.json"
+NETWORKS_DOC = "docs-admin/networks.md"
+
+
+def icc_check(bridge: Mapping[str, Any] | None) -> Check:
+    """The engine's default bridge network (None: it has none)."""
+    if bridge is None:
+        return Check("default bridge", PASS, "the engine has no default bridge network")
+    icc = (bridge.get("Options") or {}).get(ICC_OPTION)
+    if icc == "false":
+        return Check("default bridge", PASS, "containers on the engine's default bridge cannot reach each other")
+    return Check("default bridge", FAIL, f"containers on the engine's default bridge reach each other ({ICC_OPTION} "
+                 f"is {icc or 'unset'})", f'set "icc": false in {DAEMON_JSON}, then systemctl restart docker')
+
+
+def check_default_bridge(options: Options) -> Check:
+    try:
+        status, found = Upstream(options.engine, timeout=TIMEOUT_SECONDS).call("GET", "/networks/bridge")
+    except EngineError as exc:
+        return Check("default bridge", WARN, f"not checked: {exc}", "start the engine (see above)")
+    return icc_check(found if status == 200 and isinstance(found, dict) else None)
+
+
+def reach_check(table: iptables.Table) -> Check:
+    """The proxy's chains in the filter table, each jumped to first from its base chain."""
+    problems = []
+    for base, chain in reach.JUMPS:
+        rules = table.rules(chain)
+        if rules is None:
+            problems.append(f"there is no {chain} chain")
+        elif (table.rules(base) or ())[:1] != (f"-A {base} -j {chain}",):
+            problems.append(f"{base} does not begin with a jump to {chain}")
+    if problems:
+        return Check("reach rules", FAIL, "; ".join(problems) + ": who reaches containers is not limited to their "
+                     "owners", "restart the proxy, which puts them in place before it serves: systemctl restart "
+                     "ds01-proxy (journalctl -u ds01-proxy says why when it cannot)")
+    return Check("reach rules", PASS, f"{reach.REACH_CHAIN} ({len(table.rules(reach.REACH_CHAIN) or ())} rules) and "
+                 f"{reach.HOST_CHAIN} ({len(table.rules(reach.HOST_CHAIN) or ())}) come first in OUTPUT and INPUT")
+
+
+def userland_check(nat: iptables.Table) -> Check:
+    """Whether published ports go through docker-proxy, whose loopback listener is guarded only once the proxy
+    has seen its container start."""
+    match reach.userland_proxy(nat):
+        case None:
+            return Check("userland proxy", WARN, "cannot tell: no nat OUTPUT rule of the engine's",
+                         f"check that dockerd runs with iptables on, and {DAEMON_JSON}")
+        case True:
+            return Check("userland proxy", WARN, "on: a port published on 127.0.0.1 is docker-proxy's, open to every "
+                         "local user for the moment between its container's start and the proxy's rule for it",
+                         f'set "userland-proxy": false in {DAEMON_JSON}, then systemctl restart docker; every port '
+                         f"is then guarded from its first packet ({NETWORKS_DOC})")
+        case False:
+            return Check("userland proxy", PASS, "off: published ports lead to the container's address, guarded by "
+                         "its network's rule from the start")
+
+
+def check_rules(options: Options, name: str, read: Callable[[iptables.Table], Check], table: str) -> Check:
+    """A check of the engine's rules, read only in its network namespace (elsewhere they are another's)."""
+    keeper = ReachKeeper(Upstream(options.engine, timeout=TIMEOUT_SECONDS), lambda: ())
+    try:
+        elsewhere = keeper.outside_engine_namespace()
+    except Ds01Error as exc:
+        elsewhere = str(exc)
+    if elsewhere is not None:
+        return Check(name, WARN, f"not checked: not the engine's network namespace ({elsewhere})",
+                     "run it as root where dockerd runs: nsenter --net=/proc/$(pidof dockerd)/ns/net ds01 doctor")
+    return read(iptables.save(table))
+
+
+def check_published_addresses(options: Options, config: Config | None) -> Check:
+    upstream = Upstream(options.engine, timeout=TIMEOUT_SECONDS)
+    try:
+        status, listed = upstream.call("GET", "/containers/json", query={
+            "all": "1", "filters": json.dumps({"label": [labels.USER]})})
+        if status != 200 or not isinstance(listed, list):
+            raise EngineError(f"the engine answered {status} to the container list: {str(listed)[:200]}")
+        inspected = [upstream.inspect("container", str(c.get("Id"))) for c in listed]
+    except EngineError as exc:
+        return Check("published ports", WARN, f"not checked: {exc}", "start the engine (see above)")
+    found = reach.public_bindings(c for c in inspected if c is not None)
+    if not found:
+        return Check("published ports", PASS, f"{len(inspected)} ds01 containers publish on 127.0.0.1 or nothing")
+    detail = "; ".join(f"{owner}'s {item}" for owner, items in sorted(found.items()) for item in items)
+    fix = ("made past the proxy, which publishes on 127.0.0.1 only: remove each on the engine (docker rm -f NAME) "
+           "and let its owner create it again through the proxy")
+    regular = regular_users(found, config)
+    return Check("published ports", FAIL if regular else WARN, f"open beyond this host: {detail}",
+                 fix if regular else f"only admins' containers: {fix}, unless the admin meant it")
+
+
 def _guarded(name: str, check: Callable[[], Check], debug: bool) -> Check:
     """A check that raises becomes a FAIL with the error: the doctor itself never crashes on a broken host."""
     try:
@@ -322,5 +419,9 @@ def run_checks(options: Options) -> list[Check]:
         ("bind mounts", lambda: check_bind_mounts(config)),
         ("root containers", lambda: check_root_containers(options)),
         ("runc", check_runc),
+        ("default bridge", lambda: check_default_bridge(options)),
+        ("reach rules", lambda: check_rules(options, "reach rules", reach_check, "filter")),
+        ("userland proxy", lambda: check_rules(options, "userland proxy", userland_check, "nat")),
+        ("published ports", lambda: check_published_addresses(options, config)),
     ]
     return [first, *(_guarded(name, check, options.debug) for name, check in checks)]

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from ds01 import eventlog, labels
+from ds01.daemon import only_instance
 from ds01.engine import Engine
 from ds01.errors import Ds01Error
 from ds01.eventlog.types import EventType
@@ -19,7 +20,7 @@ from ds01.proxy import runas
 from ds01.proxy.binds import Pins
 from ds01.proxy.cgroups import CgroupParents
 from ds01.proxy.gate import MIN_API_VERSION, Gate
-from ds01.proxy.janitor import watch_engine
+from ds01.proxy.janitor import STREAM_ERRORS, Janitor, ReachKeeper, keep_reach, watch_engine
 from ds01.proxy.server import Proxy, serve_forever
 from ds01.proxy.session import Sessions
 from ds01.proxy.upstream import Upstream
@@ -45,7 +46,29 @@ class SlotCache:
             return self._slots
 
 
+def start_reach(upstream: Upstream, sessions: Sessions) -> ReachKeeper:
+    """The reach rules as the engine's state implies them, before serving; a failure stops the proxy (fail
+    closed): rules left from an earlier run would stay as they were, stale or missing."""
+    keeper = ReachKeeper(upstream, lambda: sessions.current_config().networks.host_services)
+    elsewhere = keeper.outside_engine_namespace()
+    if elsewhere is not None:
+        raise Ds01Error(f"this proxy runs outside the engine's network namespace ({elsewhere}), and its rules decide "
+                        "who reaches containers there: run it in the engine's namespace (on a test bed: nsenter "
+                        "--net=/run/netns/$DS01_TESTBED_NETNS ds01 proxy ...)")
+    try:
+        keeper.refresh()
+    except STREAM_ERRORS as exc:
+        eventlog.emit(EventType.PROXY_REACH_FAILED, source="proxy", trigger="start-up", error=str(exc), failures=1)
+        raise Ds01Error(f"the owner-only reach rules could not be put in place, so the proxy does not start: {exc}. "
+                        "It needs root, iptables, and the engine's network namespace "
+                        "(docs-admin/networks.md)") from exc
+    return keeper
+
+
 def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float) -> int:
+    # A running proxy is named before any start-up work (reconcile, pins, rules); serve_forever holds the lock.
+    with only_instance(paths.run_dir, "proxy"):
+        pass
     upstream = Upstream(upstream_url)
     sessions = Sessions(paths.config)
     eventlog.configure(paths.log_dir, sessions.config.events)
@@ -58,6 +81,7 @@ def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float) -> 
     major, minor = (int(part) for part in str(version["ApiVersion"]).split(".")[:2])
     if (major, minor) < MIN_API_VERSION:
         raise Ds01Error(f"the engine at {upstream_url} speaks API {major}.{minor}; ds01 needs 1.40 or newer")
+    keeper = start_reach(upstream, sessions)
     allocator = open_allocator(paths, sessions.config, upstream_url)
     with Engine(upstream_url) as engine:
         listed_at = time.time()
@@ -86,9 +110,9 @@ def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float) -> 
                 pins=pins, spool_dir=spool_dir, api_versions=(MIN_API_VERSION, (major, minor)),
                 log_driver=str(info.get("LoggingDriver") or "json-file"), instance=instance)
     stop_janitor = threading.Event()
-    janitor = threading.Thread(target=watch_engine, args=(upstream, allocator, pins, instance, stop_janitor),
-                               daemon=True)
-    janitor.start()
+    janitor = Janitor(upstream, allocator, pins, instance, keeper)
+    threading.Thread(target=watch_engine, args=(janitor, stop_janitor), daemon=True).start()
+    threading.Thread(target=keep_reach, args=(keeper, stop_janitor), daemon=True).start()
     try:
         serve_forever(Proxy(gate, upstream), listen, paths.run_dir, drain_seconds,
                       on_ready=lambda: print(f"ds01 proxy: listening on {listen}, engine {upstream_url}", flush=True))

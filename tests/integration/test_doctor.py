@@ -223,3 +223,44 @@ def test_root_containers_with_host_mounts_are_reported_with_the_fix(
     finally:
         old.remove(force=True)
         client.close()
+
+
+def doctor_in_the_engines_namespace(testbed: Testbed, bed: ProxyHandle) -> dict[str, dict[str, Any]]:
+    """`ds01 doctor --format json` run as root where the engine runs, as an admin runs it on a server."""
+    ran = subprocess.run(["nsenter", f"--net=/run/netns/{testbed.netns}", str(REPO / ".venv" / "bin" / "ds01"),
+                          "doctor", "--format", "json", "--engine", testbed.docker_host, "--proxy-socket",
+                          str(bed.socket)], capture_output=True, text=True, check=False, env=bed.env, timeout=120)
+    return {check["name"]: check for check in json.loads(ran.stdout)["checks"]}
+
+
+def test_the_network_model_is_checked_where_the_engine_runs(testbed: Testbed, bed: ProxyHandle,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    checks = doctor_in_the_engines_namespace(testbed, bed)
+    assert checks["default bridge"]["status"] == "PASS", checks["default bridge"]
+    assert checks["reach rules"]["status"] == "PASS", checks["reach rules"]
+    assert "DS01-REACH" in checks["reach rules"]["detail"] and "DS01-HOST" in checks["reach rules"]["detail"]
+    # The test bed's engine runs with the userland proxy (Docker's default): a warning with the setting to change.
+    userland = checks["userland proxy"]
+    assert userland["status"] == "WARN" and '"userland-proxy": false' in userland["fix"], userland
+    assert checks["published ports"]["status"] == "PASS", checks["published ports"]
+    # From another network namespace the rules are not read at all (they would be that namespace's).
+    _, here, _ = doctor(capsys, "--engine", testbed.docker_host, "--proxy-socket", str(bed.socket))
+    for name in ("reach rules", "userland proxy"):
+        assert here[name]["status"] == "WARN", here[name]
+        assert "not the engine's network namespace (none of the engine's bridges" in here[name]["detail"]
+
+
+def test_a_ds01_container_published_beyond_loopback_fails(testbed: Testbed, bed: ProxyHandle) -> None:
+    """Made straight on the engine, past the proxy that would have put the port on 127.0.0.1."""
+    client = docker.DockerClient(base_url=testbed.docker_host)
+    wide = client.containers.create("ds01-test/busybox:latest", ["sleep", "60"], name="wide._.1001",
+                                    labels={"ds01.user": "alice", "ds01.uid": "1001"},
+                                    ports={"80/tcp": ("0.0.0.0", 18999)})  # noqa: S104 - the mistake looked for
+    try:
+        check = doctor_in_the_engines_namespace(testbed, bed)["published ports"]
+        assert check["status"] == "FAIL", check
+        assert "alice's wide._.1001: 80/tcp on 0.0.0.0" in check["detail"]
+        assert "docker rm -f NAME" in check["fix"]
+    finally:
+        wide.remove(force=True)
+        client.close()

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "ds01"
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"", "errors", "reasons", "paths", "units", "labels", "names", "devicerequests", "records",
                "statefile", "daemon"}),
-    frozenset({"config", "eventlog", "identity", "engine", "nvml", "procfs", "overlay", "unixhttp"}),
+    frozenset({"config", "eventlog", "identity", "engine", "nvml", "procfs", "overlay", "unixhttp", "iptables"}),
     frozenset({"gpus"}),
     frozenset({"proxy", "exporter"}),
     frozenset({"ops"}),
@@ -105,4 +105,18 @@ def test_each_outside_system_is_imported_through_its_door_only() -> None:
     strays = [f"ds01.{_module_name(path)} imports {system}, whose door is {', '.join(sorted(doors))}"
               for path in sorted(PACKAGE.rglob("*.py")) for system, doors in DOORS.items()
               if system in _outside_imports(path) and _module_name(path) not in doors]
+    assert strays == []
+
+
+# Outside programs that have one door too: the only module whose argument lists name them.
+PROGRAM_DOORS = {"iptables": "iptables", "iptables-save": "iptables", "iptables-restore": "iptables",
+                 "ip6tables": "iptables", "nft": "iptables"}
+
+
+def test_each_outside_program_is_run_through_its_door_only() -> None:
+    strays = [f"ds01.{_module_name(path)} names {node.value!r}, whose door is ds01.{PROGRAM_DOORS[node.value]}"
+              for path in sorted(PACKAGE.rglob("*.py"))
+              for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+              if isinstance(node, ast.Constant) and node.value in PROGRAM_DOORS
+              and _module_name(path) != PROGRAM_DOORS[node.value]]
     assert strays == []

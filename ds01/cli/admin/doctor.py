@@ -16,8 +16,9 @@ from ds01.ops.doctor import DEFAULT_ENGINE, FAIL, WARN, Options, run_checks
 def register(commands: Commands) -> None:
     command = add_command(
         commands, "doctor",
-        "check the setup: engine, proxy, socket modes, docker group, udev rules, driver options, NVML, config "
-        "(exit 1 if anything FAILs)", "ds01 doctor --format json", doctor)
+        "check the setup: engine, proxy, socket modes, docker group, udev rules, driver options, NVML, config, and "
+        "the network model (default bridge, reach rules, userland proxy, published ports; run it as root where the "
+        "engine runs) (exit 1 if anything FAILs)", "ds01 doctor --format json", doctor)
     add_format_option(command)
     command.add_argument("--proxy-socket", type=Path, default=None,
                          help="the proxy's socket (default: DS01_RUN_DIR/docker.sock, i.e. /run/ds01/docker.sock)")

@@ -1,0 +1,215 @@
+"""Who on the host reaches which container, and what containers reach on the host: the iptables rules that follow
+from the engine's state, computed here without I/O (the janitor reads the state and applies them).
+
+`DS01-REACH`, jumped to first from the filter table's OUTPUT chain, sees every connection a host process opens.
+Root (the engine, its docker-proxy, admins' tools) passes. A ds01 network's subnet is its owner's: anyone else is
+refused, from the moment the network exists, whatever container gets an address in it; a port published on
+127.0.0.1 that nat OUTPUT turns into the container's address (userland proxy off) meets the same rule, since nat
+OUTPUT runs before filter OUTPUT. With the userland proxy on, the connection goes to docker-proxy on 127.0.0.1
+instead: each running ds01 container's loopback port is its owner's by a rule of its own. What the rules do not
+know yet is refused: a bridge made since (`-o br-+`), or a loopback port translated to an unknown address.
+
+`DS01-HOST`, jumped to first from INPUT, sees what arrives for the host's own addresses: from a ds01 network's
+bridge (or a bridge not known yet), only replies and the `networks.host_services` pass.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ds01 import labels
+from ds01.config.schema import HostService
+from ds01.iptables import Table
+
+REACH_CHAIN = "DS01-REACH"
+HOST_CHAIN = "DS01-HOST"
+JUMPS = (("OUTPUT", REACH_CHAIN), ("INPUT", HOST_CHAIN))  # each first in its base chain, once
+BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
+BRIDGE_PREFIX = "br-"  # the engine names a user-defined network's bridge br- and its id's first 12 digits
+NEW_BRIDGES = f"{BRIDGE_PREFIX}+"
+# Not sctp: its port match needs a kernel module a host may lack, and no user may make a rebuild fail.
+PROTOCOLS = ("tcp", "udp")
+REJECT = "-j REJECT --reject-with icmp-port-unreachable"  # the caller gets "connection refused" at once
+LOOPBACK_ADDRESSES = frozenset({"127.0.0.1", "::1"})
+ESTABLISHED = "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"  # checked when it was opened
+_INTERFACE = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # no "+", which iptables reads as a wildcard
+
+
+@dataclass(frozen=True)
+class Network:
+    name: str
+    bridge: str | None  # its bridge interface, when it has one
+    subnets: tuple[ipaddress.IPv4Network, ...]
+    ds01: bool  # made by ds01 for a user (labelled ds01.user)
+    uid: int | None  # its owner (ds01.uid); None: nobody but root reaches it
+
+
+@dataclass(frozen=True)
+class Port:
+    """A port a running ds01 container publishes on a loopback address."""
+
+    address: ipaddress.IPv4Address
+    port: int
+    protocol: str
+    uid: int | None
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    reach: tuple[str, ...]  # DS01-REACH, each rule as iptables-save prints it
+    host: tuple[str, ...]  # DS01-HOST
+
+
+def _uid(text: object) -> int | None:
+    return int(text) if isinstance(text, str) and text.isdigit() else None
+
+
+def _bridge(network: Mapping[str, Any]) -> str | None:
+    if network.get("Driver") != "bridge":
+        return None
+    named = str((network.get("Options") or {}).get(BRIDGE_NAME_OPTION) or "")
+    name = named or f"{BRIDGE_PREFIX}{str(network.get('Id') or '')[:12]}"
+    return name if _INTERFACE.fullmatch(name) and name != BRIDGE_PREFIX else None
+
+
+def _subnets(network: Mapping[str, Any]) -> tuple[ipaddress.IPv4Network, ...]:
+    """Its IPv4 subnets (the rules are IPv4; ds01 makes no IPv6 network for users)."""
+    found = []
+    for config in (network.get("IPAM") or {}).get("Config") or []:
+        try:
+            subnet = ipaddress.ip_network(str(config.get("Subnet") or ""), strict=False)
+        except ValueError:
+            continue
+        if isinstance(subnet, ipaddress.IPv4Network):
+            found.append(subnet)
+    return tuple(found)
+
+
+def networks(listed: Iterable[Mapping[str, Any]]) -> tuple[Network, ...]:
+    """The engine's networks (GET /networks) that have a bridge or a subnet, in a stable order."""
+    found = []
+    for network in listed:
+        found_labels = network.get("Labels") or {}
+        bridge, subnets = _bridge(network), _subnets(network)
+        if bridge or subnets:
+            found.append(Network(str(network.get("Name") or ""), bridge, subnets,
+                                 ds01=bool(found_labels.get(labels.USER)), uid=_uid(found_labels.get(labels.UID))))
+    return tuple(sorted(found, key=lambda n: (n.subnets, n.name)))
+
+
+def loopback_ports(listed: Iterable[Mapping[str, Any]]) -> tuple[Port, ...]:
+    """The IPv4 loopback ports of running ds01 containers (GET /containers/json), with their owners."""
+    found = set()
+    for container in listed:
+        found_labels = container.get("Labels") or {}
+        if not found_labels.get(labels.USER):
+            continue
+        for port in container.get("Ports") or []:
+            try:
+                address = ipaddress.ip_address(str(port.get("IP") or ""))
+            except ValueError:
+                continue
+            number, protocol = port.get("PublicPort"), port.get("Type")
+            if isinstance(address, ipaddress.IPv4Address) and address.is_loopback and isinstance(number, int) \
+                    and protocol in PROTOCOLS:
+                found.add(Port(address, number, str(protocol), _uid(found_labels.get(labels.UID))))
+    return tuple(sorted(found, key=lambda p: (p.address, p.port, p.protocol, p.uid or 0)))
+
+
+def _returns_for(uid: int | None) -> list[str]:
+    """The owner's way through (root has its own, above; an owner not known has none)."""
+    return [f"-m owner --uid-owner {uid} -j RETURN"] if uid else []
+
+
+def reach_rules(found: Sequence[Network], ports: Sequence[Port]) -> tuple[str, ...]:
+    chain = f"-A {REACH_CHAIN}"
+    rules = [f"{chain} {ESTABLISHED}", f"{chain} -m owner --uid-owner 0 -j RETURN"]
+    owners: dict[tuple[ipaddress.IPv4Address, int, str], list[int | None]] = {}
+    for port in ports:
+        owners.setdefault((port.address, port.port, port.protocol), []).append(port.uid)
+    for (address, number, protocol), uids in owners.items():
+        match = f"{chain} -d {address}/32 -p {protocol} -m {protocol} --dport {number}"
+        rules += [f"{match} {way}" for uid in uids for way in _returns_for(uid)]
+        rules.append(f"{match} {REJECT}")
+    # The host's own addresses (a gateway's among them) are host services, not containers: the loopback ports
+    # above are the only ones that lead to a container without address translation.
+    rules.append(f"{chain} -m addrtype --dst-type LOCAL -j RETURN")
+    for network in found:
+        for subnet in network.subnets:
+            if network.ds01:
+                rules += [f"{chain} -d {subnet} {way}" for way in _returns_for(network.uid)]
+                rules.append(f"{chain} -d {subnet} {REJECT}")
+            else:
+                rules.append(f"{chain} -d {subnet} -j RETURN")  # not ds01's: the admin's to guard
+    rules += [f"{chain} -o {NEW_BRIDGES} {REJECT}",
+              f"{chain} -m conntrack --ctstate DNAT --ctorigdst 127.0.0.0/8 {REJECT}"]
+    return tuple(rules)
+
+
+def host_rules(found: Sequence[Network], services: Sequence[HostService]) -> tuple[str, ...]:
+    chain = f"-A {HOST_CHAIN}"
+    rules = [f"{chain} {ESTABLISHED}"]
+    for service in services:
+        address = f"-d {service.address}/32 " if service.address else ""
+        rules.append(f"{chain} {address}-p {service.protocol} -m {service.protocol} --dport {service.port} -j RETURN")
+    bridged = [network for network in found if network.bridge]
+    rules += [f"{chain} -i {network.bridge} -j RETURN" for network in bridged if not network.ds01]
+    rules += [f"{chain} -i {network.bridge} {REJECT}" for network in bridged if network.ds01]
+    rules.append(f"{chain} -i {NEW_BRIDGES} {REJECT}")
+    return tuple(rules)
+
+
+def ruleset(found: Sequence[Network], ports: Sequence[Port], services: Sequence[HostService]) -> Ruleset:
+    return Ruleset(reach=reach_rules(found, ports), host=host_rules(found, services))
+
+
+def _jump_in_place(live: Table, base: str, chain: str) -> bool:
+    rules = live.rules(base) or ()
+    jump = f"-A {base} -j {chain}"
+    return rules[:1] == (jump,) and rules.count(jump) == 1
+
+
+def in_place(desired: Ruleset, live: Table) -> bool:
+    """Whether the live filter table already holds exactly the desired chains, each jumped to first, once."""
+    return (live.rules(REACH_CHAIN) == desired.reach and live.rules(HOST_CHAIN) == desired.host
+            and all(_jump_in_place(live, base, chain) for base, chain in JUMPS))
+
+
+def restore_text(desired: Ruleset, live: Table) -> str:
+    """iptables-restore --noflush input that replaces both chains whole and puts each jump first, once, in one
+    transaction: no moment with a chain half written or a jump missing."""
+    lines = ["*filter", f":{REACH_CHAIN} - [0:0]", f":{HOST_CHAIN} - [0:0]", *desired.reach, *desired.host]
+    for base, chain in JUMPS:
+        if not _jump_in_place(live, base, chain):
+            lines += [f"-D {base} -j {chain}"] * (live.rules(base) or ()).count(f"-A {base} -j {chain}")
+            lines.append(f"-I {base} 1 -j {chain}")
+    return "\n".join([*lines, "COMMIT", ""])
+
+
+def public_bindings(inspected: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """The containers (inspected) that publish beyond loopback, where these rules guard nothing, by owner
+    (ds01.user): owner -> ['NAME: what', ...]."""
+    found: dict[str, list[str]] = {}
+    for container in inspected:
+        host = container.get("HostConfig") or {}
+        shown = sorted({f"{port} on {binding.get('HostIp') or 'every address'}"
+                        for port, bindings in (host.get("PortBindings") or {}).items() for binding in bindings or []
+                        if binding.get("HostIp") not in LOOPBACK_ADDRESSES})
+        shown += ["every exposed port on every address (-P)"] if host.get("PublishAllPorts") else []
+        owner = str(((container.get("Config") or {}).get("Labels") or {}).get(labels.USER) or "?")
+        if shown:
+            found.setdefault(owner, []).append(f"{str(container.get('Name') or '').lstrip('/')}: {', '.join(shown)}")
+    return found
+
+
+def userland_proxy(nat: Table) -> bool | None:
+    """Whether the engine runs docker-proxy for published ports, from its nat OUTPUT rule: with the userland proxy
+    on, the engine leaves loopback destinations out of its translation. None: no engine rule found."""
+    jumps = [rule for rule in nat.rules("OUTPUT") or () if rule.endswith("-j DOCKER")]
+    if not jumps:
+        return None
+    return any("! -d 127.0.0.0/8" in rule for rule in jumps)
