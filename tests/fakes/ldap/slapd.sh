@@ -8,7 +8,8 @@
 #   eval "$(slapd.sh env STATE_DIR)"    export DS01_TEST_LDAP_URI, _BASE_DN, _BIND_DN and _PASSWORD_FILE
 #
 # DS01_TEST_LDAP_PORT (default 3890) picks the TCP port on 127.0.0.1; it is recorded when STATE_DIR is
-# first initialised and later runs keep the recorded port.
+# first initialised and later runs keep the recorded port. DS01_TEST_LDAP_URI is the ldapi:// socket, which
+# processes in the test bed's network namespace (the test proxies) reach as well as those on the host.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -169,7 +170,7 @@ cmd_down() {
 cmd_env() {
   [[ -f "$READY" ]] || die "no test directory under $DIR; run: $0 up $STATE_DIR"
   printf 'export %s=%q\n' \
-    DS01_TEST_LDAP_URI "$(tcp_uri)" \
+    DS01_TEST_LDAP_URI "$(ldapi_uri)" \
     DS01_TEST_LDAP_BASE_DN "$SUFFIX" \
     DS01_TEST_LDAP_BIND_DN "$ROOT_DN" \
     DS01_TEST_LDAP_PASSWORD_FILE "$PASSWORD_FILE"
