@@ -9,7 +9,6 @@ import dataclasses
 import io
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from fractions import Fraction
@@ -17,11 +16,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import filelock
 import pytest
 
 from ds01.config import BUILTIN_DEFAULTS, AllocationSettings, Config, SecuritySettings
-from ds01.errors import Denied, EngineError
+from ds01.errors import Denied
 from ds01.gpus.allocator import Allocator
 from ds01.gpus.placement import GpuRequest, Slot
 from ds01.names import DRY_RUN_HEADER
@@ -34,7 +32,7 @@ from ds01.proxy.runas import Caller
 from ds01.proxy.session import Session
 from ds01.proxy.userlocks import UserLocks
 from ds01.reasons import Reason
-from tests.unit.proxy_harness import FakeEngine, FakePins, FakeSessions, FakeUpstream, container, exchange, responses
+from tests.unit.proxy_harness import FakePins, FakeSessions, FakeUpstream, container
 
 pytestmark = pytest.mark.usefixtures("event_log")
 
@@ -437,172 +435,3 @@ def test_choosing_a_networks_addresses_is_for_admins(world: World) -> None:
     assert denied(world.decide(ALICE, "POST", "/v1.41/networks/create", body)) == (Reason.NETWORK_IPAM, 403)
     assert sent_body(world.decide(ADMIN, "POST", "/v1.41/networks/create", body))["IPAM"] == body["IPAM"]
     assert sent_body(world.decide(ALICE, "POST", "/v1.41/networks/create", {"Name": "lab", "IPAM": {}}))
-
-
-# --- through the server: what it makes of the gate's errors, the engine's, and unknown callers --------------------
-
-CREATE = b"POST /v1.41/containers/create?name=job HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\n"
-
-
-def create_request(body: dict[str, Any]) -> bytes:
-    raw = json.dumps(body).encode()
-    return CREATE + f"Content-Length: {len(raw)}\r\n\r\n".encode() + raw
-
-
-@pytest.fixture
-def connected(world: World) -> World:
-    """The world with the test's own uid, which the kernel gives for the socketpair, as alice's."""
-    world.sessions.by_uid[os.getuid()] = world.sessions.by_uid[ALICE.uid]
-    return world
-
-
-def served(world: World, data: bytes, *answers: bytes | Any) -> tuple[int, dict[str, str], FakeEngine]:
-    engine = FakeEngine(*answers)
-    [(status, headers, _)] = responses(exchange(data, gate=world.gate, engine=engine))
-    return status, headers, engine
-
-
-def test_a_create_the_engine_answers_through_the_server_binds_its_gpus(connected: World) -> None:
-    made = json.dumps({"Id": "c" * 64, "Warnings": []}).encode()
-    status, _, engine = served(connected, create_request({"Image": IMAGE, "HostConfig": ONE_GPU}),
-                               b"HTTP/1.1 201 Created\r\nContent-Length: %d\r\n\r\n%s" % (len(made), made))
-    assert status == 201 and len(engine.requests) == 1
-    assert connected.reserved() == [("alice", "c" * 64)] and not connected.gate.locks.locked("alice")
-
-
-def test_an_engine_that_hangs_up_on_a_create_leaves_no_reservation_nor_lock(connected: World) -> None:
-    status, headers, engine = served(connected, create_request({"Image": IMAGE, "HostConfig": ONE_GPU}),
-                                     lambda _sock: None)
-    assert (status, headers["x-ds01-reason"]) == (502, "engine_error") and len(engine.requests) == 1
-    assert connected.reserved() == [] and not connected.gate.locks.locked("alice")
-
-
-def test_an_exec_create_refused_for_its_upgrade_still_gives_the_lock_back(connected: World) -> None:
-    connected.add(container("app", ALICE))
-    body = b'{"Cmd": ["id"]}'
-    status, _, engine = served(connected, b"POST /v1.41/containers/app/exec HTTP/1.1\r\nHost: d\r\n"
-                               b"Connection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: %d\r\n\r\n%s"
-                               % (len(body), body))
-    assert status == 400 and engine.links == 0 and not connected.gate.locks.locked("alice")
-
-
-@pytest.fixture
-def allocator_taken(world: World) -> Iterator[None]:
-    """Someone else in the allocator's lock (its timeout is 0 here: the gate meets it at once)."""
-    other = filelock.FileLock(world.allocator.path.parent / "allocations.lock")
-    with other:
-        yield
-
-
-@pytest.mark.usefixtures("allocator_taken")
-def test_a_busy_allocator_answers_503_and_leaves_the_lock_free(connected: World) -> None:
-    status, headers, engine = served(connected, create_request({"Image": IMAGE, "HostConfig": ONE_GPU}))
-    assert (status, headers["x-ds01-reason"]) == (503, "busy") and engine.requests == []
-    assert not connected.gate.locks.locked("alice")
-
-
-def test_engine_errors_in_the_gates_own_calls_answer_502_or_500(connected: World) -> None:
-    connected.upstream.answers[("GET", "/containers/json")] = EngineError("the engine went away")
-    status, headers, engine = served(connected, create_request({"Image": IMAGE, "HostConfig": ONE_GPU}))
-    assert (status, headers["x-ds01-reason"]) == (502, "engine_error") and engine.requests == []
-    assert not connected.gate.locks.locked("alice")
-    connected.upstream.answers[("GET", "/containers/json")] = (500, {"message": "database is locked"})
-    status, headers, engine = served(connected, create_request({"Image": IMAGE}))
-    assert (status, headers["x-ds01-reason"]) == (500, "error") and engine.requests == []
-    assert not connected.gate.locks.locked("alice") and connected.reserved() == []
-
-
-def test_a_bug_answers_500_and_is_logged(connected: World, event_log: Path) -> None:
-    del connected.add(container("app", ALICE))["State"]  # an inspect record the gate cannot read
-    status, headers, engine = served(connected, b"POST /v1.41/containers/app/start HTTP/1.1\r\nHost: d\r\n\r\n")
-    assert (status, headers["x-ds01-reason"]) == (500, "internal_error") and engine.requests == []
-    logged = [json.loads(line) for line in event_log.read_text().splitlines()]
-    assert [event["details"]["error"] for event in logged if event["type"] == "proxy.internal_error"] == \
-        ["KeyError('State')"]
-
-
-def test_a_caller_with_no_account_is_refused(world: World) -> None:
-    world.sessions.by_uid.pop(os.getuid(), None)
-    status, headers, engine = served(world, b"GET /v1.41/_ping HTTP/1.1\r\nHost: d\r\n\r\n")
-    assert (status, headers["x-ds01-reason"]) == (403, "unknown_user") and engine.links == 0
-
-
-def test_a_create_whose_grant_cannot_be_recorded_is_removed_and_says_so(
-        connected: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    def disk_full(*_args: Any, **_kwargs: Any) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(connected.allocator, "bind", disk_full)
-    made = json.dumps({"Id": "c" * 64, "Warnings": []}).encode()
-    status, headers, engine = served(connected, create_request({"Image": IMAGE, "HostConfig": ONE_GPU}),
-                                     b"HTTP/1.1 201 Created\r\nContent-Length: %d\r\n\r\n%s" % (len(made), made))
-    assert (status, headers["x-ds01-reason"]) == (500, "error") and len(engine.requests) == 1
-    assert ("DELETE", f"/containers/{'c' * 64}") in connected.upstream.calls
-    assert connected.reserved() == [] and not connected.gate.locks.locked("alice")
-
-
-def test_a_network_list_shows_the_callers_own_and_the_built_in_ones_only(world: World) -> None:
-    with_alices_objects(world)
-    world.upstream.networks.update({
-        "bridge": {"Name": "bridge", "Id": "b" * 64, "Labels": {}},
-        "proj_default": {"Name": "proj_default", "Id": "p" * 64, "Labels": {"ds01.user": "bob"}},
-        "ds01-bob": {"Name": "ds01-bob", "Id": "q" * 64, "Labels": {"ds01.user": "bob"}}})
-    reply = world.decide(ALICE, "GET", "/v1.41/networks")
-    assert isinstance(reply, Reply) and sorted(n["Name"] for n in reply.body) == ["bridge", "mine"]
-    assert forwarded(world.decide(ADMIN, "GET", "/v1.41/networks")).target == "/v1.41/networks"
-    assert denied(world.decide(ALICE, "GET", "/v1.41/networks/proj_default")) == (Reason.NOT_FOUND, 404)
-
-
-def test_a_built_in_network_is_shown_with_the_callers_containers_only(world: World) -> None:
-    with_alices_objects(world)
-    world.add(container("bobs", BOB))
-    bobs_id = next(i for i, c in world.upstream.containers.items() if c["Name"] == "/bobs")
-    world.upstream.networks["bridge"] = {"Name": "bridge", "Id": "b" * 64, "Labels": {},
-                                         "Containers": {APP_ID: {"Name": "app"}, bobs_id: {"Name": "bobs"}}}
-    reply = world.decide(ALICE, "GET", "/v1.41/networks/bridge")
-    assert isinstance(reply, Reply) and list(reply.body["Containers"]) == [APP_ID]
-    assert denied(world.decide(ALICE, "DELETE", "/v1.41/networks/bridge")) == (Reason.NOT_FOUND, 404)
-
-
-def test_a_create_makes_the_callers_network_once_and_keeps_it(world: World) -> None:
-    outcome = world.decide(ALICE, "POST", "/v1.41/containers/create?name=job", {"Image": IMAGE})
-    assert sent_body(outcome)["HostConfig"]["NetworkMode"] == "ds01-alice"
-    forwarded(outcome).close()
-    made = world.upstream.networks["ds01-alice"]
-    assert made["Driver"] == "bridge" and made["Labels"] == {"ds01.user": "alice", "ds01.uid": "2001"}
-    forwarded(world.decide(ALICE, "POST", "/v1.41/containers/create?name=job2", {"Image": IMAGE})).close()
-    assert [call for call in world.upstream.calls if call == ("POST", "/networks/create")] == [
-        ("POST", "/networks/create")]
-
-
-def test_a_callers_network_someone_else_made_is_not_joined(world: World) -> None:
-    world.upstream.networks["ds01-alice"] = {"Name": "ds01-alice", "Id": "x" * 64, "Labels": {"ds01.user": "bob"}}
-    assert refused(world, ALICE, "POST", "/v1.41/containers/create?name=job", {"Image": IMAGE}) is Reason.NOT_OWNER
-    assert not world.gate.locks.locked("alice") and world.reserved() == []
-
-
-def test_users_may_not_name_networks_ds01_nor_ask_for_ipv6(world: World) -> None:
-    assert refused(world, ALICE, "POST", "/v1.41/networks/create", {"Name": "ds01-bob"}) is Reason.NAME_TAKEN
-    assert denied(world.decide(ALICE, "POST", "/v1.41/networks/create", {"Name": "v6", "EnableIPv6": True})) == (
-        Reason.NETWORK_DRIVER, 403)
-    assert "ds01-bob" not in world.upstream.networks and "v6" not in world.upstream.networks
-
-
-def test_published_ports_are_capped_per_user_across_containers(world: World) -> None:
-    ports = {"PortBindings": {"80/tcp": [{"HostPort": ""}, {"HostPort": ""}]}}
-    world.add(container("web", ALICE, host_config={"PortBindings": {"8888/tcp": [{"HostPort": "8888"}] * 7}}))
-    assert refused(world, ALICE, "POST", "/v1.41/containers/create?name=more",
-                   {"Image": IMAGE, "HostConfig": ports}) is Reason.MAX_PUBLISHED_PORTS
-    assert not world.gate.locks.locked("alice")
-    one = {"PortBindings": {"80/tcp": [{"HostPort": ""}]}}
-    created = sent_body(world.decide(ALICE, "POST", "/v1.41/containers/create?name=fits",
-                                     {"Image": IMAGE, "HostConfig": one}))
-    assert created["HostConfig"]["PortBindings"] == {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}
-
-
-def test_a_start_makes_the_callers_network_again_if_it_was_removed(world: World) -> None:
-    world.add(container("app2", ALICE, host_config={"NetworkMode": "ds01-alice"}))
-    outcome = world.decide(ALICE, "POST", "/v1.41/containers/app2/start")
-    forwarded(outcome).close()
-    assert world.upstream.networks["ds01-alice"]["Labels"] == {"ds01.user": "alice", "ds01.uid": "2001"}
-    assert not world.gate.locks.locked("alice")
