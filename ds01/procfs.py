@@ -163,3 +163,17 @@ def ipv4_routes(proc: Path = PROC) -> list[ipaddress.IPv4Network]:
         if mask:
             found.append(ipaddress.IPv4Network(f"{destination}/{mask}", strict=False))
     return found
+
+
+
+def unified_cgroup(pid: int, proc: Path = PROC) -> str:
+    """The cgroup v2 path of a process (the "0::PATH" line of /proc/PID/cgroup), as iptables' cgroup match names
+    it."""
+    text = _read(proc / str(pid) / "cgroup")
+    if text is None:
+        raise Ds01Error(f"process {pid} has gone, so its cgroup cannot be read")
+    found = [line.removeprefix("0::") for line in text.splitlines() if line.startswith("0::")]
+    if not found:
+        raise Ds01Error(f"process {pid} is in no cgroup v2 hierarchy (/proc/{pid}/cgroup has no 0:: line): mount "
+                        "cgroup2 (systemd does), so that its connections can be told apart")
+    return found[0]

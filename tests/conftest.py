@@ -180,9 +180,11 @@ class ProxyHandle:
                               timeout=timeout, check=False, input=stdin)
 
 
-def start_proxy(testbed: Testbed, root: Path, *, ttl: str = "60s", extra_config: str = "") -> ProxyHandle:
+def start_proxy(testbed: Testbed, root: Path, *, ttl: str = "60s", extra_config: str = "",
+                engine_cgroup: str | None = None) -> ProxyHandle:
     """A proxy in the engine's network namespace, whose reach rules it keeps; `extra_config` is appended to the
-    test bed's configuration (a section the shipped file leaves out)."""
+    test bed's configuration (a section the shipped file leaves out). `engine_cgroup`: named, for an upstream
+    that is not the engine's own socket (by default the proxy reads it from the process serving the socket)."""
     for sub in ("etc", "state", "log", "run"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
@@ -204,7 +206,8 @@ def start_proxy(testbed: Testbed, root: Path, *, ttl: str = "60s", extra_config:
     # keeps the host's mounts, where the engine sees its pins.
     process = subprocess.Popen(
         ["nsenter", f"--net=/run/netns/{testbed.netns}", str(Path(sys.executable).parent / "ds01"), "proxy",
-         "--upstream", testbed.docker_host, "--drain-seconds", "5"],
+         "--upstream", testbed.docker_host, "--drain-seconds", "5",
+         *(["--engine-cgroup", engine_cgroup] if engine_cgroup else [])],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while not (root / "run" / "docker.sock").exists():

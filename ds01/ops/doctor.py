@@ -343,25 +343,20 @@ def reach_check(table: iptables.Table) -> Check:
 
 
 def userland_check(nat: iptables.Table) -> Check:
-    """Whether published ports go through docker-proxy, whose loopback listener is guarded only once the proxy
-    has seen its container start."""
-    match reach.userland_proxy(nat):
-        case None:
-            return Check("userland proxy", WARN, "cannot tell: no nat OUTPUT rule of the engine's",
-                         f"check that dockerd runs with iptables on, and {DAEMON_JSON}")
-        case True:
-            return Check("userland proxy", WARN, "on: a port published on 127.0.0.1 is docker-proxy's, open to every "
-                         "local user for the moment between its container's start and the proxy's rule for it",
-                         f'set "userland-proxy": false in {DAEMON_JSON}, then systemctl restart docker; every port '
-                         f"is then guarded from its first packet ({NETWORKS_DOC})")
-        case False:
-            return Check("userland proxy", PASS, "off: published ports lead to the container's address, guarded by "
-                         "its network's rule from the start")
+    """Whether the engine translates published ports itself: with docker-proxy, a root process, in between, the
+    owner-only rules would not hold, and the proxy does not start."""
+    try:
+        reach.check_translation(nat)
+    except Ds01Error as exc:
+        return Check("userland proxy", FAIL, str(exc), f'set "userland-proxy": false (and "iptables": true) in '
+                     f"{DAEMON_JSON}, then systemctl restart docker ds01-proxy ({NETWORKS_DOC})")
+    return Check("userland proxy", PASS, "off: published ports lead to the container's address, guarded by its "
+                 "network's rule from the start")
 
 
 def check_rules(options: Options, name: str, read: Callable[[iptables.Table], Check], table: str) -> Check:
     """A check of the engine's rules, read only in its network namespace (elsewhere they are another's)."""
-    keeper = ReachKeeper(Upstream(options.engine, timeout=TIMEOUT_SECONDS), lambda: ())
+    keeper = ReachKeeper(Upstream(options.engine, timeout=TIMEOUT_SECONDS), lambda: (), None)
     try:
         elsewhere = keeper.outside_engine_namespace()
     except Ds01Error as exc:

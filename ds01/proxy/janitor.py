@@ -1,12 +1,11 @@
 """What the proxy does about what the engine does on its own: from the engine's event stream, release the GPUs and
 pinned bind sources of containers it removes (--rm, prune), record the ones the OOM killer hit, stop a GPU
 container it started without a grant (a restart policy's start never passes through the proxy), and keep the
-owner-only reach rules (`ds01.proxy.reach`) in step with the containers and networks there are."""
+owner-only reach rules (`ds01.proxy.reach`) in step with the networks there are."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import threading
 from collections.abc import Callable
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from ds01 import eventlog, iptables, labels
+from ds01 import eventlog, iptables, labels, procfs
 from ds01.config.schema import HostService
 from ds01.errors import Ds01Error, EngineError
 from ds01.eventlog.types import EventType
@@ -25,20 +24,21 @@ from ds01.proxy.upstream import Upstream
 from ds01.records import container_info
 
 WATCHED = {"type": ["container", "network"], "event": ["create", "destroy", "die", "oom", "start"]}
-REACH_EVENTS = frozenset({("container", "start"), ("container", "die"), ("container", "destroy"),
-                          ("network", "create"), ("network", "destroy")})
+REACH_EVENTS = frozenset({("network", "create"), ("network", "destroy")})
 RETRY_SECONDS = 2.0
 REFRESH_SECONDS = 5.0  # also brings in a changed networks.host_services, and what a lost event stream missed
 STREAM_ERRORS = (OSError, EngineError, http.HttpError, ValueError, Ds01Error)
 
 
 class ReachKeeper:
-    """Keeps the reach rules equal to what the engine's networks and running containers and the configured host
-    services imply; one refresh at a time, whoever asks."""
+    """Keeps the reach rules equal to what the engine's networks, its cgroup and the configured host services
+    imply; one refresh at a time, whoever asks."""
 
-    def __init__(self, upstream: Upstream, services: Callable[[], tuple[HostService, ...]]) -> None:
+    def __init__(self, upstream: Upstream, services: Callable[[], tuple[HostService, ...]],
+                 engine_cgroup: str | None) -> None:
         self._upstream = upstream
         self._services = services
+        self._engine_cgroup = engine_cgroup  # None: the cgroup of the process serving the engine's socket
         self._lock = threading.Lock()
         self.failures = 0
 
@@ -47,6 +47,17 @@ class ReachKeeper:
         if status != 200 or not isinstance(listed, list):
             raise EngineError(f"the engine answered {status} to GET {path}: {str(listed)[:200]}")
         return listed
+
+    def engine_cgroup(self) -> str:
+        """The engine's cgroup v2 path, read each time: a restarted engine may be elsewhere."""
+        if self._engine_cgroup is not None:
+            return self._engine_cgroup
+        if self._upstream.unix_path is None:
+            raise Ds01Error(f"the engine at {self._upstream.url} is reached over TCP, so ds01 cannot read its cgroup "
+                            "from its socket: name it (ds01 proxy --engine-cgroup PATH)")
+        with contextlib.closing(self._upstream.connect()) as sock:
+            pid, _ = iptables.peer_in_namespace(sock)
+        return procfs.unified_cgroup(pid)
 
     def outside_engine_namespace(self) -> str | None:
         """Why this process is not in the engine's network namespace, where the rules must be written, or None.
@@ -66,14 +77,14 @@ class ReachKeeper:
         return None if shared else f"the engine's socket is served by pid {pid}, in another network namespace"
 
     def desired(self) -> reach.Ruleset:
-        found = reach.networks(self._listed("/networks", {}))
-        running = self._listed("/containers/json", {"filters": json.dumps({"label": [labels.USER]})})
-        return reach.ruleset(found, reach.loopback_ports(running), self._services())
+        return reach.ruleset(reach.networks(self._listed("/networks", {})), self._services(), self.engine_cgroup())
 
     def refresh(self) -> bool:
         """Bring the rules in line with the engine now; True when they changed. Raises Ds01Error when they
-        cannot be (the rules in place stay as they were: iptables-restore applies all or nothing)."""
+        cannot be (the rules in place stay as they were: iptables-restore applies all or nothing), or when the
+        engine runs its userland proxy, where they would not hold."""
         with self._lock:
+            reach.check_translation(iptables.save("nat"))
             desired = self.desired()
             live = iptables.save("filter")
             if reach.in_place(desired, live):

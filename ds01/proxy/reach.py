@@ -2,12 +2,14 @@
 from the engine's state, computed here without I/O (the janitor reads the state and applies them).
 
 `DS01-REACH`, jumped to first from the filter table's OUTPUT chain, sees every connection a host process opens.
-Root (the engine, its docker-proxy, admins' tools) passes. A ds01 network's subnet is its owner's: anyone else is
-refused, from the moment the network exists, whatever container gets an address in it; a port published on
-127.0.0.1 that nat OUTPUT turns into the container's address (userland proxy off) meets the same rule, since nat
-OUTPUT runs before filter OUTPUT. With the userland proxy on, the connection goes to docker-proxy on 127.0.0.1
-instead: each running ds01 container's loopback port is its owner's by a rule of its own. What the rules do not
-know yet is refused: a bridge made since (`-o br-+`), or a loopback port translated to an unknown address.
+A ds01 network's subnet is its owner's: anyone else is refused, from the moment the network exists, whatever
+container gets an address in it. A port published on 127.0.0.1 meets the same rule, since the engine's nat OUTPUT
+rule turns it into the container's address before filter OUTPUT runs; that is why the engine's userland proxy must
+be off (with it on, docker-proxy, a root process, would connect for everyone). Root (admins' tools) passes, but not
+the engine itself: what a user makes it fetch (a pull from a registry of their choosing, a token realm that
+registry names, a build's ADD URL) must not reach another user's container. The engine is told by its cgroup.
+What the rules do not know yet is refused: a bridge made since (`-o br-+`), or a loopback port translated to an
+unknown address.
 
 `DS01-HOST`, jumped to first from INPUT, sees what arrives for the host's own addresses: from a ds01 network's
 bridge (or a bridge not known yet), only replies and the `networks.host_services` pass.
@@ -23,6 +25,7 @@ from typing import Any
 
 from ds01 import labels
 from ds01.config.schema import HostService
+from ds01.errors import Ds01Error
 from ds01.iptables import Table
 
 REACH_CHAIN = "DS01-REACH"
@@ -31,12 +34,11 @@ JUMPS = (("OUTPUT", REACH_CHAIN), ("INPUT", HOST_CHAIN))  # each first in its ba
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
 BRIDGE_PREFIX = "br-"  # the engine names a user-defined network's bridge br- and its id's first 12 digits
 NEW_BRIDGES = f"{BRIDGE_PREFIX}+"
-# Not sctp: its port match needs a kernel module a host may lack, and no user may make a rebuild fail.
-PROTOCOLS = ("tcp", "udp")
 REJECT = "-j REJECT --reject-with icmp-port-unreachable"  # the caller gets "connection refused" at once
 LOOPBACK_ADDRESSES = frozenset({"127.0.0.1", "::1"})
 ESTABLISHED = "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"  # checked when it was opened
 _INTERFACE = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # no "+", which iptables reads as a wildcard
+_CGROUP_PATH = re.compile(r"/[A-Za-z0-9_.@:/\\-]*")  # no quote or space, which the rule could not carry
 
 
 @dataclass(frozen=True)
@@ -46,16 +48,6 @@ class Network:
     subnets: tuple[ipaddress.IPv4Network, ...]
     ds01: bool  # made by ds01 for a user (labelled ds01.user)
     uid: int | None  # its owner (ds01.uid); None: nobody but root reaches it
-
-
-@dataclass(frozen=True)
-class Port:
-    """A port a running ds01 container publishes on a loopback address."""
-
-    address: ipaddress.IPv4Address
-    port: int
-    protocol: str
-    uid: int | None
 
 
 @dataclass(frozen=True)
@@ -101,42 +93,30 @@ def networks(listed: Iterable[Mapping[str, Any]]) -> tuple[Network, ...]:
     return tuple(sorted(found, key=lambda n: (n.subnets, n.name)))
 
 
-def loopback_ports(listed: Iterable[Mapping[str, Any]]) -> tuple[Port, ...]:
-    """The IPv4 loopback ports of running ds01 containers (GET /containers/json), with their owners."""
-    found = set()
-    for container in listed:
-        found_labels = container.get("Labels") or {}
-        if not found_labels.get(labels.USER):
-            continue
-        for port in container.get("Ports") or []:
-            try:
-                address = ipaddress.ip_address(str(port.get("IP") or ""))
-            except ValueError:
-                continue
-            number, protocol = port.get("PublicPort"), port.get("Type")
-            if isinstance(address, ipaddress.IPv4Address) and address.is_loopback and isinstance(number, int) \
-                    and protocol in PROTOCOLS:
-                found.add(Port(address, number, str(protocol), _uid(found_labels.get(labels.UID))))
-    return tuple(sorted(found, key=lambda p: (p.address, p.port, p.protocol, p.uid or 0)))
-
-
 def _returns_for(uid: int | None) -> list[str]:
     """The owner's way through (root has its own, above; an owner not known has none)."""
     return [f"-m owner --uid-owner {uid} -j RETURN"] if uid else []
 
 
-def reach_rules(found: Sequence[Network], ports: Sequence[Port]) -> tuple[str, ...]:
+def engine_cgroup_match(path: str) -> str:
+    """The cgroup match for the engine's connections, as iptables-save prints it."""
+    if not _CGROUP_PATH.fullmatch(path) or path == "/":
+        raise Ds01Error(f"the engine's cgroup {path!r} cannot name it apart from other processes: run the engine in a "
+                        "cgroup of its own (systemd's docker.service is one)")
+    return f'-m cgroup --path "{path}"'
+
+
+def reach_rules(found: Sequence[Network], engine_cgroup: str) -> tuple[str, ...]:
     chain = f"-A {REACH_CHAIN}"
-    rules = [f"{chain} {ESTABLISHED}", f"{chain} -m owner --uid-owner 0 -j RETURN"]
-    owners: dict[tuple[ipaddress.IPv4Address, int, str], list[int | None]] = {}
-    for port in ports:
-        owners.setdefault((port.address, port.port, port.protocol), []).append(port.uid)
-    for (address, number, protocol), uids in owners.items():
-        match = f"{chain} -d {address}/32 -p {protocol} -m {protocol} --dport {number}"
-        rules += [f"{match} {way}" for uid in uids for way in _returns_for(uid)]
-        rules.append(f"{match} {REJECT}")
-    # The host's own addresses (a gateway's among them) are host services, not containers: the loopback ports
-    # above are the only ones that lead to a container without address translation.
+    engine = engine_cgroup_match(engine_cgroup)  # written where iptables-save prints it, after -d and -o
+    rules = [f"{chain} {ESTABLISHED}"]
+    # The engine reaches the networks that are not ds01's (the admin's), and no bridge it does not know of.
+    rules += [f"{chain} -d {subnet} {engine} {REJECT}" for network in found if network.ds01
+              for subnet in network.subnets]
+    rules += [f"{chain} -o {network.bridge} {engine} -j RETURN" for network in found
+              if network.bridge and not network.ds01 and network.bridge.startswith(BRIDGE_PREFIX)]
+    rules += [f"{chain} -o {NEW_BRIDGES} {engine} {REJECT}", f"{chain} -m owner --uid-owner 0 -j RETURN"]
+    # The host's own addresses (a gateway's among them) are host services, not containers.
     rules.append(f"{chain} -m addrtype --dst-type LOCAL -j RETURN")
     for network in found:
         for subnet in network.subnets:
@@ -163,8 +143,20 @@ def host_rules(found: Sequence[Network], services: Sequence[HostService]) -> tup
     return tuple(rules)
 
 
-def ruleset(found: Sequence[Network], ports: Sequence[Port], services: Sequence[HostService]) -> Ruleset:
-    return Ruleset(reach=reach_rules(found, ports), host=host_rules(found, services))
+def ruleset(found: Sequence[Network], services: Sequence[HostService], engine_cgroup: str) -> Ruleset:
+    return Ruleset(reach=reach_rules(found, engine_cgroup), host=host_rules(found, services))
+
+
+def check_translation(nat: Table) -> None:
+    """The rules hold only where the engine translates loopback ports itself (its userland proxy off)."""
+    match userland_proxy(nat):
+        case None:
+            raise Ds01Error("the engine has no nat OUTPUT rule of its own, so its published ports are not translated "
+                            "where ds01's rules see them: run dockerd with iptables on and \"userland-proxy\": false")
+        case True:
+            raise Ds01Error("the engine's userland proxy is on: a port published on 127.0.0.1 would be docker-proxy's, "
+                            "a root process, open to every local user. Set \"userland-proxy\": false in "
+                            "/etc/docker/daemon.json and restart docker")
 
 
 def _jump_in_place(live: Table, base: str, chain: str) -> bool:

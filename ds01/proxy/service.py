@@ -46,10 +46,10 @@ class SlotCache:
             return self._slots
 
 
-def start_reach(upstream: Upstream, sessions: Sessions) -> ReachKeeper:
+def start_reach(upstream: Upstream, sessions: Sessions, engine_cgroup: str | None) -> ReachKeeper:
     """The reach rules as the engine's state implies them, before serving; a failure stops the proxy (fail
     closed): rules left from an earlier run would stay as they were, stale or missing."""
-    keeper = ReachKeeper(upstream, lambda: sessions.current_config().networks.host_services)
+    keeper = ReachKeeper(upstream, lambda: sessions.current_config().networks.host_services, engine_cgroup)
     elsewhere = keeper.outside_engine_namespace()
     if elsewhere is not None:
         raise Ds01Error(f"this proxy runs outside the engine's network namespace ({elsewhere}), and its rules decide "
@@ -65,7 +65,7 @@ def start_reach(upstream: Upstream, sessions: Sessions) -> ReachKeeper:
     return keeper
 
 
-def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float) -> int:
+def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float, engine_cgroup: str | None) -> int:
     # A running proxy is named before any start-up work (reconcile, pins, rules); serve_forever holds the lock.
     with only_instance(paths.run_dir, "proxy"):
         pass
@@ -81,7 +81,7 @@ def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float) -> 
     major, minor = (int(part) for part in str(version["ApiVersion"]).split(".")[:2])
     if (major, minor) < MIN_API_VERSION:
         raise Ds01Error(f"the engine at {upstream_url} speaks API {major}.{minor}; ds01 needs 1.40 or newer")
-    keeper = start_reach(upstream, sessions)
+    keeper = start_reach(upstream, sessions, engine_cgroup)
     allocator = open_allocator(paths, sessions.config, upstream_url)
     with Engine(upstream_url) as engine:
         listed_at = time.time()

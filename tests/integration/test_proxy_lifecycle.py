@@ -112,7 +112,7 @@ def test_kill_9_in_the_middle_of_a_create_leaves_nothing_after_reconcile(
     root.mkdir(parents=True)
     relay = HoldingRelay(testbed.docker_host.removeprefix("unix://"), root / "relay.sock", hold)
     fake = Testbed(testbed.dir, {**testbed.env, "DOCKER_HOST": f"unix://{root / 'relay.sock'}"})
-    handle = start_proxy(fake, root, ttl="2s")
+    handle = start_proxy(fake, root, ttl="2s", engine_cgroup=testbed.env["DS01_TESTBED_ENGINE_CGROUP"])
     name = f"doomed-{hold}"
     try:
         client = subprocess.Popen(["runuser", "-u", "bob", "--", "env", f"DOCKER_HOST=unix://{handle.socket}",

@@ -1,6 +1,7 @@
 """Owner-only reach, with real sockets on the namespaced test bed: who reaches a container (its address, its port
-on 127.0.0.1) from the host and from other containers, what containers reach on the host, and the rules after a
-crash of the proxy. Each test runs its own proxy in the engine's namespace (two would share one set of rules)."""
+on 127.0.0.1) from the host, from other containers and through the engine's own fetches, what containers reach on
+the host, and the rules after a crash of the proxy. Each test runs its own proxy in the engine's namespace (two
+would share one set of rules)."""
 
 from __future__ import annotations
 
@@ -58,10 +59,9 @@ def wait_for(what: str, condition: Callable[[], bool]) -> None:
         time.sleep(0.1)
 
 
-def implied(engine: docker.DockerClient, services: tuple[HostService, ...] = ()) -> reach.Ruleset:
+def implied(testbed: Testbed, engine: docker.DockerClient, services: tuple[HostService, ...] = ()) -> reach.Ruleset:
     """The rules the engine's state implies now, from the same answers the proxy reads."""
-    running = engine.api.containers(filters={"label": "ds01.user"})
-    return reach.ruleset(reach.networks(engine.api.networks()), reach.loopback_ports(running), services)
+    return reach.ruleset(reach.networks(engine.api.networks()), services, testbed.env["DS01_TESTBED_ENGINE_CGROUP"])
 
 
 def serve(proxy: ProxyHandle, engine: docker.DockerClient, user: str, *publish: str) -> Any:
@@ -131,8 +131,6 @@ def test_a_published_port_and_a_container_address_answer_their_owner_and_root_on
         testbed: Testbed, own_proxy: ProxyHandle, engine: docker.DockerClient) -> None:
     server = serve(own_proxy, engine, "alice", "-p", "127.0.0.1::80")
     port, ip = loopback_port(server), address(server)
-    wait_for(f"the rule of port {port}",
-             lambda: any(f"--dport {port} " in rule for rule in chain(testbed, "DS01-REACH")))
     for url in (f"http://127.0.0.1:{port}/", f"http://{ip}/"):
         assert served_to(testbed, "alice", url) == f"hi from {server.name}"
         refused_to(testbed, "carol", url)
@@ -140,19 +138,35 @@ def test_a_published_port_and_a_container_address_answer_their_owner_and_root_on
     refused_to(testbed, "bob", f"http://{ip}/")
 
 
+def test_what_a_user_makes_the_engine_fetch_does_not_reach_another_users_container(
+        testbed: Testbed, own_proxy: ProxyHandle, engine: docker.DockerClient) -> None:
+    server = serve(own_proxy, engine, "alice", "-p", "127.0.0.1::80")
+    port, ip = loopback_port(server), address(server)
+    assert served_to(testbed, "alice", f"http://127.0.0.1:{port}/") == f"hi from {server.name}"
+    for registry in (f"127.0.0.1:{port}", f"{ip}:80"):  # a "registry" the engine would fetch from, as root
+        pulled = docker_as(own_proxy, "carol", "pull", f"{registry}/x:latest")
+        print(f"carol$ docker pull {registry}/x:latest -> exit {pulled.returncode}: {pulled.stderr.strip()}")
+        assert pulled.returncode != 0 and "connect: connection refused" in pulled.stderr, pulled.stderr
+        assert f"hi from {server.name}" not in pulled.stderr
+    logged = server.logs(stdout=True, stderr=True).decode()
+    assert "/v2/" not in logged, logged  # the server never heard the engine
+
+
 def test_after_a_kill_9_the_restarted_proxy_puts_exactly_the_implied_rules_back(
         testbed: Testbed, engine: docker.DockerClient) -> None:
     handle = start_proxy(testbed, testbed.dir / "proxy-tests" / uuid.uuid4().hex[:8])
     try:
         kept = serve(handle, engine, "alice", "-p", "127.0.0.1::80")
-        gone = serve(handle, engine, "alice", "-p", "127.0.0.1::80")
-        kept_port, gone_port = loopback_port(kept), loopback_port(gone)
-        wait_for("both ports' rules", lambda: chain(testbed, "DS01-REACH") == list(implied(engine).reach))
+        made = docker_as(handle, "alice", "network", "create", f"proj-{uuid.uuid4().hex[:6]}")
+        assert made.returncode == 0, made.stderr
+        gone = engine.networks.get(made.stdout.strip())
+        gone_subnet = str(gone.attrs["IPAM"]["Config"][0]["Subnet"])
+        wait_for("the networks' rules", lambda: chain(testbed, "DS01-REACH") == list(implied(testbed, engine).reach))
         handle.process.kill()
         handle.process.wait()
-        gone.remove(force=True)  # while no proxy watches
+        gone.remove()  # while no proxy watches
         stale = chain(testbed, "DS01-REACH")
-        assert any(f"--dport {gone_port} " in rule for rule in stale) and stale != list(implied(engine).reach)
+        assert any(gone_subnet in rule for rule in stale) and stale != list(implied(testbed, engine).reach)
         # Made while no proxy ran: a ds01 network no rule knows yet; no one but root reaches it.
         lab = engine.networks.create(f"ds01-lab-{uuid.uuid4().hex[:6]}", driver="bridge",
                                      labels={"ds01.user": "alice", "ds01.uid": "1001"})
@@ -167,22 +181,25 @@ def test_after_a_kill_9_the_restarted_proxy_puts_exactly_the_implied_rules_back(
 
         handle.socket.unlink()  # the killed proxy's; the new one makes its own
         handle = start_proxy(testbed, handle.root)
-        assert chain(testbed, "DS01-REACH") == list(implied(engine).reach)  # before it served anything
-        assert chain(testbed, "DS01-HOST") == list(implied(engine).host)
+        assert chain(testbed, "DS01-REACH") == list(implied(testbed, engine).reach)  # before it served anything
+        assert chain(testbed, "DS01-HOST") == list(implied(testbed, engine).host)
         now = chain(testbed, "DS01-REACH")
-        assert any(f"--dport {kept_port} -m owner --uid-owner 1001 -j RETURN" in rule for rule in now)
-        assert not any(f"--dport {gone_port} " in rule for rule in now)
+        assert any(f"-d {lab_subnet} -m owner --uid-owner 1001 -j RETURN" in rule for rule in now)
+        assert not any(gone_subnet in rule for rule in now)
         assert served_to(testbed, "alice", stray_url).startswith("hi from")
         refused_to(testbed, "carol", stray_url)
+        kept_url = f"http://127.0.0.1:{loopback_port(kept)}/"
+        assert served_to(testbed, "alice", kept_url) == f"hi from {kept.name}"
+        refused_to(testbed, "carol", kept_url)
 
-        removed = docker_as(handle, "alice", "rm", "-f", kept.name)
+        kept_ip = address(kept)
+        removed = docker_as(handle, "alice", "rm", "-f", kept.name)  # a container's rules are its network's
         assert removed.returncode == 0, removed.stderr
-        wait_for("the removed container's rule to go",
-                 lambda: not any(f"--dport {kept_port} " in rule for rule in chain(testbed, "DS01-REACH")))
+        assert chain(testbed, "DS01-REACH") == now and not any(kept_ip in rule for rule in now)
         stray.remove(force=True)
         lab.remove()
         wait_for("the removed network's rules to go",
-                 lambda: chain(testbed, "DS01-REACH") == list(implied(engine).reach))
+                 lambda: chain(testbed, "DS01-REACH") == list(implied(testbed, engine).reach))
         assert not any(lab_subnet in rule for rule in chain(testbed, "DS01-REACH"))
     finally:
         stop_proxy(handle, engine)
@@ -216,7 +233,7 @@ def test_a_container_reaches_a_host_service_on_its_gateway_only_when_listed(
                  in chain(testbed, "DS01-HOST"))
         code, heard, said = ask_from_container(own_proxy, "alice", gateway, port, tries=1)
         assert code == 0 and heard == "host service\n", said
-        assert chain(testbed, "DS01-HOST") == list(implied(engine, (HostService("", port, "tcp"),)).host)
+        assert chain(testbed, "DS01-HOST") == list(implied(testbed, engine, (HostService("", port, "tcp"),)).host)
 
 
 def proxy_run(testbed: Testbed, root: Path, *prefix: str, path: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -6,7 +6,7 @@ from typing import Any
 
 from ds01 import iptables
 from ds01.ops import doctor
-from ds01.ops.doctor import FAIL, PASS, WARN
+from ds01.ops.doctor import FAIL, PASS
 from ds01.proxy.reach import HOST_CHAIN, REACH_CHAIN
 
 
@@ -48,9 +48,9 @@ def nat(rule: str) -> iptables.Table:
     return iptables.parse_save(f"*nat\n:OUTPUT ACCEPT [0:0]\n:DOCKER - [0:0]\n{rule}\nCOMMIT\n")
 
 
-def test_the_userland_proxy_is_a_warning_with_the_daemon_setting_that_ends_it() -> None:
+def test_the_userland_proxy_fails_with_the_daemon_setting_that_ends_it() -> None:
     on = doctor.userland_check(nat("-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER"))
-    assert on.status == WARN and "docker-proxy" in on.detail
+    assert on.status == FAIL and "docker-proxy" in on.detail
     assert on.fix is not None and '"userland-proxy": false' in on.fix
     assert doctor.userland_check(nat("-A OUTPUT -m addrtype --dst-type LOCAL -j DOCKER")).status == PASS
-    assert doctor.userland_check(nat("")).status == WARN
+    assert doctor.userland_check(nat("")).status == FAIL

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ds01.errors import Ds01Error
-from ds01.procfs import ProcessInfo, container_id_from_cgroup, read_process
+from ds01.procfs import ProcessInfo, container_id_from_cgroup, read_process, unified_cgroup
 
 FIXTURE_PROC = Path(__file__).resolve().parents[1] / "fixtures" / "proc"
 ID = "3f2a9c0e8b7d6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b2a1f"  # the docker container in the fixture
@@ -197,3 +197,13 @@ def test_real_proc_own_pid() -> None:
     else:  # a login session survives sudo, so the login uid may differ from ours
         assert info.uid_source == "loginuid"
         assert info.uid == int(Path(f"/proc/{os.getpid()}/loginuid").read_text())
+
+
+def test_the_unified_cgroup_of_a_process_is_its_0_line(tmp_path: Path) -> None:
+    _fake_process(tmp_path, 7, {"cgroup": "4:memory:/x\n0::/system.slice/docker.service\n"})
+    assert unified_cgroup(7, tmp_path) == "/system.slice/docker.service"
+    _fake_process(tmp_path, 8, {"cgroup": "4:memory:/x\n1:name=systemd:/\n"})
+    with pytest.raises(Ds01Error, match="no cgroup v2 hierarchy"):
+        unified_cgroup(8, tmp_path)
+    with pytest.raises(Ds01Error, match="has gone"):
+        unified_cgroup(9, tmp_path)

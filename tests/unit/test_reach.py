@@ -13,7 +13,7 @@ import pytest
 
 from ds01 import iptables
 from ds01.config import HostService, NetworkSettings, load_config
-from ds01.errors import ConfigError, EngineError
+from ds01.errors import ConfigError, Ds01Error, EngineError
 from ds01.eventlog.types import EventType
 from ds01.proxy import janitor, reach
 from ds01.proxy.reach import HOST_CHAIN, REACH_CHAIN
@@ -43,22 +43,6 @@ ENGINE_NETWORKS = [
 ]
 
 
-def container(user: str, uid: str, ports: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"Labels": {"ds01.user": user, "ds01.uid": uid} if user else {}, "Ports": ports}
-
-
-def port(public: int, *, ip: str = "127.0.0.1", kind: str = "tcp", private: int = 80) -> dict[str, Any]:
-    return {"IP": ip, "PrivatePort": private, "PublicPort": public, "Type": kind}
-
-
-RUNNING = [
-    container("alice", "1001", [port(32772), port(32772, ip="::1"), port(32773, kind="udp")]),
-    container("bob", "1002", [port(40000, kind="sctp"), port(40001, ip="0.0.0.0")]),  # noqa: S104 - an admin's kind
-    container("", "", [port(32800)]),  # not ds01's: no rule of its own
-    container("carol", "", [port(32900)]),  # no uid recorded: only root may reach it
-]
-
-
 # --- reading the engine's state -----------------------------------------------------------------------------
 
 
@@ -76,25 +60,23 @@ def test_a_bridge_name_iptables_would_read_as_a_wildcard_is_not_used() -> None:
     assert reach.networks([odd])[0].bridge is None
 
 
-def test_loopback_ports_of_ds01_containers_with_their_owner() -> None:
-    assert [(str(p.address), p.port, p.protocol, p.uid) for p in reach.loopback_ports(RUNNING)] == [
-        ("127.0.0.1", 32772, "tcp", 1001), ("127.0.0.1", 32773, "udp", 1001), ("127.0.0.1", 32900, "tcp", None)]
-
-
 # --- the rules ------------------------------------------------------------------------------------------------
 
 
+ENGINE_CGROUP = "/system.slice/docker.service"
+
+
 def test_reach_rules_owner_and_root_only_and_what_is_not_known_refused() -> None:
-    rules = reach.reach_rules(reach.networks(ENGINE_NETWORKS), reach.loopback_ports(RUNNING))
+    rules = reach.reach_rules(reach.networks(ENGINE_NETWORKS), ENGINE_CGROUP)
     chain = f"-A {REACH_CHAIN}"
+    engine = f'-m cgroup --path "{ENGINE_CGROUP}"'
     assert rules == (
         f"{chain} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+        f"{chain} -d 192.168.144.0/20 {engine} {REJECT}",  # the engine fetches for whoever asks: not for users'
+        f"{chain} -d 192.168.160.0/20 {engine} {REJECT}",
+        f"{chain} -o br-{ADMIN_ID[:12]} {engine} -j RETURN",
+        f"{chain} -o br-+ {engine} {REJECT}",
         f"{chain} -m owner --uid-owner 0 -j RETURN",
-        f"{chain} -d 127.0.0.1/32 -p tcp -m tcp --dport 32772 -m owner --uid-owner 1001 -j RETURN",
-        f"{chain} -d 127.0.0.1/32 -p tcp -m tcp --dport 32772 {REJECT}",
-        f"{chain} -d 127.0.0.1/32 -p udp -m udp --dport 32773 -m owner --uid-owner 1001 -j RETURN",
-        f"{chain} -d 127.0.0.1/32 -p udp -m udp --dport 32773 {REJECT}",
-        f"{chain} -d 127.0.0.1/32 -p tcp -m tcp --dport 32900 {REJECT}",
         f"{chain} -m addrtype --dst-type LOCAL -j RETURN",
         f"{chain} -d 10.50.0.0/24 -j RETURN",
         f"{chain} -d 172.18.0.0/16 -j RETURN",
@@ -107,11 +89,19 @@ def test_reach_rules_owner_and_root_only_and_what_is_not_known_refused() -> None
     )
 
 
+@pytest.mark.parametrize("path", ["/", "", "docker.service", '/a"b', "/a b"])
+def test_an_engine_cgroup_that_cannot_name_it_apart_is_refused(path: str) -> None:
+    with pytest.raises(Ds01Error, match="cgroup of its own"):
+        reach.reach_rules(reach.networks(ENGINE_NETWORKS), path)
+
+
 def test_a_ds01_network_without_an_owner_uid_is_roots_alone() -> None:
-    rules = reach.reach_rules(reach.networks([network("ds01-x", "7" * 64, "10.7.0.0/24", user="x", uid="")]), ())
-    assert [r for r in rules if "10.7.0.0/24" in r] == [f"-A {REACH_CHAIN} -d 10.7.0.0/24 {REJECT}"]
+    rules = reach.reach_rules(reach.networks([network("ds01-x", "7" * 64, "10.7.0.0/24", user="x", uid="")]),
+                              ENGINE_CGROUP)
+    assert [r for r in rules if "10.7.0.0/24" in r and "cgroup" not in r] == [
+        f"-A {REACH_CHAIN} -d 10.7.0.0/24 {REJECT}"]
     root_owned = reach.networks([network("ds01-root", "8" * 64, "10.8.0.0/24", user="root", uid="0")])
-    assert [r for r in reach.reach_rules(root_owned, ()) if "10.8.0.0/24" in r] == [
+    assert [r for r in reach.reach_rules(root_owned, ENGINE_CGROUP) if "10.8.0.0/24" in r and "cgroup" not in r] == [
         f"-A {REACH_CHAIN} -d 10.8.0.0/24 {REJECT}"]  # root passes above, before any network
 
 
@@ -132,7 +122,7 @@ def test_host_rules_let_through_replies_and_the_listed_services_only_from_ds01_b
 
 # --- applying them --------------------------------------------------------------------------------------------
 
-DESIRED = reach.ruleset(reach.networks(ENGINE_NETWORKS), reach.loopback_ports(RUNNING), ())
+DESIRED = reach.ruleset(reach.networks(ENGINE_NETWORKS), (), ENGINE_CGROUP)
 
 
 def test_the_first_restore_declares_both_chains_and_puts_each_jump_first() -> None:
@@ -168,12 +158,23 @@ def test_rules_in_place_need_no_restore_and_anything_else_is_rewritten() -> None
     assert not [line for line in settled if line.startswith(("-D", "-I"))]
 
 
-def test_the_userland_proxy_is_read_from_the_engines_nat_output_rule() -> None:
-    def nat(rule: str) -> iptables.Table:
-        return iptables.parse_save(f"*nat\n:OUTPUT ACCEPT [0:0]\n:DOCKER - [0:0]\n{rule}\nCOMMIT\n")
-    assert reach.userland_proxy(nat("-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER")) is True
-    assert reach.userland_proxy(nat("-A OUTPUT -m addrtype --dst-type LOCAL -j DOCKER")) is False
+def nat(rule: str) -> iptables.Table:
+    return iptables.parse_save(f"*nat\n:OUTPUT ACCEPT [0:0]\n:DOCKER - [0:0]\n{rule}\nCOMMIT\n")
+
+
+USERLAND_ON = "-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER"
+TRANSLATED = "-A OUTPUT -m addrtype --dst-type LOCAL -j DOCKER"
+
+
+def test_the_userland_proxy_is_read_from_the_engines_nat_output_rule_and_must_be_off() -> None:
+    assert reach.userland_proxy(nat(USERLAND_ON)) is True
+    assert reach.userland_proxy(nat(TRANSLATED)) is False
     assert reach.userland_proxy(nat("")) is None
+    reach.check_translation(nat(TRANSLATED))
+    with pytest.raises(Ds01Error, match=r'userland proxy is on.*"userland-proxy": false'):
+        reach.check_translation(nat(USERLAND_ON))
+    with pytest.raises(Ds01Error, match="no nat OUTPUT rule"):
+        reach.check_translation(nat(""))
 
 
 def inspected(name: str, user: str, bindings: dict[str, list[dict[str, str]]], *, every: bool = False
@@ -217,30 +218,27 @@ def test_the_door_says_what_failed(monkeypatch: pytest.MonkeyPatch) -> None:
 class FakeEngine:
     def __init__(self) -> None:
         self.networks: list[dict[str, Any]] = list(ENGINE_NETWORKS)
-        self.running: list[dict[str, Any]] = list(RUNNING)
         self.down = False
-        self.queries: list[dict[str, str] | None] = []
 
     def call(self, method: str, path: str, query: dict[str, str] | None = None,
              body: dict[str, Any] | None = None) -> tuple[int, Any]:
-        assert method == "GET" and body is None
+        assert (method, path, body) == ("GET", "/networks", None)
         if self.down:
             raise EngineError("cannot reach the Docker engine")
-        self.queries.append(query)
-        return 200, {"/networks": self.networks, "/containers/json": self.running}[path]
+        return 200, self.networks
 
 
 class FakeIptables:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.table = iptables.Table({})
+        self.nat = nat(TRANSLATED)
         self.restored: list[str] = []
         self.refuse = False
         monkeypatch.setattr(iptables, "save", self.save)
         monkeypatch.setattr(iptables, "restore", self.restore)
 
     def save(self, table: str = "filter") -> iptables.Table:
-        assert table == "filter"
-        return self.table
+        return {"filter": self.table, "nat": self.nat}[table]
 
     def restore(self, text: str) -> None:
         if self.refuse:
@@ -266,7 +264,7 @@ def fake_iptables(monkeypatch: pytest.MonkeyPatch) -> FakeIptables:
 
 
 def keeper_of(engine: FakeEngine, services: tuple[HostService, ...] = ()) -> janitor.ReachKeeper:
-    return janitor.ReachKeeper(engine, lambda: services)  # type: ignore[arg-type]
+    return janitor.ReachKeeper(engine, lambda: services, ENGINE_CGROUP)  # type: ignore[arg-type]
 
 
 def test_the_keeper_applies_what_the_engine_implies_once_and_follows_changes(fake_iptables: FakeIptables) -> None:
@@ -276,10 +274,16 @@ def test_the_keeper_applies_what_the_engine_implies_once_and_follows_changes(fak
     assert fake_iptables.table.rules(REACH_CHAIN) == DESIRED.reach
     assert fake_iptables.table.rules("OUTPUT") == (f"-A OUTPUT -j {REACH_CHAIN}",)
     assert keeper.refresh() is False and len(fake_iptables.restored) == 1  # idempotent: nothing to change
-    assert json.loads((engine.queries[1] or {})["filters"]) == {"label": ["ds01.user"]}  # ds01's, running
-    engine.running = []
+    engine.networks = [n for n in engine.networks if n["Name"] != "ds01-alice"]
     assert keeper.refresh() is True
-    assert not [r for r in fake_iptables.table.rules(REACH_CHAIN) or () if "--dport" in r]  # no rule left behind
+    assert not [r for r in fake_iptables.table.rules(REACH_CHAIN) or () if "192.168.144.0/20" in r]  # none left
+
+
+def test_the_keeper_writes_nothing_while_the_userland_proxy_is_on(fake_iptables: FakeIptables) -> None:
+    fake_iptables.nat = nat(USERLAND_ON)
+    with pytest.raises(Ds01Error, match="userland proxy is on"):
+        keeper_of(FakeEngine()).refresh()
+    assert fake_iptables.restored == []
 
 
 def test_a_failure_is_reported_and_counted_and_the_rules_in_place_stay(
@@ -288,17 +292,17 @@ def test_a_failure_is_reported_and_counted_and_the_rules_in_place_stay(
     keeper = keeper_of(engine)
     keeper.refresh()
     before = fake_iptables.table
-    engine.running = []
+    engine.networks = engine.networks[:-1]
     fake_iptables.refuse = True
-    keeper.keep("container die")
+    keeper.keep("network destroy")
     engine.down = True
     keeper.keep("the periodic check")
     assert fake_iptables.table == before
     events = [json.loads(line) for line in event_log.read_text().splitlines()]
     assert [(e["type"], e["details"]["trigger"], e["details"]["failures"]) for e in events] == [
-        (EventType.PROXY_REACH_FAILED, "container die", 1), (EventType.PROXY_REACH_FAILED, "the periodic check", 2)]
+        (EventType.PROXY_REACH_FAILED, "network destroy", 1), (EventType.PROXY_REACH_FAILED, "the periodic check", 2)]
     assert "line 3 failed" in events[0]["details"]["error"]
-    assert "ds01 proxy: ERROR the reach rules were not updated after container die" in capsys.readouterr().err
+    assert "ds01 proxy: ERROR the reach rules were not updated after network destroy" in capsys.readouterr().err
 
 
 def test_the_keeper_knows_the_engines_namespace_by_its_bridges(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -336,13 +340,13 @@ class CountingKeeper:
         self.triggers.append(trigger)
 
 
-def test_the_janitor_refreshes_on_starts_deaths_removals_and_network_changes_only() -> None:
+def test_the_janitor_refreshes_on_network_changes_only() -> None:
     allocator, keeper = FakeAllocator(), CountingKeeper()
     watch = janitor.Janitor(FakeEngine(), allocator, FakePins(), "/var/lib/ds01", keeper)  # type: ignore[arg-type]
     for kind, action in (("container", "create"), ("container", "die"), ("network", "create"),
                          ("network", "connect"), ("network", "destroy"), ("container", "destroy")):
         watch.on_event({"Type": kind, "Action": action, "Actor": {"ID": f"{kind}-id", "Attributes": {}}})
-    assert keeper.triggers == ["container die", "network create", "network destroy", "container destroy"]
+    assert keeper.triggers == ["network create", "network destroy"]  # containers change no rule
     assert allocator.released == ["container-id"]  # a network's destroy releases no grant
 
 
