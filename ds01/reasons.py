@@ -77,6 +77,7 @@ class Reason(StrEnum):
     MAX_CONTAINERS = "max_containers"
     MAX_EXECS = "max_execs"
     MAX_PUBLISHED_PORTS = "max_published_ports"
+    MAX_NETWORKS = "max_networks"  # networks of one user, their own ds01-USER included
     # GPUs
     QUOTA = "quota"
     CAPACITY = "capacity"  # not enough free GPUs right now

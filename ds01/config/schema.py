@@ -86,6 +86,9 @@ LIMIT_KEYS: tuple[LimitKey, ...] = (
              "exec instances one container may have at once, counting those created and not yet started", "proxy"),
     LimitKey("max_published_ports", "max_published_ports", validators.count, 8,
              "host ports one user's containers may publish at once, all on 127.0.0.1", "proxy"),
+    LimitKey("max_networks", "max_networks", validators.positive_count, 4,
+             "networks one user may have at once, their own ds01-USER network included (counted whether it exists "
+             "yet or not); users times this must fit in the engine's address pools", "proxy"),
     LimitKey("user_cpus", "user_cpus", validators.cpus, 16.0,
              "CPUs for all of one user's containers together, through the per-user cgroup parent", "proxy"),
     LimitKey("user_memory", "user_memory_bytes", validators.size, 128 * 2**30,
@@ -115,6 +118,7 @@ class LimitValues:
     ulimits: Mapping[str, int | None]  # name -> highest hard limit; None: unlimited
     max_execs: int
     max_published_ports: int
+    max_networks: int  # their own ds01-USER network included
     user_cpus: float
     user_memory_bytes: int
     max_runtime_seconds: int | None  # None: unlimited

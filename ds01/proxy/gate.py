@@ -11,7 +11,7 @@ from typing import Any, Literal, assert_never
 from urllib.parse import parse_qsl, quote, urlencode
 
 from ds01 import labels, procfs
-from ds01.errors import Denied
+from ds01.errors import Denied, Ds01Error
 from ds01.gpus.allocator import Allocator
 from ds01.gpus.placement import Slot
 from ds01.proxy import allowlist, bodies, networks, policy, runas
@@ -266,7 +266,8 @@ class Gate:
         return {**info, "Containers": mine}
 
     def _create_owned(self, request: Request, kind: Literal["volume", "network"]) -> Outcome:
-        """A volume or network create: read through its allow-list table and stamped with the caller's labels."""
+        """A volume or network create: read through its allow-list table and stamped with the caller's labels; a
+        network within the caller's max_networks."""
         caller = request.session.caller
         table = "VolumeCreateOptions" if kind == "volume" else "NetworkCreateRequest"
         body = allowlist.canonical(bodies.parse_json_object(request.read_body(), f"{kind} create body"), table)
@@ -300,4 +301,31 @@ class Gate:
         if kind == "volume":  # made by the proxy, which checks whose the engine's answer is
             return Reply(201, make_volume(self.upstream, caller, body))
         body["Labels"] = {**(body.get("Labels") or {}), labels.USER: caller.user, labels.UID: str(caller.uid)}
-        return Forward(request.target, body=json.dumps(body).encode())
+        if caller.is_admin:
+            return Forward(request.target, body=json.dumps(body).encode())
+        # Count and create one at a time per user: the lock goes with the Forward, and is released once the engine
+        # has answered the create (or here, if the count refuses it).
+        held = self.locks.hold(caller.user)
+        try:
+            self._check_max_networks(caller)
+        except BaseException:
+            held.release()
+            raise
+        return Forward(request.target, body=json.dumps(body).encode(), held=held)
+
+    def _check_max_networks(self, caller: runas.Caller) -> None:
+        """Within the caller's max_networks, which counts their own network ds01-USER whether it exists yet or not:
+        the proxy makes it when their containers need it, whatever the count, and it must fit in the limit too. Each
+        network takes an address range from the engine's pools, which all users share."""
+        status, listed = self.upstream.call("GET", "/networks")
+        if status != 200 or not isinstance(listed, list):
+            raise Ds01Error(f"the engine answered {status} when counting your networks: {listed}")
+        mine = [str(network.get("Name") or "") for network in listed
+                if isinstance(network, dict) and (network.get("Labels") or {}).get(labels.USER) == caller.user]
+        own = networks.user_network(caller)
+        count, limit = len(mine) + (0 if own in mine else 1), caller.limits.max_networks
+        if count >= limit:
+            raise Denied(Reason.MAX_NETWORKS, (
+                f"you have {count} networks, counting your own network {own}, which ds01 makes for your containers, "
+                f"and may have {limit}: the networks of all users share the engine's address ranges. Remove one you no "
+                "longer use (docker network rm NAME, or docker network prune), then create again."))

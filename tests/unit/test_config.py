@@ -175,7 +175,8 @@ def test_every_limit_key_is_settable_per_user(tmp_path: Path) -> None:
                "allowed_mig_profiles": "[1g.10gb]", "max_containers": "9", "cpus": "3", "memory": "3g",
                "shm_size": "3g", "pids_limit": "333", "user_cpus": "33", "user_memory": "33g",
                "max_runtime": "33h", "idle_timeout": "33m", "gpu_hold_after_stop": "3m",
-               "ulimits": "{memlock: unlimited}", "max_execs": "7", "max_published_ports": "2"}
+               "ulimits": "{memlock: unlimited}", "max_execs": "7", "max_published_ports": "2",
+               "max_networks": "2"}
     assert set(samples) == {key.name for key in LIMIT_KEYS}
     lines = "".join(f"    {name}: {value}\n" for name, value in samples.items())
     config = load_config(write(tmp_path, f"version: 1\nusers:\n  pat:\n{lines}"))
@@ -185,6 +186,25 @@ def test_every_limit_key_is_settable_per_user(tmp_path: Path) -> None:
         assert getattr(pat, key.field) != getattr(base, key.field), key.name
     assert pat.ulimits["nofile"] == base.ulimits["nofile"] == 1048576  # merged by name
     assert pat.ulimits["memlock"] is None
+
+
+def test_max_networks_resolves_defaults_group_user(tmp_path: Path) -> None:
+    text = BASE.replace("  max_runtime: 24h\n", "  max_runtime: 24h\n  max_networks: 3\n").replace(
+        "    cpus: 16\n", "    cpus: 16\n    max_networks: 6\n").replace(
+        "    max_runtime: 72h\n", "    max_runtime: 72h\n    max_networks: 9\n")
+    config = load_config(write(tmp_path, text))
+    assert effective_limits(config, "kim", ["students"], NOW).limits.max_networks == 3
+    assert effective_limits(config, "lee", ["researchers"], NOW).limits.max_networks == 6
+    assert effective_limits(config, "pat", ["researchers"], NOW).limits.max_networks == 9
+    assert effective_limits(load_config(write(tmp_path, BASE)), "kim", [], NOW).limits.max_networks == 4
+
+
+def test_max_networks_counts_the_users_own_network_so_is_at_least_one(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE.replace("  cpus: 4\n", "  cpus: 4\n  max_networks: 0\n"))
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value).startswith(f"{path}:7: defaults.max_networks:")
+    assert "not a whole number of at least 1" in str(error.value)
 
 
 @pytest.mark.parametrize(("text", "message"), [
