@@ -165,7 +165,7 @@ class Gate:
         if caller.is_admin or status < 400:
             return data
         foreign = [found for found in set(_OBJECT_ID.findall(data.decode("utf-8", errors="replace")))
-                   if self._owner_of("container", found)[1] != caller.user]
+                   if self._someone_elses(found, caller.user)]
         if not foreign:
             return data
         match request.route.kind, status:
@@ -178,6 +178,16 @@ class Gate:
             case _:
                 message = f"No such object: {request.route.object_id or request.path}"
         return json.dumps({"message": message}).encode()
+
+    def _someone_elses(self, object_id: str, user: str) -> bool:
+        """Whether an id in an engine error is a container or network that exists and is not `user`'s. Other ids
+        (a network endpoint's or sandbox's, in the engine's reason a start failed) name nothing anyone can inspect,
+        and the reason they carry is the caller's to read."""
+        for kind in ("container", "network"):
+            found, owner = self._owner_of(kind, object_id)
+            if found is not None:
+                return owner != user
+        return False
 
     def _owner_of(self, kind: str, name: str) -> tuple[dict[str, Any] | None, str | None]:
         info = self.upstream.inspect(kind, name)
