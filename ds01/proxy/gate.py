@@ -304,10 +304,12 @@ class Gate:
         # Creating an existing volume returns it, and a second network of a name makes the name ambiguous to
         # everyone: someone else's must not be shown, nor taken.
         if found is not None and not caller.is_admin and (kind == "network" or owner != caller.user):
+            if owner != caller.user:  # a plain conflict: nothing of the other object, nor how the names clash
+                return Deny(Reason.NAME_TAKEN, f"the {kind} name {wanted} is taken; pick another name.", status=409)
             if str(found.get("Name") or "") != wanted:  # the engine took it for the start of an id
-                return Deny(Reason.NAME_TAKEN, f"the name {wanted} is the start of another {kind}'s id, which it would "
-                                               "shadow; pick another name.", status=409)
-            return Deny(Reason.NAME_TAKEN, f"a {kind} named {wanted} exists already; pick another name.", status=409)
+                return Deny(Reason.NAME_TAKEN, f"the name {wanted} is the start of your {kind} {found.get('Name')}'s "
+                                               "id, which it would shadow; pick another name.", status=409)
+            return Deny(Reason.NAME_TAKEN, f"you have a {kind} named {wanted} already; pick another name.", status=409)
         if kind == "volume":  # made by the proxy, which checks whose the engine's answer is
             return Reply(201, make_volume(self.upstream, caller, body))
         body["Labels"] = {**(body.get("Labels") or {}), labels.USER: caller.user, labels.UID: str(caller.uid)}

@@ -94,6 +94,6 @@ def test_compose_services_talk_by_name_on_the_users_own_network(
         assert network.attrs["Labels"]["ds01.user"] == USER
         bobs = proxy.as_user("bob", "docker", "run", "--rm", "--network", f"{two_services.name}_default", TEST_IMAGE,
                              "true")
-        assert bobs.returncode != 0 and "is not yours" in bobs.stderr
+        assert bobs.returncode != 0 and f"there is no network {two_services.name}_default of yours" in bobs.stderr
     finally:
         compose(proxy, two_services, "down", "--timeout", "1")

@@ -275,7 +275,8 @@ def test_no_way_onto_another_users_network(proxy: ProxyHandle, engine: docker.Do
         network.reload()
         assert not network.attrs["Containers"]  # nobody of alice's joined bob's network
         squat = docker_as(proxy, "alice", "network", "create", "bobs-lan")
-        assert squat.returncode != 0 and "exists already" in squat.stderr and network.id not in squat.stderr
+        assert squat.returncode != 0 and "the network name bobs-lan is taken" in squat.stderr
+        assert network.id not in squat.stderr
         assert len(engine.networks.list(names=["bobs-lan"])) == 1
         by_id = docker_as(proxy, "alice", "network", "create", network.id[:12])
         assert by_id.returncode != 0 and "looks like an object id" in by_id.stderr

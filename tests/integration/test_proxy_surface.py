@@ -95,7 +95,7 @@ def test_no_name_in_another_users_space_and_no_foreign_volume_by_name(proxy: Pro
     assert proxy.as_user("bob", "docker", "volume", "create", volume).returncode == 0
     try:
         taken = proxy.as_user("alice", "docker", "volume", "create", volume)
-        assert taken.returncode != 0 and "exists already" in taken.stderr
+        assert taken.returncode != 0 and f"the volume name {volume} is taken" in taken.stderr
         assert "Mountpoint" not in taken.stdout + taken.stderr and "/var/lib" not in taken.stdout + taken.stderr
         assert engine.volumes.get(volume).attrs["Labels"]["ds01.user"] == "bob"
         again = proxy.as_user("bob", "docker", "volume", "create", volume)  # one's own: the engine returns it
