@@ -30,6 +30,11 @@ class Reason(StrEnum):
     LABEL_RESERVED = "label_reserved"  # a ds01.* label only the proxy writes
     IMAGE_LABEL = "image_label"  # an image's own ds01.* label
     IMAGE_MISSING = "image_missing"
+    IMAGE_NAMESPACE = "image_namespace"  # a tag outside the caller's USER/ namespace
+    IMAGE_SHARED = "image_shared"  # a pulled image, everyone's: users may not remove it
+    IMAGE_STORAGE = "image_storage"  # the user's images fill their image_storage quota
+    REGISTRY_NOT_ALLOWED = "registry_not_allowed"
+    CONTEXT_TOO_LARGE = "context_too_large"  # a build context past images.max_context_size
     # power on the host
     PRIVILEGED = "privileged"
     CAPABILITY = "capability"

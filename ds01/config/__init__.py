@@ -20,6 +20,7 @@ from ds01.config.schema import (
     Exemption,
     GroupRule,
     HostService,
+    ImageSettings,
     LdapSettings,
     LimitKey,
     LimitValues,
@@ -34,7 +35,7 @@ __all__ = [
     "BUILTIN_DEFAULTS", "DEFAULT_ULIMITS", "DN_VALUED", "ENDPOINT_GROUPS", "EXEMPTIBLE", "LIMIT_KEYS",
     "LIMIT_KEYS_BY_NAME", "NAME_VALUED", "NETWORK_FIELDS", "PROXY_FIELDS", "SCHEMA_VERSION", "TOP_LEVEL_KEYS",
     "ULIMIT_NAMES", "UNLIMITED", "AllocationSettings", "BareMetalSettings", "CleanupSettings", "Config",
-    "ContainerDefaults", "Effective", "EventLogSettings", "Exemption", "GroupRule", "HostService", "LdapSettings",
-    "LimitKey", "LimitValues", "NetworkSettings", "ProxySettings", "SecuritySettings", "UserRule", "ds01_group",
-    "effective_limits", "format_ulimits", "load_config",
+    "ContainerDefaults", "Effective", "EventLogSettings", "Exemption", "GroupRule", "HostService", "ImageSettings",
+    "LdapSettings", "LimitKey", "LimitValues", "NetworkSettings", "ProxySettings", "SecuritySettings", "UserRule",
+    "ds01_group", "effective_limits", "format_ulimits", "load_config",
 ]

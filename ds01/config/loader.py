@@ -30,6 +30,7 @@ from ds01.config.schema import (
     Exemption,
     GroupRule,
     HostService,
+    ImageSettings,
     LdapSettings,
     NetworkSettings,
     ProxySettings,
@@ -41,7 +42,8 @@ from ds01.paths import paths_from_env
 
 SCHEMA_VERSION = 1
 TOP_LEVEL_KEYS = ("version", "identity", "admins", "allocation", "security", "containers", "events", "cleanup",
-                  "bare_metal", "proxy", "networks", "default_group", "defaults", "groups", "users", "exemptions")
+                  "bare_metal", "proxy", "networks", "images", "default_group", "defaults", "groups", "users",
+                  "exemptions")
 _T = TypeVar("_T")
 _Entries = dict[str, tuple[yaml.Node, yaml.Node]]
 
@@ -249,6 +251,11 @@ def _host_services(value: Any) -> tuple[HostService, ...]:
 NETWORK_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "host_services": ("host_services", _host_services),
 }
+IMAGE_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "allowed_registries": ("allowed_registries", validators.registries),
+    "max_context_size": ("max_context_size_bytes", validators.size),
+    "prune_after": ("prune_after_seconds", validators.positive_duration),
+}
 
 
 def _ldap(reader: _Reader, node: yaml.Node) -> LdapSettings | None:
@@ -374,4 +381,6 @@ def load_config(path: Path | None = None) -> Config:
         proxy=_proxy(reader, top),
         networks=NetworkSettings(**_section(reader, top["networks"][1], "networks", NETWORK_FIELDS))
         if "networks" in top else NetworkSettings(),
+        images=ImageSettings(**_section(reader, top["images"][1], "images", IMAGE_FIELDS))
+        if "images" in top else ImageSettings(),
     )

@@ -89,6 +89,9 @@ LIMIT_KEYS: tuple[LimitKey, ...] = (
     LimitKey("max_networks", "max_networks", validators.positive_count, 4,
              "networks one user may have at once, their own ds01-USER network included (counted whether it exists "
              "yet or not); users times this must fit in the engine's address pools", "proxy"),
+    LimitKey("image_storage", "image_storage_bytes", validators.size, 100 * 2**30,
+             "the size of one user's own images, less layers shared with others' images or with shared ones; a "
+             "build, commit or pull past it is refused", "proxy"),
     LimitKey("user_cpus", "user_cpus", validators.cpus, 16.0,
              "CPUs for all of one user's containers together, through the per-user cgroup parent", "proxy"),
     LimitKey("user_memory", "user_memory_bytes", validators.size, 128 * 2**30,
@@ -119,6 +122,7 @@ class LimitValues:
     max_execs: int
     max_published_ports: int
     max_networks: int  # their own ds01-USER network included
+    image_storage_bytes: int
     user_cpus: float
     user_memory_bytes: int
     max_runtime_seconds: int | None  # None: unlimited
@@ -166,7 +170,7 @@ class AllocationSettings:
     critical_xids: frozenset[int] = frozenset({48, 61, 62, 63, 64, 74, 79, 92, 94, 95})
 
 
-ENDPOINT_GROUPS = ("build", "session", "plugins", "swarm", "commit", "image_load")
+ENDPOINT_GROUPS = ("build", "session", "plugins", "swarm", "image_load")
 
 
 @dataclass(frozen=True)
@@ -240,6 +244,15 @@ class NetworkSettings:
 
 
 @dataclass(frozen=True)
+class ImageSettings:
+    """Users' own images (the `images:` section)."""
+
+    allowed_registries: frozenset[str] | None = None  # None: pulls from any registry
+    max_context_size_bytes: int = 4 * 2**30  # a build's context, spooled to disk before the engine sees it
+    prune_after_seconds: int = 7 * 24 * 3600  # dangling images and build cache unused this long are removed
+
+
+@dataclass(frozen=True)
 class Config:
     source: Path
     defaults: LimitValues
@@ -258,3 +271,4 @@ class Config:
     bare_metal: BareMetalSettings = BareMetalSettings()
     proxy: ProxySettings = ProxySettings()
     networks: NetworkSettings = NetworkSettings()
+    images: ImageSettings = ImageSettings()

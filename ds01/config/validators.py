@@ -74,6 +74,21 @@ def mig_profiles(value: Any) -> frozenset[str] | None:
     return frozenset(value)
 
 
+_REGISTRY = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[0-9]{1,5})?")
+
+
+def registries(value: Any) -> frozenset[str] | None:
+    """A list of registry hosts such as [docker.io, nvcr.io, registry.lab.example:5000], or "any"."""
+    if value == "any":
+        return None
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError('is not a list of registry hosts (like [docker.io, nvcr.io]) or "any"')
+    for host in value:
+        if not _REGISTRY.fullmatch(host):
+            raise ValueError(f"{host!r} is not a registry host such as docker.io or registry.lab.example:5000")
+    return frozenset(value)
+
+
 # The names `docker run --ulimit` knows. Those the engine leaves unlimited only restrict the container when set;
 # the rest default to the engine's own values on Debian, so that a user may lower them but not raise them.
 ULIMIT_NAMES = ("as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc",

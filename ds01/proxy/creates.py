@@ -98,10 +98,11 @@ class ContainerCreates:
     locks: UserLocks
     log_driver: str
     owner_of: OwnerOf
+    find_image: Callable[[runas.Caller, str], dict[str, Any] | None]  # None: missing; another's raises
     instance: str  # stamped as ds01.instance
     clock: Callable[[], datetime]  # for ds01.created_at
 
-    def _facts(self, body: dict[str, Any], refs: policy.References,
+    def _facts(self, caller: runas.Caller, body: dict[str, Any], refs: policy.References,
                opened: dict[str, binds.OpenedSource]) -> policy.Facts:
         paths = {path: source.resolved for path, source in opened.items()}
         owners = {ref: self.owner_of("container", ref)[1] for ref in refs.containers}
@@ -115,7 +116,7 @@ class ContainerCreates:
         networks = network_owners(self.owner_of, refs.networks)
         # Always inspected: its own labels and Env reach the container unless the body overrides them.
         name = str(bodies.field(body, "Image") or "")
-        image = self.upstream.inspect("image", name) if name else None  # none named: the engine refuses it
+        image = self.find_image(caller, name) if name else None  # none named or missing: the engine refuses it
         image_config = (image or {}).get("Config") or {}
         return policy.Facts(paths, owners, volumes, self.engine_sockets, str(image_config.get("WorkingDir") or ""),
                             tuple(image_config.get("Volumes") or {}), image_labels=image_config.get("Labels") or {},
@@ -162,7 +163,7 @@ class ContainerCreates:
                         refs: policy.References, opened: dict[str, binds.OpenedSource]) -> Outcome:
         head, query = request.head, request.query
         config = self.sessions.current_config()
-        facts = self._facts(body, refs, opened)
+        facts = self._facts(caller, body, refs, opened)
         plan = policy.plan_create(
             caller, body, facts, config.security,
             cgroup_parent=self.cgroups.name(caller.user), client_type=client_type(head, body),

@@ -18,6 +18,8 @@ from ds01.proxy import allowlist, bodies, networks, policy, runas
 from ds01.proxy.cgroups import CgroupParents
 from ds01.proxy.containers import ContainerActions, host_mounts
 from ds01.proxy.creates import ContainerCreates, make_volume
+from ds01.proxy.images import ImageActions
+from ds01.proxy.imagestore import ImageStore
 from ds01.proxy.interfaces import Callers, EngineCalls, Pinning
 from ds01.proxy.outcomes import Deny, Forward, Outcome, Reply, Request
 from ds01.proxy.routes import ObjectKind, RouteKind
@@ -69,7 +71,7 @@ class Gate:
 
     def __init__(self, sessions: Callers, upstream: EngineCalls, allocator: Allocator, *,
                  slots: Callable[[], list[Slot]], cgroups: CgroupParents, engine_sockets: frozenset[str],
-                 host_cpus: float, pins: Pinning, spool_dir: Path,
+                 host_cpus: float, pins: Pinning, spool_dir: Path, image_store: ImageStore,
                  api_versions: tuple[tuple[int, int], tuple[int, int]] = (MIN_API_VERSION, MIN_API_VERSION),
                  log_driver: str = "json-file", instance: str = "", clock: Callable[[], datetime] = _now) -> None:
         self.sessions = sessions
@@ -78,11 +80,12 @@ class Gate:
         self.api_versions = api_versions  # (oldest, newest) served: 1.40 up to the engine's own
         self._host_cpus = host_cpus
         self.locks = UserLocks()
+        self._images = ImageActions(upstream, image_store)
         # log_driver: the engine's default, the only one users' containers may log with
         self._creates = ContainerCreates(
             sessions=sessions, upstream=upstream, allocator=allocator, slots=slots, cgroups=cgroups,
             engine_sockets=engine_sockets, host_cpus=host_cpus, pins=pins, locks=self.locks, log_driver=log_driver,
-            owner_of=self._owner_of, instance=instance, clock=clock)
+            owner_of=self._owner_of, find_image=self._images.find, instance=instance, clock=clock)
         self._containers = ContainerActions(sessions, upstream, allocator, self._owner_of, self.locks, slots=slots,
                                             pins=pins, engine_sockets=engine_sockets, spool_dir=spool_dir)
 
@@ -111,8 +114,8 @@ class Gate:
                   | RouteKind.PRUNE_VOLUMES | RouteKind.PRUNE_NETWORKS):
                 owned = f"{path}?{_with_owner_filter(request.query, caller.user)}"
                 return Forward(target if caller.is_admin else owned)
-            case RouteKind.PULL:
-                return self._pull(request)
+            case RouteKind.PULL | RouteKind.LIST_IMAGES | RouteKind.IMAGE | RouteKind.SAVE_IMAGES | RouteKind.COMMIT:
+                return self._image_route(request)
             case RouteKind.CREATE_CONTAINER:
                 return self._creates.create(request)
             case RouteKind.CREATE_VOLUME | RouteKind.CREATE_NETWORK:
@@ -125,6 +128,21 @@ class Gate:
                                                      "are open.")
             case _:
                 assert_never(route.kind)
+
+    def _image_route(self, request: Request) -> Outcome:
+        if request.session.caller.is_admin and request.route.kind is not RouteKind.PULL:
+            return Forward(request.target)  # admins' images are shared: nothing to record or hide
+        match request.route.kind:
+            case RouteKind.PULL:
+                return self._pull(request)
+            case RouteKind.LIST_IMAGES:
+                return self._images.listing(request)
+            case RouteKind.IMAGE:
+                return self._images.act(request)
+            case RouteKind.SAVE_IMAGES:
+                return self._images.save_many(request)
+            case _:
+                return self._images.commit(request, lambda container: self._owner_of("container", container)[1])
 
     def _outside_the_surface(self, request: Request) -> Deny | None:
         """Requests the engine could read otherwise than the proxy: a parameter given twice (the engine takes the
@@ -144,12 +162,17 @@ class Gate:
                 f"set DOCKER_API_VERSION={high}."), status=400)
         return None
 
-    @staticmethod
-    def _pull(request: Request) -> Outcome:
-        """A pull from a registry is open; `docker import` (fromSrc) is for admins: it can point any tag, one that
-        others run, at an image of the caller's making, and makes the engine fetch any URL."""
+    def _pull(self, request: Request) -> Outcome:
+        """A pull from a registry is open (from `images.allowed_registries`, outside other users' namespaces, within
+        the caller's image storage); `docker import` (fromSrc) is for admins: it can point any tag, one that others
+        run, at an image of the caller's making, and makes the engine fetch any URL."""
+        caller = request.session.caller
         params = {name for name, _ in parse_qsl(request.query, keep_blank_values=True)}
-        if request.session.caller.is_admin or params <= PULL_PARAMETERS:
+        if caller.is_admin:
+            return Forward(request.target)
+        if params <= PULL_PARAMETERS:
+            self._images.check_pull(caller, dict(parse_qsl(request.query)),
+                                    self.sessions.current_config().images.allowed_registries)
             return Forward(request.target)
         if "fromSrc" in params:
             return Deny(Reason.ADMIN_ONLY, "docker import is for admins only: it can replace an image tag that others "

@@ -1,6 +1,7 @@
 """What the proxy does about what the engine does on its own: from the engine's event stream, release the GPUs and
 pinned bind sources of containers it removes (--rm, prune), record the ones the OOM killer hit, stop a GPU
-container it started without a grant (a restart policy's start never passes through the proxy), and keep the
+container it started without a grant (a restart policy's start never passes through the proxy), drop the
+ownership records of images it deletes, and keep the
 owner-only reach rules (`ds01.proxy.reach`) in step with the networks there are."""
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from ds01.eventlog.types import EventType
 from ds01.gpus.allocator import Allocator
 from ds01.proxy import http, reach
 from ds01.proxy.binds import Pins
+from ds01.proxy.imagestore import ImageStore
 from ds01.proxy.upstream import Upstream
 from ds01.records import container_info
 
-WATCHED = {"type": ["container", "network"], "event": ["create", "destroy", "die", "oom", "start"]}
+WATCHED = {"type": ["container", "network", "image"], "event": ["create", "destroy", "die", "oom", "start", "delete"]}
 REACH_EVENTS = frozenset({("network", "create"), ("network", "destroy")})
 RETRY_SECONDS = 2.0
 REFRESH_SECONDS = 5.0  # also brings in a changed networks.host_services, and what a lost event stream missed
@@ -119,6 +121,7 @@ class Janitor:
     pins: Pins
     instance: str  # this ds01's state directory, as its containers' ds01.instance label names it
     keeper: ReachKeeper
+    images: ImageStore
 
     def on_event(self, event: dict[str, Any]) -> None:
         actor = event.get("Actor") or {}
@@ -126,6 +129,8 @@ class Janitor:
         action = str(event.get("Action") or event.get("status") or "")
         if (kind, action) in REACH_EVENTS:
             self.keeper.keep(f"{kind} {action}")
+        if (kind, action) == ("image", "delete"):  # removed past the proxy, or pruned: its record goes
+            self.images.forget([str(event.get("id") or actor.get("ID", ""))])
         if kind == "container":
             self._on_container(action, str(event.get("id") or actor.get("ID", "")), actor.get("Attributes") or {})
 

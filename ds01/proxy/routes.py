@@ -37,6 +37,10 @@ class RouteKind(StrEnum):
     CREATE_NETWORK = "create_network"
     PRUNE_NETWORKS = "prune_networks"
     NETWORK = "network"
+    LIST_IMAGES = "list_images"
+    IMAGE = "image"  # one image, named in the path (Route.object_id, which may hold slashes)
+    SAVE_IMAGES = "save_images"  # docker save of several, named in the query
+    COMMIT = "commit"
 
 
 ObjectKind = Literal[RouteKind.CONTAINER, RouteKind.EXEC, RouteKind.VOLUME, RouteKind.NETWORK]
@@ -59,21 +63,26 @@ UNKNOWN = Route(RouteKind.UNKNOWN)
 
 
 _GATED = {"build": "build", "session": "session", "grpc": "session", "plugins": "plugins", "swarm": "swarm",
-          "nodes": "swarm", "services": "swarm", "tasks": "swarm", "secrets": "swarm", "configs": "swarm",
-          "commit": "commit"}
+          "nodes": "swarm", "services": "swarm", "tasks": "swarm", "secrets": "swarm", "configs": "swarm"}
+# What follows an image's name in its path, by method: the name itself may hold slashes (alice/tools).
+_IMAGE_ACTIONS = {"GET": ("json", "history", "get"), "POST": ("tag", "push")}
 
 
 def _images(method: str, segments: list[str]) -> Route:
     if segments[1:] == ["json"] and method == "GET":
-        return Route(RouteKind.OPEN)
+        return Route(RouteKind.LIST_IMAGES)
     if segments[1:] == ["create"] and method == "POST":
         return Route(RouteKind.PULL)  # or an import (fromSrc), which the gate tells apart by the query
     if segments[1:] == ["load"] and method == "POST":
         return Route(RouteKind.GATED, group="image_load")
-    if len(segments) >= 3 and segments[-1] in ("json", "history") and method == "GET":
-        return Route(RouteKind.OPEN)
-    if len(segments) >= 2 and method == "DELETE":
+    if segments[1:] == ["get"] and method == "GET":
+        return Route(RouteKind.SAVE_IMAGES)
+    if segments[1:] in (["prune"], ["search"]):
         return Route(RouteKind.ADMIN_ONLY)
+    if len(segments) >= 3 and segments[-1] in _IMAGE_ACTIONS.get(method, ()):
+        return Route(RouteKind.IMAGE, "/".join(segments[1:-1]), segments[-1])
+    if len(segments) >= 2 and method == "DELETE":
+        return Route(RouteKind.IMAGE, "/".join(segments[1:]))
     return UNKNOWN
 
 
@@ -129,6 +138,8 @@ _BY_TOP: dict[str, Callable[[str, list[str]], Route]] = {
     "_ping": _system, "version": _system, "info": _system,
     "distribution": lambda method, _segments: Route(RouteKind.OPEN) if method == "GET" else UNKNOWN,
     "images": _images,
+    "commit": lambda method, segments: Route(RouteKind.COMMIT) if method == "POST" and len(segments) == 1
+    else UNKNOWN,
     "containers": _containers,
     "exec": _exec,
     "events": _single(RouteKind.EVENTS),

@@ -26,10 +26,16 @@ from ds01.proxy import http
 from ds01.proxy.gate import Gate
 from ds01.proxy.link import EngineLink
 from ds01.proxy.outcomes import Deny, Forward, Reply, Request
-from ds01.proxy.routes import classify
+from ds01.proxy.routes import RouteKind, classify
 from ds01.proxy.session import Session, peer_uid
 from ds01.proxy.upstream import Upstream
 from ds01.reasons import Reason
+
+# A refusal is 403, except where the engine's own answer would be another: missing (404; someone else's looks
+# the same), too large (413).
+IMAGE_KINDS = frozenset({RouteKind.PULL, RouteKind.LIST_IMAGES, RouteKind.IMAGE, RouteKind.SAVE_IMAGES,
+                         RouteKind.COMMIT})
+DENIAL_STATUS = {Reason.NOT_FOUND: 404, Reason.BODY_TOO_LARGE: 413, Reason.CONTEXT_TOO_LARGE: 413}
 
 _ANSWER_BYTES = 16 * http.MAX_BODY_BYTES  # the most of an engine answer the proxy reads whole (for `after`)
 DISCARD_LIMIT_BYTES = 64 * 2**20
@@ -204,6 +210,9 @@ class Proxy:
         if isinstance(outcome, Deny):
             eventlog.emit(EventType.PROXY_DENY, source="proxy", user=user, endpoint=f"{method} {path}", verdict="deny",
                           reason=outcome.reason, message=outcome.message)
+            if request.route.kind in IMAGE_KINDS:  # images have their own event, for the image report
+                eventlog.emit(EventType.IMAGE_DENY, source="proxy", user=user, endpoint=f"{method} {path}",
+                              reason=outcome.reason, message=outcome.message)
             if (streamed or (not buffered and side.has_body())) and not side.waiting_for_continue():
                 _discard_body(side)
             side.send_whole(outcome.status, *_error_body(outcome.reason, outcome.message))
@@ -218,7 +227,7 @@ class Proxy:
         try:
             return self.gate.decide(request)
         except Denied as denial:
-            return Deny(denial.reason, denial.message, 413 if denial.reason == Reason.BODY_TOO_LARGE else 403)
+            return Deny(denial.reason, denial.message, DENIAL_STATUS.get(denial.reason, 403))
         except http.HttpError as exc:  # the body's framing, found bad while the gate read it
             return Deny(exc.reason, str(exc), exc.status)
         except Busy as exc:

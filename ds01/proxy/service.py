@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -16,10 +17,12 @@ from ds01.eventlog.types import EventType
 from ds01.gpus.placement import Slot
 from ds01.gpus.supply import current_slots, open_allocator
 from ds01.paths import Paths
-from ds01.proxy import runas
+from ds01.proxy import images, runas
 from ds01.proxy.binds import Pins
 from ds01.proxy.cgroups import CgroupParents
 from ds01.proxy.gate import MIN_API_VERSION, Gate
+from ds01.proxy.images import ImageActions
+from ds01.proxy.imagestore import ImageStore
 from ds01.proxy.janitor import STREAM_ERRORS, Janitor, ReachKeeper, keep_reach, watch_engine
 from ds01.proxy.server import Proxy, serve_forever
 from ds01.proxy.session import Sessions
@@ -66,6 +69,9 @@ def start_reach(upstream: Upstream, sessions: Sessions, engine_cgroup: str | Non
 
 
 def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float, engine_cgroup: str | None) -> int:
+    # A pipe's reader that exits early (an iptables-restore that fails at once) or a client that hangs up costs
+    # an EPIPE, not the daemon its life: from the first step, start-up's rules included.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     # A running proxy is named before any start-up work (reconcile, pins, rules); serve_forever holds the lock.
     with only_instance(paths.run_dir, "proxy"):
         pass
@@ -104,13 +110,18 @@ def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float, eng
     if upstream.unix_path:
         sockets.add(os.path.realpath(upstream.unix_path))
     instance = str(paths.state_dir.resolve())
+    image_store = ImageStore(paths.state_dir)
+    status, listed = upstream.call("GET", "/images/json", query={"all": "1"})
+    if status != 200 or not isinstance(listed, list):
+        raise Ds01Error(f"the engine at {upstream_url} answered {status} to the image list: {str(listed)[:200]}")
+    images.recover(ImageActions(upstream, image_store), [str(image.get("Id")) for image in listed])
     gate = Gate(sessions, upstream, allocator, slots=SlotCache(paths, sessions),
                 cgroups=CgroupParents(str(info.get("CgroupDriver", "cgroupfs")), str(info.get("CgroupVersion", "1"))),
                 engine_sockets=frozenset(sockets), host_cpus=float(info.get("NCPU") or os.cpu_count() or 1),
-                pins=pins, spool_dir=spool_dir, api_versions=(MIN_API_VERSION, (major, minor)),
+                pins=pins, spool_dir=spool_dir, image_store=image_store, api_versions=(MIN_API_VERSION, (major, minor)),
                 log_driver=str(info.get("LoggingDriver") or "json-file"), instance=instance)
     stop_janitor = threading.Event()
-    janitor = Janitor(upstream, allocator, pins, instance, keeper)
+    janitor = Janitor(upstream, allocator, pins, instance, keeper, image_store)
     threading.Thread(target=watch_engine, args=(janitor, stop_janitor), daemon=True).start()
     threading.Thread(target=keep_reach, args=(keeper, stop_janitor), daemon=True).start()
     try:

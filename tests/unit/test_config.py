@@ -176,7 +176,7 @@ def test_every_limit_key_is_settable_per_user(tmp_path: Path) -> None:
                "shm_size": "3g", "pids_limit": "333", "user_cpus": "33", "user_memory": "33g",
                "max_runtime": "33h", "idle_timeout": "33m", "gpu_hold_after_stop": "3m",
                "ulimits": "{memlock: unlimited}", "max_execs": "7", "max_published_ports": "2",
-               "max_networks": "2"}
+               "max_networks": "2", "image_storage": "20g"}
     assert set(samples) == {key.name for key in LIMIT_KEYS}
     lines = "".join(f"    {name}: {value}\n" for name, value in samples.items())
     config = load_config(write(tmp_path, f"version: 1\nusers:\n  pat:\n{lines}"))
@@ -228,3 +228,19 @@ def test_config_check_cli_exit_codes(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"{bad}:{expected_line}: defaults.gpu_quotas: unknown key" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_images_section_is_strict_and_documented_defaults_apply(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "version: 1\n"))
+    assert config.images.allowed_registries is None and config.images.max_context_size_bytes == 4 * 2**30
+    assert config.images.prune_after_seconds == 7 * 24 * 3600
+    config = load_config(write(tmp_path, "version: 1\nimages:\n  allowed_registries: [docker.io, nvcr.io]\n"
+                                         "  max_context_size: 2g\n  prune_after: 3d\n"))
+    assert config.images.allowed_registries == frozenset({"docker.io", "nvcr.io"})
+    assert (config.images.max_context_size_bytes, config.images.prune_after_seconds) == (2 * 2**30, 3 * 86400)
+    for bad, said in (("allowed_registries: [Docker.IO]", "is not a registry host"),
+                      ("allowed_registries: docker.io", "is not a list of registry hosts"),
+                      ("max_context_size: lots", "images.max_context_size"),
+                      ("prune_afterr: 3d", "prune_after")):
+        with pytest.raises(ConfigError, match=said):
+            load_config(write(tmp_path, f"version: 1\nimages:\n  {bad}\n"))

@@ -15,6 +15,7 @@ from ds01.config import (
     CleanupSettings,
     ContainerDefaults,
     EventLogSettings,
+    ImageSettings,
     ProxySettings,
     SecuritySettings,
     format_ulimits,
@@ -78,6 +79,7 @@ def test_every_limit_key_with_its_default() -> None:
     ("`cleanup`", loader.CLEANUP_FIELDS, CleanupSettings()),
     ("`bare_metal`", loader.BARE_METAL_FIELDS, BareMetalSettings()),
     ("`proxy`", loader.PROXY_FIELDS, ProxySettings()),
+    ("`images`", loader.IMAGE_FIELDS, ImageSettings()),
 ])
 def test_every_section_key_with_its_default(title: str, table: dict[str, tuple[str, object]],
                                             settings: object) -> None:
@@ -90,6 +92,8 @@ def test_every_section_key_with_its_default(title: str, table: dict[str, tuple[s
             expected = format_size(default)
         elif isinstance(default, float) and default.is_integer():
             expected = str(int(default))
+        elif default is None:
+            expected = "any"
         else:
             expected = shown(default)
         assert row(text, key)[1] == f"`{expected}`", key

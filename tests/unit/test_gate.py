@@ -26,6 +26,7 @@ from ds01.names import DRY_RUN_HEADER
 from ds01.proxy.cgroups import CgroupParents
 from ds01.proxy.gate import Gate
 from ds01.proxy.http import Head
+from ds01.proxy.imagestore import ImageStore
 from ds01.proxy.outcomes import Deny, Forward, Outcome, Reply, Request
 from ds01.proxy.routes import RouteKind, classify
 from ds01.proxy.runas import Caller
@@ -91,7 +92,8 @@ def world(tmp_path: Path) -> World:
     (tmp_path / "cgroup").mkdir()
     gate = Gate(sessions, upstream, allocator, slots=lambda: SLOTS,
                 cgroups=CgroupParents("cgroupfs", "2", root=tmp_path / "cgroup"), engine_sockets=frozenset(),
-                host_cpus=8.0, pins=pins, spool_dir=tmp_path, api_versions=((1, 40), (1, 47)),
+                host_cpus=8.0, pins=pins, spool_dir=tmp_path, image_store=ImageStore(tmp_path / "state"),
+                api_versions=((1, 40), (1, 47)),
                 clock=lambda: datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC))
     return World(gate, upstream, allocator, pins, sessions)
 
@@ -128,7 +130,7 @@ EXEC_ID = "e" * 64
 # kind -> (method, target, body, what alice gets: a Reason denied, a target forwarded, or a status replied)
 BY_KIND: dict[RouteKind, tuple[str, str, dict[str, Any] | None, Reason | str | int]] = {
     RouteKind.OPEN: ("GET", "/v1.41/info", None, "/v1.41/info"),
-    RouteKind.ADMIN_ONLY: ("DELETE", "/v1.41/images/busybox", None, Reason.ADMIN_ONLY),
+    RouteKind.ADMIN_ONLY: ("POST", "/v1.41/images/prune", None, Reason.ADMIN_ONLY),
     RouteKind.GATED: ("POST", "/v1.41/build", None, Reason.ENDPOINT_DISABLED),
     RouteKind.UNKNOWN: ("GET", "/v1.41/nope", None, Reason.UNKNOWN_ENDPOINT),
     RouteKind.PULL: ("POST", "/v1.41/images/create?fromImage=busybox&tag=1", None,
@@ -148,6 +150,11 @@ BY_KIND: dict[RouteKind, tuple[str, str, dict[str, Any] | None, Reason | str | i
     RouteKind.CREATE_NETWORK: ("POST", "/v1.41/networks/create", {"Name": "lab"}, "/v1.41/networks/create"),
     RouteKind.PRUNE_NETWORKS: ("POST", "/v1.41/networks/prune", None, f"/v1.41/networks/prune?{OWN}"),
     RouteKind.NETWORK: ("GET", "/v1.41/networks/mine", None, f"/v1.41/networks/{'n' * 64}"),
+    RouteKind.LIST_IMAGES: ("GET", "/v1.41/images/json", None, 200),
+    RouteKind.IMAGE: ("GET", f"/v1.41/images/{IMAGE}/json", None, f"/v1.41/images/{IMAGE}/json"),
+    RouteKind.SAVE_IMAGES: ("GET", f"/v1.41/images/get?names={IMAGE}", None, f"/v1.41/images/get?names={IMAGE}"),
+    RouteKind.COMMIT: ("POST", "/v1.41/commit?container=app&repo=alice/app", None,
+                       "/v1.41/commit?container=app&repo=alice/app"),
 }
 
 

@@ -16,6 +16,7 @@ from ds01.config import HostService, NetworkSettings, load_config
 from ds01.errors import ConfigError, Ds01Error, EngineError
 from ds01.eventlog.types import EventType
 from ds01.proxy import janitor, reach
+from ds01.proxy.imagestore import ImageStore
 from ds01.proxy.reach import HOST_CHAIN, REACH_CHAIN
 from tests.unit.test_config_reference import row, section
 
@@ -340,9 +341,10 @@ class CountingKeeper:
         self.triggers.append(trigger)
 
 
-def test_the_janitor_refreshes_on_network_changes_only() -> None:
+def test_the_janitor_refreshes_on_network_changes_only(tmp_path: Path) -> None:
     allocator, keeper = FakeAllocator(), CountingKeeper()
-    watch = janitor.Janitor(FakeEngine(), allocator, FakePins(), "/var/lib/ds01", keeper)  # type: ignore[arg-type]
+    watch = janitor.Janitor(FakeEngine(), allocator, FakePins(), "/var/lib/ds01", keeper,  # type: ignore[arg-type]
+                            ImageStore(tmp_path))
     for kind, action in (("container", "create"), ("container", "die"), ("network", "create"),
                          ("network", "connect"), ("network", "destroy"), ("container", "destroy")):
         watch.on_event({"Type": kind, "Action": action, "Actor": {"ID": f"{kind}-id", "Attributes": {}}})

@@ -31,13 +31,6 @@ OPEN = [
     ("HEAD", "/_ping"),
     ("GET", "/version"),
     ("GET", "/info"),
-    ("GET", "/images/json"),
-    ("GET", "/images/busybox/json"),
-    ("GET", "/images/busybox:latest/json"),
-    ("GET", "/images/library/ubuntu/json"),
-    ("GET", "/images/registry.example.org:5000/team/app:1.2/json"),
-    ("GET", "/images/sha256:0123abcd/history"),
-    ("GET", "/images/ubuntu/history"),
     ("GET", "/distribution/busybox/json"),
     ("GET", "/distribution/docker.io/library/busybox:latest/json"),
 ]
@@ -52,11 +45,35 @@ def test_image_create_is_a_pull_the_gate_checks() -> None:
     assert route_of("POST", "/v1.41/images/create") == Route(RouteKind.PULL)
 
 
+IMAGES = [
+    ("GET", "/images/json", Route(RouteKind.LIST_IMAGES)),
+    ("GET", "/images/get", Route(RouteKind.SAVE_IMAGES)),
+    ("POST", "/commit", Route(RouteKind.COMMIT)),
+    ("GET", "/images/busybox/json", Route(RouteKind.IMAGE, "busybox", "json")),
+    ("GET", "/images/busybox:latest/json", Route(RouteKind.IMAGE, "busybox:latest", "json")),
+    ("GET", "/images/library/ubuntu/json", Route(RouteKind.IMAGE, "library/ubuntu", "json")),
+    ("GET", "/images/registry.example.org:5000/team/app:1.2/json",
+     Route(RouteKind.IMAGE, "registry.example.org:5000/team/app:1.2", "json")),
+    ("GET", "/images/sha256:0123abcd/history", Route(RouteKind.IMAGE, "sha256:0123abcd", "history")),
+    ("GET", "/images/alice/tools/get", Route(RouteKind.IMAGE, "alice/tools", "get")),
+    ("POST", "/images/alice/tools/tag", Route(RouteKind.IMAGE, "alice/tools", "tag")),
+    ("POST", "/images/alice/tools/push", Route(RouteKind.IMAGE, "alice/tools", "push")),
+    ("DELETE", "/images/alice/tools", Route(RouteKind.IMAGE, "alice/tools", "")),
+    ("DELETE", "/images/sha256:abcdef", Route(RouteKind.IMAGE, "sha256:abcdef", "")),
+    ("DELETE", "/images/alice/json", Route(RouteKind.IMAGE, "alice/json", "")),  # a name that ends like an action
+]
+
+
+@pytest.mark.parametrize(("method", "path", "route"), all_prefixes(IMAGES))
+def test_image_endpoints(method: str, path: str, route: Route) -> None:
+    assert route_of(method, path) == route
+
+
 CLOSED_VARIANTS = [
     ("POST", "/_ping"), ("HEAD", "/version"), ("HEAD", "/info"), ("POST", "/version"), ("DELETE", "/info"),
     ("POST", "/images/json"), ("GET", "/images/create"), ("GET", "/images/busybox"), ("POST", "/images/busybox/json"),
-    ("GET", "/images/search"), ("GET", "/images/get"), ("POST", "/images/busybox/push"),
-    ("POST", "/images/busybox/tag"), ("POST", "/images/prune"), ("GET", "/images"), ("DELETE", "/images"),
+    ("GET", "/images/busybox/tag"), ("GET", "/images/busybox/push"), ("POST", "/images/busybox/get"),
+    ("GET", "/images"), ("DELETE", "/images"), ("GET", "/commit"),
     ("POST", "/distribution/busybox/json"), ("GET", "/_ping/x"), ("GET", "/version/x"), ("GET", "/exec/abc"),
     ("GET", "/exec"), ("POST", "/events"), ("GET", "/events/x"), ("GET", "/system"), ("POST", "/system/df"),
     ("GET", "/system/info"), ("POST", "/auth"), ("GET", "/nope"), ("GET", "/Containers/json"),
@@ -141,7 +158,6 @@ GATED = [
     ("GET", "/tasks", "swarm"),
     ("GET", "/secrets", "swarm"),
     ("POST", "/configs/create", "swarm"),
-    ("POST", "/commit", "commit"),
     ("POST", "/images/load", "image_load"),
 ]
 
@@ -160,10 +176,8 @@ def test_images_load_needs_post() -> None:
 
 
 ADMIN = [
-    ("DELETE", "/images/busybox"),
-    ("DELETE", "/images/busybox:latest"),
-    ("DELETE", "/images/library/ubuntu"),
-    ("DELETE", "/images/sha256:abcdef"),
+    ("POST", "/images/prune"),
+    ("GET", "/images/search"),
     ("GET", "/system/df"),
 ]
 
@@ -292,6 +306,6 @@ def test_the_api_version_is_read_from_the_path(path: str, version: tuple[int, in
 
 def test_every_route_kind_is_reached_by_some_path() -> None:
     """The tables above classify into every kind, so a kind the gate handles is one that requests can have."""
-    paths = [*OPEN, *CLOSED_VARIANTS, *ADMIN, *[(m, p) for m, p, _ in LIST_KINDS + OBJECTS + GATED]]
+    paths = [*OPEN, *CLOSED_VARIANTS, *ADMIN, *[(m, p) for m, p, _ in LIST_KINDS + OBJECTS + GATED + IMAGES]]
     reached = {route_of(method, path).kind for method, path in [*paths, ("POST", "/images/create")]}
     assert reached == set(RouteKind)

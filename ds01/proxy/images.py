@@ -1,0 +1,257 @@
+"""Users' images through the proxy: each user's own (made by their builds and commits, recorded in the image
+store) are theirs alone, as their containers are; pulled images are shared, and nobody but an admin removes
+them. Another user's image answers 404 whatever is asked of it: run, inspect, history, save, tag, push, remove.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+from ds01 import eventlog
+from ds01.errors import Denied, EngineError
+from ds01.eventlog.types import EventType
+from ds01.identity import nss
+from ds01.proxy import imagenames
+from ds01.proxy.imagestore import ImageStore, PendingImage
+from ds01.proxy.interfaces import EngineCalls
+from ds01.proxy.outcomes import Deny, Forward, Outcome, Reply, Request
+from ds01.proxy.runas import Caller
+from ds01.reasons import Reason
+from ds01.units import format_size
+
+COMMIT_PARAMETERS = frozenset({"container", "repo", "tag", "comment", "author", "pause", "changes"})
+TAG_PARAMETERS = frozenset({"repo", "tag"})
+DELETE_PARAMETERS = frozenset({"force", "noprune"})
+PUSH_PARAMETERS = frozenset({"tag"})
+LIST_PARAMETERS = frozenset({"all", "filters", "digests", "shared-size"})
+SAVE_PARAMETERS = frozenset({"names"})
+_CHAIN_LIMIT = 1000  # parents followed from one image: far beyond any Dockerfile's steps
+
+
+@dataclass(frozen=True)
+class OwnImage:
+    names: tuple[str, ...]  # its tags, or its short id when it has none
+    size: int  # of its own layers: its chain of the user's images, down to a shared or foreign base
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def check_parameters(query: str, allowed: frozenset[str], what: str) -> dict[str, list[str]]:
+    """The query's parameters, each allowed for `what`; any other is refused by name."""
+    found: dict[str, list[str]] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        found.setdefault(name, []).append(value)
+    unknown = sorted(set(found) - allowed)
+    if unknown:
+        raise Denied(Reason.BAD_REQUEST, f"{what} parameter(s) {', '.join(unknown)} are not allowed through the ds01 "
+                                         f"proxy; it takes {', '.join(sorted(allowed))}.")
+    return found
+
+
+class ImageActions:
+    def __init__(self, upstream: EngineCalls, store: ImageStore) -> None:
+        self.upstream = upstream
+        self.store = store
+
+    # --- whose an image is -----------------------------------------------------------------------------------
+
+    def find(self, caller: Caller, name: str) -> dict[str, Any] | None:
+        """The image of that name (its inspect), None when there is none; another user's is refused as a missing
+        one would be (404 "No such image", on which the docker CLI tries a pull, refused in turn)."""
+        info = self.upstream.inspect("image", name)
+        owned = self.store.owner(str(info.get("Id"))) if info is not None else None
+        if owned is not None and owned.user != caller.user and not caller.is_admin:
+            raise Denied(Reason.NOT_FOUND, f"No such image: {name}")
+        return info
+
+    def visible(self, caller: Caller, name: str) -> tuple[dict[str, Any], str | None]:
+        """An image the caller may use: (its inspect, its owner or None when shared)."""
+        info = self.find(caller, name)
+        if info is None:
+            raise Denied(Reason.NOT_FOUND, f"No such image: {name}")
+        owned = self.store.owner(str(info.get("Id")))
+        return info, owned.user if owned is not None else None
+
+    def own_images(self, user: str) -> list[OwnImage]:
+        """The user's images with the size of their own layers, largest first."""
+        owned = set(self.store.owned_by(user))
+        sizes: dict[str, int] = {}
+        tagged: list[tuple[str, tuple[str, ...]]] = []
+        for image in owned:
+            info = self.upstream.inspect("image", image)
+            if info is None:
+                continue
+            parent = str(info.get("Parent") or "")
+            below = self.upstream.inspect("image", parent) if parent else None
+            sizes[image] = int(info.get("Size") or 0) - (int(below.get("Size") or 0) if below else 0)
+            tags = tuple(tag for tag in info.get("RepoTags") or () if tag != "<none>:<none>")
+            if tags:
+                tagged.append((image, tags))
+        found = []
+        for image, tags in tagged:
+            chain, at = [image], image
+            while len(chain) < _CHAIN_LIMIT:
+                parent = str((self.upstream.inspect("image", at) or {}).get("Parent") or "")
+                if parent not in sizes:
+                    break
+                chain.append(parent)
+                at = parent
+            found.append(OwnImage(tags, sum(sizes[link] for link in chain)))
+        return sorted(found, key=lambda own: -own.size)
+
+    def check_storage(self, caller: Caller) -> None:
+        """Refused (exit 3) while the caller's own images fill image_storage: what a build or commit will add is
+        not known before it runs."""
+        limit = caller.limits.image_storage_bytes
+        mine = self.own_images(caller.user)
+        used = sum(own.size for own in mine)
+        if used < limit:
+            return
+        listed = "; ".join(f"{', '.join(own.names)} {format_size(own.size)}" for own in mine[:10])
+        raise Denied(Reason.IMAGE_STORAGE, (
+            f"your images take {format_size(used)} and you may keep {format_size(limit)} (image_storage): {listed}. "
+            "Remove some (container image remove NAME, or docker rmi NAME) and try again."))
+
+    def check_pull(self, caller: Caller, query: dict[str, str], allowed: frozenset[str] | None) -> None:
+        """A pull from an allowed registry, not into another user's namespace (docker.io/alice/x is where alice's
+        own alice/x lives: a pull would move her tag), within the caller's image storage."""
+        name, tag = query.get("fromImage") or "", query.get("tag") or ""
+        # The docker CLI sends the tag apart, and a digest as the tag.
+        reference = imagenames.parse(f"{name}{'@' if ':' in tag else ':'}{tag}" if tag else name)
+        if allowed is not None and reference.registry not in allowed:
+            raise Denied(Reason.REGISTRY_NOT_ALLOWED, (
+                f"pulls from {reference.registry} are not allowed on this host; images come from "
+                f"{', '.join(sorted(allowed))}. Ask an admin to add it to images.allowed_registries."))
+        if reference.namespace not in (None, caller.user) and self._a_users_namespace(reference.namespace or ""):
+            raise Denied(Reason.IMAGE_NAMESPACE, (
+                f"{reference.namespace}/... names {reference.namespace}'s own images on this server, and a pull "
+                f"would move their tags: pull it from a registry under another name, or ask "
+                f"{reference.namespace} for theirs."))
+        self.check_storage(caller)
+
+    def _a_users_namespace(self, name: str) -> bool:
+        return nss.account_by_name(name) is not None or any(
+            owned.user == name for owned in self.store.owners())
+
+    # --- the routes ------------------------------------------------------------------------------------------
+
+    def listing(self, request: Request) -> Outcome:
+        caller = request.session.caller
+        check_parameters(request.query, LIST_PARAMETERS, "image list")
+        status, listed = self.upstream.call("GET", "/images/json", query=dict(parse_qsl(request.query)))
+        if status != 200 or not isinstance(listed, list):
+            raise EngineError(f"the engine answered {status} to the image list: {str(listed)[:200]}")
+        shown = [image for image in listed if self._shown(caller, str(image.get("Id")))]
+        return Reply(200, shown)
+
+    def _shown(self, caller: Caller, image_id: str) -> bool:
+        owned = self.store.owner(image_id)
+        return owned is None or owned.user == caller.user or caller.is_admin
+
+    def act(self, request: Request) -> Outcome:
+        """One image named in the path: inspect, history, save, tag, push, remove."""
+        caller, route, method = request.session.caller, request.route, request.method
+        name = route.object_id or ""
+        _, owner = self.visible(caller, name)
+        match route.action, method:
+            case ("json" | "history"), "GET":
+                check_parameters(request.query, frozenset(), f"image {route.action}")
+                return Forward(request.target)
+            case "get", "GET":
+                check_parameters(request.query, frozenset(), "image save")
+                return Forward(request.target)
+            case "tag", "POST":
+                found = check_parameters(request.query, TAG_PARAMETERS, "image tag")
+                repo, tag = (found.get("repo") or [""])[-1], (found.get("tag") or [""])[-1]
+                imagenames.check_own_name(caller.user, f"{repo}:{tag}" if tag else repo, "docker tag")
+                return Forward(request.target)
+            case "push", "POST":
+                check_parameters(request.query, PUSH_PARAMETERS, "image push")
+                imagenames.check_own_name(caller.user, name, "docker push")
+                return Forward(request.target)
+            case "", "DELETE":
+                check_parameters(request.query, DELETE_PARAMETERS, "image remove")
+                if owner is None and not caller.is_admin:
+                    return Deny(Reason.IMAGE_SHARED, f"{name} is a shared image (pulled from a registry, used by "
+                                                     "everyone): only an admin removes it. Your own images are those "
+                                                     f"you build or commit as {caller.user}/NAME.")
+                return Forward(request.target, after=lambda status, answer: self._removed(caller, name, status, answer))
+            case _:
+                return Deny(Reason.UNKNOWN_ENDPOINT, f"{method} {request.path} is not allowed through the ds01 proxy.")
+
+    def _removed(self, caller: Caller, name: str, status: int | None, answer: bytes) -> None:
+        if status != 200:
+            return
+        gone = [str(entry.get("Deleted")) for entry in json.loads(answer) if entry.get("Deleted")]
+        self.store.forget(gone)
+        eventlog.emit(EventType.IMAGE_REMOVE, source="proxy", user=caller.user, image=name, deleted=gone)
+
+    def save_many(self, request: Request) -> Outcome:
+        """docker save of several images: each visible to the caller."""
+        found = check_parameters(request.query, SAVE_PARAMETERS, "image save")
+        for name in found.get("names") or []:
+            self.visible(request.session.caller, name)
+        return Forward(request.target)
+
+    def commit(self, request: Request, owner_of_container: Callable[[str], str | None]) -> Outcome:
+        """docker commit of the caller's own container, into their namespace."""
+        caller = request.session.caller
+        found = check_parameters(request.query, COMMIT_PARAMETERS, "commit")
+        container = (found.get("container") or [""])[-1]
+        if owner_of_container(container) != caller.user and not caller.is_admin:
+            return Deny(Reason.NOT_FOUND, f"No such container: {container}", status=404)
+        repo, tag = (found.get("repo") or [""])[-1], (found.get("tag") or [""])[-1]
+        if not repo:
+            raise Denied(Reason.IMAGE_NAMESPACE, f"name the image: docker commit CONTAINER {caller.user}/NAME "
+                                                 "(an image without a name would be nobody's to find).")
+        target = imagenames.check_own_name(caller.user, f"{repo}:{tag}" if tag else repo, "docker commit")
+        self.check_storage(caller)
+        key = self.store.begin(PendingImage(caller.user, caller.uid, "commit", (target.tagged(),), _now()))
+
+        def settle(status: int | None, answer: bytes) -> None:
+            made = [str(json.loads(answer).get("Id"))] if status == 201 else []
+            self.store.settle(key, made)
+            if made:
+                eventlog.emit(EventType.IMAGE_COMMIT, source="proxy", user=caller.user, container=container,
+                              image=target.tagged(), id=made[0])
+
+        return Forward(request.target, after=settle)
+
+    def made_by(self, user: str, tags: Iterable[str]) -> list[str]:
+        """The images a finished build's tags name, with the chain of the classic builder's intermediate images
+        below each, down to what is owned already or came from elsewhere: all of them the builder's."""
+        found: list[str] = []
+        for tag in tags:
+            info = self.upstream.inspect("image", tag)
+            while info is not None and len(found) < _CHAIN_LIMIT:
+                image = str(info.get("Id"))
+                if image in found or self.store.owner(image) is not None or _from_elsewhere(info, user):
+                    break
+                found.append(image)
+                parent = str(info.get("Parent") or "")
+                info = self.upstream.inspect("image", parent) if parent else None
+        return found
+
+
+def _from_elsewhere(info: dict[str, Any], user: str) -> bool:
+    """Pulled (it has a registry digest) or named outside the user's namespace: a build that only says FROM
+    ubuntu ends on ubuntu's own image, which stays shared."""
+    names = [tag for tag in info.get("RepoTags") or () if tag != "<none>:<none>"]
+    return bool(info.get("RepoDigests")) or any(not tag.startswith(f"{user}/") for tag in names)
+
+
+def recover(actions: ImageActions, existing: Iterable[str]) -> None:
+    """At start-up, before serving: builds and commits a killed proxy left pending are settled by what their tags
+    name now, and the records of images removed meanwhile go."""
+    for pending, found in actions.store.settle_interrupted(lambda pending: actions.made_by(pending.user,
+                                                                                            pending.tags)):
+        eventlog.emit(EventType.IMAGE_BUILD if pending.made_by == "build" else EventType.IMAGE_COMMIT,
+                      source="proxy", user=pending.user, image=list(pending.tags), ids=found, interrupted=True)
+    actions.store.forget_missing(existing)

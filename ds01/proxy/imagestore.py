@@ -1,0 +1,137 @@
+"""Who owns which image: the proxy's own record, written atomically in the state directory.
+
+An image's labels never count (anyone can bake `ds01.user` into an image and push it). An image is a user's when
+the proxy made it for them (a build, a commit) and wrote so here; any other image is shared (pulled, or made by
+an admin past the proxy). Each build or commit is recorded as pending before it is forwarded and settled once
+the engine has answered; one still pending at start-up (the proxy was killed meanwhile) is settled then: a tag it
+asked for that now exists names an image of the builder's, since only they may tag in their namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ds01.errors import Ds01Error
+from ds01.statefile import write_json_atomic
+
+STATE_FILE = "images.json"
+_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class OwnedImage:
+    user: str
+    uid: int
+    made_by: str  # "build" or "commit"
+    at: str  # when it was recorded (ISO 8601)
+
+
+@dataclass(frozen=True)
+class PendingImage:
+    user: str
+    uid: int
+    made_by: str
+    tags: tuple[str, ...]  # what the build or commit names its result
+    at: str
+
+
+class ImageStore:
+    """The records, one writer at a time; every change is on disk before the method returns."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self._path = state_dir / STATE_FILE
+        self._lock = threading.Lock()
+        self._owned: dict[str, OwnedImage] = {}
+        self._pending: dict[str, PendingImage] = {}
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            text = self._path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise Ds01Error(f"cannot read the image ownership record {self._path}: {exc.strerror}") from exc
+        try:
+            data = json.loads(text)
+            if data.get("format") != _FORMAT:
+                raise ValueError(f"format {data.get('format')!r}, not {_FORMAT}")
+            self._owned = {str(image): OwnedImage(**entry) for image, entry in data["owned"].items()}
+            self._pending = {str(key): PendingImage(**{**entry, "tags": tuple(entry["tags"])})
+                             for key, entry in data["pending"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise Ds01Error(f"the image ownership record {self._path} is damaged ({exc}); without it no image can "
+                            "be told to be a user's. Restore it from a backup, or move it away to start with every "
+                            "image shared") from exc
+
+    def _save(self) -> None:
+        write_json_atomic(self._path, {
+            "format": _FORMAT,
+            "owned": {image: asdict(owned) for image, owned in self._owned.items()},
+            "pending": {key: {**asdict(pending), "tags": list(pending.tags)} for key, pending in self._pending.items()},
+        })
+
+    def owner(self, image_id: str) -> OwnedImage | None:
+        with self._lock:
+            return self._owned.get(image_id)
+
+    def owned_by(self, user: str) -> dict[str, OwnedImage]:
+        with self._lock:
+            return {image: owned for image, owned in self._owned.items() if owned.user == user}
+
+    def owners(self) -> list[OwnedImage]:
+        with self._lock:
+            return list(self._owned.values())
+
+    def begin(self, pending: PendingImage) -> str:
+        """Record a build or commit about to be forwarded; the key settles it."""
+        key = uuid.uuid4().hex
+        with self._lock:
+            self._pending[key] = pending
+            self._save()
+        return key
+
+    def settle(self, key: str, image_ids: Iterable[str]) -> None:
+        """The build or commit is over: the images it made (none when it failed) are its user's."""
+        with self._lock:
+            pending = self._pending.pop(key, None)
+            if pending is None:
+                return
+            for image in image_ids:
+                self._owned[image] = OwnedImage(pending.user, pending.uid, pending.made_by, pending.at)
+            self._save()
+
+    def settle_interrupted(self, resolve: Callable[[PendingImage], Iterable[str]]
+                           ) -> list[tuple[PendingImage, list[str]]]:
+        """At start-up: each build or commit left pending, settled with what its tags name now (`resolve`: the
+        images that makes the builder's, none when no tag of it exists)."""
+        with self._lock:
+            pending = dict(self._pending)
+        settled = []
+        for key, interrupted in pending.items():
+            found = list(resolve(interrupted))
+            self.settle(key, found)
+            settled.append((interrupted, found))
+        return settled
+
+    def forget_missing(self, existing: Iterable[str]) -> list[str]:
+        """Drop the records of images the engine no longer has (removed, pruned); the ids dropped."""
+        present = set(existing)
+        with self._lock:
+            gone = [image for image in self._owned if image not in present]
+            for image in gone:
+                del self._owned[image]
+            if gone:
+                self._save()
+        return gone
+
+    def forget(self, image_ids: Iterable[str]) -> None:
+        with self._lock:
+            dropped = [image for image in image_ids if self._owned.pop(image, None) is not None]
+            if dropped:
+                self._save()
