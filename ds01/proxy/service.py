@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -66,6 +67,9 @@ def start_reach(upstream: Upstream, sessions: Sessions, engine_cgroup: str | Non
 
 
 def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float, engine_cgroup: str | None) -> int:
+    # A pipe's reader that exits early (an iptables-restore that fails at once) or a client that hangs up costs
+    # an EPIPE, not the daemon its life: from the first step, start-up's rules included.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     # A running proxy is named before any start-up work (reconcile, pins, rules); serve_forever holds the lock.
     with only_instance(paths.run_dir, "proxy"):
         pass
