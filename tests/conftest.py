@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -233,6 +234,10 @@ def stop_proxy(handle: ProxyHandle, engine: docker.DockerClient) -> None:
         volume.remove(force=True)
     for network in engine.networks.list(filters={"label": "ds01.user"}):
         network.remove()
+    owned = handle.root / "state" / "images.json"
+    for image in json.loads(owned.read_text())["owned"] if owned.exists() else ():  # users' builds and commits
+        with contextlib.suppress(docker.errors.NotFound):
+            engine.images.remove(image, force=True)
     release_pins(handle.root / "state" / "binds")
     shutil.rmtree(handle.data, ignore_errors=True)
     shutil.rmtree(handle.root, ignore_errors=True)

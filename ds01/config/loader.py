@@ -250,6 +250,7 @@ def _host_services(value: Any) -> tuple[HostService, ...]:
 
 NETWORK_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "host_services": ("host_services", _host_services),
+    "reserved_ports": ("reserved_ports", validators.ports),
 }
 IMAGE_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "allowed_registries": ("allowed_registries", validators.registries),

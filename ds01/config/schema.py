@@ -241,6 +241,9 @@ class NetworkSettings:
     """What containers may reach on the host (the `networks:` section)."""
 
     host_services: tuple[HostService, ...] = ()  # none: containers reach no service on the host's addresses
+    # Host ports users may not publish: a host service's, which a user could otherwise take while it is down and
+    # answer in its place (root, Prometheus among its clients, passes the owner rules).
+    reserved_ports: frozenset[int] = frozenset({3000, 9090, 9093, 9401})
 
 
 @dataclass(frozen=True)

@@ -179,6 +179,14 @@ def group_name(value: Any) -> str:
 HOST_SERVICE_PROTOCOLS = ("tcp", "udp")
 
 
+def ports(value: Any) -> frozenset[int]:
+    """A list of port numbers, like [3000, 9090]."""
+    if not isinstance(value, list) or not all(isinstance(item, int) and not isinstance(item, bool)
+                                              and 1 <= item <= 65535 for item in value):
+        raise ValueError("is not a list of port numbers from 1 to 65535, like [3000, 9090]")
+    return frozenset(value)
+
+
 def host_services(value: Any) -> tuple[tuple[str, int, str], ...]:
     """A list of PORT/PROTO or ADDRESS:PORT/PROTO (IPv4), like [53/udp, 10.0.0.1:3128/tcp]: each as (address,
     port, protocol), the address "" for every address of the host."""

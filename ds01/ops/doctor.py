@@ -338,8 +338,8 @@ def reach_check(table: iptables.Table) -> Check:
         return Check("reach rules", FAIL, "; ".join(problems) + ": who reaches containers is not limited to their "
                      "owners", "restart the proxy, which puts them in place before it serves: systemctl restart "
                      "ds01-proxy (journalctl -u ds01-proxy says why when it cannot)")
-    return Check("reach rules", PASS, f"{reach.REACH_CHAIN} ({len(table.rules(reach.REACH_CHAIN) or ())} rules) and "
-                 f"{reach.HOST_CHAIN} ({len(table.rules(reach.HOST_CHAIN) or ())}) come first in OUTPUT and INPUT")
+    counted = ", ".join(f"{chain} ({len(table.rules(chain) or ())} rules)" for _, chain in reach.JUMPS)
+    return Check("reach rules", PASS, f"{counted} come first in {', '.join(base for base, _ in reach.JUMPS)}")
 
 
 def userland_check(nat: iptables.Table) -> Check:

@@ -165,7 +165,7 @@ class ContainerCreates:
         config = self.sessions.current_config()
         facts = self._facts(caller, body, refs, opened)
         plan = policy.plan_create(
-            caller, body, facts, config.security,
+            caller, body, facts, config.security, config.networks.reserved_ports,
             cgroup_parent=self.cgroups.name(caller.user), client_type=client_type(head, body),
             created_at=self.clock().isoformat(timespec="seconds"),
             gpu_gid=nss.group_id(config.bare_metal.group))

@@ -88,10 +88,10 @@ class ReachKeeper:
         with self._lock:
             reach.check_translation(iptables.save("nat"))
             desired = self.desired()
-            live = iptables.save("filter")
-            if reach.in_place(desired, live):
+            live, raw = iptables.save("filter"), iptables.save("raw")
+            if reach.in_place(desired, live, raw):
                 return False
-            iptables.restore(reach.restore_text(desired, live))
+            iptables.restore(reach.restore_text(desired, live, raw))
             return True
 
     def keep(self, trigger: str) -> None:

@@ -65,12 +65,13 @@ def check_networks(caller: Caller, body: dict[str, Any], owners: Mapping[str, st
         if owners.get(name) != caller.user:  # missing or another's, told alike: nothing of others' networks shows
             raise Denied(Reason.NOT_OWNER, f"there is no network {name} of yours; your containers join your own "
                                            f"network {own} by default, or networks you create (docker network "
-                                           f"create {name}).")
+                                           "create NAME).")
 
 
-def confine_ports(host: dict[str, Any], caller: Caller) -> tuple[str, ...]:
+def confine_ports(host: dict[str, Any], caller: Caller, reserved: frozenset[int]) -> tuple[str, ...]:
     """Published ports go on 127.0.0.1 (0.0.0.0, :: and no address are rewritten to it; others are refused), on a
-    host port of 1024 or more. Returns a note for each rewritten binding."""
+    host port of 1024 or more that is not `reserved` (networks.reserved_ports). Returns a note for each rewritten
+    binding."""
     notes: list[str] = []
     if field(host, "PublishAllPorts") and not caller.is_admin:
         raise Denied(Reason.HOST_PORT, "publishing every exposed port (-P) would open them on all the host's "
@@ -78,7 +79,7 @@ def confine_ports(host: dict[str, Any], caller: Caller) -> tuple[str, ...]:
                                        "container create --port PORT.")
     for port, bindings in (field(host, "PortBindings") or {}).items():
         for binding in bindings or []:
-            _check_host_port(port, str(field(binding, "HostPort") or ""), caller)
+            _check_host_port(port, str(field(binding, "HostPort") or ""), caller, reserved)
             address = str(field(binding, "HostIp") or "")
             if address in OPEN_ADDRESSES:
                 set_field(binding, "HostIp", LOOPBACK)
@@ -92,8 +93,9 @@ def confine_ports(host: dict[str, Any], caller: Caller) -> tuple[str, ...]:
 
 
 def check_network_name(caller: Caller, name: str) -> None:
-    """Names beginning ds01- are the proxy's: a user who made ds01-bob would own the network bob's containers join."""
-    if name.startswith(USER_NETWORK_PREFIX) and not caller.is_admin:
+    """Names beginning ds01- (in any case) are the proxy's: a user who made ds01-bob would own the network bob's
+    containers join."""
+    if name.casefold().startswith(USER_NETWORK_PREFIX) and not caller.is_admin:
         raise Denied(Reason.NAME_TAKEN, f"network names beginning {USER_NETWORK_PREFIX} are ds01's own (yours is "
                                         f"{user_network(caller)}, made for you); pick another name.")
 
@@ -120,8 +122,14 @@ def published_ports(host: Mapping[str, Any]) -> int:
     return sum(len(bindings or []) for bindings in (host.get("PortBindings") or {}).values())
 
 
-def _check_host_port(port: str, text: str, caller: Caller) -> None:
+def _check_host_port(port: str, text: str, caller: Caller, reserved: frozenset[int]) -> None:
     numbers = [part for part in text.split("-") if part]
+    taken = sorted(reserved.intersection(int(n) for n in numbers if n.isdigit()))
+    if taken and not caller.is_admin:
+        raise Denied(Reason.HOST_PORT, (
+            f"host port {taken[0]} is reserved on this host for a service of its own (networks.reserved_ports); "
+            f"publish {_number(port)} on another (-p 127.0.0.1:8080:{_number(port)}), or leave the host port out "
+            "for a free one."))
     free = numbers in ([], ["0"])  # the engine picks a free one
     if caller.is_admin or free or all(n.isdigit() and int(n) >= MIN_HOST_PORT for n in numbers):
         return

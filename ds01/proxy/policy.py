@@ -256,7 +256,8 @@ def bind_sources(host: dict[str, Any]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(sources))
 
 
-def plan_create(caller: Caller, body: dict[str, Any], facts: Facts, security: SecuritySettings, *,
+def plan_create(caller: Caller, body: dict[str, Any], facts: Facts, security: SecuritySettings,
+                reserved_ports: frozenset[int], *,
                 cgroup_parent: str, client_type: str, created_at: str, gpu_gid: int | None) -> CreatePlan:
     """Check a container create body and rewrite it: identity, limits, labels, cgroup parent; GPUs are granted
     and bind sources pinned later."""
@@ -264,7 +265,7 @@ def plan_create(caller: Caller, body: dict[str, Any], facts: Facts, security: Se
     host = host_config(body)
     _check_escapes(caller, host, facts, security)
     _check_image(facts.image_labels)
-    notes = networks.confine_ports(host, caller)
+    notes = networks.confine_ports(host, caller, reserved_ports)
     resources.check_log_config(host, facts.log_driver)
     joins_user_network = networks.join_own_network(caller, body, host)
     networks.check_networks(caller, body, facts.network_owners)

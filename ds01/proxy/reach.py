@@ -13,6 +13,10 @@ unknown address.
 
 `DS01-HOST`, jumped to first from INPUT, sees what arrives for the host's own addresses: from a ds01 network's
 bridge (or a bridge not known yet), only replies and the `networks.host_services` pass.
+
+`DS01-FORWARD`, first in FORWARD, drops what the host would forward into a ds01 network from anywhere else, and
+`DS01-LOOPBACK`, first in the raw table's PREROUTING, drops packets for 127.0.0.0/8 that come from the network:
+published ports are the host's own, never the network's.
 """
 
 from __future__ import annotations
@@ -30,13 +34,22 @@ from ds01.iptables import Table
 
 REACH_CHAIN = "DS01-REACH"
 HOST_CHAIN = "DS01-HOST"
-JUMPS = (("OUTPUT", REACH_CHAIN), ("INPUT", HOST_CHAIN))  # each first in its base chain, once
+FORWARD_CHAIN = "DS01-FORWARD"
+LOOPBACK_CHAIN = "DS01-LOOPBACK"  # in the raw table
+# Each first in its base chain, once: the filter table's, and the raw table's.
+JUMPS = (("OUTPUT", REACH_CHAIN), ("INPUT", HOST_CHAIN), ("FORWARD", FORWARD_CHAIN))
+RAW_JUMPS = (("PREROUTING", LOOPBACK_CHAIN),)
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
 BRIDGE_PREFIX = "br-"  # the engine names a user-defined network's bridge br- and its id's first 12 digits
 NEW_BRIDGES = f"{BRIDGE_PREFIX}+"
 REJECT = "-j REJECT --reject-with icmp-port-unreachable"  # the caller gets "connection refused" at once
 LOOPBACK_ADDRESSES = frozenset({"127.0.0.1", "::1"})
 ESTABLISHED = "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"  # checked when it was opened
+# Errors about a connection (the host's own "refused" to a container among them) pass for every protocol, an
+# established connection only for TCP: a UDP flow's entry outlives its socket, and whoever binds the same source
+# port next would join it.
+RELATED = "-m conntrack --ctstate RELATED -j RETURN"
+TCP_ESTABLISHED = "-p tcp -m conntrack --ctstate ESTABLISHED -j RETURN"
 _INTERFACE = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # no "+", which iptables reads as a wildcard
 _CGROUP_PATH = re.compile(r"/[A-Za-z0-9_.@:/\\-]*")  # no quote or space, which the rule could not carry
 
@@ -54,6 +67,11 @@ class Network:
 class Ruleset:
     reach: tuple[str, ...]  # DS01-REACH, each rule as iptables-save prints it
     host: tuple[str, ...]  # DS01-HOST
+    forward: tuple[str, ...]  # DS01-FORWARD
+    loopback: tuple[str, ...]  # DS01-LOOPBACK (raw)
+
+    def filter_chains(self) -> dict[str, tuple[str, ...]]:
+        return {REACH_CHAIN: self.reach, HOST_CHAIN: self.host, FORWARD_CHAIN: self.forward}
 
 
 def _uid(text: object) -> int | None:
@@ -109,7 +127,7 @@ def engine_cgroup_match(path: str) -> str:
 def reach_rules(found: Sequence[Network], engine_cgroup: str) -> tuple[str, ...]:
     chain = f"-A {REACH_CHAIN}"
     engine = engine_cgroup_match(engine_cgroup)  # written where iptables-save prints it, after -d and -o
-    rules = [f"{chain} {ESTABLISHED}"]
+    rules = [f"{chain} {RELATED}", f"{chain} {TCP_ESTABLISHED}"]
     # The engine reaches the networks that are not ds01's (the admin's), and no bridge it does not know of.
     rules += [f"{chain} -d {subnet} {engine} {REJECT}" for network in found if network.ds01
               for subnet in network.subnets]
@@ -143,8 +161,27 @@ def host_rules(found: Sequence[Network], services: Sequence[HostService]) -> tup
     return tuple(rules)
 
 
+def forward_rules(found: Sequence[Network]) -> tuple[str, ...]:
+    """What the host forwards into a ds01 network from elsewhere (a neighbour that routes the containers' range
+    through the host, or sends to its 127.0.0.1 ports) is dropped: the engine's own rules accept it for every
+    published port. Its containers' own traffic out, and the replies to it, pass."""
+    chain = f"-A {FORWARD_CHAIN}"
+    rules = [f"{chain} {ESTABLISHED}"]
+    bridged = [network for network in found if network.bridge]
+    rules += [f"{chain} -o {network.bridge} -j RETURN" for network in bridged if not network.ds01]
+    rules += [f"{chain} ! -i {network.bridge} -o {network.bridge} -j DROP" for network in bridged if network.ds01]
+    rules.append(f"{chain} ! -i {NEW_BRIDGES} -o {NEW_BRIDGES} -j DROP")
+    return tuple(rules)
+
+
+# A packet for 127.0.0.0/8 that arrives from the network: the engine's route_localnet (userland proxy off) would
+# turn it into a published port's container.
+LOOPBACK_RULES = (f"-A {LOOPBACK_CHAIN} -d 127.0.0.0/8 ! -i lo -j DROP",)
+
+
 def ruleset(found: Sequence[Network], services: Sequence[HostService], engine_cgroup: str) -> Ruleset:
-    return Ruleset(reach=reach_rules(found, engine_cgroup), host=host_rules(found, services))
+    return Ruleset(reach=reach_rules(found, engine_cgroup), host=host_rules(found, services),
+                   forward=forward_rules(found), loopback=LOOPBACK_RULES)
 
 
 def check_translation(nat: Table) -> None:
@@ -165,21 +202,31 @@ def _jump_in_place(live: Table, base: str, chain: str) -> bool:
     return rules[:1] == (jump,) and rules.count(jump) == 1
 
 
-def in_place(desired: Ruleset, live: Table) -> bool:
-    """Whether the live filter table already holds exactly the desired chains, each jumped to first, once."""
-    return (live.rules(REACH_CHAIN) == desired.reach and live.rules(HOST_CHAIN) == desired.host
-            and all(_jump_in_place(live, base, chain) for base, chain in JUMPS))
+def in_place(desired: Ruleset, live: Table, raw: Table) -> bool:
+    """Whether the live filter and raw tables already hold exactly the desired chains, each jumped to first, once."""
+    return (all(live.rules(name) == rules for name, rules in desired.filter_chains().items())
+            and all(_jump_in_place(live, base, chain) for base, chain in JUMPS)
+            and raw.rules(LOOPBACK_CHAIN) == desired.loopback
+            and all(_jump_in_place(raw, base, chain) for base, chain in RAW_JUMPS))
 
 
-def restore_text(desired: Ruleset, live: Table) -> str:
-    """iptables-restore --noflush input that replaces both chains whole and puts each jump first, once, in one
-    transaction: no moment with a chain half written or a jump missing."""
-    lines = ["*filter", f":{REACH_CHAIN} - [0:0]", f":{HOST_CHAIN} - [0:0]", *desired.reach, *desired.host]
-    for base, chain in JUMPS:
+def _table_text(name: str, chains: dict[str, tuple[str, ...]], jumps: Sequence[tuple[str, str]],
+                live: Table) -> list[str]:
+    lines = [f"*{name}", *(f":{chain} - [0:0]" for chain in chains), *(rule for rules in chains.values()
+                                                                       for rule in rules)]
+    for base, chain in jumps:
         if not _jump_in_place(live, base, chain):
             lines += [f"-D {base} -j {chain}"] * (live.rules(base) or ()).count(f"-A {base} -j {chain}")
             lines.append(f"-I {base} 1 -j {chain}")
-    return "\n".join([*lines, "COMMIT", ""])
+    return [*lines, "COMMIT"]
+
+
+def restore_text(desired: Ruleset, live: Table, raw: Table) -> str:
+    """iptables-restore --noflush input that replaces the chains whole and puts each jump first, once: each table
+    in one transaction, with no moment of a chain half written or a jump missing."""
+    lines = _table_text("filter", desired.filter_chains(), JUMPS, live)
+    lines += _table_text("raw", {LOOPBACK_CHAIN: desired.loopback}, RAW_JUMPS, raw)
+    return "\n".join([*lines, ""])
 
 
 def public_bindings(inspected: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:

@@ -58,12 +58,14 @@ def test_sigterm_lets_open_requests_finish_and_refuses_new_ones(own_proxy: Proxy
 
 
 class HoldingRelay:
-    """Between proxy and engine: passes everything, but holds the first container create at one point."""
+    """Between proxy and engine: passes everything, but holds the first request for `marker` (a container create
+    by default) at one point."""
 
-    def __init__(self, engine_socket: str, listen: Path, hold: str) -> None:
+    def __init__(self, engine_socket: str, listen: Path, hold: str, marker: bytes = b"/containers/create") -> None:
         self.engine_socket = engine_socket
         self.listen = listen
         self.hold = hold  # "request": the engine never sees the create; "response": it creates, the answer is held
+        self.marker = marker
         self.reached = threading.Event()
         self._server = socket.socket(socket.AF_UNIX)
         self._server.bind(str(listen))
@@ -94,7 +96,7 @@ class HoldingRelay:
         threading.Thread(target=downstream, daemon=True).start()
         with contextlib.suppress(OSError):
             while data := client.recv(65536):
-                if b"/containers/create" in data and not self.reached.is_set():
+                if self.marker in data and not self.reached.is_set():
                     creating.set()
                     if self.hold == "request":
                         self.reached.set()

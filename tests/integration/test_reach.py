@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -39,9 +41,9 @@ def own_proxy(testbed: Testbed, engine: docker.DockerClient) -> Iterator[ProxyHa
         stop_proxy(handle, engine)
 
 
-def chain(testbed: Testbed, name: str) -> list[str]:
-    """`iptables -S NAME` in the engine's namespace, without its -N line."""
-    shown = subprocess.run(["nsenter", f"--net=/run/netns/{testbed.netns}", "iptables", "-S", name],
+def chain(testbed: Testbed, name: str, table: str = "filter") -> list[str]:
+    """`iptables -t TABLE -S NAME` in the engine's namespace, without its -N line."""
+    shown = subprocess.run(["nsenter", f"--net=/run/netns/{testbed.netns}", "iptables", "-t", table, "-S", name],
                            capture_output=True, text=True, check=True).stdout
     return [line for line in shown.splitlines() if not line.startswith("-N ")]
 
@@ -59,7 +61,8 @@ def wait_for(what: str, condition: Callable[[], bool]) -> None:
         time.sleep(0.1)
 
 
-def implied(testbed: Testbed, engine: docker.DockerClient, services: tuple[HostService, ...] = ()) -> reach.Ruleset:
+def implied(testbed: Testbed, engine: docker.DockerClient, services: tuple[HostService, ...] = ()
+            ) -> reach.Ruleset:
     """The rules the engine's state implies now, from the same answers the proxy reads."""
     return reach.ruleset(reach.networks(engine.api.networks()), services, testbed.env["DS01_TESTBED_ENGINE_CGROUP"])
 
@@ -183,6 +186,8 @@ def test_after_a_kill_9_the_restarted_proxy_puts_exactly_the_implied_rules_back(
         handle = start_proxy(testbed, handle.root)
         assert chain(testbed, "DS01-REACH") == list(implied(testbed, engine).reach)  # before it served anything
         assert chain(testbed, "DS01-HOST") == list(implied(testbed, engine).host)
+        assert chain(testbed, "DS01-FORWARD") == list(implied(testbed, engine).forward)
+        assert chain(testbed, "DS01-LOOPBACK", "raw") == list(reach.LOOPBACK_RULES)
         now = chain(testbed, "DS01-REACH")
         assert any(f"-d {lab_subnet} -m owner --uid-owner 1001 -j RETURN" in rule for rule in now)
         assert not any(gone_subnet in rule for rule in now)
@@ -203,6 +208,89 @@ def test_after_a_kill_9_the_restarted_proxy_puts_exactly_the_implied_rules_back(
         assert not any(lab_subnet in rule for rule in chain(testbed, "DS01-REACH"))
     finally:
         stop_proxy(handle, engine)
+
+
+def _checksum(data: bytes) -> int:
+    data += b"\0" * (len(data) % 2)
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    return ~(total + (total >> 16)) & 0xFFFF
+
+
+def neighbour_syn(testbed: Testbed, destination: str, port: int) -> bool:
+    """A TCP SYN to destination:port as a machine on the server's network would send it: an Ethernet frame from the
+    host end of the test bed's veth (the engine's outside) to the namespace's eth0, whatever its IP destination.
+    Whether a SYN-ACK came back within 3 s, that is, whether it reached a listener."""
+    source = testbed.env["DS01_TESTBED_HOST_ADDR"]
+    shown = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=True).stdout
+    interface = next(line.split()[1] for line in shown.splitlines() if f" {source}/" in line)
+    server_mac = subprocess.run(["ip", "netns", "exec", testbed.netns, "cat", "/sys/class/net/eth0/address"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    source_port = 40000 + uuid.uuid4().int % 20000
+    segment = struct.pack("!HHIIBBHHH", source_port, port, 1, 0, 5 << 4, 0x02, 64240, 0, 0)
+    pseudo = socket.inet_aton(source) + socket.inet_aton(destination) + struct.pack("!BBH", 0, 6, len(segment))
+    segment = segment[:16] + struct.pack("!H", _checksum(pseudo + segment)) + segment[18:]
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(segment), 1, 0, 64, 6, 0, socket.inet_aton(source),
+                         socket.inet_aton(destination))
+    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800)) as raw:
+        raw.bind((interface, 0))
+        raw.settimeout(0.2)
+        raw.send(bytes.fromhex(server_mac.replace(":", "")) + raw.getsockname()[4] + b"\x08\x00" + header + segment)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                frame = raw.recv(2048)
+            except TimeoutError:
+                continue
+            if frame[23] == 6 and struct.unpack("!H", frame[36:38])[0] == source_port:
+                return bool(frame[47] & 0x12 == 0x12)
+    return False
+
+
+def test_a_machine_on_the_network_reaches_no_published_port_nor_container(
+        testbed: Testbed, own_proxy: ProxyHandle, engine: docker.DockerClient) -> None:
+    server = serve(own_proxy, engine, "alice", "-p", "127.0.0.1::80")
+    port, ip = loopback_port(server), address(server)
+    assert served_to(testbed, "alice", f"http://127.0.0.1:{port}/") == f"hi from {server.name}"
+    control = 20000 + uuid.uuid4().int % 10000
+    with host_listener(testbed, control):  # the tool works: a service on the server's own address answers
+        assert neighbour_syn(testbed, testbed.env["DS01_TESTBED_HOST_ADDR"].rsplit(".", 1)[0] + ".6", control)
+    for destination, to_port in (("127.0.0.1", port), (ip, 80)):
+        reached = neighbour_syn(testbed, destination, to_port)
+        print(f"neighbour SYN -> {destination}:{to_port}: {'SYN-ACK' if reached else 'no answer'}")
+        assert not reached
+    assert "GET" not in server.logs().decode()
+
+
+UDP_ECHO = ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('', 81))\n"
+            "while True:\n    data, peer = s.recvfrom(64)\n    print(data.decode(), flush=True)\n"
+            "    s.sendto(b'pong ' + data, peer)\n")
+UDP_ASK = ("import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+           "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('', 45123))\ns.settimeout(2)\n"
+           "try:\n    s.sendto(sys.argv[2].encode(), (sys.argv[1], 81))\n    print(s.recv(64).decode())\n"
+           "except OSError as exc:\n    print('refused', exc)\n")
+
+
+def test_a_udp_flow_of_the_owners_is_no_way_in_for_another_user(
+        testbed: Testbed, own_proxy: ProxyHandle, engine: docker.DockerClient) -> None:
+    """The kernel keeps a UDP flow's entry after its socket closes; a user who binds the same source port next
+    must still be refused. The echo server is the host's python in alice's container, made on the engine."""
+    assert docker_as(own_proxy, "alice", "run", "--rm", TEST_IMAGE, "true").returncode == 0  # makes ds01-alice
+    libraries = {"/usr": {"bind": "/usr", "mode": "ro"}, "/usr/lib": {"bind": "/lib", "mode": "ro"},
+                 "/usr/lib64": {"bind": "/lib64", "mode": "ro"}}
+    echo = engine.containers.run(TEST_IMAGE, ["/usr/bin/python3", "-c", UDP_ECHO], detach=True, network="ds01-alice",
+                                 user="1001:1001", labels={"ds01.user": "alice", "ds01.uid": "1001"},
+                                 volumes=libraries, name=f"udp-echo-{uuid.uuid4().hex[:6]}")
+    ip = address(echo)
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not (alices := in_netns(testbed, "alice", ["python3", "-c", UDP_ASK, ip, "alice"])).stdout.startswith(
+            "pong"):
+        assert time.monotonic() < deadline, alices
+        time.sleep(0.3)
+    carols = in_netns(testbed, "carol", ["python3", "-c", UDP_ASK, ip, "carol"])  # alice's flow is still tracked
+    print(f"alice from port 45123: {alices.stdout.strip()}; carol from the same port next: {carols.stdout.strip()}")
+    assert carols.stdout.startswith("refused") and "carol" not in echo.logs().decode(), carols
 
 
 @contextlib.contextmanager

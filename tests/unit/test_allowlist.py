@@ -217,7 +217,7 @@ def test_a_create_is_refused_or_confined(body: dict[str, Any], host: dict[str, A
     body = {**{k: v for k, v in body.items() if k.casefold() != "hostconfig"}, "HostConfig": host}
     try:
         parsed = bodies.parse_json_object(json.dumps(body).encode(), "container create body")
-        out = policy.plan_create(ALICE, parsed, PROPERTY_FACTS, SECURITY, cgroup_parent=CGROUP,
+        out = policy.plan_create(ALICE, parsed, PROPERTY_FACTS, SECURITY, frozenset(), cgroup_parent=CGROUP,
                                  client_type="docker", created_at=NOW, gpu_gid=None).body
     except Denied:
         return

@@ -7,7 +7,7 @@ from typing import Any
 from ds01 import iptables
 from ds01.ops import doctor
 from ds01.ops.doctor import FAIL, PASS
-from ds01.proxy.reach import HOST_CHAIN, REACH_CHAIN
+from ds01.proxy.reach import FORWARD_CHAIN, HOST_CHAIN, REACH_CHAIN
 
 
 def bridge(icc: str | None) -> dict[str, Any]:
@@ -29,17 +29,19 @@ def filter_table(output: tuple[str, ...], inputs: tuple[str, ...], chains: tuple
     return iptables.parse_save("\n".join(lines))
 
 
-JUMPS_OUT, JUMPS_IN = (f"-A OUTPUT -j {REACH_CHAIN}",), (f"-A INPUT -j {HOST_CHAIN}",)
+JUMPS_OUT = (f"-A OUTPUT -j {REACH_CHAIN}",)
+JUMPS_IN = (f"-A INPUT -j {HOST_CHAIN}", f"-A FORWARD -j {FORWARD_CHAIN}")
+CHAINS = (REACH_CHAIN, HOST_CHAIN, FORWARD_CHAIN)
 
 
 def test_the_reach_chains_must_exist_and_come_first() -> None:
-    check = doctor.reach_check(filter_table(JUMPS_OUT, JUMPS_IN, (REACH_CHAIN, HOST_CHAIN)))
-    assert check.status == PASS and f"{REACH_CHAIN} (1 rules)" in check.detail
+    check = doctor.reach_check(filter_table(JUMPS_OUT, JUMPS_IN, CHAINS))
+    assert check.status == PASS and f"{REACH_CHAIN} (1 rules)" in check.detail, check
     missing = doctor.reach_check(filter_table((), (), ()))
     assert missing.status == FAIL
     assert f"there is no {REACH_CHAIN} chain; there is no {HOST_CHAIN} chain" in missing.detail
     assert missing.fix is not None and "systemctl restart ds01-proxy" in missing.fix
-    late = doctor.reach_check(filter_table(("-A OUTPUT -j OTHER", *JUMPS_OUT), (), (REACH_CHAIN, HOST_CHAIN)))
+    late = doctor.reach_check(filter_table(("-A OUTPUT -j OTHER", *JUMPS_OUT), (), CHAINS))
     assert late.status == FAIL
     assert f"OUTPUT does not begin with a jump to {REACH_CHAIN}; INPUT does not begin" in late.detail
 

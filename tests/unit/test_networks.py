@@ -70,6 +70,9 @@ def test_publishing_every_exposed_port_is_refused_for_users_only() -> None:
 def test_ds01_network_names_are_the_proxys() -> None:
     with pytest.raises(networks.Denied, match="ds01-alice, made for you"):
         networks.check_network_name(ALICE, "ds01-bob")
+    for spelled in ("DS01-bob", "Ds01-carol"):  # the engine's names are case-sensitive, users' eyes are not
+        with pytest.raises(networks.Denied):
+            networks.check_network_name(ALICE, spelled)
     networks.check_network_name(ALICE, "alice-net")
     networks.check_network_name(ADMIN, "ds01-lab")
 

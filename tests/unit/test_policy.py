@@ -13,12 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ds01 import labels, records
-from ds01.config import BUILTIN_DEFAULTS, SecuritySettings
+from ds01.config import BUILTIN_DEFAULTS, NetworkSettings, SecuritySettings
 from ds01.errors import Denied
 from ds01.gpus.placement import GpuRequest
 from ds01.proxy import bodies, devices, policy, runas
 from ds01.proxy.policy import Facts, ResolvedPath
 from ds01.proxy.runas import Caller
+from ds01.reasons import Reason
 
 GIB = 2**30
 LONG_S = "\u017f"  # LATIN SMALL LETTER LONG S: folds to "s", and Go's JSON decoder matches it to "s" too
@@ -36,6 +37,7 @@ GPU_GID = 993
 
 SECURITY = SecuritySettings(data_dirs=("/data",), cap_add_allowed=frozenset({"SYS_PTRACE"}))
 CGROUP = "ds01-alice.slice"
+RESERVED = NetworkSettings().reserved_ports  # the shipped defaults
 NOW = "2025-01-02T03:04:05+00:00"
 ENGINE_SOCKETS = frozenset({"/run/docker.sock", "/data/ds01/ds01.sock"})
 STAMPED = set(labels.KNOWN_LABELS)
@@ -84,7 +86,7 @@ def host(**fields: Any) -> dict[str, Any]:
 
 def plan(body: dict[str, Any], *, caller: Caller = ALICE, facts: Facts = FACTS,
          security: SecuritySettings = SECURITY, client_type: str = "docker") -> policy.CreatePlan:
-    return policy.plan_create(caller, body, facts, security, cgroup_parent=CGROUP, client_type=client_type,
+    return policy.plan_create(caller, body, facts, security, RESERVED, cgroup_parent=CGROUP, client_type=client_type,
                               created_at=NOW, gpu_gid=GPU_GID)
 
 
@@ -1204,3 +1206,15 @@ def test_an_update_of_memory_keeps_swap_at_twice_the_memory() -> None:
 def test_tmpfs_options_are_read_as_the_kernel_reads_them() -> None:
     refused(host(Tmpfs={"/x": "size=1m,SIZE=100g"}), "limit_tmpfs")
     assert host_config(plan(host(Tmpfs={"/x": "size=1g,mode=1777"})))["Tmpfs"] == {"/x": "size=1g,mode=1777"}
+
+
+def test_a_reserved_host_port_is_refused_and_others_pass() -> None:
+    """A host service's port (the exporter's 9401 by default), which a user could take while it is down."""
+    for taken in ("9401", "9090"):
+        with pytest.raises(Denied) as info:
+            plan({"Image": "x", "HostConfig": {"PortBindings": {"80/tcp": [{"HostPort": taken}]}}})
+        assert info.value.reason is Reason.HOST_PORT and "reserved on this host" in info.value.message
+    allowed = plan({"Image": "x", "HostConfig": {"PortBindings": {"80/tcp": [{"HostPort": "9402"}]}}})
+    assert allowed.body["HostConfig"]["PortBindings"]["80/tcp"][0]["HostPort"] == "9402"
+    admins = plan({"Image": "x", "HostConfig": {"PortBindings": {"80/tcp": [{"HostPort": "9401"}]}}}, caller=ADMIN)
+    assert admins.body["HostConfig"]["PortBindings"]["80/tcp"][0]["HostPort"] == "9401"

@@ -17,7 +17,7 @@ from ds01.errors import ConfigError, Ds01Error, EngineError
 from ds01.eventlog.types import EventType
 from ds01.proxy import janitor, reach
 from ds01.proxy.imagestore import ImageStore
-from ds01.proxy.reach import HOST_CHAIN, REACH_CHAIN
+from ds01.proxy.reach import FORWARD_CHAIN, HOST_CHAIN, LOOPBACK_CHAIN, REACH_CHAIN
 from tests.unit.test_config_reference import row, section
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,7 +72,8 @@ def test_reach_rules_owner_and_root_only_and_what_is_not_known_refused() -> None
     chain = f"-A {REACH_CHAIN}"
     engine = f'-m cgroup --path "{ENGINE_CGROUP}"'
     assert rules == (
-        f"{chain} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+        f"{chain} -m conntrack --ctstate RELATED -j RETURN",
+        f"{chain} -p tcp -m conntrack --ctstate ESTABLISHED -j RETURN",  # UDP: every packet is checked
         f"{chain} -d 192.168.144.0/20 {engine} {REJECT}",  # the engine fetches for whoever asks: not for users'
         f"{chain} -d 192.168.160.0/20 {engine} {REJECT}",
         f"{chain} -o br-{ADMIN_ID[:12]} {engine} -j RETURN",
@@ -126,37 +127,64 @@ def test_host_rules_let_through_replies_and_the_listed_services_only_from_ds01_b
 DESIRED = reach.ruleset(reach.networks(ENGINE_NETWORKS), (), ENGINE_CGROUP)
 
 
-def test_the_first_restore_declares_both_chains_and_puts_each_jump_first() -> None:
+EMPTY_RAW = iptables.parse_save("*raw\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n")
+JUMP_OUT, JUMP_IN, JUMP_FORWARD = (f"-A OUTPUT -j {REACH_CHAIN}", f"-A INPUT -j {HOST_CHAIN}",
+                                   f"-A FORWARD -j {FORWARD_CHAIN}")
+RAW_IN_PLACE = iptables.parse_save("\n".join(["*raw", ":PREROUTING ACCEPT [0:0]", f":{LOOPBACK_CHAIN} - [0:0]",
+                                              f"-A PREROUTING -j {LOOPBACK_CHAIN}", *reach.LOOPBACK_RULES, "COMMIT"]))
+
+
+def test_the_first_restore_declares_every_chain_and_puts_each_jump_first() -> None:
     live = iptables.parse_save("*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -j OTHER\nCOMMIT\n")
-    assert not reach.in_place(DESIRED, live)
-    lines = reach.restore_text(DESIRED, live).splitlines()
-    assert lines[:3] == ["*filter", f":{REACH_CHAIN} - [0:0]", f":{HOST_CHAIN} - [0:0]"]
-    assert lines[3:-3] == [*DESIRED.reach, *DESIRED.host]
-    assert lines[-3:] == [f"-I OUTPUT 1 -j {REACH_CHAIN}", f"-I INPUT 1 -j {HOST_CHAIN}", "COMMIT"]
+    assert not reach.in_place(DESIRED, live, EMPTY_RAW)
+    lines = reach.restore_text(DESIRED, live, EMPTY_RAW).splitlines()
+    filter_end = lines.index("COMMIT")
+    assert lines[:4] == ["*filter", f":{REACH_CHAIN} - [0:0]", f":{HOST_CHAIN} - [0:0]", f":{FORWARD_CHAIN} - [0:0]"]
+    assert lines[4:filter_end - 3] == [*DESIRED.reach, *DESIRED.host, *DESIRED.forward]
+    assert lines[filter_end - 3:filter_end] == [f"-I OUTPUT 1 -j {REACH_CHAIN}", f"-I INPUT 1 -j {HOST_CHAIN}",
+                                                f"-I FORWARD 1 -j {FORWARD_CHAIN}"]
+    assert lines[filter_end + 1:] == ["*raw", f":{LOOPBACK_CHAIN} - [0:0]", *reach.LOOPBACK_RULES,
+                                      f"-I PREROUTING 1 -j {LOOPBACK_CHAIN}", "COMMIT"]
 
 
 def saved(reach_rules: tuple[str, ...], host_rules: tuple[str, ...], output: tuple[str, ...],
-          inputs: tuple[str, ...]) -> iptables.Table:
-    text = "\n".join(["*filter", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]", f":{HOST_CHAIN} - [0:0]",
-                      f":{REACH_CHAIN} - [0:0]", *inputs, *output, *host_rules, *reach_rules, "COMMIT"])
+          inputs: tuple[str, ...], forward: tuple[str, ...] = DESIRED.forward) -> iptables.Table:
+    text = "\n".join(["*filter", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]",
+                      f":{HOST_CHAIN} - [0:0]", f":{REACH_CHAIN} - [0:0]", f":{FORWARD_CHAIN} - [0:0]", *inputs,
+                      *output, JUMP_FORWARD, *host_rules, *reach_rules, *forward, "COMMIT"])
     return iptables.parse_save(text)
 
 
-JUMP_OUT, JUMP_IN = f"-A OUTPUT -j {REACH_CHAIN}", f"-A INPUT -j {HOST_CHAIN}"
-
-
 def test_rules_in_place_need_no_restore_and_anything_else_is_rewritten() -> None:
-    assert reach.in_place(DESIRED, saved(DESIRED.reach, DESIRED.host, (JUMP_OUT,), (JUMP_IN,)))
-    assert not reach.in_place(DESIRED, saved(DESIRED.reach[:-1], DESIRED.host, (JUMP_OUT,), (JUMP_IN,)))
-    assert not reach.in_place(DESIRED, saved(DESIRED.reach, (), (JUMP_OUT,), (JUMP_IN,)))
+    assert reach.in_place(DESIRED, saved(DESIRED.reach, DESIRED.host, (JUMP_OUT,), (JUMP_IN,)), RAW_IN_PLACE)
+    assert not reach.in_place(DESIRED, saved(DESIRED.reach, DESIRED.host, (JUMP_OUT,), (JUMP_IN,)), EMPTY_RAW)
+    assert not reach.in_place(DESIRED, saved(DESIRED.reach[:-1], DESIRED.host, (JUMP_OUT,), (JUMP_IN,)),
+                              RAW_IN_PLACE)
+    assert not reach.in_place(DESIRED, saved(DESIRED.reach, (), (JUMP_OUT,), (JUMP_IN,)), RAW_IN_PLACE)
+    assert not reach.in_place(DESIRED, saved(DESIRED.reach, DESIRED.host, (JUMP_OUT,), (JUMP_IN,), ()), RAW_IN_PLACE)
     later = saved(DESIRED.reach, DESIRED.host, ("-A OUTPUT -j OTHER", JUMP_OUT), (JUMP_IN, JUMP_IN))
-    assert not reach.in_place(DESIRED, later)
-    lines = reach.restore_text(DESIRED, later).splitlines()
-    assert lines[-6:] == [f"-D OUTPUT -j {REACH_CHAIN}", f"-I OUTPUT 1 -j {REACH_CHAIN}",
-                          f"-D INPUT -j {HOST_CHAIN}", f"-D INPUT -j {HOST_CHAIN}", f"-I INPUT 1 -j {HOST_CHAIN}",
-                          "COMMIT"]
-    settled = reach.restore_text(DESIRED, saved((), (), (JUMP_OUT,), (JUMP_IN,))).splitlines()
+    assert not reach.in_place(DESIRED, later, RAW_IN_PLACE)
+    lines = reach.restore_text(DESIRED, later, RAW_IN_PLACE).splitlines()
+    filter_end = lines.index("COMMIT")
+    assert lines[filter_end - 5:filter_end] == [f"-D OUTPUT -j {REACH_CHAIN}", f"-I OUTPUT 1 -j {REACH_CHAIN}",
+                                                f"-D INPUT -j {HOST_CHAIN}", f"-D INPUT -j {HOST_CHAIN}",
+                                                f"-I INPUT 1 -j {HOST_CHAIN}"]
+    settled = reach.restore_text(DESIRED, saved((), (), (JUMP_OUT,), (JUMP_IN,)), RAW_IN_PLACE).splitlines()
     assert not [line for line in settled if line.startswith(("-D", "-I"))]
+
+
+def test_forwarding_into_a_ds01_network_from_elsewhere_is_dropped_and_loopback_from_the_network_too() -> None:
+    chain = f"-A {FORWARD_CHAIN}"
+    alice, bob = f"br-{ALICE_ID[:12]}", f"br-{BOB_ID[:12]}"
+    assert reach.forward_rules(reach.networks(ENGINE_NETWORKS)) == (
+        f"{chain} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+        f"{chain} -o br-{ADMIN_ID[:12]} -j RETURN",  # an admin's network: the admin's to guard
+        f"{chain} -o docker0 -j RETURN",
+        f"{chain} ! -i {alice} -o {alice} -j DROP",
+        f"{chain} ! -i {bob} -o {bob} -j DROP",
+        f"{chain} ! -i br-+ -o br-+ -j DROP",  # a bridge made since
+    )
+    assert (f"-A {LOOPBACK_CHAIN} -d 127.0.0.0/8 ! -i lo -j DROP",) == reach.LOOPBACK_RULES
 
 
 def nat(rule: str) -> iptables.Table:
@@ -232,6 +260,7 @@ class FakeEngine:
 class FakeIptables:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.table = iptables.Table({})
+        self.raw = iptables.Table({})
         self.nat = nat(TRANSLATED)
         self.restored: list[str] = []
         self.refuse = False
@@ -239,24 +268,29 @@ class FakeIptables:
         monkeypatch.setattr(iptables, "restore", self.restore)
 
     def save(self, table: str = "filter") -> iptables.Table:
-        return {"filter": self.table, "nat": self.nat}[table]
+        return {"filter": self.table, "raw": self.raw, "nat": self.nat}[table]
 
     def restore(self, text: str) -> None:
         if self.refuse:
             raise iptables.IptablesError("iptables-restore --noflush --wait failed (exit 1): line 3 failed")
         self.restored.append(text)
-        declared = {REACH_CHAIN: [], HOST_CHAIN: []}
-        chains = {name: list(rules) for name, rules in self.table.chains.items()}
-        chains.update(declared)
+        tables = {"filter": self.table, "raw": self.raw}
+        chains: dict[str, list[str]] = {}
         for line in text.splitlines():
-            if line.startswith("-A "):
+            if line.startswith("*"):
+                table, chains = line[1:], {name: list(rules) for name, rules in tables[line[1:]].chains.items()}
+            elif line.startswith(":"):
+                chains[line[1:].split()[0]] = []  # declared: emptied
+            elif line.startswith("-A "):
                 chains[line.split()[1]].append(line)
             elif line.startswith("-D "):
                 chains[line.split()[1]].remove(f"-A {line[3:]}")
             elif line.startswith("-I "):
                 _, base, _, *jump = line.split()
                 chains.setdefault(base, []).insert(0, " ".join(["-A", base, *jump]))
-        self.table = iptables.Table({name: tuple(rules) for name, rules in chains.items()})
+            elif line == "COMMIT":
+                tables[table] = iptables.Table({name: tuple(rules) for name, rules in chains.items()})
+        self.table, self.raw = tables["filter"], tables["raw"]
 
 
 @pytest.fixture
@@ -392,3 +426,12 @@ def test_an_unknown_networks_key_is_refused(tmp_path: Path) -> None:
 def test_the_configuration_reference_lists_host_services() -> None:
     assert row(section("Top level"), "networks")
     assert row(section("`networks`"), "host_services")[1] == "`[]`"
+
+
+def test_reserved_ports_replace_the_defaults_and_must_be_port_numbers(tmp_path: Path) -> None:
+    assert load_config(config_with(tmp_path, "  {}\n")).networks.reserved_ports == {3000, 9090, 9093, 9401}
+    assert load_config(config_with(tmp_path, "  reserved_ports: [5432]\n")).networks.reserved_ports == {5432}
+    assert load_config(config_with(tmp_path, "  reserved_ports: []\n")).networks.reserved_ports == frozenset()
+    for bad in ("[0]", "[65536]", "['9401']", "[true]", "9401"):
+        with pytest.raises(ConfigError, match=r"networks.reserved_ports: is not a list of port numbers"):
+            load_config(config_with(tmp_path, f"  reserved_ports: {bad}\n"))
