@@ -68,7 +68,12 @@ class StandIn(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     def __init__(self, path: str, answer: Callable[[Seen], Answer]) -> None:
         self.answer = answer
         self.seen: list[Seen] = []
+        self.closed = threading.Semaphore(0)  # released each time the stand-in has closed a connection
         super().__init__(path, _Handler)
+
+    def shutdown_request(self, request: Any) -> None:
+        super().shutdown_request(request)
+        self.closed.release()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -281,6 +286,8 @@ def test_a_kept_alive_connection_the_proxy_dropped_is_replaced(stand_in: StandIn
     with ProxyClient(_url(stand_in)) as proxy:
         for _ in range(3):
             assert proxy.inspect("train._.1").info.device_ids == ("MIG-1",)
+            # Closed while idle, before the next call: a close racing a request is another case (never resent).
+            assert stand_in.closed.acquire(timeout=10)
     assert len(stand_in.seen) == 3
 
 
