@@ -52,6 +52,12 @@ SUBCOMMANDS = (
                "container stats --filter gpu=yes --json"),
     Subcommand("ports", "the ports a container publishes, with the ssh line that reaches each from your laptop",
                "container ports train"),
+    Subcommand("image", "your own images: build (from a Dockerfile, or a base image with --pip and --apt), list, "
+                        "remove",
+               "container image build torch-env --pip transformers --apt git && container create train --image "
+               "torch-env"),
+    Subcommand("commit", "save what you installed in a container as an image of yours",
+               "container commit train train-env && container create train2 --image train-env"),
 )
 
 

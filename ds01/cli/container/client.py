@@ -7,16 +7,18 @@ happened, why and what to do.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import http.client
 import json
 import os
+import re
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote, urlencode
 
 from ds01 import devicerequests, labels
@@ -30,8 +32,12 @@ from ds01.unixhttp import UnixConnection
 LOOPBACK = "127.0.0.1"
 API = "/v1.40"  # the oldest version the proxy serves, so every proxy serves it; all sent here exists in 1.40
 TIMEOUT_SECONDS = 60.0  # for an answer's head on a quiet socket; a stop adds its own grace time
+SLOW_ANSWER_SECONDS = 600.0  # a build's head comes after the context is spooled and read; a commit's, its layer
 FRAME = struct.Struct(">BxxxL")  # a multiplexed stream's frame head: stream (1 stdout, 2 stderr), length
 IMAGE_MISSING = ("no such image", "does not exist or no pull access", "repository does not exist")
+_CONTAINER_ID = re.compile(r"\bcontainer ([0-9a-f]{12,64})\b")  # how the engine names a container using an image
+_CONTAINER = re.compile(r"\bcontainer ([A-Za-z0-9][A-Za-z0-9_.-]*)")
+ImageAction = Literal["build", "remove"]  # calls about one of the caller's own images
 _T = TypeVar("_T")
 
 
@@ -58,12 +64,17 @@ class Refusal(Exception):
 Problem = Refusal | OSError | http.client.HTTPException
 
 
-def translate(problem: Problem, url: str, name: str | None = None, image: str | None = None) -> Ds01Error:
-    """The one place failures become ds01 errors. `name` is the engine name the call was about."""
+def translate(problem: Problem, url: str, name: str | None = None, image: str | None = None, *,
+              image_action: ImageAction | None = None) -> Ds01Error:
+    """The one place failures become ds01 errors. `name` is the engine name the call was about; `image_action`
+    says the call was that action on the caller's own `image`."""
     shown = ENGINE_NAME.sub(r"\1", name or "") or "?"
     if isinstance(problem, Refusal):
         reason, status = problem.reason, problem.status
         message = ENGINE_NAME.sub(r"\1", problem.message).removeprefix("ds01: ").rstrip(".")
+        about_image = _image_refusal(image_action, problem, message, image or "?") if image_action else None
+        if about_image is not None:
+            return about_image
         if status == 404 and (reason == Reason.IMAGE_MISSING or any(m in message.lower() for m in IMAGE_MISSING)):
             return Ds01Error(f"image {image or '?'} is not on this host, so nothing was created. Pull it first "
                              f"(docker pull {image or 'IMAGE'}) or choose another with --image.")
@@ -96,6 +107,33 @@ def translate(problem: Problem, url: str, name: str | None = None, image: str | 
     return EngineError(f"talking to the ds01 proxy at {url} failed: {what}. Try again with --debug for details.")
 
 
+def _image_refusal(action: ImageAction, refusal: Refusal, message: str, image: str) -> Ds01Error | None:
+    """What refusals of a build or a removal mean; None for those every call shares (denials, a busy proxy)."""
+    status, reason = refusal.status, refusal.reason
+    if action == "build" and (status == 400 or (status == 500 and reason is None)):  # the engine's, before a step
+        return Ds01Error(f"the build of {image} did not start: {message}. Fix the Dockerfile or the options, and "
+                         "build again.")
+    if action == "remove" and (status == 404 or reason == Reason.NOT_FOUND):
+        return Ds01Error(f"you have no image {image}. `container image list` shows your images.")
+    if action == "remove" and status == 409:
+        return Ds01Error(_in_use(image, message, own=bool(ENGINE_NAME.search(refusal.message))))
+    return None
+
+
+def _in_use(image: str, message: str, own: bool) -> str:
+    """Why the engine keeps an image (a container uses it, other names, child images), and what to do."""
+    if (found := _CONTAINER.search(message)) is None:
+        forced = "" if "cannot be forced" in message else f" Remove it anyway with `container image remove {image} -f`."
+        return f"{image} cannot be removed: {message}.{forced}"
+    name, (stop, rm) = found[1], ("container stop", "container remove") if own else ("docker stop", "docker rm")
+    if "running container" in message:
+        return (f"{image} is used by the running container {name}. Stop and remove that container first ({stop} "
+                f"{name}, then {rm} {name}), and remove the image again.")
+    return (f"{image} is used by the container {name}. Remove that container first ({rm} {name}), or remove the "
+            f"image's name anyway with `container image remove {image} -f` (its layers stay until that container "
+            "is removed).")
+
+
 def _reason(code: str) -> Reason:
     try:
         return Reason(code)
@@ -122,6 +160,17 @@ def create_body(image: str, command: list[str], *, workspace: str, gpus: int, mi
     return {"Image": image, "Cmd": command, "WorkingDir": WORKSPACE, "AttachStdout": True, "AttachStderr": True,
             **exposed,
             "Labels": {labels.REQUEST_MIG: mig} if mig else {}, "HostConfig": host}
+
+
+class _Connection(UnixConnection):
+    """A write to a socket the proxy has closed fails with EPIPE rather than raising SIGPIPE, whose default action
+    (`container` keeps it, so that `| head` works) would end the command in the middle of sending a build."""
+
+    def send(self, data: Any) -> None:
+        if self.sock is not None and isinstance(data, bytes):
+            self.sock.sendall(data, socket.MSG_NOSIGNAL)
+        else:
+            super().send(data)
 
 
 @dataclass
@@ -152,13 +201,14 @@ class ProxyClient:
         return cls(proxy_url(paths))
 
     def _send(self, method: str, path: str, *, query: Mapping[str, str | int] | None = None,
-              body: dict[str, Any] | None = None, headers: Mapping[str, str] | None = None,
-              grace_seconds: float = 0) -> _Exchange:
-        """Send one request and read the head of its answer, on an idle kept-alive connection or a new one. A
-        connection the proxy closed while idle is dropped before it is used, so a request is never sent twice."""
+              body: dict[str, Any] | None = None, stream: Iterable[bytes] | None = None,
+              headers: Mapping[str, str] | None = None, grace_seconds: float = 0) -> _Exchange:
+        """Send one request (a JSON `body`, or the bytes of `stream`) and read the head of its answer, on an idle
+        kept-alive connection or a new one. A connection the proxy closed while idle is dropped before it is used,
+        so a request is never sent twice."""
         target = API + path + (f"?{urlencode(query)}" if query else "")
-        data = None if body is None else json.dumps(body).encode()
-        sent = {"User-Agent": USER_AGENT, **({"Content-Type": "application/json"} if data is not None else {}),
+        data = stream if stream is not None else None if body is None else json.dumps(body).encode()
+        sent = {"User-Agent": USER_AGENT, **({"Content-Type": "application/json"} if body is not None else {}),
                 **(headers or {})}
         connection = self._connection()
         try:
@@ -166,7 +216,9 @@ class ProxyClient:
                 connection.connect()
             sock = connection.sock
             sock.settimeout(self.timeout_seconds + grace_seconds)
-            connection.request(method, target, body=data, headers=sent)
+            # Refused before the whole body was read (too large, say): the answer is read next, if there is one.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                connection.request(method, target, body=data, headers=sent)
             return _Exchange(connection, sock, connection.getresponse())
         except BaseException:
             connection.close()
@@ -178,7 +230,7 @@ class ProxyClient:
             if not connection.closed_by_peer():
                 return connection
             connection.close()
-        return UnixConnection(self._path, self.timeout_seconds)
+        return _Connection(self._path, self.timeout_seconds)
 
     def _done(self, exchange: _Exchange) -> None:
         """Keep the connection for the next call, unless the answer ends it."""
@@ -208,11 +260,12 @@ class ProxyClient:
         except ValueError:
             raise http.client.HTTPException(f"an answer that is not JSON: {data[:200]!r}") from None
 
-    def _call(self, name: str | None, action: Callable[[], _T], image: str | None = None) -> _T:
+    def _call(self, name: str | None, action: Callable[[], _T], image: str | None = None,
+              image_action: ImageAction | None = None) -> _T:
         try:
             return action()
         except (Refusal, OSError, http.client.HTTPException) as exc:
-            raise translate(exc, self.url, name, image) from exc
+            raise translate(exc, self.url, name, image, image_action=image_action) from exc
 
     def containers(self, uid: int, everything: bool) -> list[Details]:
         """uid's `container`-made containers (running only unless `everything`), inspected for their GPUs."""
@@ -308,6 +361,52 @@ class ProxyClient:
         return dict(self._call(name, lambda: self._json("GET", f"/containers/{quote(name)}/stats",
                                                         query={"stream": 0})))
 
+    def images(self) -> list[dict[str, Any]]:
+        """The images the caller may see: their own and the shared ones (the proxy shows no one else's)."""
+        return list(self._call(None, lambda: self._json("GET", "/images/json")))
+
+    def build(self, query: Mapping[str, str | int], context: Iterable[bytes], length: int,
+              image: str) -> Iterator[dict[str, Any]]:
+        """POST /build of `image` with `context`, a tar stream of `length` bytes; the engine's messages as they
+        come (the classic builder's JSON lines: stream, status and progress, aux, error)."""
+        try:
+            exchange = self._send("POST", "/build", query=query, stream=context, grace_seconds=SLOW_ANSWER_SECONDS,
+                                  headers={"Content-Type": "application/x-tar", "Content-Length": str(length)})
+            if exchange.response.status >= 400:
+                self._read(exchange)
+            exchange.stream()  # a step may run for hours without a word
+            try:
+                while line := exchange.response.readline():
+                    if line.strip():
+                        yield _message(line)
+            finally:
+                exchange.connection.close()
+        except (Refusal, OSError, http.client.HTTPException) as exc:
+            raise translate(exc, self.url, None, image, image_action="build") from exc
+
+    def remove_image(self, image: str, force: bool) -> list[dict[str, Any]]:
+        """DELETE one of the caller's images by name; the engine's list of what it untagged and deleted. A refusal
+        names a container that uses the image by its id: by its name instead when the caller may see it (their
+        own: NAME._.UID, which `translate` shows as NAME)."""
+        def remove() -> Any:
+            try:
+                return self._json("DELETE", f"/images/{quote(image, safe='/:@')}", query={"force": int(force)})
+            except Refusal as refused:
+                if refused.status != 409 or (found := _CONTAINER_ID.search(refused.message)) is None:
+                    raise
+                try:
+                    name = str(self._json("GET", f"/containers/{found[1]}/json").get("Name") or "").lstrip("/")
+                except Refusal:
+                    raise refused from None
+                raise Refusal(409, refused.reason, refused.message.replace(found[1], name or found[1])) from None
+        return list(self._call(None, remove, image, image_action="remove"))
+
+    def commit(self, name: str, repository: str, tag: str) -> str:
+        """Save the container `name` (an engine name) as the image repository:tag; the new image's id."""
+        made = self._call(name, lambda: self._json("POST", "/commit", query={
+            "container": name, "repo": repository, "tag": tag}, grace_seconds=SLOW_ANSWER_SECONDS))
+        return str(made["Id"])
+
     def close(self) -> None:
         while self._idle:
             self._idle.pop().close()
@@ -328,6 +427,13 @@ def _refusal(response: http.client.HTTPResponse, data: bytes) -> Refusal:
         message = data.decode(errors="replace").strip()
     return Refusal(response.status, response.getheader("X-DS01-Reason"),
                    message or f"{response.status} {response.reason}")
+
+
+def _message(line: bytes) -> dict[str, Any]:
+    with contextlib.suppress(ValueError):
+        if isinstance(message := json.loads(line), dict):
+            return message
+    raise http.client.HTTPException(f"a build message that is not a JSON object: {line[:200]!r}")
 
 
 def _frames(read: Callable[[int], bytes]) -> Iterator[tuple[int, bytes]]:

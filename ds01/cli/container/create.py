@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from typing import Any
 from ds01 import labels
 from ds01.cli.container.client import ProxyClient, create_body
 from ds01.cli.container.common import add_name, tunnels
+from ds01.cli.container.image import own_or_given
 from ds01.cli.context import Context
 from ds01.errors import ConfigError, Ds01Error, UsageError
 from ds01.identity import nss
@@ -27,7 +29,8 @@ KEEP_ALIVE = ["sleep", "infinity"]  # the default command: the container stays u
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_name(parser)
-    parser.add_argument("--image", help="image to run (default: containers.default_image from the ds01 config)")
+    parser.add_argument("--image", help="image to run: NAME[:TAG] of one of yours (`container image list`), else as "
+                                         "given (default: containers.default_image from the ds01 config)")
     gpus = parser.add_mutually_exclusive_group()
     gpus.add_argument("--gpus", metavar="N",
                       help="how many GPUs (default 1; 'all' for your per-container maximum). Users limited to MIG "
@@ -218,6 +221,8 @@ def run(args: argparse.Namespace, context: Context) -> int:
     full = engine_name(name, os.getuid())
     request = _request(args, context)
     with ProxyClient.of(context.paths) as proxy:
+        if args.image:  # your own image first, as `container image build NAME` names it
+            request = dataclasses.replace(request, image=own_or_given(proxy, args.image))
         if args.dry_run:
             return _dry_run(proxy, name, full, request)
         missing = _missing_dirs(request.workspace)
