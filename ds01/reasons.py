@@ -35,6 +35,9 @@ class Reason(StrEnum):
     IMAGE_STORAGE = "image_storage"  # the user's images fill their image_storage quota
     REGISTRY_NOT_ALLOWED = "registry_not_allowed"
     CONTEXT_TOO_LARGE = "context_too_large"  # a build context past images.max_context_size
+    BUILDKIT = "buildkit"  # ds01 builds use the classic builder
+    BUILD_ARG = "build_arg"  # a predefined proxy variable as a build arg
+    DOCKERFILE = "dockerfile"  # a Dockerfile, or a build context, the proxy cannot read with certainty
     # power on the host
     PRIVILEGED = "privileged"
     CAPABILITY = "capability"

@@ -170,7 +170,7 @@ class AllocationSettings:
     critical_xids: frozenset[int] = frozenset({48, 61, 62, 63, 64, 74, 79, 92, 94, 95})
 
 
-ENDPOINT_GROUPS = ("build", "session", "plugins", "swarm", "image_load")
+ENDPOINT_GROUPS = ("plugins", "swarm", "image_load")
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ from ds01.errors import Denied, Ds01Error
 from ds01.gpus.allocator import Allocator
 from ds01.gpus.placement import Slot
 from ds01.proxy import allowlist, bodies, networks, policy, runas
+from ds01.proxy.builds import BUILDKIT_MESSAGE, BuildActions, BuildSettings
 from ds01.proxy.cgroups import CgroupParents
 from ds01.proxy.containers import ContainerActions, host_mounts
-from ds01.proxy.creates import ContainerCreates, make_volume
+from ds01.proxy.creates import ContainerCreates, ensure_user_network, make_volume
 from ds01.proxy.images import ImageActions
 from ds01.proxy.imagestore import ImageStore
 from ds01.proxy.interfaces import Callers, EngineCalls, Pinning
@@ -71,7 +72,7 @@ class Gate:
 
     def __init__(self, sessions: Callers, upstream: EngineCalls, allocator: Allocator, *,
                  slots: Callable[[], list[Slot]], cgroups: CgroupParents, engine_sockets: frozenset[str],
-                 host_cpus: float, pins: Pinning, spool_dir: Path, image_store: ImageStore,
+                 host_cpus: float, pins: Pinning, spool_dir: Path, image_store: ImageStore, platform: str,
                  api_versions: tuple[tuple[int, int], tuple[int, int]] = (MIN_API_VERSION, MIN_API_VERSION),
                  log_driver: str = "json-file", instance: str = "", clock: Callable[[], datetime] = _now) -> None:
         self.sessions = sessions
@@ -81,6 +82,11 @@ class Gate:
         self._host_cpus = host_cpus
         self.locks = UserLocks()
         self._images = ImageActions(upstream, image_store)
+        self._cgroups = cgroups
+        self._platform = platform
+        self._builds = BuildActions(self._images, spool_dir, self._build_settings,
+                                    lambda name: self._owner_of("network", name)[1],
+                                    lambda: self.sessions.current_config().images)
         # log_driver: the engine's default, the only one users' containers may log with
         self._creates = ContainerCreates(
             sessions=sessions, upstream=upstream, allocator=allocator, slots=slots, cgroups=cgroups,
@@ -114,7 +120,8 @@ class Gate:
                   | RouteKind.PRUNE_VOLUMES | RouteKind.PRUNE_NETWORKS):
                 owned = f"{path}?{_with_owner_filter(request.query, caller.user)}"
                 return Forward(target if caller.is_admin else owned)
-            case RouteKind.PULL | RouteKind.LIST_IMAGES | RouteKind.IMAGE | RouteKind.SAVE_IMAGES | RouteKind.COMMIT:
+            case (RouteKind.PULL | RouteKind.LIST_IMAGES | RouteKind.IMAGE | RouteKind.SAVE_IMAGES | RouteKind.COMMIT
+                  | RouteKind.BUILD | RouteKind.BUILDKIT):
                 return self._image_route(request)
             case RouteKind.CREATE_CONTAINER:
                 return self._creates.create(request)
@@ -130,11 +137,15 @@ class Gate:
                 assert_never(route.kind)
 
     def _image_route(self, request: Request) -> Outcome:
+        if request.route.kind is RouteKind.BUILDKIT:
+            return Deny(Reason.BUILDKIT, BUILDKIT_MESSAGE)
         if request.session.caller.is_admin and request.route.kind is not RouteKind.PULL:
             return Forward(request.target)  # admins' images are shared: nothing to record or hide
         match request.route.kind:
             case RouteKind.PULL:
                 return self._pull(request)
+            case RouteKind.BUILD:
+                return self._builds.build(request)
             case RouteKind.LIST_IMAGES:
                 return self._images.listing(request)
             case RouteKind.IMAGE:
@@ -143,6 +154,13 @@ class Gate:
                 return self._images.save_many(request)
             case _:
                 return self._images.commit(request, lambda container: self._owner_of("container", container)[1])
+
+    def _build_settings(self, caller: runas.Caller) -> BuildSettings:
+        """What a build of the caller's runs in: their cgroup parent and network, made if need be."""
+        with self.locks.hold(caller.user):
+            ensure_user_network(self.upstream, self._owner_of, caller)
+        self._cgroups.ensure(caller.user, caller.limits.user_cpus, caller.limits.user_memory_bytes)
+        return BuildSettings(self._cgroups.name(caller.user), networks.user_network(caller), self._platform)
 
     def _outside_the_surface(self, request: Request) -> Deny | None:
         """Requests the engine could read otherwise than the proxy: a parameter given twice (the engine takes the

@@ -124,7 +124,13 @@ class ImageActions:
         own alice/x lives: a pull would move her tag), within the caller's image storage."""
         name, tag = query.get("fromImage") or "", query.get("tag") or ""
         # The docker CLI sends the tag apart, and a digest as the tag.
-        reference = imagenames.parse(f"{name}{'@' if ':' in tag else ':'}{tag}" if tag else name)
+        self.check_pull_reference(caller, imagenames.parse(f"{name}{'@' if ':' in tag else ':'}{tag}" if tag
+                                                           else name), allowed)
+        self.check_storage(caller)
+
+    def check_pull_reference(self, caller: Caller, reference: imagenames.Reference,
+                             allowed: frozenset[str] | None) -> None:
+        """What the engine may pull for the caller (a docker pull, a build's FROM that is not here yet)."""
         if allowed is not None and reference.registry not in allowed:
             raise Denied(Reason.REGISTRY_NOT_ALLOWED, (
                 f"pulls from {reference.registry} are not allowed on this host; images come from "
@@ -134,7 +140,6 @@ class ImageActions:
                 f"{reference.namespace}/... names {reference.namespace}'s own images on this server, and a pull "
                 f"would move their tags: pull it from a registry under another name, or ask "
                 f"{reference.namespace} for theirs."))
-        self.check_storage(caller)
 
     def _a_users_namespace(self, name: str) -> bool:
         return nss.account_by_name(name) is not None or any(

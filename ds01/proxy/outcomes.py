@@ -38,6 +38,7 @@ class Forward:
     body_file: BinaryIO | None = None  # a replacement body spooled to a file, sent from its start
     warnings: tuple[str, ...] = ()  # added to the Warnings of a successful create's answer
     held: Held | None = None  # a per-user lock the request holds until the engine has answered it
+    closed: Callable[[], None] | None = None  # runs once the exchange is over, a streamed answer's end included
     _settled: bool = field(default=False, init=False, repr=False, compare=False)
 
     @property
@@ -63,8 +64,13 @@ class Forward:
         try:
             self.settle(None, b"")
         finally:
-            if self.body_file is not None:
-                self.body_file.close()
+            try:
+                if self.body_file is not None:
+                    self.body_file.close()
+            finally:
+                if self.closed is not None:
+                    closed, self.closed = self.closed, None
+                    closed()
 
 
 Outcome = Deny | Reply | Forward

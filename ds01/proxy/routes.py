@@ -41,6 +41,8 @@ class RouteKind(StrEnum):
     IMAGE = "image"  # one image, named in the path (Route.object_id, which may hold slashes)
     SAVE_IMAGES = "save_images"  # docker save of several, named in the query
     COMMIT = "commit"
+    BUILD = "build"  # the classic builder
+    BUILDKIT = "buildkit"  # its session and gRPC endpoints: refused, with how to build instead
 
 
 ObjectKind = Literal[RouteKind.CONTAINER, RouteKind.EXEC, RouteKind.VOLUME, RouteKind.NETWORK]
@@ -62,8 +64,8 @@ def _object_route(kind: ObjectKind, segments: list[str]) -> Route:
 UNKNOWN = Route(RouteKind.UNKNOWN)
 
 
-_GATED = {"build": "build", "session": "session", "grpc": "session", "plugins": "plugins", "swarm": "swarm",
-          "nodes": "swarm", "services": "swarm", "tasks": "swarm", "secrets": "swarm", "configs": "swarm"}
+_GATED = {"plugins": "plugins", "swarm": "swarm", "nodes": "swarm", "services": "swarm", "tasks": "swarm",
+          "secrets": "swarm", "configs": "swarm"}
 # What follows an image's name in its path, by method: the name itself may hold slashes (alice/tools).
 _IMAGE_ACTIONS = {"GET": ("json", "history", "get"), "POST": ("tag", "push")}
 
@@ -83,6 +85,14 @@ def _images(method: str, segments: list[str]) -> Route:
         return Route(RouteKind.IMAGE, "/".join(segments[1:-1]), segments[-1])
     if len(segments) >= 2 and method == "DELETE":
         return Route(RouteKind.IMAGE, "/".join(segments[1:]))
+    return UNKNOWN
+
+
+def _build(method: str, segments: list[str]) -> Route:
+    if method == "POST" and len(segments) == 1:
+        return Route(RouteKind.BUILD)
+    if method == "POST" and segments[1:] == ["prune"]:
+        return Route(RouteKind.ADMIN_ONLY)  # the build cache is everyone's: ds01 cleanup prunes it
     return UNKNOWN
 
 
@@ -140,6 +150,9 @@ _BY_TOP: dict[str, Callable[[str, list[str]], Route]] = {
     "images": _images,
     "commit": lambda method, segments: Route(RouteKind.COMMIT) if method == "POST" and len(segments) == 1
     else UNKNOWN,
+    "build": _build,
+    "session": lambda _method, _segments: Route(RouteKind.BUILDKIT),
+    "grpc": lambda _method, _segments: Route(RouteKind.BUILDKIT),
     "containers": _containers,
     "exec": _exec,
     "events": _single(RouteKind.EVENTS),

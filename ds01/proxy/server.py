@@ -34,7 +34,7 @@ from ds01.reasons import Reason
 # A refusal is 403, except where the engine's own answer would be another: missing (404; someone else's looks
 # the same), too large (413).
 IMAGE_KINDS = frozenset({RouteKind.PULL, RouteKind.LIST_IMAGES, RouteKind.IMAGE, RouteKind.SAVE_IMAGES,
-                         RouteKind.COMMIT})
+                         RouteKind.COMMIT, RouteKind.BUILD, RouteKind.BUILDKIT})
 DENIAL_STATUS = {Reason.NOT_FOUND: 404, Reason.BODY_TOO_LARGE: 413, Reason.CONTEXT_TOO_LARGE: 413}
 
 _ANSWER_BYTES = 16 * http.MAX_BODY_BYTES  # the most of an engine answer the proxy reads whole (for `after`)

@@ -17,7 +17,7 @@ from ds01.eventlog.types import EventType
 from ds01.gpus.placement import Slot
 from ds01.gpus.supply import current_slots, open_allocator
 from ds01.paths import Paths
-from ds01.proxy import images, runas
+from ds01.proxy import builds, images, runas
 from ds01.proxy.binds import Pins
 from ds01.proxy.cgroups import CgroupParents
 from ds01.proxy.gate import MIN_API_VERSION, Gate
@@ -118,7 +118,8 @@ def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float, eng
     gate = Gate(sessions, upstream, allocator, slots=SlotCache(paths, sessions),
                 cgroups=CgroupParents(str(info.get("CgroupDriver", "cgroupfs")), str(info.get("CgroupVersion", "1"))),
                 engine_sockets=frozenset(sockets), host_cpus=float(info.get("NCPU") or os.cpu_count() or 1),
-                pins=pins, spool_dir=spool_dir, image_store=image_store, api_versions=(MIN_API_VERSION, (major, minor)),
+                pins=pins, spool_dir=spool_dir, image_store=image_store, platform=builds.host_platform(info),
+                api_versions=(MIN_API_VERSION, (major, minor)),
                 log_driver=str(info.get("LoggingDriver") or "json-file"), instance=instance)
     stop_janitor = threading.Event()
     janitor = Janitor(upstream, allocator, pins, instance, keeper, image_store)

@@ -49,6 +49,10 @@ IMAGES = [
     ("GET", "/images/json", Route(RouteKind.LIST_IMAGES)),
     ("GET", "/images/get", Route(RouteKind.SAVE_IMAGES)),
     ("POST", "/commit", Route(RouteKind.COMMIT)),
+    ("POST", "/build", Route(RouteKind.BUILD)),
+    ("POST", "/session", Route(RouteKind.BUILDKIT)),
+    ("GET", "/session", Route(RouteKind.BUILDKIT)),
+    ("POST", "/grpc", Route(RouteKind.BUILDKIT)),
     ("GET", "/images/busybox/json", Route(RouteKind.IMAGE, "busybox", "json")),
     ("GET", "/images/busybox:latest/json", Route(RouteKind.IMAGE, "busybox:latest", "json")),
     ("GET", "/images/library/ubuntu/json", Route(RouteKind.IMAGE, "library/ubuntu", "json")),
@@ -145,10 +149,6 @@ def test_object_id_is_percent_decoded() -> None:
 
 
 GATED = [
-    ("POST", "/build", "build"),
-    ("POST", "/build/prune", "build"),
-    ("POST", "/session", "session"),
-    ("POST", "/grpc", "session"),
     ("GET", "/plugins", "plugins"),
     ("POST", "/plugins/pull", "plugins"),
     ("POST", "/swarm/init", "swarm"),
@@ -176,6 +176,7 @@ def test_images_load_needs_post() -> None:
 
 
 ADMIN = [
+    ("POST", "/build/prune"),
     ("POST", "/images/prune"),
     ("GET", "/images/search"),
     ("GET", "/system/df"),
