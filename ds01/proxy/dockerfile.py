@@ -1,17 +1,17 @@
 """The images a classic (non-BuildKit) `docker build` reads, found in its Dockerfile before the engine sees it.
 
-A build reads an image for each `FROM` and each `COPY --from`, and for each `COPY --from` of the ONBUILD triggers
-a `FROM` runs. The Dockerfile is read the way the engine's parser reads it (moby's vendored buildkit
-frontend/dockerfile parser, instructions and shell packages, engines 20.10 to 28): directives, continuations,
-comments, flags, the ARGs before the first FROM and the substitutions FROM may use. Where engine versions read a
-construct differently, or ds01 cannot tell what the engine will read, the Dockerfile is refused: a check made on
-a guess would let a build read what was never checked.
+A build reads an image for each `FROM` and `COPY --from`, also in the ONBUILD triggers a `FROM` runs. The file is
+read as the engine's parser reads it (moby's vendored buildkit frontend/dockerfile parser, instructions and shell,
+engines 20.10 to 28): directives, continuations, comments, flags, the ARGs before the first FROM and the
+substitutions FROM may use. Where engine versions read a construct differently, or ds01 cannot tell what the
+engine will read, the Dockerfile is refused: a check made on a guess would let a build read what was not checked.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -40,6 +40,10 @@ _ALL_PROXY_ARGS = ("ALL_PROXY", "all_proxy")
 class DockerfileError(UsageError):
     """The Dockerfile is malformed, or reads images in a way ds01 cannot check with certainty."""
 
+    def __init__(self, what: str, line: int | None = None) -> None:
+        super().__init__(what if line is None else f"Dockerfile line {line}: {what}")
+        self.what, self.line = what, line
+
 
 class ReadKind(StrEnum):
     FROM = "FROM"
@@ -55,17 +59,6 @@ class ImageRead:
 
 
 @dataclass(frozen=True)
-class _Source:
-    text: str
-    trigger_of: int | None = None  # for a trigger: the Dockerfile line of the FROM that runs it
-
-    def error(self, line: int, what: str) -> DockerfileError:
-        where = f"Dockerfile line {line}" if self.trigger_of is None else \
-            f"the ONBUILD trigger {self.text!r} run by the FROM on Dockerfile line {self.trigger_of}"
-        return DockerfileError(f"{where}: {what}")
-
-
-@dataclass(frozen=True)
 class _Instruction:
     line: int
     name: str  # lower case
@@ -77,7 +70,7 @@ class _Instruction:
 @dataclass
 class _Stage:
     name: str | None
-    triggers: list[str] = field(default_factory=list)  # what the stage image's Config.OnBuild will list
+    triggers: list[str] = field(default_factory=list)  # what its image's Config.OnBuild will list
 
 
 @dataclass
@@ -94,10 +87,9 @@ def image_reads(dockerfile: str, build_args: Mapping[str, str | None],
     what their triggers read. Raises DockerfileError for what the engine refuses or ds01 cannot resolve."""
     reads = _analyse(dockerfile, build_args, triggers or {}, _PROXY_ARGS + _ALL_PROXY_ARGS)
     if any(build_args.get(name) is not None for name in _ALL_PROXY_ARGS):
-        try:
+        older = None
+        with suppress(DockerfileError):
             older = _analyse(dockerfile, build_args, triggers or {}, _PROXY_ARGS)
-        except DockerfileError:
-            older = None
         if older != reads:
             raise DockerfileError("the build arg ALL_PROXY changes which images this Dockerfile reads: engines "
                                   "before 23.0 ignore it unless an ARG declares it. Declare ARG ALL_PROXY (or "
@@ -115,30 +107,28 @@ def onbuild_reads(triggers: Sequence[str], stages: Sequence[str | None] = (), li
 
 def _analyse(text: str, args: Mapping[str, str | None], triggers: Mapping[str, Sequence[str]],
              builtins: tuple[str, ...]) -> list[ImageRead]:
-    source = _Source(text)
-    instructions, escape = _parse(source)
+    instructions, escape = _parse(text)
     declared: dict[str, str | None] = {}
     build = _Build(triggers)
     for ins in instructions:
         if ins.name == "from":
-            _from(source, ins, _Lexer(escape, _meta_env(declared, args, builtins), source, ins.line), build)
+            _from(ins, _Lexer(escape, _meta_env(declared, args, builtins), ins.line), build)
         elif ins.name == "arg" and not build.stages:
-            _meta_arg(source, ins, _Lexer(escape, _meta_env(declared, args, builtins), source, ins.line), declared)
+            _meta_arg(ins, _Lexer(escape, _meta_env(declared, args, builtins), ins.line), declared)
         elif not build.stages:
-            raise source.error(ins.line, f"{ins.name.upper()} comes before the first FROM, where only ARG may")
+            raise DockerfileError(f"{ins.name.upper()} comes before the first FROM, where only ARG may", ins.line)
         elif ins.name == "onbuild":
-            build.stages[-1].triggers.append(_onbuild_expression(source, ins))
+            build.stages[-1].triggers.append(_onbuild_expression(ins))
         elif ins.name in ("copy", "add", "run"):
-            _command(source, ins, build, ins.line)
+            _command(ins, build, ins.line)
     if not build.stages:
-        raise source.error(instructions[-1].line, "the Dockerfile has no FROM; start it with FROM IMAGE")
+        raise DockerfileError("the Dockerfile has no FROM; start it with FROM IMAGE", instructions[-1].line)
     return build.reads
 
 
 def _meta_env(declared: Mapping[str, str | None], args: Mapping[str, str | None],
               builtins: tuple[str, ...]) -> dict[str, str]:
-    """What FROM and the first ARGs see: a build arg overrides an ARG's default; an ARG with neither is unset,
-    as is a proxy build arg no ARG declares on engines that do not know it."""
+    """What FROM and the first ARGs see: a build arg overrides an ARG's default; with neither, the name is unset."""
     env: dict[str, str] = {}
     for name in [*declared, *builtins]:
         if (value := args.get(name)) is not None or (value := declared.get(name)) is not None:
@@ -146,40 +136,40 @@ def _meta_env(declared: Mapping[str, str | None], args: Mapping[str, str | None]
     return env
 
 
-def _meta_arg(source: _Source, ins: _Instruction, lexer: _Lexer, declared: dict[str, str | None]) -> None:
+def _meta_arg(ins: _Instruction, lexer: _Lexer, declared: dict[str, str | None]) -> None:
     words = _words(ins.args, lexer.escape)
     if not words:
-        raise source.error(ins.line, "ARG needs a name: write ARG NAME or ARG NAME=DEFAULT")
+        raise DockerfileError("ARG needs a name: write ARG NAME or ARG NAME=DEFAULT", ins.line)
     pairs: list[tuple[str, str | None]] = []
     for word in words:  # the words of one ARG see the ARGs before it, not each other
         name, eq, default = word.partition("=")
         if eq and not name:
-            raise source.error(ins.line, f"ARG {word!r} has no name before the =")
+            raise DockerfileError(f"ARG {word!r} has no name before the =", ins.line)
         if "=" in (name := lexer.word(name)):
-            raise source.error(ins.line, f"the ARG name in {word!r} expands to {name!r}, which holds an =")
+            raise DockerfileError(f"the ARG name in {word!r} expands to {name!r}, which holds an =", ins.line)
         pairs.append((name, lexer.word(default) if eq else None))
     declared.update(pairs)
 
 
-def _from(source: _Source, ins: _Instruction, lexer: _Lexer, build: _Build) -> None:
+def _from(ins: _Instruction, lexer: _Lexer, build: _Build) -> None:
     tokens = _FIELDS.split(ins.args) if ins.args else []
     named = len(tokens) == 3 and len(tokens[1]) == 2 and tokens[1][0] in "aA" and tokens[1][1] in "sS\u017f"
     if not named and len(tokens) != 1:
-        raise source.error(ins.line, "FROM takes an image and optionally AS NAME: write FROM IMAGE [AS NAME]")
+        raise DockerfileError("FROM takes an image and optionally AS NAME: write FROM IMAGE [AS NAME]", ins.line)
     stage_name = tokens[2].lower() if named else None
     if stage_name is not None and not (stage_name.isascii() and _STAGE_NAME.fullmatch(stage_name)):
-        raise source.error(ins.line, f"{tokens[2]!r} is not a stage name: start with a letter, then use letters, "
-                                     "digits, '-', '_' or '.'")
+        raise DockerfileError(f"{tokens[2]!r} is not a stage name: start with a letter, then use letters, "
+                              "digits, '-', '_' or '.'", ins.line)
     if stage_name is not None and any(stage.name == stage_name for stage in build.stages):
-        raise source.error(ins.line, f"the stage name {stage_name!r} is already used; name each stage once")
+        raise DockerfileError(f"the stage name {stage_name!r} is already used; name each stage once", ins.line)
     if not (name := lexer.word(tokens[0])):
-        raise source.error(ins.line, f"the image {tokens[0]!r} expands to nothing; set the ARG or build arg it uses")
+        raise DockerfileError(f"the image {tokens[0]!r} expands to nothing; set the ARG or build arg it uses", ins.line)
     base = next((stage for stage in build.stages if name.isascii() and stage.name == name.lower()), None)
     build.stages.append(_Stage(stage_name))
     if base is not None:
         _run_triggers(base.triggers, build, ins.line)
     elif name != "scratch":
-        reference = _reference(source, ins.line, name)
+        reference = _reference(ins.line, name)
         build.reads.append(ImageRead(ReadKind.FROM, reference, ins.line))
         _run_triggers(build.base_triggers.get(reference, ()), build, ins.line)
 
@@ -187,106 +177,102 @@ def _from(source: _Source, ins: _Instruction, lexer: _Lexer, build: _Build) -> N
 def _run_triggers(triggers: Sequence[str], build: _Build, line: int) -> None:
     """A new stage's base triggers, run as the engine runs them: each parsed afresh as a one-line Dockerfile."""
     for trigger in triggers:
-        source = _Source(trigger, line)
-        instructions, _ = _parse(source)
-        if len(instructions) != 1 or instructions[0].name == "from":
-            raise source.error(1, "a trigger must be one instruction other than FROM")
-        if instructions[0].name == "onbuild":
-            build.stages[-1].triggers.append(_onbuild_expression(source, instructions[0]))
-        elif instructions[0].name in ("copy", "add", "run"):
-            _command(source, instructions[0], build, line, trigger)
+        try:
+            instructions, _ = _parse(trigger)
+            if len(instructions) != 1 or instructions[0].name == "from":
+                raise DockerfileError("a trigger must be one instruction other than FROM")
+            if instructions[0].name == "onbuild":
+                build.stages[-1].triggers.append(_onbuild_expression(instructions[0]))
+            elif instructions[0].name in ("copy", "add", "run"):
+                _command(instructions[0], build, line, trigger)
+        except DockerfileError as exc:
+            raise DockerfileError(f"the FROM runs the ONBUILD trigger {trigger!r}: {exc.what}", line or None) from None
 
 
-def _command(source: _Source, ins: _Instruction, build: _Build, line: int, trigger: str | None = None) -> None:
+def _command(ins: _Instruction, build: _Build, line: int, trigger: str | None = None) -> None:
     flags: dict[str, str | None] = {}
     for word in ins.flags:
         name, eq, value = word[2:].partition("=")
         if name == "from" and name in flags:
-            raise source.error(ins.line, "--from is given twice; give it once")
+            raise DockerfileError("--from is given twice; give it once", ins.line)
         flags[name] = value if eq else None
     if ins.name == "run" and flags:
-        raise source.error(ins.line, f"RUN --{next(iter(flags))} needs BuildKit; {CLASSIC}. Remove the flag.")
+        raise DockerfileError(f"RUN --{next(iter(flags))} needs BuildKit; {CLASSIC}. Remove the flag.", ins.line)
     if ins.name == "add" and "from" in flags:
-        raise source.error(ins.line, "ADD has no --from flag; copy from an image or stage with COPY --from")
+        raise DockerfileError("ADD has no --from flag; copy from an image or stage with COPY --from", ins.line)
     if ins.name != "copy" or "from" not in flags:
         return
     if (origin := flags["from"]) is None:
-        raise source.error(ins.line, "--from needs a value: write --from=NAME (the engine refuses --from NAME)")
+        raise DockerfileError("--from needs a value: write --from=NAME (the engine refuses --from NAME)", ins.line)
     if "$" in origin:
-        raise source.error(ins.line, f"--from={origin} names a variable, but the classic builder does not "
-                                     "substitute variables in --from; write the stage or image name out")
-    if origin and not _is_stage(source, ins.line, origin, build.stages[:-1]):  # an empty --from copies the context
-        build.reads.append(ImageRead(ReadKind.COPY_FROM, _reference(source, ins.line, origin), line, trigger))
+        raise DockerfileError(f"--from={origin} names a variable, but the classic builder does not "
+                              "substitute variables in --from; write the stage or image name out", ins.line)
+    if origin and not _is_stage(ins.line, origin, build.stages[:-1]):  # an empty --from copies the context
+        build.reads.append(ImageRead(ReadKind.COPY_FROM, _reference(ins.line, origin), line, trigger))
 
 
-def _is_stage(source: _Source, line: int, value: str, earlier: Sequence[_Stage]) -> bool:
+def _is_stage(line: int, value: str, earlier: Sequence[_Stage]) -> bool:
     """--from names an earlier stage (in any case) or numbers one; anything else is an image."""
     if value.isascii() and any(stage.name == value.lower() for stage in earlier):
         return True
     if not _GO_INT.fullmatch(value) or not -2**63 <= int(value) < 2**63:
         return False
     if int(value) == len(earlier):
-        raise source.error(line, f"--from={value} is the stage being built; copy from an earlier stage")
+        raise DockerfileError(f"--from={value} is the stage being built; copy from an earlier stage", line)
     if not 0 <= int(value) < len(earlier):
-        raise source.error(line, f"--from={value} is out of range: {len(earlier)} stage(s) come before this one")
+        raise DockerfileError(f"--from={value} is out of range: {len(earlier)} stage(s) come before this one", line)
     return True
 
 
-def _reference(source: _Source, line: int, name: str) -> str:
+def _reference(line: int, name: str) -> str:
     if "$" in name:
-        raise source.error(line, f"the image {name!r} still holds a $ after substitution; write the name out")
+        raise DockerfileError(f"the image {name!r} still holds a $ after substitution; write the name out", line)
     if not _REFERENCE.fullmatch(name):
-        raise source.error(line, f"{name!r} is not an image reference: it has spaces, control or non-ASCII "
-                                 "characters")
+        raise DockerfileError(f"{name!r} is not an image reference: it has spaces, controls or non-ASCII", line)
     return name
 
 
-def _onbuild_expression(source: _Source, ins: _Instruction) -> str:
-    inner = _FIELDS.split(ins.args, maxsplit=1)[0].upper() if ins.args else ""
+def _onbuild_expression(ins: _Instruction) -> str:
+    inner = _FIELDS.split(ins.args, maxsplit=1)[0].upper()
     if ins.flags or inner in ("", "ONBUILD", "MAINTAINER", "FROM"):
-        raise source.error(ins.line, "ONBUILD takes one instruction other than ONBUILD, MAINTAINER or FROM, "
-                                     "and no flags")
+        raise DockerfileError("ONBUILD takes one instruction, not ONBUILD, MAINTAINER or FROM, and no flags", ins.line)
     return _ONBUILD.sub("", ins.original, count=1)
 
 
-def _parse(source: _Source) -> tuple[list[_Instruction], str]:
+def _parse(text: str) -> tuple[list[_Instruction], str]:
     """The instructions, each with the line it starts on, and the escape character."""
-    lines = source.text.split("\n")
-    if lines[-1] == "":  # a final newline ends the last line rather than starting an empty one
-        lines.pop()
-    if lines:
-        lines[0] = lines[0].removeprefix("\ufeff")
+    lines = text.removesuffix("\n").split("\n") if text else []  # a final newline ends a line, starts none
+    lines[:1] = [first.removeprefix("\ufeff") for first in lines[:1]]
     escape, directives, seen = "\\", True, set[str]()
-    instructions: list[_Instruction] = []
-    index = 0
+    instructions, index = list[_Instruction](), 0
     while index < len(lines):
         start, index = index + 1, index + 1
-        line = _line(source, lines[start - 1], start).lstrip(_GO_SPACE)
+        line = _line(lines[start - 1], start).lstrip(_GO_SPACE)
         if directives:
-            directives, escape = _directive(source, start, line, escape, seen)
+            directives, escape = _directive(start, line, escape, seen)
         joined, more = _continued(line, escape) if not line.startswith("#") else ("", False)
         if not joined and not more:
             continue
         while more and index < len(lines):
             index += 1
-            part = _line(source, lines[index - 1], index)
+            part = _line(lines[index - 1], index)
             if part.lstrip(_GO_SPACE).startswith("#") or not part.lstrip(_GO_SPACE):
                 continue  # comments and blank lines inside a continuation are dropped
             part, more = _continued(part, escape)
             joined += part
-        instructions.append(_instruction(source, start, joined, escape))
+        instructions.append(_instruction(start, joined, escape))
     if not instructions:
-        raise source.error(len(lines), "there are no instructions")
+        raise DockerfileError("there are no instructions", len(lines))
     return instructions, escape
 
 
-def _line(source: _Source, raw: str, number: int) -> str:
+def _line(raw: str, number: int) -> str:
     if raw.endswith("\r\r"):  # engines before 24.0 strip one CR, later ones all: continuations would differ
-        raise source.error(number, "the line ends with more than one carriage return; end lines with \\n or \\r\\n")
+        raise DockerfileError("the line ends with more than one carriage return; end lines with \\n or \\r\\n", number)
     return raw.removesuffix("\r")
 
 
-def _directive(source: _Source, number: int, line: str, escape: str, seen: set[str]) -> tuple[bool, str]:
+def _directive(number: int, line: str, escape: str, seen: set[str]) -> tuple[bool, str]:
     """Parser directives: only at the very top, before any instruction, comment or blank line."""
     rest = line[1:].lstrip(_GO_SPACE)
     match = _DIRECTIVE.fullmatch(rest) if line.startswith("#") else None
@@ -294,14 +280,14 @@ def _directive(source: _Source, number: int, line: str, escape: str, seen: set[s
         return False, escape
     key, value = match[1].lower(), match[2]
     if key in seen:
-        raise source.error(number, f"the {key} directive is given twice; give it once")
+        raise DockerfileError(f"the {key} directive is given twice; give it once", number)
     seen.add(key)
     if key != "escape":
-        raise source.error(number, f"the '# {key}=' directive is for BuildKit; {CLASSIC}. Remove the line.")
+        raise DockerfileError(f"the '# {key}=' directive is for BuildKit; {CLASSIC}. Remove the line.", number)
     if line[1:len(line) - len(rest)].strip("\t\n\f\r "):  # engines before 24.0 take only ASCII spaces here
-        raise source.error(number, "the escape directive has unusual spaces after '#'; write '# escape=' + char")
+        raise DockerfileError("the escape directive has unusual spaces after '#'; write '# escape=' + char", number)
     if value not in ("\\", "`"):
-        raise source.error(number, f"the escape character must be \\ or `, not {value!r}")
+        raise DockerfileError(f"the escape character must be \\ or `, not {value!r}", number)
     return True, value
 
 
@@ -310,19 +296,19 @@ def _continued(line: str, escape: str) -> tuple[str, bool]:
     return (pattern.sub(r"\1", line), True) if pattern.search(line) else (line, False)
 
 
-def _instruction(source: _Source, number: int, joined: str, escape: str) -> _Instruction:
+def _instruction(number: int, joined: str, escape: str) -> _Instruction:
     name, rest = [*_FIELDS.split(joined.strip(_GO_SPACE), maxsplit=1), ""][:2]
     lowered = name.lower() if name.isascii() else ""
     if lowered not in _INSTRUCTIONS:
-        raise source.error(number, f"unknown instruction {name!r}")
+        raise DockerfileError(f"unknown instruction {name!r}", number)
     if lowered in ("run", "copy", "add", "onbuild") and _HEREDOC.search(joined):
-        raise source.error(number, f"{name.upper()} has a heredoc (<<WORD), which needs BuildKit; {CLASSIC}. "
-                                   "Put the text in a file in the build context and COPY it.")
-    flags, args = _flags(source, number, rest, escape)
+        raise DockerfileError(f"{name.upper()} has a heredoc (<<WORD), which needs BuildKit; {CLASSIC}. "
+                              "Put the text in a file in the build context and COPY it.", number)
+    flags, args = _flags(number, rest, escape)
     return _Instruction(number, lowered, flags, args.strip(_GO_SPACE), joined)
 
 
-def _flags(source: _Source, number: int, rest: str, escape: str) -> tuple[list[str], str]:
+def _flags(number: int, rest: str, escape: str) -> tuple[list[str], str]:
     """The leading --flag words as the parser splits them: it reads bytes, and escapes with \\ before 28.0."""
     words: list[str] = []
     index, end = 0, len(rest)
@@ -331,8 +317,7 @@ def _flags(source: _Source, number: int, rest: str, escape: str) -> tuple[list[s
             index += 1
         if not rest.startswith("--", index):
             break
-        chars: list[str] = []
-        quote, quoted = "", False
+        chars, quote, quoted = list[str](), "", False
         while index < end and (quote or rest[index] not in _ASCII_SPACE):
             char, index = rest[index], index + 1
             if char == quote or (not quote and char in "'\""):
@@ -349,21 +334,17 @@ def _flags(source: _Source, number: int, rest: str, escape: str) -> tuple[list[s
             words.append(word)
     scanned = rest[:index]
     if not scanned.isascii() or (escape == "`" and ("\\" in scanned or "`" in scanned)):
-        raise source.error(number, "the flags hold non-ASCII or escape characters, which engine versions split "
-                                   "differently; write flags as plain --name=value")
+        raise DockerfileError("the flags hold non-ASCII or escape characters, which engine versions split "
+                              "differently; write flags as plain --name=value", number)
     return words, rest[index:]
 
 
 def _words(rest: str, escape: str) -> list[str]:
     """ARG's words: split at spaces outside quotes, quotes and escapes kept for substitution to remove."""
-    words: list[str] = []
-    chars: list[str] = []
-    index, end, phase, quote, keep = 0, len(rest), "space", "", False
+    words, chars, index, end, phase, quote, keep = list[str](), list[str](), 0, len(rest), "space", "", False
     while index < end:
         char, index = rest[index], index + 1
-        if phase == "space" and char in _GO_SPACE:
-            continue
-        if phase != "quote" and char in _GO_SPACE:
+        if phase != "quote" and char in _GO_SPACE:  # in "space", chars is empty: nothing is added
             if keep or chars:
                 words.append("".join(chars))
             chars, keep, phase = [], False, "space"
@@ -386,18 +367,17 @@ def _words(rest: str, escape: str) -> list[str]:
 
 
 class _Lexer:
-    """The engine's substitution of one word (ProcessWord): quotes, escapes, and $NAME, ${NAME}, ${NAME:-word},
-    ${NAME-word}, ${NAME:+word}, ${NAME+word}, ${NAME:?word} and ${NAME?word}. The pattern forms (#, %, /) are
-    refused: engines before 26.0 reject them and ds01 does not evaluate them."""
+    """The engine's substitution of one word (ProcessWord): quotes, escapes, $NAME and ${NAME} with -, +, ? or
+    :-, :+, :?. The pattern forms (#, %, /) are refused: engines before 26.0 reject them, ds01 does not evaluate."""
 
-    def __init__(self, escape: str, env: Mapping[str, str], source: _Source, line: int) -> None:
-        self.escape, self.env, self.source, self.line = escape, env, source, line
+    def __init__(self, escape: str, env: Mapping[str, str], line: int) -> None:
+        self.escape, self.env, self.line = escape, env, line
 
     def word(self, text: str) -> str:
         return self._until(text, 0, "")[0]
 
     def _fail(self, text: str, what: str) -> DockerfileError:
-        return self.source.error(self.line, f"in {text!r}, {what}")
+        return DockerfileError(f"in {text!r}, {what}", self.line)
 
     def _until(self, text: str, index: int, stop: str) -> tuple[str, int]:
         out: list[str] = []

@@ -189,7 +189,7 @@ def test_an_onbuild_trigger_of_a_from_image_is_kept_for_stages_built_on_it() -> 
     (["NOPE x"], "unknown instruction"),
 ])
 def test_bad_triggers_are_refused_naming_the_trigger(triggers: list[str], message: str) -> None:
-    with pytest.raises(DockerfileError, match=r"^the ONBUILD trigger .* run by the FROM on Dockerfile line 1: "):
+    with pytest.raises(DockerfileError, match=r"^Dockerfile line 1: the FROM runs the ONBUILD trigger "):
         image_reads("FROM base\n", {}, {"base": triggers})
     with pytest.raises(DockerfileError, match=re.escape(message)):
         onbuild_reads(triggers)
