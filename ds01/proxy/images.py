@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -17,7 +16,7 @@ from ds01.errors import Denied, EngineError
 from ds01.eventlog.types import EventType
 from ds01.identity import nss
 from ds01.proxy import imagenames
-from ds01.proxy.imagestore import ImageStore, PendingImage
+from ds01.proxy.imagestore import ImageStore, OwnImage, PendingImage, own_image_sizes
 from ds01.proxy.interfaces import EngineCalls
 from ds01.proxy.outcomes import Deny, Forward, Outcome, Reply, Request
 from ds01.proxy.runas import Caller
@@ -31,12 +30,6 @@ PUSH_PARAMETERS = frozenset({"tag"})
 LIST_PARAMETERS = frozenset({"all", "filters", "digests", "shared-size"})
 SAVE_PARAMETERS = frozenset({"names"})
 _CHAIN_LIMIT = 1000  # parents followed from one image: far beyond any Dockerfile's steps
-
-
-@dataclass(frozen=True)
-class OwnImage:
-    names: tuple[str, ...]  # its tags, or its short id when it has none
-    size: int  # of its own layers: its chain of the user's images, down to a shared or foreign base
 
 
 def _now() -> str:
@@ -81,30 +74,7 @@ class ImageActions:
 
     def own_images(self, user: str) -> list[OwnImage]:
         """The user's images with the size of their own layers, largest first."""
-        owned = set(self.store.owned_by(user))
-        sizes: dict[str, int] = {}
-        tagged: list[tuple[str, tuple[str, ...]]] = []
-        for image in owned:
-            info = self.upstream.inspect("image", image)
-            if info is None:
-                continue
-            parent = str(info.get("Parent") or "")
-            below = self.upstream.inspect("image", parent) if parent else None
-            sizes[image] = int(info.get("Size") or 0) - (int(below.get("Size") or 0) if below else 0)
-            tags = tuple(tag for tag in info.get("RepoTags") or () if tag != "<none>:<none>")
-            if tags:
-                tagged.append((image, tags))
-        found = []
-        for image, tags in tagged:
-            chain, at = [image], image
-            while len(chain) < _CHAIN_LIMIT:
-                parent = str((self.upstream.inspect("image", at) or {}).get("Parent") or "")
-                if parent not in sizes:
-                    break
-                chain.append(parent)
-                at = parent
-            found.append(OwnImage(tags, sum(sizes[link] for link in chain)))
-        return sorted(found, key=lambda own: -own.size)
+        return own_image_sizes(self.store.owned_by(user), lambda image: self.upstream.inspect("image", image))
 
     def check_storage(self, caller: Caller) -> None:
         """Refused (exit 3) while the caller's own images fill image_storage: what a build or commit will add is

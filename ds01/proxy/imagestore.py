@@ -15,12 +15,14 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from ds01.errors import Ds01Error
 from ds01.statefile import write_json_atomic
 
 STATE_FILE = "images.json"
 _FORMAT = 1
+_CHAIN_LIMIT = 1000  # parents followed from one image: far beyond any Dockerfile's steps
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,41 @@ class PendingImage:
     made_by: str
     tags: tuple[str, ...]  # what the build or commit names its result
     at: str
+
+
+@dataclass(frozen=True)
+class OwnImage:
+    names: tuple[str, ...]  # its tags
+    size: int  # of its own layers: its chain of the user's images, down to a shared or foreign base
+
+
+def own_image_sizes(owned: Iterable[str], inspect: Callable[[str], dict[str, Any] | None]) -> list[OwnImage]:
+    """The tagged ones among a user's `owned` images (ids) with the size of their own layers, largest first: each
+    owned image adds what it has beyond its parent, and a tagged image counts the owned chain below it. Layers of
+    a shared base or of another owner's image are not the user's. `inspect`: the engine's image inspect."""
+    owned = set(owned)
+    sizes: dict[str, int] = {}
+    parents: dict[str, str] = {}
+    tagged: list[tuple[str, tuple[str, ...]]] = []
+    for image in owned:
+        info = inspect(image)
+        if info is None:
+            continue
+        parent = str(info.get("Parent") or "")
+        below = inspect(parent) if parent else None
+        sizes[image] = int(info.get("Size") or 0) - (int(below.get("Size") or 0) if below else 0)
+        parents[image] = parent
+        tags = tuple(tag for tag in info.get("RepoTags") or () if tag != "<none>:<none>")
+        if tags:
+            tagged.append((image, tags))
+    found = []
+    for image, tags in tagged:
+        chain, at = [image], parents[image]
+        while at in sizes and at not in chain and len(chain) < _CHAIN_LIMIT:
+            chain.append(at)
+            at = parents[at]
+        found.append(OwnImage(tags, sum(sizes[link] for link in chain)))
+    return sorted(found, key=lambda own: (-own.size, own.names))
 
 
 class ImageStore:
