@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import json
 import os
@@ -176,7 +175,7 @@ class ProxyHandle:
                 stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run argv as a real local user (runuser), with the proxy as their Docker host."""
         passed = [f"{k}={v}" for k, v in self.env.items()
-                  if k.startswith(("DS01_", "DOCKER_HOST", "LD_LIBRARY_PATH", "FAKE_NVML", "PATH"))]
+                  if k.startswith(("DS01_", "DOCKER_HOST", "LD_LIBRARY_PATH", "FAKE_NVML", "PATH", "PYTHONPATH"))]
         return subprocess.run(["runuser", "-u", user, "--", "env", *passed, *argv], capture_output=True, text=True,
                               timeout=timeout, check=False, input=stdin)
 
@@ -235,12 +234,26 @@ def stop_proxy(handle: ProxyHandle, engine: docker.DockerClient) -> None:
     for network in engine.networks.list(filters={"label": "ds01.user"}):
         network.remove()
     owned = handle.root / "state" / "images.json"
-    for image in json.loads(owned.read_text())["owned"] if owned.exists() else ():  # users' builds and commits
-        with contextlib.suppress(docker.errors.NotFound):
-            engine.images.remove(image, force=True)
+    remove_images(engine, list(json.loads(owned.read_text())["owned"]) if owned.exists() else [])
     release_pins(handle.root / "state" / "binds")
     shutil.rmtree(handle.data, ignore_errors=True)
     shutil.rmtree(handle.root, ignore_errors=True)
+
+
+def remove_images(engine: docker.DockerClient, images: list[str]) -> None:
+    """Users' builds and commits: children before the intermediate images they stand on."""
+    for _ in range(len(images) + 1):
+        for image in list(images):
+            try:
+                engine.images.remove(image, force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # 409: a child still stands on it, removed in this pass
+                    raise
+                continue
+            images.remove(image)
+    assert not images, f"images the test left could not be removed: {images}"
 
 
 def release_pins(binds: Path) -> None:

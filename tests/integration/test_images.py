@@ -6,6 +6,7 @@ at the next start-up."""
 from __future__ import annotations
 
 import json
+import os
 import pwd
 import signal
 import subprocess
@@ -17,7 +18,10 @@ from pathlib import Path
 import docker
 import pytest
 
+from ds01.config import validators
 from tests.conftest import TEST_IMAGE, ProxyHandle, Testbed, start_proxy, stop_proxy
+from tests.integration.test_alloc_cli import DS01
+from tests.integration.test_container_cli import CONTAINER
 from tests.integration.test_proxy import docker_as
 from tests.integration.test_proxy_lifecycle import HoldingRelay
 
@@ -129,3 +133,121 @@ def test_a_commit_in_flight_when_the_proxy_is_killed_is_its_users_after_the_rest
     finally:
         relay.close()
         stop_proxy(handle, engine)
+
+
+def context(proxy: ProxyHandle, user: str, dockerfile: str, **files: bytes) -> Path:
+    """A build context of `user`'s, in the proxy's data directory, owned by them."""
+    root = proxy.data / f"ctx-{user}-{uuid.uuid4().hex[:6]}"
+    root.mkdir()
+    (root / "Dockerfile").write_text(dockerfile)
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    account = pwd.getpwnam(user)
+    for path in (root, *root.iterdir()):
+        os.chown(path, account.pw_uid, account.pw_gid)
+    return root
+
+
+def classic(proxy: ProxyHandle, user: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """docker build with the classic builder, as the docs tell users to."""
+    return proxy.as_user(user, "env", "DOCKER_BUILDKIT=0", "docker", "build", *args, timeout=300)
+
+
+def test_a_users_build_is_theirs_runs_in_their_cgroup_and_others_cannot_build_from_it(
+        own_proxy: ProxyHandle, engine: docker.DockerClient) -> None:
+    built = classic(own_proxy, "alice", "-t", "alice/tools", str(context(own_proxy, "alice", (
+        f"FROM {TEST_IMAGE}\nRUN cat /proc/self/cgroup > /cgroup && "
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes > /memory && echo tool > /tool\n"))))
+    print(built.stdout[-600:], built.stderr[-600:])
+    assert built.returncode == 0, built.stderr
+    image = engine.images.get("alice/tools")
+    record = json.loads((own_proxy.root / "state" / "images.json").read_text())
+    assert record["owned"][image.id]["user"] == "alice" and record["pending"] == {}
+    ran = docker_as(own_proxy, "alice", "run", "--rm", "alice/tools", "sh", "-c", "cat /tool /memory /cgroup")
+    assert ran.returncode == 0, ran.stderr
+    tool, memory, *cgroups = ran.stdout.splitlines()
+    limits = json.loads(subprocess.run([DS01, "limits", "alice", "--format", "json"], env=own_proxy.env,
+                                       capture_output=True, text=True, check=True).stdout)
+    print(f"the RUN step's memory limit {memory}, cgroups {cgroups[:3]}")
+    assert tool == "tool" and int(memory) == validators.size(limits["limits"]["memory"])
+    assert any("/ds01/alice/" in line for line in cgroups), cgroups  # under alice's cgroup parent
+    for dockerfile in ("FROM alice/tools\n", f"FROM {TEST_IMAGE}\nCOPY --from=alice/tools /tool /tool\n"):
+        before = {i.id for i in engine.images.list(all=True)}
+        stolen = classic(own_proxy, "bob", "-t", "bob/x", str(context(own_proxy, "bob", dockerfile)))
+        print(f"bob$ docker build ({dockerfile.splitlines()[-1]}) -> exit {stolen.returncode}: "
+              f"{stolen.stderr.strip()[-300:]}")
+        assert stolen.returncode != 0 and "No such image: alice/tools" in stolen.stderr
+        assert {i.id for i in engine.images.list(all=True)} == before  # the daemon built nothing
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (("-t", "bob/x"), "only alice/NAME"),
+    (("-t", "alice/x", "--build-arg", "HTTP_PROXY=http://10.0.0.1:3128"), "HTTP_PROXY"),
+    (("-t", "alice/x", "--network", "host"), "no network host of yours"),
+    (("-t", "alice/x", "--cgroup-parent", "/"), "cgroupparent"),
+    (("-t", "alice/x", "--add-host", "x:10.0.0.1"), "extrahosts"),
+    (("-t", "alice/x", "--platform", "linux/s390x"), "builds for linux/amd64 only"),
+])
+def test_each_refused_build_parameter_builds_nothing(own_proxy: ProxyHandle, engine: docker.DockerClient,
+                                                      args: tuple[str, ...], said: str) -> None:
+    before = {i.id for i in engine.images.list(all=True)}
+    refused = classic(own_proxy, "alice", *args, str(context(own_proxy, "alice", f"FROM {TEST_IMAGE}\nRUN true\n")))
+    print(f"alice$ docker build {' '.join(args)} -> exit {refused.returncode}: {refused.stderr.strip()[-300:]}")
+    assert refused.returncode != 0 and said in refused.stderr, refused.stderr
+    assert {i.id for i in engine.images.list(all=True)} == before
+
+
+def test_raw_refusals_remote_outputs_and_buildkit(own_proxy: ProxyHandle) -> None:
+    for query, said in (("t=alice/x&remote=https://example.org/ctx.tar", "remote"),
+                        ("t=alice/x&outputs=type%3Dimage%2Cname%3Dbob%2Fx", "outputs"),
+                        ("t=alice/x&version=2", "classic builder")):
+        answered = own_proxy.as_user("alice", "curl", "-sS", "--unix-socket", str(own_proxy.socket), "-X", "POST",
+                                     "-H", "Content-Type: application/x-tar", "--data-binary", "@/dev/null",
+                                     f"http://docker/v1.41/build?{query}")
+        print(f"alice$ POST /build?{query} -> {answered.stdout.strip()[:200]}")
+        assert said in answered.stdout
+    session = own_proxy.as_user("alice", "curl", "-sS", "--unix-socket", str(own_proxy.socket), "-X", "POST",
+                                "http://docker/v1.41/session")
+    assert "DOCKER_BUILDKIT=0" in session.stdout
+
+
+def test_a_context_larger_than_allowed_is_413_and_a_full_quota_refuses_builds(
+        testbed: Testbed, engine: docker.DockerClient) -> None:
+    handle = start_proxy(testbed, testbed.dir / "proxy-tests" / uuid.uuid4().hex[:8],
+                         extra_config="images:\n  max_context_size: 1m\n")
+    try:
+        big = context(handle, "alice", f"FROM {TEST_IMAGE}\n", blob=os.urandom(2 * 2**20))
+        refused = classic(handle, "alice", "-t", "alice/big", str(big))
+        print(f"alice$ docker build (2 MiB context) -> exit {refused.returncode}: {refused.stderr.strip()[-300:]}")
+        assert refused.returncode != 0 and "larger than 1m" in refused.stderr
+        assert not engine.images.list(name="alice/big")
+        first = classic(handle, "alice", "-t", "alice/one",
+                        str(context(handle, "alice", f"FROM {TEST_IMAGE}\nRUN head -c 300000 /dev/urandom > /x\n")))
+        assert first.returncode == 0, first.stderr
+        handle.config.write_text(handle.config.read_text().replace(
+            "users:\n", "users:\n  alice:\n    image_storage: 100k\n", 1))
+        deadline = time.monotonic() + 30
+        while True:
+            over = classic(handle, "alice", "-t", "alice/two", str(context(handle, "alice", f"FROM {TEST_IMAGE}\n")))
+            if over.returncode != 0 or time.monotonic() > deadline:
+                break
+            time.sleep(1)  # the proxy reloads its configuration when the file changes
+        print(f"alice$ docker build (over quota) -> exit {over.returncode}: {over.stderr.strip()[-300:]}")
+        assert over.returncode != 0 and "you may keep 100k" in over.stderr and "alice/one:latest" in over.stderr
+    finally:
+        stop_proxy(handle, engine)
+
+
+def test_container_image_build_generates_a_dockerfile_and_tags_the_users_image(
+        own_proxy: ProxyHandle, engine: docker.DockerClient) -> None:
+    directory = own_proxy.data / f"gen-{uuid.uuid4().hex[:6]}"
+    directory.mkdir()
+    os.chown(directory, pwd.getpwnam("alice").pw_uid, pwd.getpwnam("alice").pw_gid)
+    built = own_proxy.as_user("alice", CONTAINER, "image", "build", "gen", str(directory), "--from", TEST_IMAGE,
+                              timeout=300)
+    print(f"alice$ container image build gen {directory} --from {TEST_IMAGE}\n{built.stdout}{built.stderr}")
+    assert built.returncode == 0, built.stderr
+    assert f"\nFROM {TEST_IMAGE}\n" in (directory / "Dockerfile").read_text()  # kept, to edit and build again
+    assert engine.images.get("alice/gen")
+    listed = own_proxy.as_user("alice", CONTAINER, "image", "list", "--format", "json")
+    assert listed.returncode == 0 and "gen" in listed.stdout
