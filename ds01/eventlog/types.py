@@ -30,6 +30,7 @@ class EventType(StrEnum):
     IMAGE_BUILD = "image.build"
     IMAGE_COMMIT = "image.commit"
     IMAGE_REMOVE = "image.remove"
+    IMAGE_LOAD = "image.load"
     IMAGE_DENY = "image.deny"
     SECURITY_ROOT_CONTAINER = "security.root_container"
     CONFIG_RELOAD = "config.reload"

@@ -107,6 +107,18 @@ def read_dockerfile(path: Path, name: str) -> str:
         raise BuildContextError(f"the Dockerfile {name!r} is not UTF-8 text ({exc}); save it as UTF-8") from None
 
 
+def read_member(path: Path, name: str) -> bytes | None:
+    """A regular file of the archive at `path` (an image archive's manifest.json, say), as the engine would find
+    it unpacked, at most DOCKERFILE_LIMIT_BYTES; None when there is none."""
+    found = _lookup(path, _scan(path, {name}), name)
+    if found is None:
+        return None
+    if found.kind != _REGULAR or found.data is None:
+        raise BuildContextError(f"{name} in the archive is not a regular file of at most "
+                                f"{format_size(DOCKERFILE_LIMIT_BYTES)}; send an archive as docker save makes it")
+    return found.data
+
+
 @dataclass(frozen=True)
 class _Header:
     name: bytes

@@ -1,6 +1,8 @@
-"""A classic `docker build` through the proxy: each query parameter has a rule (allowed, forced or refused), the
-context is spooled to disk and its Dockerfile read, so that every image the build reads (FROM, COPY --from, the
-ONBUILD triggers of its bases) is one the caller may use, and the result is recorded as the caller's.
+"""Images made from what a user sends: a classic `docker build` through the proxy, where each query parameter has
+a rule (allowed, forced or refused) and the context is spooled to disk and its Dockerfile read, so that every
+image the build reads (FROM, COPY --from, the ONBUILD triggers of its bases) is one the caller may use; and
+`docker load`, where an admin allows it, whose archive may name images only in the caller's namespace. Either
+result is recorded as the caller's.
 
 BuildKit is refused (`version=2`, `/session`, `/grpc`): it ignores per-build limits and cgroups, and its
 entitlements are the daemon's, not the user's.
@@ -184,3 +186,58 @@ class BuildActions:
             query["cachefrom"] = json.dumps(sources)
         else:
             query["nocache"] = "1"  # nothing of the caller's to reuse
+
+    def load(self, request: Request) -> Outcome:
+        """docker load (an admin turned it on): every name the archive gives its images is in the caller's
+        namespace, and at least one is given, so that the result is theirs to find (an unnamed image would be
+        nobody's)."""
+        caller = request.session.caller
+        check_parameters(request.query, frozenset({"quiet"}), "image load")
+        limit = self._image_settings().max_context_size_bytes
+        try:
+            with buildcontext.spool(request.body_stream(), self._spool_dir, limit) as spooled:
+                tags = _archive_tags(spooled)
+                archive = spooled.open("rb")
+        except buildcontext.ContextTooLarge as exc:
+            raise Denied(Reason.CONTEXT_TOO_LARGE, f"{exc} (images.max_context_size)") from None
+        except buildcontext.BuildContextError as exc:
+            raise Denied(Reason.BAD_REQUEST, str(exc)) from None
+        try:
+            if not tags:
+                raise Denied(Reason.IMAGE_NAMESPACE, f"the archive names no image: save it with a name "
+                                                     f"(docker save {caller.user}/NAME) and load that.")
+            named = tuple(imagenames.check_own_name(caller.user, tag, "docker load").tagged() for tag in tags)
+            self.images.check_storage(caller)
+        except BaseException:
+            archive.close()
+            raise
+        key = self.images.store.begin(PendingImage(caller.user, caller.uid, "load", named,
+                                                   datetime.now(UTC).isoformat(timespec="seconds")))
+
+        def settle() -> None:
+            made = self.images.made_by(caller.user, named)
+            self.images.store.settle(key, made)
+            eventlog.emit(EventType.IMAGE_LOAD, source="proxy", user=caller.user, image=list(named), ids=made)
+
+        return Forward(request.target, body_file=archive, closed=settle)
+
+
+def _archive_tags(path: Path) -> list[str]:
+    """The names an image archive gives: manifest.json's RepoTags, and the legacy `repositories` file's."""
+    tags: list[str] = []
+    for member in ("manifest.json", "repositories"):
+        data = buildcontext.read_member(path, member)
+        if data is None:
+            continue
+        try:
+            parsed = json.loads(data)
+        except ValueError:
+            raise Denied(Reason.BAD_REQUEST, f"the archive's {member} is not JSON") from None
+        if member == "manifest.json" and isinstance(parsed, list):
+            tags += [str(tag) for entry in parsed if isinstance(entry, dict) for tag in entry.get("RepoTags") or []]
+        elif member == "repositories" and isinstance(parsed, dict):
+            tags += [f"{repository}:{tag}" for repository, named in parsed.items() if isinstance(named, dict)
+                     for tag in named]
+        else:
+            raise Denied(Reason.BAD_REQUEST, f"the archive's {member} is not what docker save writes")
+    return tags

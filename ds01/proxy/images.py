@@ -227,6 +227,7 @@ def recover(actions: ImageActions, existing: Iterable[str]) -> None:
     name now, and the records of images removed meanwhile go."""
     for pending, found in actions.store.settle_interrupted(lambda pending: actions.made_by(pending.user,
                                                                                             pending.tags)):
-        eventlog.emit(EventType.IMAGE_BUILD if pending.made_by == "build" else EventType.IMAGE_COMMIT,
+        eventlog.emit({"build": EventType.IMAGE_BUILD, "commit": EventType.IMAGE_COMMIT}.get(pending.made_by,
+                                                                                          EventType.IMAGE_LOAD),
                       source="proxy", user=pending.user, image=list(pending.tags), ids=found, interrupted=True)
     actions.store.forget_missing(existing)

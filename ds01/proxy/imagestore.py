@@ -29,7 +29,7 @@ _CHAIN_LIMIT = 1000  # parents followed from one image: far beyond any Dockerfil
 class OwnedImage:
     user: str
     uid: int
-    made_by: str  # "build" or "commit"
+    made_by: str  # "build", "commit" or "load"
     at: str  # when it was recorded (ISO 8601)
 
 

@@ -4,6 +4,7 @@ recorded before it is forwarded."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import tarfile
@@ -16,7 +17,7 @@ from ds01.errors import Denied
 from ds01.proxy import builds
 from ds01.proxy.builds import BuildSettings, plan_query
 from ds01.proxy.imagestore import PendingImage
-from tests.unit.test_gate import ALICE, BOB, IMAGE, Reason, World, forwarded, world
+from tests.unit.test_gate import ADMIN, ALICE, BOB, IMAGE, Reason, World, forwarded, world
 
 __all__ = ["world"]  # the fixture, shared with test_gate.py
 
@@ -150,3 +151,41 @@ def test_a_build_reuses_only_the_callers_own_images_as_cache(world: World) -> No
 def test_the_host_platform_in_dockers_words() -> None:
     assert builds.host_platform({"OSType": "linux", "Architecture": "x86_64"}) == "linux/amd64"
     assert builds.host_platform({"OSType": "linux", "Architecture": "aarch64"}) == "linux/arm64"
+
+
+def archive(**members: object) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, content in members.items():
+            data = json.dumps(content).encode()
+            member = tarfile.TarInfo(name.replace("_", "."))
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    return out.getvalue()
+
+
+def load(world: World, caller: Any, raw: bytes) -> Any:
+    request = world.request(caller, "POST", "/v1.41/images/load?quiet=1")
+    request = type(request)(request.session, request.method, request.path, request.query, request.route,
+                            request.head, lambda: raw, lambda: io.BytesIO(raw))
+    return world.gate.decide(request)
+
+
+def test_a_load_an_admin_allowed_names_images_only_in_the_callers_namespace(world: World) -> None:
+    config = world.sessions.config
+    world.sessions.config = dataclasses.replace(
+        config, security=dataclasses.replace(config.security, allowed_endpoints=frozenset({"image_load"})))
+    for members, reason in (({"manifest_json": [{"RepoTags": ["bob/x:latest"]}]}, Reason.IMAGE_NAMESPACE),
+                            ({"manifest_json": [{"RepoTags": ["busybox:latest"]}]}, Reason.IMAGE_NAMESPACE),
+                            ({"repositories": {"bob/y": {"latest": "0" * 64}}}, Reason.IMAGE_NAMESPACE),
+                            ({"manifest_json": [{"RepoTags": None}]}, Reason.IMAGE_NAMESPACE),
+                            ({"manifest_json": {"not": "a list"}}, Reason.BAD_REQUEST)):
+        with pytest.raises(Denied) as info:
+            load(world, ALICE, archive(**members))
+        assert info.value.reason is reason, members
+    assert world.gate._images.store._pending == {}
+    outcome = forwarded(load(world, ALICE, archive(manifest_json=[{"RepoTags": ["alice/x:v1"]}])))
+    assert [p.tags for p in world.gate._images.store._pending.values()] == [("alice/x:v1",)]
+    outcome.close()
+    assert world.gate._images.store._pending == {}
+    forwarded(load(world, ADMIN, archive(manifest_json=[{"RepoTags": ["busybox:latest"]}]))).close()
