@@ -354,6 +354,31 @@ def userland_check(nat: iptables.Table) -> Check:
                  "network's rule from the start")
 
 
+BUILDER_ENTITLEMENTS = ("network-host", "device")  # BuildKit's, daemon-wide: on by default (device from v29)
+
+
+def builder_check(text: str | None) -> Check:
+    """The daemon's BuildKit entitlements off: the proxy refuses BuildKit, and nothing past it should find them."""
+    fix = f'set "builder": {{"entitlements": {{"network-host": false, "device": false}}}} in {DAEMON_JSON}'
+    try:
+        entitlements = ((json.loads(text) if text else {}).get("builder") or {}).get("entitlements") or {}
+    except (ValueError, AttributeError) as exc:
+        return Check("builder entitlements", FAIL, f"{DAEMON_JSON} cannot be read as JSON ({exc})", fix)
+    on = [name for name in BUILDER_ENTITLEMENTS if entitlements.get(name) is not False]
+    if on:
+        return Check("builder entitlements", WARN, f"BuildKit's {', '.join(on)} entitlement is on for every build "
+                     "that reaches the engine past ds01", f"{fix}, then systemctl restart docker")
+    return Check("builder entitlements", PASS, "BuildKit's network-host and device entitlements are off")
+
+
+def check_builder() -> Check:
+    try:
+        text: str | None = Path(DAEMON_JSON).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = None
+    return builder_check(text)
+
+
 def check_rules(options: Options, name: str, read: Callable[[iptables.Table], Check], table: str) -> Check:
     """A check of the engine's rules, read only in its network namespace (elsewhere they are another's)."""
     keeper = ReachKeeper(Upstream(options.engine, timeout=TIMEOUT_SECONDS), lambda: (), None)
@@ -418,5 +443,6 @@ def run_checks(options: Options) -> list[Check]:
         ("reach rules", lambda: check_rules(options, "reach rules", reach_check, "filter")),
         ("userland proxy", lambda: check_rules(options, "userland proxy", userland_check, "nat")),
         ("published ports", lambda: check_published_addresses(options, config)),
+        ("builder entitlements", check_builder),
     ]
     return [first, *(_guarded(name, check, options.debug) for name, check in checks)]
