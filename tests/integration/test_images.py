@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -148,6 +149,16 @@ def context(proxy: ProxyHandle, user: str, dockerfile: str, **files: bytes) -> P
     return root
 
 
+def settled(proxy: ProxyHandle) -> dict[str, Any]:
+    """The ownership record once no build is pending: the proxy settles one after the last byte of its answer,
+    which the client may have read a moment before."""
+    deadline = time.monotonic() + 30
+    while (record := json.loads((proxy.root / "state" / "images.json").read_text()))["pending"]:
+        assert time.monotonic() < deadline, f"a build stayed pending: {record['pending']}"
+        time.sleep(0.1)
+    return dict(record)
+
+
 def classic(proxy: ProxyHandle, user: str, *args: str) -> subprocess.CompletedProcess[str]:
     """docker build with the classic builder, as the docs tell users to."""
     return proxy.as_user(user, "env", "DOCKER_BUILDKIT=0", "docker", "build", *args, timeout=300)
@@ -161,8 +172,8 @@ def test_a_users_build_is_theirs_runs_in_their_cgroup_and_others_cannot_build_fr
     print(built.stdout[-600:], built.stderr[-600:])
     assert built.returncode == 0, built.stderr
     image = engine.images.get("alice/tools")
-    record = json.loads((own_proxy.root / "state" / "images.json").read_text())
-    assert record["owned"][image.id]["user"] == "alice" and record["pending"] == {}
+    record = settled(own_proxy)
+    assert record["owned"][image.id]["user"] == "alice"
     ran = docker_as(own_proxy, "alice", "run", "--rm", "alice/tools", "sh", "-c", "cat /tool /memory /cgroup")
     assert ran.returncode == 0, ran.stderr
     tool, memory, *cgroups = ran.stdout.splitlines()
@@ -224,6 +235,7 @@ def test_a_context_larger_than_allowed_is_413_and_a_full_quota_refuses_builds(
         first = classic(handle, "alice", "-t", "alice/one",
                         str(context(handle, "alice", f"FROM {TEST_IMAGE}\nRUN head -c 300000 /dev/urandom > /x\n")))
         assert first.returncode == 0, first.stderr
+        settled(handle)
         handle.config.write_text(handle.config.read_text().replace(
             "users:\n", "users:\n  alice:\n    image_storage: 100k\n", 1))
         deadline = time.monotonic() + 30
