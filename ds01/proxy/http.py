@@ -2,7 +2,8 @@
 
 Nothing a client sends for framing is ever relayed: h11 parses each request whole, the proxy writes every answer
 anew (its own Content-Length or its own chunks), and `ds01.proxy.link` does the same towards the engine. Bodies
-flow in blocks of at most BLOCK bytes; only the bodies the policy reads are buffered, with a cap.
+flow in blocks of at most BLOCK bytes; only the bodies the policy reads are buffered, with a cap. A client that
+begins HTTP/2 is refused in HTTP/2's own frames, the one answer it can read.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import io
 import re
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +31,10 @@ NOT_FORWARDED = frozenset({"connection", "keep-alive", "proxy-connection", "te",
                            "upgrade", "content-length", "host", "expect"})
 _FOLDED = re.compile(rb"\n[ \t]")  # a header line that starts with blank space continues the one before
 _LONGEST_CHUNK_LINE = 24  # CRLF, 20 hex digits (h11's bound) and CRLF: more than this is an extension
+# HTTP/2 (RFC 9113), as far as refusing it takes: frame types, an error code, and room in the smallest frame.
+_SETTINGS, _GOAWAY = 0x4, 0x7
+_HTTP_1_1_REQUIRED = 0xD
+_MAX_GOAWAY_DEBUG_BYTES = 16_384 - 8
 STATUS_TEXT = {100: "Continue", 101: "Switching Protocols", 200: "OK", 400: "Bad Request", 403: "Forbidden",
                404: "Not Found", 408: "Request Timeout", 409: "Conflict", 413: "Payload Too Large",
                429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
@@ -47,6 +53,25 @@ class HttpError(Exception):
         super().__init__(message)
         self.status = status
         self.reason = reason
+
+
+class Http2Preface(HttpError):
+    """The client opened HTTP/2 with its connection preface, so it reads only HTTP/2 frames back."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason=Reason.BUILDKIT)
+
+
+def http2_refusal(message: str) -> bytes:
+    """HTTP/2's own refusal of a whole connection: the server's preface (an empty SETTINGS frame), then a GOAWAY
+    with HTTP_1_1_REQUIRED and `message` as its debug data, which HTTP/2 clients (Go's, gRPC's) print."""
+    payload = struct.pack("!II", 0, _HTTP_1_1_REQUIRED) + message.encode()[:_MAX_GOAWAY_DEBUG_BYTES]
+    return _frame(_SETTINGS, b"") + _frame(_GOAWAY, payload)
+
+
+def _frame(kind: int, payload: bytes) -> bytes:
+    """An HTTP/2 frame on stream 0, without flags (RFC 9113 4.1)."""
+    return struct.pack("!I", len(payload))[1:] + struct.pack("!BBI", kind, 0, 0) + payload
 
 
 class BodyTooLarge(HttpError):
@@ -94,6 +119,10 @@ class Incoming:
 
 def _checked(event: h11.Request) -> Incoming:
     method, target, head = event.method.decode("ascii"), event.target.decode("ascii"), Head.parsed(event.headers)
+    # HTTP/2 on this socket is BuildKit's (its session and gRPC streams); the server adds how to build instead.
+    if event.http_version == b"2.0":
+        raise Http2Preface(f"the client speaks HTTP/2 ({method} {target[:40]} HTTP/2.0, its connection preface); "
+                           "the ds01 proxy serves HTTP/1.1 only.")
     if method == "CONNECT":
         raise HttpError("CONNECT is not part of the Docker API.")
     if head.get("Transfer-Encoding") is not None and head.get("Content-Length") is not None:
@@ -103,6 +132,9 @@ def _checked(event: h11.Request) -> Incoming:
         raise HttpError(f"Expect: {expect[:40]!r} is not supported; only 100-continue is.")
     upgrade = head.get("Upgrade")
     if upgrade is not None:
+        if "h2c" in head.tokens("Upgrade"):
+            raise HttpError("Upgrade: h2c (HTTP/2) is not served: the ds01 proxy speaks HTTP/1.1, and only attach "
+                            "and exec start upgrade, with Upgrade: tcp.", reason=Reason.BUILDKIT)
         if upgrade.strip().lower() != "tcp":
             raise HttpError(f"Upgrade: {upgrade[:40]!r} is not supported; attach and exec start take Upgrade: tcp.")
         if "upgrade" not in head.tokens("Connection"):
@@ -294,6 +326,10 @@ class ClientSide:
     def can_answer(self) -> bool:
         """Whether no answer to the current request has begun."""
         return self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE)
+
+    def refuse_http2(self, message: str) -> None:
+        """Answers a client that began HTTP/2, in HTTP/2: h11 has no words for it, and no HTTP/1.1 answer reads."""
+        self.sock.sendall(http2_refusal(message))
 
     def send_whole(self, status: int, body: bytes, headers: list[tuple[str, str]]) -> bool:
         self.send_head(status, [("Content-Type", "application/json"), *headers], len(body))

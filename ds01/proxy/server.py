@@ -23,6 +23,7 @@ from ds01.daemon import only_instance, stop_on_signals
 from ds01.errors import Busy, Denied, Ds01Error, EngineError
 from ds01.eventlog.types import EventType
 from ds01.proxy import http
+from ds01.proxy.builds import BUILDKIT_MESSAGE
 from ds01.proxy.gate import Gate
 from ds01.proxy.link import EngineLink
 from ds01.proxy.outcomes import Deny, Forward, Reply, Request
@@ -131,11 +132,15 @@ class Proxy:
                 if not self._exchange(side, link, session, incoming):
                     return
         except http.HttpError as exc:
+            # HTTP/2 is BuildKit's: the client is told how to build instead, not only that the framing is wrong.
+            said = f"{exc} {BUILDKIT_MESSAGE}" if exc.reason is Reason.BUILDKIT else str(exc)
             eventlog.emit(EventType.PROXY_DENY, source="proxy", user=user, endpoint="framing", verdict="deny",
-                          reason=exc.reason, message=str(exc))
+                          reason=exc.reason, message=said)
             with contextlib.suppress(OSError):
-                if side.can_answer():
-                    side.send_whole(exc.status, *_error_body(exc.reason, str(exc)))
+                if isinstance(exc, http.Http2Preface):
+                    side.refuse_http2(f"ds01: {said}")
+                elif side.can_answer():
+                    side.send_whole(exc.status, *_error_body(exc.reason, said))
         except OSError:
             pass  # the client or the engine hung up; nothing is left to answer
         finally:
