@@ -14,11 +14,15 @@ import filelock
 from ds01.errors import Ds01Error
 
 
+def _instance_lock(run_dir: Path, service: str) -> filelock.FileLock:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return filelock.FileLock(run_dir / f"{service}.lock")
+
+
 @contextmanager
 def only_instance(run_dir: Path, service: str) -> Iterator[None]:
     """Hold run_dir/SERVICE.lock for the block; a second instance gets a clear error instead."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(run_dir / f"{service}.lock")
+    lock = _instance_lock(run_dir, service)
     try:
         lock.acquire(timeout=0)
     except filelock.Timeout:
@@ -26,6 +30,22 @@ def only_instance(run_dir: Path, service: str) -> Iterator[None]:
                         f"(systemctl stop ds01-{service}).") from None
     try:
         yield
+    finally:
+        lock.release()
+
+
+@contextmanager
+def while_stopped(run_dir: Path, service: str) -> Iterator[bool]:
+    """Hold run_dir/SERVICE.lock for the block when no instance holds it: True then, False while one runs.
+    Keep the block short: a service that starts meanwhile finds the lock held and says it is already running."""
+    lock = _instance_lock(run_dir, service)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        yield False
+        return
+    try:
+        yield True
     finally:
         lock.release()
 

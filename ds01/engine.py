@@ -1,4 +1,4 @@
-"""The only door to the Docker SDK: containers in, typed `ContainerInfo` out, engine errors as EngineError.
+"""The only door to the Docker SDK: containers and images in, typed records out, engine errors as EngineError.
 
 `Engine` talks to the engine directly (admin tools). The `container` command does not use the SDK: its client of
 the ds01 proxy is `ds01.cli.container.client`.
@@ -6,11 +6,22 @@ the ds01 proxy is `ds01.cli.container.client`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import docker
 from docker.errors import DockerException, NotFound
 
 from ds01.errors import EngineError
-from ds01.records import ContainerInfo, ContainerSummary, container_info
+from ds01.records import (
+    CacheRecord,
+    ContainerInfo,
+    ContainerSummary,
+    ImageSummary,
+    PruneResult,
+    cache_record,
+    container_info,
+    image_summary,
+)
 
 
 class Engine:
@@ -77,6 +88,61 @@ class Engine:
             raise EngineError(f"no container named {name_or_id!r}. See 'docker ps -a'.") from None
         except DockerException as exc:
             raise self._failed(f"inspect container {name_or_id}", exc) from exc
+
+    def images(self, dangling_only: bool = False) -> list[ImageSummary]:
+        """Every image, intermediate ones too; or only the dangling ones: untagged, with no image built on them."""
+        try:
+            if dangling_only:
+                listed = self._client.api.images(filters={"dangling": True})
+            else:
+                listed = self._client.api.images(all=True)
+        except DockerException as exc:
+            raise self._failed("list images", exc) from exc
+        return [image_summary(image) for image in listed]
+
+    def image(self, image_id: str) -> dict[str, Any] | None:
+        """The image's inspect; None when the engine no longer has it."""
+        try:
+            return dict(self._client.api.inspect_image(image_id))
+        except NotFound:
+            return None
+        except DockerException as exc:
+            raise self._failed(f"inspect image {image_id}", exc) from exc
+
+    def images_in_use(self) -> set[str]:
+        """The images of every container, running or not."""
+        try:
+            return {str(c["ImageID"]) for c in self._client.api.containers(all=True) if c.get("ImageID")}
+        except DockerException as exc:
+            raise self._failed("list containers", exc) from exc
+
+    def build_cache(self) -> list[CacheRecord]:
+        """BuildKit's build cache records (the engine lists none when it holds none)."""
+        try:
+            usage = self._client.api.df()
+        except DockerException as exc:
+            raise self._failed("report its disk usage", exc) from exc
+        return [cache_record(record) for record in usage.get("BuildCache") or ()]
+
+    def prune_images(self, until: float) -> PruneResult:
+        """POST /images/prune for the dangling images made before `until` (epoch seconds); the engine skips those
+        a container uses, and removes with each the untagged parents only it kept."""
+        try:
+            report = self._client.api.prune_images(filters={"dangling": True, "until": str(int(until))})
+        except DockerException as exc:
+            raise self._failed("prune dangling images", exc) from exc
+        deleted = tuple(str(item["Deleted"]) for item in report.get("ImagesDeleted") or () if item.get("Deleted"))
+        return PruneResult(deleted, int(report.get("SpaceReclaimed") or 0))
+
+    def prune_build_cache(self, unused_for_seconds: int) -> PruneResult:
+        """POST /build/prune for the build cache unused for that long; the engine keeps records in use."""
+        try:
+            # The build cache's `until` is a duration (the images' is a time): "168h", not a timestamp.
+            report = self._client.api.prune_builds(filters={"until": f"{unused_for_seconds}s"})
+        except DockerException as exc:
+            raise self._failed("prune the build cache", exc) from exc
+        return PruneResult(tuple(str(record) for record in report.get("CachesDeleted") or ()),
+                           int(report.get("SpaceReclaimed") or 0))
 
     def close(self) -> None:
         self._client.close()

@@ -1,4 +1,5 @@
-"""What ds01 knows about a container, parsed from the engine's inspect record: pure, no SDK."""
+"""What ds01 knows about a container (from the engine's inspect record) and about images and build cache (from
+the engine's lists): pure, no SDK."""
 
 from __future__ import annotations
 
@@ -129,3 +130,45 @@ def details(inspected: dict[str, Any]) -> Details:
                    cpus=(host.get("NanoCpus") or 0) / 1e9 or None, memory_bytes=host.get("Memory") or None,
                    shm_size_bytes=host.get("ShmSize") or None,
                    ports=published(inspected.get("NetworkSettings") or {}))
+
+
+@dataclass(frozen=True)
+class ImageSummary:
+    """One image as the engine's image list shows it."""
+
+    id: str
+    tags: tuple[str, ...]  # none for a dangling or an intermediate image
+    created_at: float  # epoch seconds: when it was built or committed, which is what a prune's `until` reads
+    size_bytes: int  # the whole image, its base included, as `docker images` shows it
+
+
+def image_summary(listed: Mapping[str, Any]) -> ImageSummary:
+    return ImageSummary(id=str(listed["Id"]),
+                        tags=tuple(tag for tag in listed.get("RepoTags") or () if tag != "<none>:<none>"),
+                        created_at=float(listed.get("Created") or 0), size_bytes=int(listed.get("Size") or 0))
+
+
+@dataclass(frozen=True)
+class CacheRecord:
+    """One record of BuildKit's build cache, as the engine's disk usage lists it."""
+
+    id: str
+    kind: str  # "regular", "internal", "frontend", "source.local", ...
+    size_bytes: int
+    in_use: bool
+    shared: bool
+    last_used_at: float | None  # epoch seconds; None when never used since it was made
+
+
+def cache_record(listed: Mapping[str, Any]) -> CacheRecord:
+    return CacheRecord(id=str(listed["ID"]), kind=str(listed.get("Type") or "regular"),
+                       size_bytes=int(listed.get("Size") or 0), in_use=bool(listed.get("InUse")),
+                       shared=bool(listed.get("Shared")), last_used_at=_timestamp(listed.get("LastUsedAt")))
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What one of the engine's prune endpoints removed."""
+
+    deleted: tuple[str, ...]  # images: image ids and layer chain ids mixed, as the engine lists them; cache: ids
+    reclaimed_bytes: int

@@ -42,6 +42,8 @@ class EventType(StrEnum):
     CLEANUP_RELEASE = "cleanup.release"
     CLEANUP_IDLE_START = "cleanup.idle_start"
     CLEANUP_IDLE_END = "cleanup.idle_end"
+    CLEANUP_PRUNE = "cleanup.prune"
+    CLEANUP_PRUNE_IMAGE = "cleanup.prune_image"
     BARE_METAL_GRANT = "bare_metal.grant"
     BARE_METAL_REVOKE = "bare_metal.revoke"
     BARE_METAL_EXPIRE = "bare_metal.expire"

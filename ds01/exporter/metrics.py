@@ -157,6 +157,12 @@ def _allocation(snapshot: Snapshot) -> Iterator[Metric]:
     yield _filled("ds01_containers", "Containers by owner and engine state", ["user", "state"], states)
 
 
+def _images(snapshot: Snapshot) -> Iterator[Metric]:
+    yield _filled("ds01_image_storage_bytes", "The size of each user's own images: their layers beyond the shared "
+                  "or others' images below them, as the image_storage limit counts them", ["user"],
+                  {(user,): size for user, size in snapshot.image_storage.items()})
+
+
 def _self(snapshot: Snapshot) -> Iterator[Metric]:
     events = CounterMetricFamily("ds01_events", "Events in the event log, by type", labels=["type"])
     for kind, count in sorted(snapshot.events.items()):
@@ -184,5 +190,5 @@ class SnapshotCollector(Collector):
         snapshot = self._current()
         if snapshot is None:
             return
-        for part in (_hardware, _attribution, _allocation, _self):
+        for part in (_hardware, _attribution, _allocation, _images, _self):
             yield from part(snapshot)

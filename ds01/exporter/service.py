@@ -6,6 +6,8 @@ import json
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from ds01.engine import Engine
 from ds01.errors import Ds01Error, UsageError
 from ds01.eventlog.types import EventType
 from ds01.exporter.metrics import SnapshotCollector
-from ds01.exporter.snapshot import Collector, Snapshot, XidCounts
+from ds01.exporter.snapshot import Collector, ImageInspect, Snapshot, XidCounts
 from ds01.gpus import quarantine
 from ds01.paths import Paths
 from ds01.records import ContainerSummary
@@ -44,6 +46,18 @@ class EngineContainers:
     def summaries(self) -> list[ContainerSummary]:
         with Engine(self.url) as engine:
             return engine.summaries()
+
+
+class EngineImages:
+    """The image inspects, on one connection opened for each cycle."""
+
+    def __init__(self, url: str | None) -> None:
+        self.url = url
+
+    @contextmanager
+    def inspector(self) -> Iterator[ImageInspect]:
+        with Engine(self.url) as engine:
+            yield engine.image
 
 
 class XidLog:
@@ -162,7 +176,8 @@ def run(paths: Paths, listen: str, interval: float, engine_url: str | None, proc
     with only_instance(paths.run_dir, "exporter"):
         eventlog.configure(paths.log_dir, None)  # the rotation settings are read once, at the first event
         xids = XidLog(paths)
-        collector = Collector(paths, NvmlGpus(), EngineContainers(engine_url), proc_root, xids.counts)
+        collector = Collector(paths, NvmlGpus(), EngineContainers(engine_url), EngineImages(engine_url), proc_root,
+                              xids=xids.counts)
         exporter = Exporter(collector, interval)
         try:
             server = ThreadingHTTPServer(address, _handler(exporter))

@@ -1,9 +1,9 @@
 """One collection cycle: every source read once, every GPU process attributed, the result frozen in a Snapshot.
 
-Each source (NVML, the engine, /proc, the allocator's state, the config, the event log) fails on its own: a
-failure is counted and marked, the other sources still fill the snapshot, and GPU data is never dropped
-because the engine or /proc had a bad moment. The GPUs, the containers and the /proc root are handed in, so
-tests drive a collector with fakes.
+Each source (NVML, the engine, /proc, the allocator's state, the config, the event log, the proxy's record of
+whose each image is) fails on its own: a failure is counted and marked, the other sources still fill the
+snapshot, and GPU data is never dropped because the engine or /proc had a bad moment. The GPUs, the containers,
+the image inspects and the /proc root are handed in, so tests drive a collector with fakes.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ds01 import labels, names, nvml, procfs
 from ds01.config import Config, effective_limits, load_config
@@ -24,9 +25,11 @@ from ds01.errors import Ds01Error
 from ds01.gpus.allocator import Allocation, read_allocations
 from ds01.identity import accounts, nss
 from ds01.paths import Paths
+from ds01.proxy.imagestore import ImageStore, own_image_sizes
 from ds01.records import ContainerSummary
 
-SOURCES = ("nvml", "engine", "proc", "allocator", "config", "events")
+SOURCES = ("nvml", "engine", "proc", "allocator", "config", "events", "images")
+ImageInspect = Callable[[str], dict[str, Any] | None]
 
 
 class GpuSource(Protocol):
@@ -38,6 +41,13 @@ class GpuSource(Protocol):
 class ContainerSource(Protocol):
     def summaries(self) -> list[ContainerSummary]:
         """Every container the engine has; raises Ds01Error when the engine cannot answer."""
+        ...
+
+
+class ImageSource(Protocol):
+    def inspector(self) -> AbstractContextManager[ImageInspect]:
+        """The engine's image inspect for one cycle (None for an image it does not have); opening it or an
+        inspect raises Ds01Error when the engine cannot answer."""
         ...
 
 
@@ -85,6 +95,7 @@ class Snapshot:
     containers: tuple[ContainerSummary, ...]
     allocations: tuple[Allocation, ...]
     users: tuple[UserLimits, ...]
+    image_storage: dict[str, int]  # user -> bytes of their own images, for users with any
     xids: dict[str, XidCounts]
     events: dict[str, int]
     source_up: dict[str, bool]
@@ -140,16 +151,18 @@ class EventCounter:
 class Collector:
     """Builds snapshots. Not thread-safe by itself: one collector thread calls `collect`."""
 
-    def __init__(self, paths: Paths, gpus: GpuSource, containers: ContainerSource, proc_root: Path,
-                 xids: Callable[[], dict[str, XidCounts]] = dict) -> None:
+    def __init__(self, paths: Paths, gpus: GpuSource, containers: ContainerSource, images: ImageSource,
+                 proc_root: Path, *, xids: Callable[[], dict[str, XidCounts]] = dict) -> None:
         self.paths = paths
         self.gpus = gpus
         self.containers = containers
+        self.images = images
         self.proc_root = proc_root
         self._xids = xids
         self._errors: Counter[str] = Counter()
         self._collections = 0
         self._known_containers: dict[str, ContainerSummary] = {}
+        self._known_storage: dict[str, int] = {}
         self._config: Config | None = None
         self._config_stamp: tuple[int, int] | None = None
         self._events = EventCounter(paths.log_dir / "events.jsonl")
@@ -168,6 +181,7 @@ class Collector:
         processes = self._attribute(inventory, summaries, up, problems)
         allocations = self._allocations(up, problems)
         users = self._user_limits(summaries, allocations, processes, up, problems)
+        storage = self._image_storage(up, problems)
         try:
             self._events.refresh()
         except OSError as exc:
@@ -177,9 +191,9 @@ class Collector:
         return Snapshot(
             taken_at=time.time(), duration_seconds=time.perf_counter() - started, hostname=socket.gethostname(),
             inventory=inventory, processes=tuple(processes), containers=tuple(summaries),
-            allocations=tuple(allocations), users=tuple(users), xids=self._xids(), events=dict(self._events.counts),
-            source_up=up, errors_total={s: self._errors[s] for s in SOURCES}, collections_total=self._collections,
-            problems=tuple(problems))
+            allocations=tuple(allocations), users=tuple(users), image_storage=storage, xids=self._xids(),
+            events=dict(self._events.counts), source_up=up, errors_total={s: self._errors[s] for s in SOURCES},
+            collections_total=self._collections, problems=tuple(problems))
 
     def _inventory(self, up: dict[str, bool], problems: list[str]) -> nvml.Inventory | None:
         try:
@@ -232,6 +246,30 @@ class Collector:
             rows.append(ProcessRow(device, user, summary.name, "container" if managed else "unmanaged_container",
                                    memory))
         return rows
+
+    def _image_storage(self, up: dict[str, bool], problems: list[str]) -> dict[str, int]:
+        """Each owner's images as image_storage counts them; on a failure the last sizes known, marked by
+        source_up (a size that cannot be read is not 0)."""
+        try:
+            store = ImageStore(self.paths.state_dir)  # read anew each cycle: the proxy writes it
+        except Ds01Error as exc:
+            up["images"] = False
+            self._fail("images", problems, exc)
+            return dict(self._known_storage)
+        owners = sorted({owned.user for owned in store.owners()})
+        if not owners:  # no connection to the engine for nothing to inspect
+            self._known_storage = {}
+            return {}
+        try:
+            with self.images.inspector() as inspect:
+                found = {user: own_image_sizes(store.owned_by(user), inspect) for user in owners}
+        except Ds01Error as exc:
+            up["engine"] = False
+            self._fail("engine", problems, exc)
+            return dict(self._known_storage)
+        # A user whose recorded images are all gone, or untagged, has no images to count: no series, not 0.
+        self._known_storage = {user: sum(own.size for own in mine) for user, mine in found.items() if mine}
+        return dict(self._known_storage)
 
     def _allocations(self, up: dict[str, bool], problems: list[str]) -> list[Allocation]:
         try:

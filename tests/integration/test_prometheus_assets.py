@@ -59,6 +59,8 @@ CONTRACT_METRICS = frozenset({
     "ds01_user_gpu_quota",
     "ds01_user_max_containers",
     "ds01_containers",
+    # images
+    "ds01_image_storage_bytes",
     # events
     "ds01_events_total",
     # the exporter itself

@@ -1,12 +1,15 @@
 """The exporter without a test bed: the metrics of a hand-built Snapshot, read from a fresh registry, and the
-sampler driven by a fake inventory, a fake container list and a /proc tree written under tmp_path."""
+sampler driven by a fake inventory, a fake container list, fake image inspects, an image ownership record and a
+/proc tree written under tmp_path."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -14,9 +17,19 @@ from prometheus_client import CollectorRegistry
 from ds01 import labels, nvml
 from ds01.errors import EngineError, NvmlError
 from ds01.exporter.metrics import SnapshotCollector
-from ds01.exporter.snapshot import SOURCES, Collector, Device, ProcessRow, Snapshot, UserLimits, XidCounts
+from ds01.exporter.snapshot import (
+    SOURCES,
+    Collector,
+    Device,
+    ImageInspect,
+    ProcessRow,
+    Snapshot,
+    UserLimits,
+    XidCounts,
+)
 from ds01.gpus.allocator import Allocation
 from ds01.paths import Paths
+from ds01.proxy.imagestore import STATE_FILE, ImageStore, PendingImage
 from ds01.records import ContainerSummary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,6 +92,7 @@ def snapshot() -> Snapshot:
         allocations=(Allocation("a-1", "alice", 1001, (WHOLE,), Fraction(1), 0.0, None, TRAIN, "train", 1.0),
                      Allocation("a-2", "bob", 1002, (MIG,), Fraction(3, 7), 0.0, 600.0)),
         users=(UserLimits("alice", "student", 1.0, 3),),
+        image_storage={"alice": 3 * 2**30, "bob": 0},
         xids={WHOLE: XidCounts(79, {31: 1, 79: 2})},
         events={"proxy.allow": 5, "gpu.xid": 3},
         source_up={**dict.fromkeys(SOURCES, True), "nvml": False},
@@ -187,10 +201,17 @@ def test_the_exporter_counts_its_collections_errors_and_events(registry: Collect
     assert value("ds01_exporter_errors_total", {"source": "nvml"}) == 2
     assert value("ds01_exporter_source_up", {"source": "nvml"}) == 0
     assert {found["source"] for found in series(registry, "ds01_exporter_errors_total")} == set(SOURCES)
-    assert [value("ds01_exporter_source_up", {"source": s}) for s in SOURCES if s != "nvml"] == [1] * 5
+    assert [value("ds01_exporter_source_up", {"source": s}) for s in SOURCES if s != "nvml"] == [1] * (len(SOURCES) - 1)
     assert value("ds01_exporter_collection_duration_seconds") == 0.25
     assert value("ds01_exporter_last_collection_timestamp_seconds") == 1_700_000_000.0
     assert value("ds01_events_total", {"type": "proxy.allow"}) == 5
+
+
+def test_image_storage_is_exported_per_user_with_images(registry: CollectorRegistry) -> None:
+    value = registry.get_sample_value
+    assert value("ds01_image_storage_bytes", {"user": "alice"}) == 3 * 2**30
+    assert value("ds01_image_storage_bytes", {"user": "bob"}) == 0  # an image of no layers of its own
+    assert {found["user"] for found in series(registry, "ds01_image_storage_bytes")} == {"alice", "bob"}
 
 
 def test_nothing_is_exported_before_the_first_collection() -> None:
@@ -247,10 +268,27 @@ def proc(tmp_path: Path) -> Path:
     return root  # no 105: it ended between NVML's list and the read
 
 
-def sampler(tmp_path: Path, proc: Path, gpus: FakeGpus, containers: FakeContainers) -> Collector:
+class FakeImages:
+    """The engine's image inspects, by id; `failure` is raised by every inspect while set."""
+
+    def __init__(self, inspects: dict[str, dict[str, Any]]) -> None:
+        self.inspects = inspects
+        self.failure: EngineError | None = None
+
+    def inspector(self) -> contextlib.AbstractContextManager[ImageInspect]:
+        return contextlib.nullcontext(self.inspect)
+
+    def inspect(self, image_id: str) -> dict[str, Any] | None:
+        if self.failure is not None:
+            raise self.failure
+        return self.inspects.get(image_id)
+
+
+def sampler(tmp_path: Path, proc: Path, gpus: FakeGpus, containers: FakeContainers,
+            images: FakeImages | None = None) -> Collector:
     paths = Paths(config=REPO / "config" / "resource-limits.yaml", state_dir=tmp_path / "state",
                   log_dir=tmp_path / "log", run_dir=tmp_path / "run")
-    return Collector(paths, gpus, containers, proc)
+    return Collector(paths, gpus, containers, images or FakeImages({}), proc)
 
 
 SCENE = inventory(whole_gpu(0, WHOLE, (process(100, 3000, WHOLE), process(101, 500, WHOLE), process(105, 9, WHOLE))),
@@ -318,3 +356,83 @@ def test_an_unreadable_process_is_counted_and_the_others_attributed(tmp_path: Pa
     assert {r.memory_bytes // MIB for r in taken.processes} == {3000, 100, 200, 300}
     assert (taken.source_up["proc"], taken.errors_total["proc"]) == (False, 1)
     assert str(broken) in taken.problems[0]
+
+
+# --- image storage: the proxy's ownership record and the engine's inspects ----------------------------------
+
+BASE, STEP, TORCH, GONE, LOOSE = ("sha256:" + c * 64 for c in "01234")
+IMAGES = {
+    BASE: {"Id": BASE, "Parent": "", "Size": 1000 * MIB, "RepoTags": ["nvcr.io/nvidia/pytorch:24.05-py3"]},
+    STEP: {"Id": STEP, "Parent": BASE, "Size": 1300 * MIB, "RepoTags": []},  # a build step: alice's, untagged
+    TORCH: {"Id": TORCH, "Parent": STEP, "Size": 1500 * MIB, "RepoTags": ["alice/torch:latest"]},
+    LOOSE: {"Id": LOOSE, "Parent": BASE, "Size": 1100 * MIB, "RepoTags": ["<none>:<none>"]},  # carol's, untagged
+}
+
+
+def record(state_dir: Path, user: str, *image_ids: str) -> None:
+    store = ImageStore(state_dir)
+    store.settle(store.begin(PendingImage(user, 1000, "build", (f"{user}/x:latest",), "2026-01-01T00:00:00Z")),
+                 image_ids)
+
+
+@pytest.fixture
+def owned(tmp_path: Path) -> Path:
+    state = tmp_path / "state"
+    state.mkdir()
+    record(state, "alice", STEP, TORCH)
+    record(state, "bob", GONE)  # removed since: the engine has no such image
+    record(state, "carol", LOOSE)
+    return state
+
+
+def test_each_users_own_images_are_summed_and_users_without_any_have_no_size(tmp_path: Path, proc: Path,
+                                                                           owned: Path) -> None:
+    taken = sampler(tmp_path, proc, FakeGpus(SCENE), FakeContainers(CONTAINERS), FakeImages(IMAGES)).collect()
+    # Their layers beyond the shared base, down the chain of their own: (1500 - 1300) + (1300 - 1000) MiB.
+    assert taken.image_storage == {"alice": 500 * MIB}
+    assert (taken.source_up["images"], taken.source_up["engine"], taken.problems) == (True, True, ())
+    registry = CollectorRegistry()
+    registry.register(SnapshotCollector(lambda: taken))
+    assert registry.get_sample_value("ds01_image_storage_bytes", {"user": "alice"}) == 500 * MIB
+    assert registry.get_sample_value("ds01_image_storage_bytes", {"user": "bob"}) is None
+
+
+def test_an_engine_that_cannot_inspect_is_counted_and_the_last_sizes_stay(tmp_path: Path, proc: Path,
+                                                                          owned: Path) -> None:
+    images = FakeImages(IMAGES)
+    images.failure = EngineError("the Docker engine failed to inspect image")
+    collector = sampler(tmp_path, proc, FakeGpus(SCENE), FakeContainers(CONTAINERS), images)
+    first = collector.collect()
+    assert first.image_storage == {}  # never read: no series, rather than a size of 0
+    assert (first.source_up["engine"], first.errors_total["engine"]) == (False, 1)
+    assert first.problems == ("engine: the Docker engine failed to inspect image",)
+    images.failure = None
+    assert collector.collect().image_storage == {"alice": 500 * MIB}
+    images.failure = EngineError("the Docker engine failed to inspect image")
+    third = collector.collect()
+    assert third.image_storage == {"alice": 500 * MIB}  # stale, marked by source_up
+    assert (third.source_up["engine"], third.errors_total["engine"], third.collections_total) == (False, 2, 3)
+
+
+def test_a_damaged_ownership_record_is_counted_and_the_other_sources_still_collect(tmp_path: Path, proc: Path,
+                                                                                   owned: Path) -> None:
+    collector = sampler(tmp_path, proc, FakeGpus(SCENE), FakeContainers(CONTAINERS), FakeImages(IMAGES))
+    assert collector.collect().image_storage == {"alice": 500 * MIB}
+    (owned / STATE_FILE).write_text("{not json")
+    taken = collector.collect()
+    assert taken.image_storage == {"alice": 500 * MIB}
+    assert (taken.source_up["images"], taken.errors_total["images"], taken.source_up["engine"]) == (False, 1, True)
+    assert str(owned / STATE_FILE) in taken.problems[0]
+    assert len(taken.processes) == 5
+
+
+def test_without_an_ownership_record_there_is_no_image_storage(tmp_path: Path, proc: Path) -> None:
+    taken = sampler(tmp_path, proc, FakeGpus(SCENE), FakeContainers(CONTAINERS), FakeImages(IMAGES)).collect()
+    assert (taken.image_storage, taken.source_up["images"]) == ({}, True)
+
+
+def test_the_ownership_record_is_only_read(tmp_path: Path, proc: Path, owned: Path) -> None:
+    before = (owned / STATE_FILE).read_bytes()
+    stamp = (owned / STATE_FILE).stat().st_mtime_ns
+    sampler(tmp_path, proc, FakeGpus(SCENE), FakeContainers(CONTAINERS), FakeImages(IMAGES)).collect()
+    assert ((owned / STATE_FILE).read_bytes(), (owned / STATE_FILE).stat().st_mtime_ns) == (before, stamp)
