@@ -240,6 +240,16 @@ def stop_proxy(handle: ProxyHandle, engine: docker.DockerClient) -> None:
     shutil.rmtree(handle.root, ignore_errors=True)
 
 
+@pytest.fixture
+def own_proxy(testbed: Testbed, engine: docker.DockerClient) -> Iterator[ProxyHandle]:
+    """A proxy of the test's own: for tests whose proxy's rules or records must be theirs alone."""
+    handle = start_proxy(testbed, testbed.dir / "proxy-tests" / uuid.uuid4().hex[:8])
+    try:
+        yield handle
+    finally:
+        stop_proxy(handle, engine)
+
+
 def remove_images(engine: docker.DockerClient, images: list[str]) -> None:
     """Users' builds and commits: children before the intermediate images they stand on."""
     for _ in range(len(images) + 1):

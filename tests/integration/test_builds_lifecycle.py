@@ -13,7 +13,6 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -22,20 +21,11 @@ import pytest
 from tests.conftest import TEST_IMAGE, ProxyHandle, Testbed, start_proxy, stop_proxy
 from tests.integration.test_images import classic, context
 from tests.integration.test_proxy import docker_as
-from tests.integration.test_proxy_lifecycle import HoldingRelay
+from tests.integration.test_proxy_lifecycle import relayed_proxy
 
 BIG_CONTEXT_BYTES = 2**30
 NEEDED_FREE_BYTES = 4 * 2**30  # the spooled context and the engine's unpacked copy, with room to spare
 MEMORY_GROWTH_LIMIT_KIB = 64 * 1024
-
-
-@pytest.fixture
-def own_proxy(testbed: Testbed, engine: docker.DockerClient) -> Iterator[ProxyHandle]:
-    handle = start_proxy(testbed, testbed.dir / "proxy-tests" / uuid.uuid4().hex[:8])
-    try:
-        yield handle
-    finally:
-        stop_proxy(handle, engine)
 
 
 def images_record(handle: ProxyHandle) -> dict[str, dict[str, dict[str, object]]]:
@@ -45,12 +35,8 @@ def images_record(handle: ProxyHandle) -> dict[str, dict[str, dict[str, object]]
 
 def test_a_build_in_flight_when_the_proxy_is_killed_is_its_builders_after_the_restart(
         testbed: Testbed, engine: docker.DockerClient) -> None:
-    root = testbed.dir / "proxy-tests" / uuid.uuid4().hex[:8]
-    root.mkdir(parents=True)
-    relay = HoldingRelay(testbed.docker_host.removeprefix("unix://"), root / "relay.sock", "response",
-                         marker=b"/build")
-    fake = Testbed(testbed.dir, {**testbed.env, "DOCKER_HOST": f"unix://{root / 'relay.sock'}"})
-    handle = start_proxy(fake, root, engine_cgroup=testbed.env["DS01_TESTBED_ENGINE_CGROUP"])
+    relay, handle = relayed_proxy(testbed, "response", b"/build")
+    root = handle.root
     try:
         directory = context(handle, "alice", f"FROM {TEST_IMAGE}\nRUN echo inflight > /inflight\n")
         client = subprocess.Popen(["runuser", "-u", "alice", "--", "env", f"DOCKER_HOST=unix://{handle.socket}",

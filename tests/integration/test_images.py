@@ -12,7 +12,6 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +23,7 @@ from tests.conftest import TEST_IMAGE, ProxyHandle, Testbed, start_proxy, stop_p
 from tests.integration.test_alloc_cli import DS01
 from tests.integration.test_container_cli import CONTAINER
 from tests.integration.test_proxy import docker_as
-from tests.integration.test_proxy_lifecycle import HoldingRelay
-
-
-@pytest.fixture
-def own_proxy(testbed: Testbed, engine: docker.DockerClient) -> Iterator[ProxyHandle]:
-    handle = start_proxy(testbed, testbed.dir / "proxy-tests" / uuid.uuid4().hex[:8])
-    try:
-        yield handle
-    finally:
-        stop_proxy(handle, engine)
+from tests.integration.test_proxy_lifecycle import relayed_proxy
 
 
 def committed(proxy: ProxyHandle, user: str, image: str) -> str:
@@ -99,12 +89,8 @@ def test_names_only_in_ones_own_namespace_and_shared_images_are_nobodys_to_remov
 
 def test_a_commit_in_flight_when_the_proxy_is_killed_is_its_users_after_the_restart(
         testbed: Testbed, engine: docker.DockerClient) -> None:
-    root = testbed.dir / "proxy-tests" / uuid.uuid4().hex[:8]
-    root.mkdir(parents=True)
-    relay = HoldingRelay(testbed.docker_host.removeprefix("unix://"), root / "relay.sock", "response",
-                         marker=b"/commit")
-    fake = Testbed(testbed.dir, {**testbed.env, "DOCKER_HOST": f"unix://{root / 'relay.sock'}"})
-    handle = start_proxy(fake, root, engine_cgroup=testbed.env["DS01_TESTBED_ENGINE_CGROUP"])
+    relay, handle = relayed_proxy(testbed, "response", b"/commit")
+    root = handle.root
     try:
         name = f"c-{uuid.uuid4().hex[:6]}"
         assert docker_as(handle, "alice", "run", "--name", name, TEST_IMAGE, "true").returncode == 0

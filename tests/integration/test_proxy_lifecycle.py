@@ -107,14 +107,21 @@ class HoldingRelay:
         self._server.close()
 
 
+def relayed_proxy(testbed: Testbed, hold: str, marker: bytes = b"/containers/create",
+                  ttl: str = "60s") -> tuple[HoldingRelay, ProxyHandle]:
+    """A proxy whose engine is behind a HoldingRelay: the proxy can be killed with a request in flight."""
+    root = testbed.dir / "proxy-tests" / uuid.uuid4().hex[:8]
+    root.mkdir(parents=True)
+    relay = HoldingRelay(testbed.docker_host.removeprefix("unix://"), root / "relay.sock", hold, marker)
+    fake = Testbed(testbed.dir, {**testbed.env, "DOCKER_HOST": f"unix://{root / 'relay.sock'}"})
+    return relay, start_proxy(fake, root, ttl=ttl, engine_cgroup=testbed.env["DS01_TESTBED_ENGINE_CGROUP"])
+
+
 @pytest.mark.parametrize("hold", ["request", "response"])
 def test_kill_9_in_the_middle_of_a_create_leaves_nothing_after_reconcile(
         testbed: Testbed, engine: docker.DockerClient, hold: str) -> None:
-    root = testbed.dir / "proxy-tests" / uuid.uuid4().hex[:8]
-    root.mkdir(parents=True)
-    relay = HoldingRelay(testbed.docker_host.removeprefix("unix://"), root / "relay.sock", hold)
-    fake = Testbed(testbed.dir, {**testbed.env, "DOCKER_HOST": f"unix://{root / 'relay.sock'}"})
-    handle = start_proxy(fake, root, ttl="2s", engine_cgroup=testbed.env["DS01_TESTBED_ENGINE_CGROUP"])
+    relay, handle = relayed_proxy(testbed, hold, ttl="2s")
+    root = handle.root
     name = f"doomed-{hold}"
     try:
         client = subprocess.Popen(["runuser", "-u", "bob", "--", "env", f"DOCKER_HOST=unix://{handle.socket}",

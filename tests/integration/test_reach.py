@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import docker
-import pytest
 
 from ds01.config import HostService
 from ds01.proxy import reach
@@ -30,15 +29,6 @@ from tests.integration.test_proxy import docker_as
 HTTPD = ("sh", "-c", 'mkdir -p /tmp/www && echo "hi from $(hostname)" >/tmp/www/index.html && '
                      "exec httpd -f -p 80 -h /tmp/www")
 WAIT_SECONDS = 20.0
-
-
-@pytest.fixture
-def own_proxy(testbed: Testbed, engine: docker.DockerClient) -> Iterator[ProxyHandle]:
-    handle = start_proxy(testbed, testbed.dir / "proxy-tests" / uuid.uuid4().hex[:8])
-    try:
-        yield handle
-    finally:
-        stop_proxy(handle, engine)
 
 
 def chain(testbed: Testbed, name: str, table: str = "filter") -> list[str]:
