@@ -178,7 +178,11 @@ class BuildActions:
     def _check_cache_sources(self, caller: Caller, found: dict[str, list[str]], query: dict[str, Any]) -> None:
         """The classic builder's cache is the engine's, shared by everyone: a user's build reuses only the layers
         of images the user may use (their own and shared ones), never another user's steps."""
-        asked = [str(name) for name in json.loads((found.get("cachefrom") or ["[]"])[-1] or "[]")]
+        try:
+            asked = [str(name) for name in json.loads((found.get("cachefrom") or ["[]"])[-1] or "[]")]
+        except (ValueError, TypeError):
+            raise Denied(Reason.BAD_REQUEST, "the build's cachefrom must be a JSON list of image names, as "
+                                             "docker build --cache-from sends it") from None
         for name in asked:
             self.images.visible(caller, name)
         sources = asked or list(self.images.store.owned_by(caller.user))

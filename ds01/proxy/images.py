@@ -59,10 +59,17 @@ class ImageActions:
         """The image of that name (its inspect), None when there is none; another user's is refused as a missing
         one would be (404 "No such image", on which the docker CLI tries a pull, refused in turn)."""
         info = self.upstream.inspect("image", name)
-        owned = self.store.owner(str(info.get("Id"))) if info is not None else None
-        if owned is not None and owned.user != caller.user and not caller.is_admin:
+        if info is not None and not caller.is_admin and not self._usable(caller, info):
             raise Denied(Reason.NOT_FOUND, f"No such image: {name}")
         return info
+
+    def _usable(self, caller: Caller, info: dict[str, Any]) -> bool:
+        """The caller's own, or shared: pulled (a registry digest) or named. An image with neither that the
+        record does not hold is what a failed build left of its finished steps: nobody's to use but an admin."""
+        owned = self.store.owner(str(info.get("Id")))
+        if owned is not None:
+            return owned.user == caller.user
+        return bool(info.get("RepoDigests")) or any(tag != "<none>:<none>" for tag in info.get("RepoTags") or ())
 
     def visible(self, caller: Caller, name: str) -> tuple[dict[str, Any], str | None]:
         """An image the caller may use: (its inspect, its owner or None when shared)."""
@@ -123,12 +130,7 @@ class ImageActions:
         status, listed = self.upstream.call("GET", "/images/json", query=dict(parse_qsl(request.query)))
         if status != 200 or not isinstance(listed, list):
             raise EngineError(f"the engine answered {status} to the image list: {str(listed)[:200]}")
-        shown = [image for image in listed if self._shown(caller, str(image.get("Id")))]
-        return Reply(200, shown)
-
-    def _shown(self, caller: Caller, image_id: str) -> bool:
-        owned = self.store.owner(image_id)
-        return owned is None or owned.user == caller.user or caller.is_admin
+        return Reply(200, [image for image in listed if self._usable(caller, image)])
 
     def act(self, request: Request) -> Outcome:
         """One image named in the path: inspect, history, save, tag, push, remove."""

@@ -252,7 +252,8 @@ class FakeUpstream:
             self.networks[body["Name"]] = made
             return 201, {"Id": made["Id"], "Warning": ""}
         if (method, path) == ("GET", "/images/json"):
-            return 200, [{"Id": found.get("Id", name), "RepoTags": [name]} for name, found in self.images.items()]
+            return 200, [{"Id": found.get("Id", name), "RepoTags": found.get("RepoTags", [name]),
+                          "RepoDigests": found.get("RepoDigests", [])} for name, found in self.images.items()]
         if (method, path) == ("GET", "/networks"):
             return 200, list(self.networks.values())
         if (method, path) == ("POST", "/volumes/create") and body is not None:

@@ -189,3 +189,9 @@ def test_a_load_an_admin_allowed_names_images_only_in_the_callers_namespace(worl
     outcome.close()
     assert world.gate._images.store._pending == {}
     forwarded(load(world, ADMIN, archive(manifest_json=[{"RepoTags": ["busybox:latest"]}]))).close()
+
+
+def test_a_cachefrom_that_is_not_a_json_list_is_refused(world: World) -> None:
+    with pytest.raises(Denied, match="cachefrom must be a JSON list") as info:
+        build(world, ALICE, f"FROM {IMAGE}\n", cachefrom="alice/secret")
+    assert info.value.reason is Reason.BAD_REQUEST

@@ -85,7 +85,8 @@ def world(tmp_path: Path) -> World:
                     allocation=AllocationSettings(lock_timeout_seconds=0), ldap=None,
                     security=SecuritySettings(data_dirs=(str(tmp_path),), require_nosuid_mounts=False))
     upstream = FakeUpstream()
-    upstream.images[IMAGE] = {"Config": {"Labels": None, "Env": ["PATH=/bin"], "WorkingDir": "", "Volumes": None}}
+    upstream.images[IMAGE] = {"RepoTags": [IMAGE],
+                              "Config": {"Labels": None, "Env": ["PATH=/bin"], "WorkingDir": "", "Volumes": None}}
     allocator = Allocator(tmp_path / "state", config.allocation)
     pins = FakePins()
     sessions = FakeSessions(config, [ALICE, BOB, ADMIN])

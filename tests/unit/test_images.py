@@ -194,3 +194,14 @@ def test_pulls_stay_out_of_other_users_namespaces_and_off_registries_not_allowed
     assert refused(world, BOB, "POST", "/v1.41/images/create?fromImage=pytorch/pytorch&tag=latest") is \
         Reason.REGISTRY_NOT_ALLOWED
     forwarded(world.decide(BOB, "POST", "/v1.41/images/create?fromImage=nvcr.io/nvidia/pytorch&tag=24.01")).close()
+
+
+def test_what_a_failed_build_left_is_nobodys_to_use(world: World) -> None:
+    """A failed build's finished steps are images with no tag, no digest and no record: not shared."""
+    left = "sha256:" + "e" * 64
+    world.upstream.images[left] = {"Id": left, "RepoTags": [], "RepoDigests": [], "Config": {}}
+    for caller in (ALICE, BOB):
+        with pytest.raises(Denied, match="No such image"):
+            world.decide(caller, "GET", f"/v1.41/images/{left}/json")
+        assert left not in {image["Id"] for image in world.decide(caller, "GET", "/v1.41/images/json").body}
+    forwarded(world.decide(ADMIN, "GET", f"/v1.41/images/{left}/json")).close()

@@ -162,15 +162,22 @@ def create_body(image: str, command: list[str], *, workspace: str, gpus: int, mi
             "Labels": {labels.REQUEST_MIG: mig} if mig else {}, "HostConfig": host}
 
 
+class _QuietSocket(socket.socket):
+    """Every write with MSG_NOSIGNAL, however http.client sends (bytes, a file's blocks, an iterable's chunks)."""
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        super().sendall(data, flags | socket.MSG_NOSIGNAL)
+
+
 class _Connection(UnixConnection):
     """A write to a socket the proxy has closed fails with EPIPE rather than raising SIGPIPE, whose default action
     (`container` keeps it, so that `| head` works) would end the command in the middle of sending a build."""
 
-    def send(self, data: Any) -> None:
-        if self.sock is not None and isinstance(data, bytes):
-            self.sock.sendall(data, socket.MSG_NOSIGNAL)
-        else:
-            super().send(data)
+    def connect(self) -> None:
+        super().connect()
+        plain = self.sock
+        self.sock = _QuietSocket(plain.family, plain.type, plain.proto, plain.detach())
+        self.sock.settimeout(self.timeout)
 
 
 @dataclass
