@@ -29,6 +29,8 @@ from ds01.reasons import Reason
 
 MIN_API_VERSION = (1, 40)
 PULL_PARAMETERS = frozenset({"fromImage", "tag", "platform"})
+# Parameters the engine reads every value of, each of which the proxy checks: build -t, commit -c, save of many.
+REPEATABLE = {RouteKind.BUILD: {"t"}, RouteKind.COMMIT: {"changes"}, RouteKind.SAVE_IMAGES: {"names"}}
 BUILT_IN_NETWORKS = frozenset({"bridge", "host", "none"})
 _OBJECT_ID = re.compile(r"[0-9a-f]{64}")
 
@@ -169,8 +171,8 @@ class Gate:
         first), or an API version outside the one range served."""
         route = request.route
         names = [name for name, _ in parse_qsl(request.query, keep_blank_values=True)]
-        if len(names) != len(set(names)):
-            twice = sorted({name for name in names if names.count(name) > 1})
+        twice = sorted({name for name in names if names.count(name) > 1} - REPEATABLE.get(route.kind, set()))
+        if twice:
             return Deny(Reason.BAD_REQUEST, f"the query parameter(s) {', '.join(twice)} are given more than once; the "
                                             "engine would read another of them than the proxy checked. Give each once.",
                         status=400)

@@ -69,7 +69,9 @@ class ImageActions:
         owned = self.store.owner(str(info.get("Id")))
         if owned is not None:
             return owned.user == caller.user
-        return bool(info.get("RepoDigests")) or any(tag != "<none>:<none>" for tag in info.get("RepoTags") or ())
+        # An image list says <none>:<none> and <none>@<none> where an inspect says nothing.
+        return any(digest != "<none>@<none>" for digest in info.get("RepoDigests") or ()) or any(
+            tag != "<none>:<none>" for tag in info.get("RepoTags") or ())
 
     def visible(self, caller: Caller, name: str) -> tuple[dict[str, Any], str | None]:
         """An image the caller may use: (its inspect, its owner or None when shared)."""

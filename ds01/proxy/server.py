@@ -32,10 +32,11 @@ from ds01.proxy.session import Session, peer_uid
 from ds01.proxy.upstream import Upstream
 from ds01.reasons import Reason
 
-# A refusal is 403, except where the engine's own answer would be another: missing (404; someone else's looks
-# the same), too large (413).
+# Refusals that are also image.deny events.
 IMAGE_KINDS = frozenset({RouteKind.PULL, RouteKind.LIST_IMAGES, RouteKind.IMAGE, RouteKind.SAVE_IMAGES,
                          RouteKind.COMMIT, RouteKind.BUILD, RouteKind.BUILDKIT})
+# A refusal is 403, except where the engine's own answer would be another: missing (404; someone else's looks
+# the same), too large (413).
 DENIAL_STATUS = {Reason.NOT_FOUND: 404, Reason.BODY_TOO_LARGE: 413, Reason.CONTEXT_TOO_LARGE: 413}
 
 _ANSWER_BYTES = 16 * http.MAX_BODY_BYTES  # the most of an engine answer the proxy reads whole (for `after`)

@@ -249,3 +249,39 @@ def test_container_image_build_generates_a_dockerfile_and_tags_the_users_image(
     assert engine.images.get("alice/gen")
     listed = own_proxy.as_user("alice", CONTAINER, "image", "list", "--format", "json")
     assert listed.returncode == 0 and "gen" in listed.stdout
+
+
+def test_what_a_failed_build_left_nobody_but_an_admin_can_use(own_proxy: ProxyHandle,
+                                                               engine: docker.DockerClient) -> None:
+    key = context(own_proxy, "bob", f"FROM {TEST_IMAGE}\nCOPY key.txt /key.txt\nRUN exit 1\n", **{"key.txt": b"BOBKEY"})
+    (key / "key.txt").chmod(0o600)
+    failed = classic(own_proxy, "bob", "-t", "bob/leak", str(key))
+    assert failed.returncode != 0
+    steps = [line.split("---> ")[1].strip() for line in failed.stdout.splitlines()
+             if "---> " in line and "Running in" not in line and "Using cache" not in line]
+    left = steps[-1]  # the COPY step's image, committed before the RUN failed
+    assert engine.images.get(left)  # the engine keeps it
+    for user in ("alice", "carol", "bob"):
+        listed = docker_as(own_proxy, user, "images", "-a", "-q")
+        assert left[:12] not in listed.stdout, (user, listed.stdout)
+        for args in (("save", "-o", f"/tmp/{user}-{uuid.uuid4().hex[:6]}.tar", left), ("run", "--rm", left, "true"),
+                     ("tag", left, f"{user}/gotit")):
+            tried = docker_as(own_proxy, user, *args)
+            print(f"{user}$ docker {' '.join(args)} -> exit {tried.returncode}: {tried.stderr.strip()[:160]}")
+            assert tried.returncode != 0 and "BOBKEY" not in tried.stdout
+    engine.images.remove(left, force=True)
+
+
+def test_repeated_tags_and_changes_are_each_checked(own_proxy: ProxyHandle, engine: docker.DockerClient) -> None:
+    built = classic(own_proxy, "alice", "-t", "alice/one", "-t", "alice/two:v2",
+                    str(context(own_proxy, "alice", f"FROM {TEST_IMAGE}\nRUN echo x > /x\n")))
+    assert built.returncode == 0, built.stderr
+    assert engine.images.get("alice/one").id == engine.images.get("alice/two:v2").id
+    mixed = classic(own_proxy, "alice", "-t", "alice/three", "-t", "bob/three",
+                    str(context(own_proxy, "alice", f"FROM {TEST_IMAGE}\n")))
+    assert mixed.returncode != 0 and "only alice/NAME" in mixed.stderr and not engine.images.list(name="bob/three")
+    name = f"c-{uuid.uuid4().hex[:6]}"
+    assert docker_as(own_proxy, "alice", "create", "--name", name, TEST_IMAGE, "true").returncode == 0
+    committed_ = docker_as(own_proxy, "alice", "commit", "-c", "ENV A=1", "-c", "ENV B=2", name, "alice/envs")
+    assert committed_.returncode == 0, committed_.stderr
+    assert {"A=1", "B=2"} <= set(engine.images.get("alice/envs").attrs["Config"]["Env"])

@@ -86,7 +86,8 @@ def context(dockerfile: str, name: str = "Dockerfile") -> bytes:
 
 
 def build(world: World, caller: Any, dockerfile: str, **params: str) -> Any:
-    request = world.request(caller, "POST", f"/v1.41/build?{urlencode({'t': f'{caller.user}/x', **params})}")
+    query = urlencode({"t": f"{caller.user}/x", **params}, doseq=True)
+    request = world.request(caller, "POST", f"/v1.41/build?{query}")
     raw = context(dockerfile)
     request = type(request)(request.session, request.method, request.path, request.query, request.route,
                             request.head, lambda: raw, lambda: io.BytesIO(raw))
@@ -195,3 +196,14 @@ def test_a_cachefrom_that_is_not_a_json_list_is_refused(world: World) -> None:
     with pytest.raises(Denied, match="cachefrom must be a JSON list") as info:
         build(world, ALICE, f"FROM {IMAGE}\n", cachefrom="alice/secret")
     assert info.value.reason is Reason.BAD_REQUEST
+
+
+def test_the_parameters_the_engine_reads_every_value_of_may_repeat_and_each_is_checked(world: World) -> None:
+    outcome = forwarded(build(world, ALICE, f"FROM {IMAGE}\n", t=["alice/x", "alice/y:v2"]))  # type: ignore[arg-type]
+    assert parse_qs(urlsplit(outcome.target).query)["t"] == ["alice/x:latest", "alice/y:v2"]
+    outcome.close()
+    with pytest.raises(Denied) as info:
+        build(world, ALICE, f"FROM {IMAGE}\n", t=["alice/x", "bob/y"])  # type: ignore[arg-type]
+    assert info.value.reason is Reason.IMAGE_NAMESPACE
+    repeated = world.decide(ALICE, "GET", "/v1.41/containers/json?all=1&all=0")  # elsewhere a repeat is refused
+    assert repeated.reason is Reason.BAD_REQUEST  # type: ignore[union-attr]

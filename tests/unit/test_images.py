@@ -199,7 +199,8 @@ def test_pulls_stay_out_of_other_users_namespaces_and_off_registries_not_allowed
 def test_what_a_failed_build_left_is_nobodys_to_use(world: World) -> None:
     """A failed build's finished steps are images with no tag, no digest and no record: not shared."""
     left = "sha256:" + "e" * 64
-    world.upstream.images[left] = {"Id": left, "RepoTags": [], "RepoDigests": [], "Config": {}}
+    world.upstream.images[left] = {"Id": left, "RepoTags": ["<none>:<none>"], "RepoDigests": ["<none>@<none>"],
+                                   "Config": {}}  # as the image list shows it; an inspect gives []
     for caller in (ALICE, BOB):
         with pytest.raises(Denied, match="No such image"):
             world.decide(caller, "GET", f"/v1.41/images/{left}/json")
