@@ -47,10 +47,11 @@ _GO_INT = re.compile(rb"[+-]?[0-9]+")
 class ContextTooLarge(Ds01Error):
     """The request body is larger than the limit; the proxy answers 413."""
 
-    def __init__(self, limit_bytes: int) -> None:
+    def __init__(self, limit_bytes: int, unpacked: bool = False) -> None:
         size = format_size(limit_bytes)
-        super().__init__(f"the build context is larger than {size}{' bytes' * size.isdigit()}, the limit for one "
-                         "build; nothing was built. Leave files out of it with a .dockerignore.")
+        super().__init__(f"the build context {'unpacks to more' if unpacked else 'is larger'} than "
+                         f"{size}{' bytes' * size.isdigit()}, the limit for one build; nothing was built. Leave files "
+                         "out of it with a .dockerignore.")
         self.limit_bytes = limit_bytes
 
 
@@ -78,18 +79,20 @@ def spool(stream: BinaryIO, directory: Path, limit: int) -> Iterator[Path]:
         path.unlink(missing_ok=True)
 
 
-def read_dockerfile(path: Path, name: str) -> str:
+def read_dockerfile(path: Path, name: str, unpacked_limit: int) -> str:
     """The Dockerfile the engine builds from the spooled context at `path`; `name` is the `dockerfile` query
-    parameter ("" for the default). Reads only the spooled file; raises BuildContextError."""
+    parameter ("" for the default). Reads only the spooled file; raises BuildContextError, and ContextTooLarge
+    when the archive unpacks to more than `unpacked_limit` bytes (a small compressed context can unpack to
+    enough to fill the engine's disk)."""
     name = name or DEFAULT_DOCKERFILE
     relative = posixpath.normpath(name.lstrip("/"))  # the engine joins the name to the context's root
     if relative == ".." or relative.startswith("../") or "\x00" in relative:
         raise BuildContextError(f"the Dockerfile {name!r} is not a path inside the build context; name it by its "
                                 "path there (docker build -f adds a Dockerfile from elsewhere for you)")
-    tree = _scan(path, {relative, "dockerfile"})
-    found = _lookup(path, tree, relative)
+    tree = _scan(path, {relative, "dockerfile"}, unpacked_limit)
+    found = _lookup(path, tree, relative, unpacked_limit)
     if found is None and name == DEFAULT_DOCKERFILE:  # the engine's fallback for the default name only
-        found = _lookup(path, tree, "dockerfile")
+        found = _lookup(path, tree, "dockerfile", unpacked_limit)
     if found is None:
         raise BuildContextError(f"the build context has no Dockerfile {name!r}; put it at the context's root or "
                                 "name its path with docker build -f")
@@ -107,10 +110,10 @@ def read_dockerfile(path: Path, name: str) -> str:
         raise BuildContextError(f"the Dockerfile {name!r} is not UTF-8 text ({exc}); save it as UTF-8") from None
 
 
-def read_member(path: Path, name: str) -> bytes | None:
+def read_member(path: Path, name: str, unpacked_limit: int) -> bytes | None:
     """A regular file of the archive at `path` (an image archive's manifest.json, say), as the engine would find
-    it unpacked, at most DOCKERFILE_LIMIT_BYTES; None when there is none."""
-    found = _lookup(path, _scan(path, {name}), name)
+    it unpacked, at most DOCKERFILE_LIMIT_BYTES; None when there is none. ContextTooLarge as read_dockerfile."""
+    found = _lookup(path, _scan(path, {name}, unpacked_limit), name, unpacked_limit)
     if found is None:
         return None
     if found.kind != _REGULAR or found.data is None:
@@ -148,12 +151,12 @@ def _refused(what: str) -> BuildContextError:
                              "or xz) of plain files, directories and symlinks, as docker build makes it.")
 
 
-def _lookup(path: Path, tree: _Tree, relative: str) -> _Found | None:
+def _lookup(path: Path, tree: _Tree, relative: str, unpacked_limit: int) -> _Found | None:
     target = _resolve(tree.links, relative)
     if target == "." or target in tree.dirs:
         return _Found(_DIRECTORY, None)
     if target not in tree.names:  # a symlink led elsewhere: read the archive again for that entry
-        tree = _scan(path, {target})
+        tree = _scan(path, {target}, unpacked_limit)
     return tree.found.get(target)
 
 
@@ -179,11 +182,11 @@ def _resolve(links: dict[str, str], relative: str) -> str:
     return posixpath.normpath(resolved or ".")
 
 
-def _scan(path: Path, names: set[str]) -> _Tree:
+def _scan(path: Path, names: set[str], unpacked_limit: int) -> _Tree:
     tree = _Tree(names)
     try:
         with path.open("rb") as raw, _decompressed(raw) as stream:
-            archive = _Tar(stream)
+            archive = _Tar(stream, unpacked_limit)
             for header in archive:
                 name = _place(tree, header)
                 if name in names:
@@ -254,8 +257,10 @@ def _entry_name(raw: bytes) -> str:
 class _Tar:
     """Go's archive/tar reader, for what the engine unpacks: entry names, types, sizes and link targets."""
 
-    def __init__(self, stream: io.BufferedIOBase) -> None:
+    def __init__(self, stream: io.BufferedIOBase, limit: int) -> None:
         self.stream = stream
+        self.limit = limit  # bytes of the unpacked archive read at most
+        self.total = 0
         self.remaining = 0  # data bytes of the current entry not read yet
         self.padding = 0
 
@@ -274,6 +279,9 @@ class _Tar:
         data = b""
         while len(data) < size and (chunk := self.stream.read(min(size - len(data), _CHUNK_BYTES))):
             data += chunk
+            self.total += len(chunk)
+            if self.total > self.limit:
+                raise ContextTooLarge(self.limit, unpacked=True)
         if len(data) < size and not (partial and not data):
             raise _refused("is truncated")
         return data

@@ -130,7 +130,8 @@ class BuildActions:
         limit = self._image_settings().max_context_size_bytes
         try:
             with buildcontext.spool(request.body_stream(), self._spool_dir, limit) as spooled:
-                text = buildcontext.read_dockerfile(spooled, str(query.get("dockerfile") or DEFAULT_DOCKERFILE))
+                text = buildcontext.read_dockerfile(spooled, str(query.get("dockerfile") or DEFAULT_DOCKERFILE),
+                                                    limit)
                 self._check_reads(caller, text, args)
                 context = spooled.open("rb")  # kept open: the spooled file goes with the context manager
         except buildcontext.ContextTooLarge as exc:
@@ -200,7 +201,7 @@ class BuildActions:
         limit = self._image_settings().max_context_size_bytes
         try:
             with buildcontext.spool(request.body_stream(), self._spool_dir, limit) as spooled:
-                tags = _archive_tags(spooled)
+                tags = _archive_tags(spooled, limit)
                 archive = spooled.open("rb")
         except buildcontext.ContextTooLarge as exc:
             raise Denied(Reason.CONTEXT_TOO_LARGE, f"{exc} (images.max_context_size)") from None
@@ -226,11 +227,11 @@ class BuildActions:
         return Forward(request.target, body_file=archive, closed=settle)
 
 
-def _archive_tags(path: Path) -> list[str]:
+def _archive_tags(path: Path, unpacked_limit: int) -> list[str]:
     """The names an image archive gives: manifest.json's RepoTags, and the legacy `repositories` file's."""
     tags: list[str] = []
     for member in ("manifest.json", "repositories"):
-        data = buildcontext.read_member(path, member)
+        data = buildcontext.read_member(path, member, unpacked_limit)
         if data is None:
             continue
         try:

@@ -15,34 +15,16 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from ds01.errors import UsageError
+from ds01.proxy.dockerfilelines import CLASSIC, FIELDS, DockerfileError, Instruction, parse, split_words
 
-CLASSIC = "ds01 builds use the classic builder (BuildKit is off), which does not support it"
-_GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a" \
-            "\u2028\u2029\u202f\u205f\u3000"  # Go's unicode.IsSpace, which Python's isspace() is not
-_ASCII_SPACE = "\t\n\v\f\r "
-_FIELDS = re.compile(r"[\t\v\f\r ]+")  # how the parser splits an instruction, and FROM's arguments
-_DIRECTIVE = re.compile(r"([a-zA-Z][a-zA-Z0-9]*)[\t\n\f\r ]*=[\t\n\f\r ]*(.+?)[\t\n\f\r ]*")
-_CONTINUATION = {e: re.compile(rf"([^{re.escape(e)}]){re.escape(e)}[ \t]*\Z|^{re.escape(e)}[ \t]*\Z") for e in "\\`"}
-_HEREDOC = re.compile(r"(?<!\S)\d*<<-?[ \t\r]*[^<\s]")  # any word the parser may take for a heredoc
 _ONBUILD = re.compile(r"^[\t\n\f\r ]*ONBUILD[\t\n\f\r ]*", re.IGNORECASE | re.ASCII)
 _STAGE_NAME = re.compile(r"[a-z][a-z0-9-_.]*")
 _REFERENCE = re.compile(r"[\x21-\x7e]+")
 _GO_INT = re.compile(r"[+-]?[0-9]+")
-_INSTRUCTIONS = frozenset({"add", "arg", "cmd", "copy", "entrypoint", "env", "expose", "from", "healthcheck", "label",
-                           "maintainer", "onbuild", "run", "shell", "stopsignal", "user", "volume", "workdir"})
 # Build args any FROM may use without an ARG; engines before 23.0 lack the ALL_PROXY pair.
 _PROXY_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy", "NO_PROXY",
                "no_proxy")
 _ALL_PROXY_ARGS = ("ALL_PROXY", "all_proxy")
-
-
-class DockerfileError(UsageError):
-    """The Dockerfile is malformed, or reads images in a way ds01 cannot check with certainty."""
-
-    def __init__(self, what: str, line: int | None = None) -> None:
-        super().__init__(what if line is None else f"Dockerfile line {line}: {what}")
-        self.what, self.line = what, line
 
 
 class ReadKind(StrEnum):
@@ -56,15 +38,6 @@ class ImageRead:
     reference: str  # as written after substitution: a name, name:tag, name@digest or image ID
     line: int  # the Dockerfile line of the instruction, or of the FROM whose ONBUILD trigger made the read
     trigger: str | None = None  # that trigger, as the image's Config.OnBuild lists it
-
-
-@dataclass(frozen=True)
-class _Instruction:
-    line: int
-    name: str  # lower case
-    flags: list[str]
-    args: str
-    original: str  # the joined line, which ONBUILD records
 
 
 @dataclass
@@ -107,7 +80,7 @@ def onbuild_reads(triggers: Sequence[str], stages: Sequence[str | None] = (), li
 
 def _analyse(text: str, args: Mapping[str, str | None], triggers: Mapping[str, Sequence[str]],
              builtins: tuple[str, ...]) -> list[ImageRead]:
-    instructions, escape = _parse(text)
+    instructions, escape = parse(text)
     declared: dict[str, str | None] = {}
     build = _Build(triggers)
     for ins in instructions:
@@ -136,8 +109,8 @@ def _meta_env(declared: Mapping[str, str | None], args: Mapping[str, str | None]
     return env
 
 
-def _meta_arg(ins: _Instruction, lexer: _Lexer, declared: dict[str, str | None]) -> None:
-    words = _words(ins.args, lexer.escape)
+def _meta_arg(ins: Instruction, lexer: _Lexer, declared: dict[str, str | None]) -> None:
+    words = split_words(ins.args, lexer.escape)
     if not words:
         raise DockerfileError("ARG needs a name: write ARG NAME or ARG NAME=DEFAULT", ins.line)
     pairs: list[tuple[str, str | None]] = []
@@ -151,8 +124,8 @@ def _meta_arg(ins: _Instruction, lexer: _Lexer, declared: dict[str, str | None])
     declared.update(pairs)
 
 
-def _from(ins: _Instruction, lexer: _Lexer, build: _Build) -> None:
-    tokens = _FIELDS.split(ins.args) if ins.args else []
+def _from(ins: Instruction, lexer: _Lexer, build: _Build) -> None:
+    tokens = FIELDS.split(ins.args) if ins.args else []
     named = len(tokens) == 3 and len(tokens[1]) == 2 and tokens[1][0] in "aA" and tokens[1][1] in "sS\u017f"
     if not named and len(tokens) != 1:
         raise DockerfileError("FROM takes an image and optionally AS NAME: write FROM IMAGE [AS NAME]", ins.line)
@@ -178,7 +151,7 @@ def _run_triggers(triggers: Sequence[str], build: _Build, line: int) -> None:
     """A new stage's base triggers, run as the engine runs them: each parsed afresh as a one-line Dockerfile."""
     for trigger in triggers:
         try:
-            instructions, _ = _parse(trigger)
+            instructions, _ = parse(trigger)
             if len(instructions) != 1 or instructions[0].name == "from":
                 raise DockerfileError("a trigger must be one instruction other than FROM")
             if instructions[0].name == "onbuild":
@@ -189,7 +162,7 @@ def _run_triggers(triggers: Sequence[str], build: _Build, line: int) -> None:
             raise DockerfileError(f"the FROM runs the ONBUILD trigger {trigger!r}: {exc.what}", line or None) from None
 
 
-def _command(ins: _Instruction, build: _Build, line: int, trigger: str | None = None) -> None:
+def _command(ins: Instruction, build: _Build, line: int, trigger: str | None = None) -> None:
     flags: dict[str, str | None] = {}
     for word in ins.flags:
         name, eq, value = word[2:].partition("=")
@@ -232,138 +205,11 @@ def _reference(line: int, name: str) -> str:
     return name
 
 
-def _onbuild_expression(ins: _Instruction) -> str:
-    inner = _FIELDS.split(ins.args, maxsplit=1)[0].upper()
+def _onbuild_expression(ins: Instruction) -> str:
+    inner = FIELDS.split(ins.args, maxsplit=1)[0].upper()
     if ins.flags or inner in ("", "ONBUILD", "MAINTAINER", "FROM"):
         raise DockerfileError("ONBUILD takes one instruction, not ONBUILD, MAINTAINER or FROM, and no flags", ins.line)
     return _ONBUILD.sub("", ins.original, count=1)
-
-
-def _parse(text: str) -> tuple[list[_Instruction], str]:
-    """The instructions, each with the line it starts on, and the escape character."""
-    lines = text.removesuffix("\n").split("\n") if text else []  # a final newline ends a line, starts none
-    lines[:1] = [first.removeprefix("\ufeff") for first in lines[:1]]
-    escape, directives, seen = "\\", True, set[str]()
-    instructions, index = list[_Instruction](), 0
-    while index < len(lines):
-        start, index = index + 1, index + 1
-        line = _line(lines[start - 1], start).lstrip(_GO_SPACE)
-        if directives:
-            directives, escape = _directive(start, line, escape, seen)
-        joined, more = _continued(line, escape) if not line.startswith("#") else ("", False)
-        if not joined and not more:
-            continue
-        while more and index < len(lines):
-            index += 1
-            part = _line(lines[index - 1], index)
-            if part.lstrip(_GO_SPACE).startswith("#") or not part.lstrip(_GO_SPACE):
-                continue  # comments and blank lines inside a continuation are dropped
-            part, more = _continued(part, escape)
-            joined += part
-        instructions.append(_instruction(start, joined, escape))
-    if not instructions:
-        raise DockerfileError("there are no instructions", len(lines))
-    return instructions, escape
-
-
-def _line(raw: str, number: int) -> str:
-    if raw.endswith("\r\r"):  # engines before 24.0 strip one CR, later ones all: continuations would differ
-        raise DockerfileError("the line ends with more than one carriage return; end lines with \\n or \\r\\n", number)
-    return raw.removesuffix("\r")
-
-
-def _directive(number: int, line: str, escape: str, seen: set[str]) -> tuple[bool, str]:
-    """Parser directives: only at the very top, before any instruction, comment or blank line."""
-    rest = line[1:].lstrip(_GO_SPACE)
-    match = _DIRECTIVE.fullmatch(rest) if line.startswith("#") else None
-    if not match or match[1].lower() not in ("escape", "syntax", "check"):
-        return False, escape
-    key, value = match[1].lower(), match[2]
-    if key in seen:
-        raise DockerfileError(f"the {key} directive is given twice; give it once", number)
-    seen.add(key)
-    if key != "escape":
-        raise DockerfileError(f"the '# {key}=' directive is for BuildKit; {CLASSIC}. Remove the line.", number)
-    if line[1:len(line) - len(rest)].strip("\t\n\f\r "):  # engines before 24.0 take only ASCII spaces here
-        raise DockerfileError("the escape directive has unusual spaces after '#'; write '# escape=' + char", number)
-    if value not in ("\\", "`"):
-        raise DockerfileError(f"the escape character must be \\ or `, not {value!r}", number)
-    return True, value
-
-
-def _continued(line: str, escape: str) -> tuple[str, bool]:
-    pattern = _CONTINUATION[escape]
-    return (pattern.sub(r"\1", line), True) if pattern.search(line) else (line, False)
-
-
-def _instruction(number: int, joined: str, escape: str) -> _Instruction:
-    name, rest = [*_FIELDS.split(joined.strip(_GO_SPACE), maxsplit=1), ""][:2]
-    lowered = name.lower() if name.isascii() else ""
-    if lowered not in _INSTRUCTIONS:
-        raise DockerfileError(f"unknown instruction {name!r}", number)
-    if lowered in ("run", "copy", "add", "onbuild") and _HEREDOC.search(joined):
-        raise DockerfileError(f"{name.upper()} has a heredoc (<<WORD), which needs BuildKit; {CLASSIC}. "
-                              "Put the text in a file in the build context and COPY it.", number)
-    flags, args = _flags(number, rest, escape)
-    return _Instruction(number, lowered, flags, args.strip(_GO_SPACE), joined)
-
-
-def _flags(number: int, rest: str, escape: str) -> tuple[list[str], str]:
-    """The leading --flag words as the parser splits them: it reads bytes, and escapes with \\ before 28.0."""
-    words: list[str] = []
-    index, end = 0, len(rest)
-    while True:
-        while index < end and rest[index] in _ASCII_SPACE:
-            index += 1
-        if not rest.startswith("--", index):
-            break
-        chars, quote, quoted = list[str](), "", False
-        while index < end and (quote or rest[index] not in _ASCII_SPACE):
-            char, index = rest[index], index + 1
-            if char == quote or (not quote and char in "'\""):
-                quote, quoted = ("" if quote else char), True
-                continue
-            if char == "\\" and index < end:
-                char, index = rest[index], index + 1
-            elif char == "\\":
-                continue
-            chars.append(char)
-        if (word := "".join(chars)) == "--" and index < end:
-            break
-        if word != "--" and (quoted or word):
-            words.append(word)
-    scanned = rest[:index]
-    if not scanned.isascii() or (escape == "`" and ("\\" in scanned or "`" in scanned)):
-        raise DockerfileError("the flags hold non-ASCII or escape characters, which engine versions split "
-                              "differently; write flags as plain --name=value", number)
-    return words, rest[index:]
-
-
-def _words(rest: str, escape: str) -> list[str]:
-    """ARG's words: split at spaces outside quotes, quotes and escapes kept for substitution to remove."""
-    words, chars, index, end, phase, quote, keep = list[str](), list[str](), 0, len(rest), "space", "", False
-    while index < end:
-        char, index = rest[index], index + 1
-        if phase != "quote" and char in _GO_SPACE:  # in "space", chars is empty: nothing is added
-            if keep or chars:
-                words.append("".join(chars))
-            chars, keep, phase = [], False, "space"
-            continue
-        phase = "word" if phase == "space" else phase
-        if phase == "word" and char in "'\"":
-            quote, keep, phase = char, True, "quote"
-        elif phase == "quote" and char == quote:
-            phase = "word"
-        if char == escape and (phase == "word" or quote != "'"):
-            if index == end:
-                phase = "word"
-                continue
-            chars.append(char)
-            char, index = rest[index], index + 1
-        chars.append(char)
-    if phase != "space" and (keep or chars):
-        words.append("".join(chars))
-    return words
 
 
 class _Lexer:

@@ -27,6 +27,7 @@ from ds01.proxy.buildcontext import (
 )
 
 MIB = 1 << 20
+UNPACKED_LIMIT = 64 * MIB
 REG, SYM, LNK, DIR, FIFO = tarfile.REGTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.DIRTYPE, tarfile.FIFOTYPE
 
 
@@ -77,8 +78,8 @@ def saved(tmp_path: Path, raw: bytes) -> Path:
     return path
 
 
-def dockerfile_of(tmp_path: Path, raw: bytes, name: str = "") -> str:
-    return read_dockerfile(saved(tmp_path, raw), name)
+def dockerfile_of(tmp_path: Path, raw: bytes, name: str = "", limit: int = UNPACKED_LIMIT) -> str:
+    return read_dockerfile(saved(tmp_path, raw), name, limit)
 
 
 A, B, C = b"FROM a\n", b"FROM b\n", b"FROM c\n"
@@ -108,7 +109,7 @@ def test_spool_copies_the_body_unchanged_to_a_private_file_removed_afterwards(tm
     with spool(io.BytesIO(body), tmp_path, len(body)) as path:
         assert path.parent == tmp_path and path.read_bytes() == body
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        assert read_dockerfile(path, "") == "FROM a\n"
+        assert read_dockerfile(path, "", UNPACKED_LIMIT) == "FROM a\n"
     assert list(tmp_path.iterdir()) == []
 
 
@@ -304,8 +305,18 @@ def test_the_dockerfile_may_come_after_large_files(tmp_path: Path) -> None:
     assert dockerfile_of(tmp_path, gzip.compress(raw, compresslevel=1)) == "FROM a\n"
 
 
+def test_a_compressed_context_that_unpacks_past_the_limit_is_too_large(tmp_path: Path) -> None:
+    """A few KiB of gzip can unpack to gigabytes on the engine's disk: the unpacked size counts too."""
+    raw = archive(entry("Dockerfile", A), entry("zeros.bin", bytes(8 * MIB)))
+    body = gzip.compress(raw, compresslevel=9)
+    assert len(body) < MIB
+    with pytest.raises(ContextTooLarge, match="unpacks to more than 4m, the limit"):
+        dockerfile_of(tmp_path, body, limit=4 * MIB)
+    assert dockerfile_of(tmp_path, body, limit=9 * MIB) == "FROM a\n"
+
+
 def test_spooled_context_hash_is_unchanged(tmp_path: Path) -> None:
     body = lzma.compress(PLAIN)
     with spool(io.BytesIO(body), tmp_path, 10 * MIB) as path:
-        read_dockerfile(path, "Dockerfile")
+        read_dockerfile(path, "Dockerfile", UNPACKED_LIMIT)
         assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(body).digest()

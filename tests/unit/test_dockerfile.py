@@ -74,6 +74,10 @@ READS = [
     ("#escape=`\nFROM a\n", {}, [("FROM", "a", 2)]),
     ("# comment\n# escape=x\n# syntax=docker/dockerfile:1\nFROM a\n", {}, [("FROM", "a", 4)]),  # comments now
     ("FROM a\n# syntax=docker/dockerfile:1\n", {}, [("FROM", "a", 1)]),
+    # the classic builder reads syntax= and check= and ignores them
+    ("# syntax=docker/dockerfile:1\nFROM a\n", {}, [("FROM", "a", 2)]),
+    ("# syntax=docker/dockerfile:1\n# check=skip=all\nFROM a\n", {}, [("FROM", "a", 3)]),
+    ("# escape=`\n# syntax=docker/dockerfile:1\nFROM al`\npine\n", {}, [("FROM", "alpine", 3)]),
     ("FROM a\nRUN echo $((1<<2)) && cat<<x\n", {}, [("FROM", "a", 1)]),  # no word starting with <<
     # ONBUILD in the Dockerfile runs when a later FROM names the stage
     ("FROM a AS s\nONBUILD COPY --from=alice/t /x /x\nFROM s\n", {},
@@ -139,8 +143,8 @@ REFUSED = [
     ("FROM a\nRUN cat << EOF\nFROM alice/x\nEOF\n", {}, "heredoc"),
     ("FROM a\nCOPY <<-x /y\n", {}, "heredoc"),
     ("FROM a\nONBUILD RUN 3<<EOF\n", {}, "heredoc"),
-    ("# syntax=docker/dockerfile:1\nFROM a\n", {}, "'# syntax=' directive is for BuildKit"),
-    ("# check=skip=all\nFROM a\n", {}, "'# check=' directive is for BuildKit"),
+    ("# syntax=docker/dockerfile:1\n# escape=`\nFROM a\n", {}, "put '# escape=' on the first line"),
+    ("# check=skip=all\n# escape=`\nFROM a\n", {}, "put '# escape=' on the first line"),
     # directives and lines that engine versions read differently
     ("# escape=x\nFROM a\n", {}, "must be \\ or `"),
     ("# escape=`\n# ESCAPE=`\nFROM a\n", {}, "given twice"),
