@@ -9,7 +9,7 @@ import json
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 from ds01 import eventlog
 from ds01.errors import Denied, EngineError
@@ -57,21 +57,44 @@ class ImageActions:
 
     def find(self, caller: Caller, name: str) -> dict[str, Any] | None:
         """The image of that name (its inspect), None when there is none; another user's is refused as a missing
-        one would be (404 "No such image", on which the docker CLI tries a pull, refused in turn)."""
+        one would be (404 "No such image", on which the docker CLI tries a pull, refused in turn). So is a name in
+        another user's namespace, even where it tags a shared image: it is theirs to name."""
+        if not caller.is_admin and self._others_name(caller, name):
+            raise Denied(Reason.NOT_FOUND, f"No such image: {name}")
         info = self.upstream.inspect("image", name)
         if info is not None and not caller.is_admin and not self._usable(caller, info):
             raise Denied(Reason.NOT_FOUND, f"No such image: {name}")
         return info
 
     def _usable(self, caller: Caller, info: dict[str, Any]) -> bool:
-        """The caller's own, or shared: pulled (a registry digest) or named. An image with neither that the
-        record does not hold is what a failed build left of its finished steps: nobody's to use but an admin."""
+        """The caller's own, or shared: pulled (a registry digest) or named, other users' names left out. An image
+        with neither that the record does not hold is what a failed build left of its finished steps: nobody's to
+        use but an admin."""
         owned = self.store.owner(str(info.get("Id")))
         if owned is not None:
             return owned.user == caller.user
         # An image list says <none>:<none> and <none>@<none> where an inspect says nothing.
-        return any(digest != "<none>@<none>" for digest in info.get("RepoDigests") or ()) or any(
-            tag != "<none>:<none>" for tag in info.get("RepoTags") or ())
+        return any(digest != "<none>@<none>" and not self._others_name(caller, digest)
+                   for digest in info.get("RepoDigests") or ()) or bool(self._shown_tags(caller, info))
+
+    def _others_name(self, caller: Caller, name: str) -> bool:
+        """Whether `name` lies in another user's namespace (alice/x for bob); an id or a malformed name does not."""
+        try:
+            namespace = imagenames.parse(name).namespace
+        except Denied:
+            return False
+        return namespace not in (None, caller.user) and self._a_users_namespace(namespace or "")
+
+    def _shown_tags(self, caller: Caller, info: dict[str, Any]) -> list[str]:
+        """The image's tags the caller sees: not other users' (alice's own tag on a shared image is hers)."""
+        return [tag for tag in info.get("RepoTags") or ()
+                if tag != "<none>:<none>" and not self._others_name(caller, tag)]
+
+    def _as_shown(self, caller: Caller, info: dict[str, Any]) -> dict[str, Any]:
+        """An image's inspect or list entry with other users' names on it left out."""
+        return {**info, "RepoTags": self._shown_tags(caller, info),
+                "RepoDigests": [digest for digest in info.get("RepoDigests") or ()
+                                if not self._others_name(caller, digest)]}
 
     def visible(self, caller: Caller, name: str) -> tuple[dict[str, Any], str | None]:
         """An image the caller may use: (its inspect, its owner or None when shared)."""
@@ -132,17 +155,22 @@ class ImageActions:
         status, listed = self.upstream.call("GET", "/images/json", query=dict(parse_qsl(request.query)))
         if status != 200 or not isinstance(listed, list):
             raise EngineError(f"the engine answered {status} to the image list: {str(listed)[:200]}")
-        return Reply(200, [image for image in listed if self._usable(caller, image)])
+        return Reply(200, [self._as_shown(caller, image) for image in listed if self._usable(caller, image)])
 
     def act(self, request: Request) -> Outcome:
         """One image named in the path: inspect, history, save, tag, push, remove."""
         caller, route, method = request.session.caller, request.route, request.method
         name = route.object_id or ""
-        _, owner = self.visible(caller, name)
+        info, owner = self.visible(caller, name)
+        others_names = any(self._others_name(caller, named)
+                           for named in [*(info.get("RepoTags") or ()), *(info.get("RepoDigests") or ())])
         match route.action, method:
-            case ("json" | "history"), "GET":
-                check_parameters(request.query, frozenset(), f"image {route.action}")
-                return Forward(request.target)
+            case "json", "GET":
+                check_parameters(request.query, frozenset(), "image inspect")
+                return Reply(200, self._as_shown(caller, info)) if others_names else Forward(request.target)
+            case "history", "GET":
+                check_parameters(request.query, frozenset(), "image history")
+                return self._history(caller, name)  # a layer below may carry another user's tag
             case "get", "GET":
                 check_parameters(request.query, frozenset(), "image save")
                 return Forward(request.target)
@@ -156,21 +184,51 @@ class ImageActions:
                 imagenames.check_own_name(caller.user, name, "docker push")
                 return Forward(request.target)
             case "", "DELETE":
-                check_parameters(request.query, DELETE_PARAMETERS, "image remove")
-                if owner is None and not caller.is_admin:
+                found = check_parameters(request.query, DELETE_PARAMETERS, "image remove")
+                if owner is None and not self._own_tag_of_shared(caller, name, info, found):
                     return Deny(Reason.IMAGE_SHARED, f"{name} is a shared image (pulled from a registry, used by "
                                                      "everyone): only an admin removes it. Your own images are those "
-                                                     f"you build or commit as {caller.user}/NAME.")
+                                                     f"you build or commit as {caller.user}/NAME, and your own tags "
+                                                     "on a shared image, which docker rmi untags.")
                 return Forward(request.target, after=lambda status, answer: self._removed(caller, name, status, answer))
             case _:
                 return Deny(Reason.UNKNOWN_ENDPOINT, f"{method} {request.path} is not allowed through the ds01 proxy.")
 
+    def _own_tag_of_shared(self, caller: Caller, name: str, info: dict[str, Any],
+                           found: dict[str, list[str]]) -> bool:
+        """`docker rmi alice/x` of alice's own tag on a shared image, which keeps another name: the engine only
+        untags it then. Not forced, which would remove the image under other users' containers."""
+        try:
+            reference = imagenames.parse(name)
+        except Denied:
+            return False
+        if reference.namespace != caller.user or reference.digest is not None or any(
+                value not in ("", "0", "false") for value in found.get("force") or ()):
+            return False
+        others = [tag for tag in info.get("RepoTags") or () if tag not in ("<none>:<none>", reference.tagged())]
+        kept_digests = [digest for digest in info.get("RepoDigests") or ()
+                        if imagenames.parse(digest).repository != reference.repository]
+        return reference.tagged() in (info.get("RepoTags") or ()) and bool(others or kept_digests)
+
+    def _history(self, caller: Caller, name: str) -> Reply:
+        """An image's history with other users' tags on its layers left out (bob's tag on the shared base of
+        alice's image is not hers to see)."""
+        status, layers = self.upstream.call("GET", f"/images/{quote(name, safe='')}/history")
+        if status != 200 or not isinstance(layers, list):
+            raise EngineError(f"the engine answered {status} to the history of {name}: {str(layers)[:200]}")
+        return Reply(200, [{**layer, "Tags": [tag for tag in layer.get("Tags") or ()
+                                               if not self._others_name(caller, tag)] or None}
+                           for layer in layers])
+
     def _removed(self, caller: Caller, name: str, status: int | None, answer: bytes) -> None:
         if status != 200:
             return
-        gone = [str(entry.get("Deleted")) for entry in json.loads(answer) if entry.get("Deleted")]
+        entries = json.loads(answer)
+        gone = [str(entry.get("Deleted")) for entry in entries if entry.get("Deleted")]
+        untagged = [str(entry.get("Untagged")) for entry in entries if entry.get("Untagged")]
         self.store.forget(gone)
-        eventlog.emit(EventType.IMAGE_REMOVE, source="proxy", user=caller.user, image=name, deleted=gone)
+        eventlog.emit(EventType.IMAGE_REMOVE, source="proxy", user=caller.user, image=name, deleted=gone,
+                      untagged=untagged)
 
     def save_many(self, request: Request) -> Outcome:
         """docker save of several images: each visible to the caller."""

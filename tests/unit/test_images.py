@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from hypothesis import given
@@ -206,3 +207,41 @@ def test_what_a_failed_build_left_is_nobodys_to_use(world: World) -> None:
             world.decide(caller, "GET", f"/v1.41/images/{left}/json")
         assert left not in {image["Id"] for image in world.decide(caller, "GET", "/v1.41/images/json").body}
     forwarded(world.decide(ADMIN, "GET", f"/v1.41/images/{left}/json")).close()
+
+
+def alices_tag_on_the_shared_image(world: World) -> None:
+    """alice's `docker tag busybox alice/bb`: her name on the shared image."""
+    alices_image(world)
+    shared = world.upstream.images[IMAGE]
+    shared["RepoTags"] = [IMAGE, "alice/bb:latest"]
+    world.upstream.images["alice/bb"] = world.upstream.images["alice/bb:latest"] = shared
+
+
+def test_another_users_tag_on_a_shared_image_is_theirs_to_see_and_name(world: World) -> None:
+    alices_tag_on_the_shared_image(world)
+    for method, target in (("GET", "/v1.41/images/alice/bb/json"), ("POST", "/v1.41/images/alice/bb/tag?repo=bob/x"),
+                           ("DELETE", "/v1.41/images/alice/bb")):
+        assert refused(world, BOB, method, target) is Reason.NOT_FOUND, target
+    with pytest.raises(Denied, match="No such image: alice/bb"):
+        world.decide(BOB, "POST", "/v1.41/containers/create?name=x", {"Image": "alice/bb"})
+    listed = {image["Id"]: image["RepoTags"] for image in world.decide(BOB, "GET", "/v1.41/images/json").body}
+    assert listed == {SHARED: [IMAGE]}
+    shown = world.decide(BOB, "GET", f"/v1.41/images/{IMAGE}/json")
+    assert shown.body["RepoTags"] == [IMAGE]  # type: ignore[union-attr]
+    world.upstream.answers[("GET", f"/images/{quote(IMAGE, safe='')}/history")] = (
+        200, [{"Id": SHARED, "Tags": [IMAGE, "alice/bb:latest"]}, {"Id": "<missing>", "Tags": None}])
+    history = world.decide(BOB, "GET", f"/v1.41/images/{IMAGE}/history").body
+    assert [layer["Tags"] for layer in history] == [[IMAGE], None]  # type: ignore[union-attr]
+    mine = {image["Id"]: image["RepoTags"] for image in world.decide(ALICE, "GET", "/v1.41/images/json").body}
+    assert mine[SHARED] == [IMAGE, "alice/bb:latest"]
+
+
+def test_a_user_untags_their_own_name_on_a_shared_image_but_never_removes_it(world: World) -> None:
+    alices_tag_on_the_shared_image(world)
+    for target in ("/v1.41/images/alice/bb?force=1", f"/v1.41/images/{SHARED}"):
+        assert denied(world.decide(ALICE, "DELETE", target)) == (Reason.IMAGE_SHARED, 403), target
+    untag = forwarded(world.decide(ALICE, "DELETE", "/v1.41/images/alice/bb"))
+    untag.settle(200, json.dumps([{"Untagged": "alice/bb:latest"}]).encode())
+    world.upstream.images[IMAGE]["RepoTags"] = ["alice/bb:latest"]  # its only name: a removal would delete it
+    world.upstream.images[IMAGE]["RepoDigests"] = []
+    assert denied(world.decide(ALICE, "DELETE", "/v1.41/images/alice/bb")) == (Reason.IMAGE_SHARED, 403)
