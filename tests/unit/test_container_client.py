@@ -10,13 +10,10 @@ import http.client
 import json
 import os
 import socket
-import socketserver
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +25,7 @@ from ds01.errors import Denied, Ds01Error, UsageError
 from ds01.names import DRY_RUN_HEADER, USER_AGENT
 from ds01.paths import paths_from_env
 from ds01.reasons import Reason
+from tests.unit.standin import Answer, Seen, StandIn, serving
 
 REPO = Path(__file__).resolve().parents[2]
 SDK = ("docker", "requests", "urllib3")
@@ -43,79 +41,6 @@ print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} & {"docker", "req
 """
 
 
-@dataclass
-class Answer:
-    status: int = 200
-    body: Any = None  # sent as JSON
-    headers: dict[str, str] = field(default_factory=dict)
-    chunks: list[bytes] | None = None  # a chunked body instead
-    stream: bytes | None = None  # after a 101 switch: the raw stream, then the connection closes
-    hang_up: bool = False  # close without answering
-    then_close: bool = False  # close after answering, without saying so (as an idle timeout does, later)
-
-
-@dataclass
-class Seen:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: Any
-
-
-class StandIn(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-
-    def __init__(self, path: str, answer: Callable[[Seen], Answer]) -> None:
-        self.answer = answer
-        self.seen: list[Seen] = []
-        self.closed = threading.Semaphore(0)  # released each time the stand-in has closed a connection
-        super().__init__(path, _Handler)
-
-    def shutdown_request(self, request: Any) -> None:
-        super().shutdown_request(request)
-        self.closed.release()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: StandIn
-
-    def _any(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        data = self.rfile.read(length) if length else b""
-        seen = Seen(self.command, self.path, dict(self.headers), json.loads(data) if data else None)
-        self.server.seen.append(seen)
-        answer = self.server.answer(seen)
-        if answer.hang_up:
-            self.close_connection = True
-            return
-        if answer.stream is not None:
-            self.wfile.write(b"HTTP/1.1 101 UPGRADED\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n" + answer.stream)
-            self.close_connection = True
-            return
-        self.send_response(answer.status)
-        for name, value in answer.headers.items():
-            self.send_header(name, value)
-        if answer.chunks is not None:
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            for chunk in answer.chunks:
-                self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-            self.wfile.write(b"0\r\n\r\n")
-            return
-        body = b"" if answer.body is None else json.dumps(answer.body).encode()
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-        self.close_connection = answer.then_close
-
-    do_GET = do_POST = do_DELETE = _any
-
-    def log_message(self, *_args: object) -> None:
-        """Quiet: the tests assert on what was seen."""
-
-
 def _inspected(uid: int) -> dict[str, Any]:
     return {"Id": "c0ffee" * 10, "Name": f"/train._.{uid}", "Created": "2026-01-02T03:04:05.123456789Z",
             "State": {"Status": "running"}, "Config": {"Image": "img:1", "Labels": {}, "Tty": False},
@@ -126,7 +51,7 @@ def _inspected(uid: int) -> dict[str, Any]:
 def proxy_answers(seen: Seen) -> Answer:
     """Just enough of the proxy for `container list` and `container create --dry-run`."""
     uid = os.getuid()
-    if seen.method == "GET" and seen.path.startswith("/v1.40/containers/json?"):
+    if seen.method == "GET" and seen.path == "/v1.40/containers/json" and seen.query:
         return Answer(body=[{"Id": "c0ffee" * 10, "Names": [f"/train._.{uid}"]}, {"Id": "other", "Names": ["/x"]}])
     if seen.method == "GET" and seen.path.startswith("/v1.40/containers/c0ffee"):
         return Answer(body=_inspected(uid))
@@ -138,14 +63,8 @@ def proxy_answers(seen: Seen) -> Answer:
 
 @pytest.fixture
 def stand_in(tmp_path: Path) -> Iterator[StandIn]:
-    server = StandIn(str(tmp_path / "docker.sock"), proxy_answers)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serving(str(tmp_path / "docker.sock"), proxy_answers) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _url(server: StandIn) -> str:
@@ -182,12 +101,13 @@ def test_requests_name_the_cli_one_api_version_and_the_dry_run(stand_in: StandIn
     assert all(seen.headers["User-Agent"] == USER_AGENT and seen.path.startswith("/v1.40/")
                for seen in stand_in.seen)
     listing, *_, created = stand_in.seen
-    assert "all=1" in listing.path and "ds01.uid%3D" in listing.path
-    assert created.headers[DRY_RUN_HEADER] == "true" and created.path.endswith("/containers/create?name=train._.1")
-    host = created.body["HostConfig"]
+    assert listing.query["all"] == "1" and "ds01.uid=" in listing.query["filters"]
+    assert created.headers[DRY_RUN_HEADER] == "true" and created.path.endswith("/containers/create")
+    assert created.query == {"name": "train._.1"}
+    host = created.json()["HostConfig"]
     assert host["DeviceRequests"] == devicerequests.by_count(2)
     assert (host["NanoCpus"], host["Memory"], host["Binds"]) == (1_500_000_000, 2**30, [f"{tmp_path}:/workspace"])
-    assert "ShmSize" not in host and created.body["WorkingDir"] == "/workspace"
+    assert "ShmSize" not in host and created.json()["WorkingDir"] == "/workspace"
 
 
 def test_docker_host_must_be_a_unix_socket(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -218,7 +138,7 @@ def test_exec_reads_the_upgraded_stream_apart_and_returns_the_exit_code(stand_in
     with ProxyClient(_url(stand_in)) as proxy:
         code = proxy.run("train._.1", ["sh", "-c", "exit 7"], lambda stream, data: written.append((stream, data)))
     assert code == 7 and written == [(1, b"out\n"), (2, b"err\n"), (1, b"")]
-    assert stand_in.seen[0].body["Cmd"] == ["sh", "-c", "exit 7"]
+    assert stand_in.seen[0].json()["Cmd"] == ["sh", "-c", "exit 7"]
 
 
 @pytest.mark.parametrize("tty", [False, True])
@@ -228,7 +148,7 @@ def test_logs_are_read_from_chunked_frames_or_as_a_terminal_wrote_them(stand_in:
     def answers(seen: Seen) -> Answer:
         if seen.path.startswith("/v1.40/containers/train._.1/json"):
             return Answer(body={"Config": {"Tty": tty}})
-        assert "tail=all" in seen.path and "follow=0" in seen.path
+        assert seen.query["tail"] == "all" and seen.query["follow"] == "0"
         return Answer(chunks=[payload[:5], payload[5:]])  # frames cut across chunks
 
     stand_in.answer = answers
@@ -316,4 +236,4 @@ def test_a_proxy_that_never_answers_a_follow_times_out_before_its_head(stand_in:
             list(proxy.logs("train._.1", follow=True, tail=None))
     finally:
         released.set()
-    assert [seen.path.split("?")[0] for seen in stand_in.seen][-1] == "/v1.40/containers/train._.1/logs"
+    assert stand_in.seen[-1].path == "/v1.40/containers/train._.1/logs"
