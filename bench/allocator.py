@@ -245,7 +245,7 @@ def main() -> int:
     ratio = ours_rate / naive_rate if naive_rate else float("inf")
 
     def attempts(rounds: list[dict[str, Any]]) -> float:
-        return statistics.median((r["pairs"] + r["denied"]) / r["elapsed"] for r in rounds)
+        return float(statistics.median((r["pairs"] + r["denied"]) / r["elapsed"] for r in rounds))
 
     rows = [
         ("", "ds01 allocator", f"naive ({present} containers inspected)"),

@@ -53,7 +53,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ds01 import nvml
 from ds01.exporter.metrics import SnapshotCollector
-from ds01.exporter.service import NvmlGpus
+from ds01.exporter.service import EngineImages, NvmlGpus
 from ds01.exporter.snapshot import Collector, ProcessRow, Snapshot
 from ds01.paths import Paths
 from ds01.records import ContainerSummary
@@ -462,7 +462,7 @@ class NaiveCollector(Collector):
     source), and every step is timed."""
 
     def __init__(self, world: World, client: docker.DockerClient) -> None:
-        super().__init__(world.paths, NvmlGpus(), self, world.proc)
+        super().__init__(world.paths, NvmlGpus(), self, EngineImages(engine_url()), world.proc)
         self.client = client
         self.timings: dict[str, list[float]] = defaultdict(list)
         self.inspected = 0

@@ -23,6 +23,7 @@ from ds01.config import ImageSettings
 from ds01.errors import Denied
 from ds01.eventlog.types import EventType
 from ds01.proxy import buildcontext, dockerfile, imagenames, networks
+from ds01.proxy.dockerfilelines import DockerfileError
 from ds01.proxy.images import ImageActions, check_parameters
 from ds01.proxy.imagestore import PendingImage
 from ds01.proxy.outcomes import Forward, Outcome, Request
@@ -168,7 +169,7 @@ class BuildActions:
                     info = self.images.find(caller, read.reference)
                     triggers[read.reference] = list(((info or {}).get("Config") or {}).get("OnBuild") or [])
             reads = dockerfile.image_reads(text, args, triggers)
-        except dockerfile.DockerfileError as exc:
+        except DockerfileError as exc:
             raise Denied(Reason.DOCKERFILE, str(exc)) from None
         settings = self._image_settings()
         for read in reads:

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from ds01 import devicerequests
-from ds01.cli.container.client import ProxyClient, Refusal, create_body, proxy_url, translate
+from ds01.cli.container.client import ProxyClient, create_body, proxy_url
+from ds01.cli.container.refusals import Refusal, translate
 from ds01.errors import Denied, Ds01Error, UsageError
 from ds01.names import DRY_RUN_HEADER, USER_AGENT
 from ds01.paths import paths_from_env

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ds01.errors import UsageError
-from ds01.proxy.dockerfile import CLASSIC, DockerfileError, ImageRead, ReadKind, image_reads, onbuild_reads
+from ds01.proxy.dockerfile import ImageRead, ReadKind, image_reads, onbuild_reads
+from ds01.proxy.dockerfilelines import CLASSIC, DockerfileError
 
 FROM, COPY = ReadKind.FROM, ReadKind.COPY_FROM
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from ds01.ops import doctor
-from ds01.ops.doctor import FAIL, PASS, WARN
+from ds01.ops import doctornet as doctor
+from ds01.ops.checks import FAIL, PASS, WARN
 
 
 def test_builder_entitlements_must_both_be_off() -> None:

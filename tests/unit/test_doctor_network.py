@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ds01 import iptables
-from ds01.ops import doctor
-from ds01.ops.doctor import FAIL, PASS
+from ds01.ops import doctornet as doctor
+from ds01.ops.checks import FAIL, PASS
 from ds01.proxy.reach import FORWARD_CHAIN, HOST_CHAIN, REACH_CHAIN
 
 

@@ -10,7 +10,8 @@ from ds01.cli import Commands, add_command, add_format_option
 from ds01.cli.context import Context
 from ds01.cli.output import print_json
 from ds01.errors import EXIT_FAILURE
-from ds01.ops.doctor import DEFAULT_ENGINE, FAIL, WARN, Options, run_checks
+from ds01.ops.checks import DEFAULT_ENGINE, FAIL, WARN, Options
+from ds01.ops.doctor import run_checks
 
 
 def register(commands: Commands) -> None:
