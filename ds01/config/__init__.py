@@ -26,6 +26,7 @@ from ds01.config.schema import (
     LimitValues,
     NetworkSettings,
     ProxySettings,
+    SchedulerSettings,
     SecuritySettings,
     UserRule,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "LIMIT_KEYS_BY_NAME", "NAME_VALUED", "NETWORK_FIELDS", "PROXY_FIELDS", "SCHEMA_VERSION", "TOP_LEVEL_KEYS",
     "ULIMIT_NAMES", "UNLIMITED", "AllocationSettings", "BareMetalSettings", "CleanupSettings", "Config",
     "ContainerDefaults", "Effective", "EventLogSettings", "Exemption", "GroupRule", "HostService", "ImageSettings",
-    "LdapSettings", "LimitKey", "LimitValues", "NetworkSettings", "ProxySettings", "SecuritySettings", "UserRule",
+    "LdapSettings", "LimitKey", "LimitValues", "NetworkSettings", "ProxySettings", "SchedulerSettings",
+    "SecuritySettings", "UserRule",
     "ds01_group", "effective_limits", "format_ulimits", "load_config",
 ]

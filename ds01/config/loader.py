@@ -34,6 +34,7 @@ from ds01.config.schema import (
     LdapSettings,
     NetworkSettings,
     ProxySettings,
+    SchedulerSettings,
     SecuritySettings,
     UserRule,
 )
@@ -42,8 +43,8 @@ from ds01.paths import paths_from_env
 
 SCHEMA_VERSION = 1
 TOP_LEVEL_KEYS = ("version", "identity", "admins", "allocation", "security", "containers", "events", "cleanup",
-                  "bare_metal", "proxy", "networks", "images", "default_group", "defaults", "groups", "users",
-                  "exemptions")
+                  "bare_metal", "proxy", "networks", "images", "scheduler", "default_group", "defaults", "groups",
+                  "users", "exemptions")
 _T = TypeVar("_T")
 _Entries = dict[str, tuple[yaml.Node, yaml.Node]]
 
@@ -252,6 +253,13 @@ NETWORK_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "host_services": ("host_services", _host_services),
     "reserved_ports": ("reserved_ports", validators.ports),
 }
+SCHEDULER_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "weight_fairshare": ("weight_fairshare", validators.weight),
+    "weight_age": ("weight_age", validators.weight),
+    "max_age": ("max_age_seconds", validators.positive_duration),
+    "usage_half_life": ("usage_half_life_seconds", validators.positive_duration),
+    "default_wait": ("default_wait_seconds", validators.positive_duration),
+}
 IMAGE_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "allowed_registries": ("allowed_registries", validators.registries),
     "max_context_size": ("max_context_size_bytes", validators.size),
@@ -291,13 +299,17 @@ def _ldap(reader: _Reader, node: yaml.Node) -> LdapSettings | None:
 
 
 def _groups(reader: _Reader, node: yaml.Node) -> tuple[GroupRule, ...]:
-    allowed = ("system_groups", *(key.name for key in LIMIT_KEYS))
+    allowed = ("system_groups", "share", "priority", *(key.name for key in LIMIT_KEYS))
     rules = []
     for name, (_, group_node) in reader.mapping(node, "groups").items():
         entries = reader.mapping(group_node, f"groups.{name}", allowed)
         system_groups = reader.names(entries["system_groups"][1], f"groups.{name}.system_groups") \
             if "system_groups" in entries else ()
-        rules.append(GroupRule(name, system_groups, _limit_overrides(reader, entries, f"groups.{name}")))
+        scheduling = {key: reader.parsed(entries[key][1], f"groups.{name}.{key}", parse)
+                      for key, parse in (("share", validators.share), ("priority", validators.priority))
+                      if key in entries}
+        rules.append(GroupRule(name, system_groups, _limit_overrides(reader, entries, f"groups.{name}"),
+                               **scheduling))
     return tuple(rules)
 
 
@@ -384,4 +396,6 @@ def load_config(path: Path | None = None) -> Config:
         if "networks" in top else NetworkSettings(),
         images=ImageSettings(**_section(reader, top["images"][1], "images", IMAGE_FIELDS))
         if "images" in top else ImageSettings(),
+        scheduler=SchedulerSettings(**_section(reader, top["scheduler"][1], "scheduler", SCHEDULER_FIELDS))
+        if "scheduler" in top else SchedulerSettings(),
     )

@@ -143,6 +143,8 @@ class GroupRule:
     name: str
     system_groups: tuple[str, ...]  # Unix or LDAP groups whose members belong to this ds01 group
     overrides: Mapping[str, Any]  # LimitValues field -> value, only the keys the group names
+    share: float = 1.0  # each member's fair share of the GPUs, relative to other members'
+    priority: float = 0.0  # added to its members' queue priority
 
 
 @dataclass(frozen=True)
@@ -247,6 +249,17 @@ class NetworkSettings:
 
 
 @dataclass(frozen=True)
+class SchedulerSettings:
+    """The queue of GPU requests that wait (the `scheduler:` section): the weights of its priority's factors."""
+
+    weight_fairshare: float = 1000.0  # times 2^(-U/S): U the user's decayed usage, S their share, both normalised
+    weight_age: float = 500.0  # times min(1, waited / max_age)
+    max_age_seconds: int = 7 * 24 * 3600
+    usage_half_life_seconds: int = 7 * 24 * 3600  # GPU-equivalent-hours count half after this long
+    default_wait_seconds: int = 3600  # how long `container create --wait` waits when no duration is given
+
+
+@dataclass(frozen=True)
 class ImageSettings:
     """Users' own images (the `images:` section)."""
 
@@ -275,3 +288,4 @@ class Config:
     proxy: ProxySettings = ProxySettings()
     networks: NetworkSettings = NetworkSettings()
     images: ImageSettings = ImageSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()

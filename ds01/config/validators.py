@@ -32,6 +32,24 @@ def cpus(value: Any) -> float:
     return float(value)
 
 
+def weight(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e9:
+        raise ValueError(f"{value!r} is not a number of 0 or more")
+    return float(value)
+
+
+def share(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
+        raise ValueError(f"{value!r} is not a positive number (a share relative to other groups', such as 2 or 0.5)")
+    return float(value)
+
+
+def priority(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1e9 < value < 1e9:
+        raise ValueError(f"{value!r} is not a number (added to the queue priority; may be negative)")
+    return float(value)
+
+
 def flag(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{value!r} is not true or false")

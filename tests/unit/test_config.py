@@ -244,3 +244,25 @@ def test_the_images_section_is_strict_and_documented_defaults_apply(tmp_path: Pa
                       ("prune_afterr: 3d", "prune_after")):
         with pytest.raises(ConfigError, match=said):
             load_config(write(tmp_path, f"version: 1\nimages:\n  {bad}\n"))
+
+
+def test_the_scheduler_section_and_the_groups_share_and_priority(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "version: 1\n"))
+    assert (config.scheduler.weight_fairshare, config.scheduler.weight_age) == (1000.0, 500.0)
+    assert config.scheduler.default_wait_seconds == 3600 and config.scheduler.usage_half_life_seconds == 7 * 86400
+    config = load_config(write(tmp_path, (
+        "version: 1\nscheduler:\n  weight_age: 0\n  max_age: 2d\n  default_wait: 30m\ndefault_group: lab\n"
+        "groups:\n  lab:\n    share: 2.5\n    priority: -50\n    gpu_quota: 2\n  other: {}\n")))
+    assert (config.scheduler.weight_age, config.scheduler.max_age_seconds) == (0.0, 2 * 86400)
+    assert config.scheduler.default_wait_seconds == 1800
+    lab, other = config.groups
+    assert (lab.share, lab.priority, lab.overrides) == (2.5, -50.0, {"gpu_quota": 2})
+    assert (other.share, other.priority) == (1.0, 0.0)
+    for bad, said in (("scheduler:\n  weight_fairshare: -1\n", "scheduler.weight_fairshare"),
+                      ("scheduler:\n  default_wait: 0s\n", "scheduler.default_wait"),
+                      ("scheduler:\n  half_life: 1d\n", "half_life"),
+                      ("groups:\n  lab:\n    share: 0\n", "groups.lab.share"),
+                      ("groups:\n  lab:\n    priority: high\n", "groups.lab.priority"),
+                      ("users:\n  ann:\n    share: 2\n", "users.ann")):
+        with pytest.raises(ConfigError, match=said):
+            load_config(write(tmp_path, f"version: 1\ndefault_group: lab\n{bad}"))

@@ -17,6 +17,7 @@ from ds01.config import (
     EventLogSettings,
     ImageSettings,
     ProxySettings,
+    SchedulerSettings,
     SecuritySettings,
     format_ulimits,
     loader,
@@ -80,6 +81,7 @@ def test_every_limit_key_with_its_default() -> None:
     ("`bare_metal`", loader.BARE_METAL_FIELDS, BareMetalSettings()),
     ("`proxy`", loader.PROXY_FIELDS, ProxySettings()),
     ("`images`", loader.IMAGE_FIELDS, ImageSettings()),
+    ("`scheduler`", loader.SCHEDULER_FIELDS, SchedulerSettings()),
 ])
 def test_every_section_key_with_its_default(title: str, table: dict[str, tuple[str, object]],
                                             settings: object) -> None:
