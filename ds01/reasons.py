@@ -93,6 +93,8 @@ class Reason(StrEnum):
     FULL_GPU_NOT_ALLOWED = "full_gpu_not_allowed"
     MIG_PROFILE_NOT_ALLOWED = "mig_profile_not_allowed"
     GPUS_RELEASED = "gpus_released"  # a stopped container's hold on its GPUs has lapsed
+    WAIT_TIMEOUT = "wait_timeout"  # a request in the queue was not granted within its wait
+    WAIT_CANCELLED = "wait_cancelled"  # its client withdrew it from the queue
     # the proxy's own trouble
     BUSY = "busy"  # the allocator lock stayed contended
     ENGINE_ERROR = "engine_error"

@@ -74,6 +74,17 @@ class Allocation:
         return allocation
 
 
+@dataclass(frozen=True)
+class Grant:
+    """Slots a scheduling pass reserves for one request, found by `key`."""
+
+    key: str
+    user: str
+    uid: int | None
+    slots: tuple[str, ...]
+    equivalents: Fraction
+
+
 @dataclass
 class ReconcileReport:
     released: list[Allocation] = field(default_factory=list)  # their container is gone
@@ -269,6 +280,35 @@ class Allocator:
         """What `request` would be granted now, without reserving anything (for dry runs)."""
         reserve = self._reserver(user, uid, limits, request, slots=slots, ttl=self.settings.reservation_ttl_seconds)
         return self._transaction(reserve, write=False)[0]
+
+    def grant(self, decide: Callable[[list[Allocation], float], tuple[_T, Sequence[Grant]]],
+              ttl_seconds: int | None = None) -> tuple[_T, dict[str, Allocation]]:
+        """A scheduling pass under the lock: `decide` sees the live allocations and the time, and names the slots
+        to reserve for whom; each becomes a reservation, by the grant's key. A slot held already, or named by two
+        grants, is refused whole: nothing is written."""
+        ttl = self.settings.reservation_ttl_seconds if ttl_seconds is None else ttl_seconds
+
+        def reserve(live: list[Allocation], now: float) -> tuple[tuple[_T, dict[str, Allocation]],
+                                                                  list[Allocation] | None]:
+            result, grants = decide(live, now)
+            held = {slot for allocation in live for slot in allocation.slots}
+            made: dict[str, Allocation] = {}
+            for grant in grants:
+                if held & set(grant.slots) or len(set(grant.slots)) != len(grant.slots) or not grant.slots:
+                    raise Ds01Error(f"the scheduling pass named slots {', '.join(grant.slots)} for {grant.user}, "
+                                    "which are held already or named twice; nothing was reserved.")
+                held.update(grant.slots)
+                made[grant.key] = Allocation(id=f"a-{secrets.token_hex(6)}", user=grant.user, uid=grant.uid,
+                                             slots=grant.slots, gpu_equivalents=grant.equivalents, created_at=now,
+                                             expires_at=now + ttl)
+            return (result, made), ([*live, *made.values()] if made else None)
+
+        (result, made), _ = self._transaction(reserve)
+        for allocation in made.values():
+            eventlog.emit(EventType.ALLOCATION_RESERVE, source="allocator", user=allocation.user,
+                          allocation=allocation.id, slots=list(allocation.slots),
+                          gpu_equivalents=str(allocation.gpu_equivalents), queued=True)
+        return result, made
 
     def release_container(self, container_id: str) -> list[Allocation]:
         """Release whatever is bound to a container that is gone."""

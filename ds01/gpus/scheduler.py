@@ -29,6 +29,7 @@ WAITABLE = frozenset({Reason.CAPACITY, Reason.QUOTA})  # what holdings cause, an
 class Waiter:
     id: str
     user: str
+    uid: int | None
     limits: LimitValues
     request: GpuRequest
     joined_at: float
@@ -62,6 +63,7 @@ class Placement:
     start: float | None  # now for a grant; None: unknown (the slots it needs are held with no deadline)
     granted: bool
     waits_for: str  # what holds it back now, in words ("" when granted)
+    blocked_by: Reason | None = None  # and its reason: capacity, or the user's own quota
     never: Denied | None = None  # it can never be granted as things are (its limits changed, say)
 
 
@@ -103,7 +105,7 @@ def plan(waiters: Sequence[Waiter], occupants: Sequence[Occupant], *, slots: Seq
     for position, (priority, waiter) in enumerate(ranked, start=1):
         placement = _place(waiter, priority, position, spans=spans, slots=slots, allocation=allocation, now=now)
         if placement.start is not None and placement.slots:
-            spans.append(_Span(Holding(waiter.id, waiter.user, placement.slots, _equivalents(placement.slots, slots),
+            spans.append(_Span(Holding(waiter.id, waiter.user, placement.slots, equivalents_of(placement.slots, slots),
                                        None), placement.start, placement.start + waiter.runtime_seconds))
         placed.append(placement)
     return placed
@@ -113,7 +115,7 @@ def _place(waiter: Waiter, priority: Priority, position: int, *, spans: Sequence
            allocation: AllocationSettings, now: float) -> Placement:
     """The earliest moment, now or when a span ends, from which the waiter's slots stay free for its runtime."""
     moments = sorted({now, *(span.ends for span in spans if now < span.ends < FOREVER)})
-    waits_for = ""
+    waits_for, blocked_by = "", None
     for moment in moments:
         ends = moment + waiter.runtime_seconds
         holdings = [span.holding for span in spans if span.overlaps(moment, ends)]
@@ -122,14 +124,16 @@ def _place(waiter: Waiter, priority: Priority, position: int, *, spans: Sequence
                                   holdings=holdings)
         except Denied as denied:
             if denied.reason not in WAITABLE:
-                return Placement(waiter, priority, position, (), None, False, denied.message, never=denied)
-            waits_for = waits_for or denied.message  # what holds it back now, not at a later moment
+                return Placement(waiter, priority, position, (), None, False, denied.message, denied.reason,
+                                 never=denied)
+            if blocked_by is None:  # what holds it back now, not at a later moment
+                waits_for, blocked_by = denied.message, denied.reason
             continue
         return Placement(waiter, priority, position, tuple(slot.uuid for slot in chosen), moment, moment == now,
-                         waits_for)
-    return Placement(waiter, priority, position, (), None, False, waits_for)
+                         waits_for, blocked_by)
+    return Placement(waiter, priority, position, (), None, False, waits_for, blocked_by)
 
 
-def _equivalents(chosen: Sequence[str], slots: Sequence[Slot]) -> Fraction:
+def equivalents_of(chosen: Sequence[str], slots: Sequence[Slot]) -> Fraction:
     by_uuid = {slot.uuid: slot.equivalents for slot in slots}
     return sum((by_uuid.get(uuid, Fraction(0)) for uuid in chosen), Fraction(0))

@@ -51,6 +51,7 @@ def bind_home(home: str, uid: int, roots: Sequence[str]) -> tuple[str, str]:
 class Session:
     caller: Caller
     login: str  # the name as the directory has it
+    group: str = ""  # the ds01 group their limits come from
 
 
 class Sessions:
@@ -94,7 +95,7 @@ class Sessions:
         caller = Caller(uid=uid, user=user.sanitized, home=home, is_admin=uid == 0 or effective.is_admin,
                         limits=effective.limits, gid=user.gid, gids=frozenset(user.gids), login=user.name,
                         home_problem=home_problem)
-        session = Session(caller=caller, login=user.name)
+        session = Session(caller=caller, login=user.name, group=effective.group)
         with self._lock:
             self._cache[uid] = (now, session)
         return session

@@ -26,7 +26,7 @@ NOW = 1_000_000.0
 
 def waiter(name: str, request: GpuRequest, *, user: str | None = None, joined: float = NOW, runtime: float = HOUR,
            lim: object = FULL, priority: float = 0.0, share: float = 1.0) -> Waiter:
-    return Waiter(name, user or name, lim, request, joined, runtime, share, priority)  # type: ignore[arg-type]
+    return Waiter(name, user or name, None, lim, request, joined, runtime, share, priority)  # type: ignore[arg-type]
 
 
 def occupant(user: str, slots: list[str], free_by: float, allocation: str = "") -> Occupant:

@@ -1,0 +1,129 @@
+"""The queue's state file, DS01_STATE_DIR/queue.json, written atomically after every change: who waits, with
+their last place, and each user's fair-share factor and decayed use. The proxy writes it; the exporter and the
+next start-up read it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from ds01.config import LimitValues
+from ds01.errors import Denied, Ds01Error
+from ds01.gpus.allocator import Allocation
+from ds01.gpus.placement import GpuRequest, Slot
+from ds01.gpus.scheduler import Placement
+from ds01.statefile import write_json_atomic
+
+STATE_FILE = "queue.json"
+VERSION = 1
+
+
+@dataclass
+class Entry:
+    """One waiting request. Changed only under the queue's lock."""
+
+    id: str
+    user: str
+    uid: int
+    request: GpuRequest
+    origin: str  # who made the create: container, docker, compose, devcontainer
+    joined_at: float
+    wait_until: float
+    needed: float = 0.0  # GPU-equivalents it asks for
+    placement: Placement | None = None  # from the last pass
+    allocation: Allocation | None = None  # its grant, once a pass made it
+    denied: Denied | None = None  # it can no longer be granted
+    cancelled: bool = False
+
+    @property
+    def kind(self) -> str:
+        """"mig" for a MIG slice of a profile, "gpu" for a count of GPUs or named devices."""
+        return "mig" if self.request.mig_profile is not None else "gpu"
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """An entry as the file has it, for readers in other processes."""
+
+    id: str
+    user: str
+    uid: int
+    kind: str
+    origin: str
+    joined_at: float
+    wait_until: float
+    needed_equivalents: float
+    position: int | None
+    start: float | None
+    request: GpuRequest
+
+
+@dataclass(frozen=True)
+class QueueState:
+    updated_at: float
+    waiting: list[Waiting]
+    fairshare: dict[str, tuple[float, float]]  # user -> (factor, decayed GPU-equivalent-hours)
+
+
+def needed_equivalents(request: GpuRequest, limits: LimitValues, slots: Sequence[Slot]) -> Fraction:
+    """The GPU-equivalents a request asks for: a MIG profile's share, each named device's, or a GPU for each of a
+    count (which a MIG slice may serve for less)."""
+    if request.mig_profile is not None:
+        return next((s.equivalents for s in slots if s.profile == request.mig_profile), Fraction(1))
+    if request.devices:
+        by_uuid = {s.uuid: s.equivalents for s in slots}
+        return sum((by_uuid.get(d, Fraction(1)) for d in request.devices), Fraction(0))
+    return Fraction(limits.max_gpus_per_container if request.all_gpus else request.count)
+
+
+def write(path: Path, entries: list[Entry], fairshare: dict[str, tuple[float, float]], now: float) -> None:
+    write_json_atomic(path, {
+        "version": VERSION, "updated_at": now,
+        "waiting": [{
+            "id": e.id, "user": e.user, "uid": e.uid, "kind": e.kind, "origin": e.origin, "joined_at": e.joined_at,
+            "wait_until": e.wait_until, "needed_equivalents": e.needed,
+            "position": e.placement.position if e.placement else None,
+            "start": e.placement.start if e.placement else None,
+            "request": {"count": e.request.count, "all_gpus": e.request.all_gpus,
+                        "mig_profile": e.request.mig_profile, "devices": list(e.request.devices)},
+        } for e in entries],
+        "fairshare": {user: {"factor": factor, "usage_hours": used} for user, (factor, used) in fairshare.items()},
+    })
+
+
+def read(path: Path) -> QueueState:
+    """The file as last written; an empty queue when there is none. A damaged file is an error that says so."""
+    try:
+        document = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return QueueState(0.0, [], {})
+    except (OSError, ValueError) as exc:
+        raise Ds01Error(f"cannot read the queue's state {path}: {exc}; move it away to start with an empty "
+                        "queue (the waiters it names had connections that are gone)") from exc
+    try:
+        if document["version"] != VERSION:
+            raise ValueError(f"version {document['version']!r}, not {VERSION}")
+        waiting = [_waiting(item) for item in document["waiting"]]
+        fairshare = {str(user): (float(entry["factor"]), float(entry["usage_hours"]))
+                     for user, entry in document["fairshare"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise Ds01Error(f"the queue's state {path} is damaged ({exc!r}); move it away to start with an empty "
+                        "queue (the waiters it names had connections that are gone)") from exc
+    return QueueState(float(document["updated_at"]), waiting, fairshare)
+
+
+def _waiting(item: Any) -> Waiting:
+    request = item["request"]
+    return Waiting(
+        id=str(item["id"]), user=str(item["user"]), uid=int(item["uid"]), kind=str(item["kind"]),
+        origin=str(item["origin"]), joined_at=float(item["joined_at"]), wait_until=float(item["wait_until"]),
+        needed_equivalents=float(item["needed_equivalents"]),
+        position=None if item["position"] is None else int(item["position"]),
+        start=None if item["start"] is None else float(item["start"]),
+        request=GpuRequest(count=int(request["count"]), all_gpus=bool(request["all_gpus"]),
+                           mig_profile=None if request["mig_profile"] is None else str(request["mig_profile"]),
+                           devices=tuple(str(d) for d in request["devices"])))

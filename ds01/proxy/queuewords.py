@@ -1,0 +1,49 @@
+"""What the queue tells users: a request that may not wait and cannot start, a wait that ran out, and the times
+of an estimated start ("by 14:32 at the latest")."""
+
+from __future__ import annotations
+
+import time
+
+from ds01.errors import Denied
+from ds01.gpus.queuestate import Entry
+from ds01.gpus.scheduler import Placement
+from ds01.reasons import Reason
+from ds01.units import format_duration
+
+_DAY = 86400
+
+
+def at_the_latest(moment: float | None, now: float | None = None) -> str:
+    """"by 14:32 at the latest" (with the day when it is not within a day); "unknown" for no known start."""
+    if moment is None:
+        return "unknown"
+    now = time.time() if now is None else now
+    if moment <= now:
+        return "now"
+    shown = time.strftime("%H:%M" if moment - now < _DAY else "%a %d %b %H:%M", time.localtime(moment))
+    return f"by {shown} at the latest"
+
+
+def refusal(placement: Placement | None) -> Denied:
+    """A request that may not wait and cannot be granted now: what holds it back, and how to wait instead."""
+    if placement is None:
+        return Denied(Reason.CAPACITY, "no GPU slot is free. See what is free and when with `container gpus`.")
+    why = placement.waits_for.rstrip(".")
+    reason = Reason.QUOTA if placement.blocked_by is Reason.QUOTA else Reason.CAPACITY
+    when = (f"it would start {at_the_latest(placement.start)}" if placement.start is not None else
+            "when it could start is unknown, as the slots it needs are held with no deadline")
+    return Denied(reason, (
+        f"{why}. In the queue it would be number {placement.position} and {when}: wait for it with --wait "
+        "(container create NAME --wait 1h ...) or the label ds01.request.wait=1h (docker run). See what is free "
+        "and when with `container gpus`."))
+
+
+def timed_out(entry: Entry) -> Denied:
+    waited = format_duration(round(entry.wait_until - entry.joined_at))
+    placement = entry.placement
+    position = placement.position if placement is not None else "?"
+    later = f"; it would have started {at_the_latest(placement.start)}" if placement and placement.start else ""
+    return Denied(Reason.WAIT_TIMEOUT, (
+        f"waited {waited} in the queue without a grant, at position {position} when the wait ended{later}. Wait "
+        "longer (--wait 4h), ask for less (--mig PROFILE), or see what is free and when with `container gpus`."))
