@@ -12,11 +12,13 @@ GPU_EQUIVALENTS = "ds01.gpu_equivalents"  # exact, e.g. "3/7"
 PROTECTED = "ds01.protected"
 LEGACY_USER = "aime.mlc.USER"  # containers made by the system ds01 replaces
 REQUEST_MIG = "ds01.request.mig"  # a client asks for a MIG profile through this label
+REQUEST_WAIT = "ds01.request.wait"  # a client asks its GPU request to wait in the queue this long (30m, 2h)
 BIND_KEY = "ds01.bind_key"  # names the container's directory of pinned bind sources
 BIND_SOURCES = "ds01.bind_sources"  # JSON list: the real host path each pinned source stood at when checked
 INSTANCE = "ds01.instance"  # the state directory of the ds01 that made it: who tracks its grants
-REQUEST_LABELS = frozenset({REQUEST_MIG})  # the only ds01.* labels a caller may send, consumed by the proxy
+# The only ds01.* labels a caller may send, consumed by the proxy.
+REQUEST_LABELS = frozenset({REQUEST_MIG, REQUEST_WAIT})
 # Every ds01.* label ds01 reads. Each create writes all of them, empty where unset, so that no label of the
 # image's own shows through; readers take an empty value for an absent one.
 KNOWN_LABELS = (USER, UID, CREATED_AT, TYPE, ALLOCATION, GPU_EQUIVALENTS, PROTECTED, BIND_KEY, BIND_SOURCES,
-                REQUEST_MIG, INSTANCE)
+                REQUEST_MIG, REQUEST_WAIT, INSTANCE)

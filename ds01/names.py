@@ -10,6 +10,7 @@ from ds01.errors import UsageError
 
 USER_AGENT = f"ds01-container/{__version__}"  # the proxy recognises its own CLI by this prefix
 DRY_RUN_HEADER = "X-DS01-Dry-Run"
+QUEUE_ID_HEADER = "X-DS01-Queue-Id"  # the container CLI follows its waiting request, and withdraws it, by this id
 NAME_SEPARATOR = "._."  # engine name = NAME._.UID, so two users' "train" never collide
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
 ENGINE_NAME = re.compile(r"/?([a-zA-Z0-9][a-zA-Z0-9_.-]*?)\._\.\d+\b")  # NAME._.UID inside a message

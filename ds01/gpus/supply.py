@@ -38,6 +38,15 @@ def current_slots(paths: Paths, config: Config) -> list[Slot]:
     return slots_from_inventory(inventory, quarantine.quarantined(paths.state_dir, config.allocation, time.time()))
 
 
+def slot_states(paths: Paths, config: Config) -> tuple[list[Slot], frozenset[str]]:
+    """Every slot of the GPUs NVML answers for, and those GPUs quarantined after a critical XID, for a view of
+    all (a GPU NVML lost has no slots to show)."""
+    with nvml.session() as gpus:
+        inventory = gpus.inventory()
+    unhealthy = quarantine.quarantined(paths.state_dir, config.allocation, time.time())
+    return slots_from_inventory(inventory, frozenset()), unhealthy
+
+
 def open_allocator(paths: Paths, config: Config, engine_url: str | None = None) -> Allocator:
     def rebuild() -> list[Allocation]:
         with Engine(engine_url) as engine:

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -18,17 +19,19 @@ from ds01.errors import Busy, Denied, Ds01Error
 from ds01.gpus.allocator import Allocation, Allocator
 from ds01.gpus.placement import Slot
 from ds01.identity import nss
-from ds01.names import DRY_RUN_HEADER
+from ds01.names import DRY_RUN_HEADER, QUEUE_ID_HEADER
 from ds01.proxy import allowlist, binds, bodies, devices, networks, policy, runas
 from ds01.proxy.cgroups import CgroupParents
 from ds01.proxy.http import Head
 from ds01.proxy.interfaces import Callers, EngineCalls, Pinning
 from ds01.proxy.outcomes import Deny, Forward, Outcome, Reply, Request
+from ds01.proxy.queue import Queue
 from ds01.proxy.userlocks import UserLocks
 from ds01.reasons import Reason
 from ds01.units import format_equivalents
 
 CLIENT_HEADER_PREFIX = "ds01-container/"
+_QUEUE_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 OwnerOf = Callable[[str, str], tuple[dict[str, Any] | None, str | None]]  # (kind, name) -> (inspect, ds01.user)
 
 
@@ -74,6 +77,17 @@ def make_volume(upstream: EngineCalls, caller: runas.Caller, body: dict[str, Any
     return made
 
 
+def queue_id(head: Head) -> str | None:
+    """The id the container CLI gives a request that may wait, to follow it in the queue and withdraw it."""
+    given = head.get(QUEUE_ID_HEADER)
+    if given is None:
+        return None
+    if not _QUEUE_ID.fullmatch(given):
+        raise Denied(Reason.BAD_REQUEST, f"the {QUEUE_ID_HEADER} header must be 8 to 64 letters, digits, - or _, "
+                                         f"not {given[:80]!r}")
+    return given
+
+
 def client_type(head: Head, body: dict[str, Any]) -> str:
     body_labels = bodies.field(body, "Labels") or {}
     if (head.get("User-Agent") or "").startswith(CLIENT_HEADER_PREFIX):
@@ -101,6 +115,7 @@ class ContainerCreates:
     find_image: Callable[[runas.Caller, str], dict[str, Any] | None]  # None: missing; another's raises
     instance: str  # stamped as ds01.instance
     clock: Callable[[], datetime]  # for ds01.created_at
+    queue: Queue
 
     def _facts(self, caller: runas.Caller, body: dict[str, Any], refs: policy.References,
                opened: dict[str, binds.OpenedSource]) -> policy.Facts:
@@ -130,6 +145,13 @@ class ContainerCreates:
         if status != 200 or not isinstance(listed, list):
             raise Ds01Error(f"the engine answered {status} when counting containers: {listed}")
         return len(listed)
+
+    def _check_count(self, caller: runas.Caller) -> None:
+        count = self._count_containers(caller.user)
+        if count >= caller.limits.max_containers:
+            raise Denied(Reason.MAX_CONTAINERS, (
+                f"you have {count} containers and may have {caller.limits.max_containers}. Remove one "
+                "(container remove NAME) first."))
 
     def _check_published_ports(self, caller: runas.Caller, publishing: int) -> None:
         query = {"all": "1", "filters": json.dumps({"label": [f"{labels.USER}={caller.user}"]})}
@@ -172,20 +194,23 @@ class ContainerCreates:
         plan.body["Labels"][labels.INSTANCE] = self.instance
         dry_run = (head.get(DRY_RUN_HEADER) or "").lower() in ("1", "true")
         key = uuid.uuid4().hex
-        # Count, reserve and create one at a time per user: the lock goes with the Forward, and is released once
-        # the engine has answered the create (or here, on any way out before it is sent).
-        held = self.locks.hold(caller.user)
-        allocation: Allocation | None = None
+        # Granted by the queue, waiting there if the request may and must: before the user's lock, which their
+        # other requests need meanwhile.
+        allocation = None if dry_run else self._queued_grant(request, caller, plan, body)
+        # Count and create one at a time per user: the lock goes with the Forward, and is released once the
+        # engine has answered the create (or here, on any way out before it is sent).
         try:
-            count = self._count_containers(caller.user)
-            if count >= caller.limits.max_containers:
-                raise Denied(Reason.MAX_CONTAINERS, (
-                    f"you have {count} containers and may have {caller.limits.max_containers}. Remove one "
-                    "(container remove NAME) first."))
-            if plan.gpu_request is not None:
-                args = (caller.user, caller.uid, caller.limits, plan.gpu_request)
-                allocation = (self.allocator.preview(*args, slots=self.slots()) if dry_run
-                              else self.allocator.request(*args, slots=self.slots()))
+            held = self.locks.hold(caller.user)
+        except BaseException:
+            if allocation is not None:
+                self.allocator.release(allocation.id)
+            raise
+        try:
+            self._check_count(caller)
+            if plan.gpu_request is not None and dry_run:
+                allocation = self.allocator.preview(caller.user, caller.uid, caller.limits, plan.gpu_request,
+                                                    slots=self.slots())
+            if allocation is not None:
                 devices.apply_grant(plan.body, allocation.slots, allocation.id, str(allocation.gpu_equivalents))
             publishing = networks.published_ports(plan.body["HostConfig"])
             if publishing:
@@ -193,16 +218,7 @@ class ContainerCreates:
             if dry_run:
                 held.release()
                 return self._dry_run_reply(plan, allocation)
-            self.cgroups.ensure(caller.user, caller.limits.user_cpus, caller.limits.user_memory_bytes)
-            if plan.joins_user_network:
-                self._ensure_user_network(caller)
-            for volume in sorted(facts.missing_volumes):
-                self._make_volume(caller, volume)
-            if plan.bind_sources:
-                staged = {source: str(self.pins.pin(key, index, opened[source]))
-                          for index, source in enumerate(plan.bind_sources)}
-                policy.pin_bind_sources(plan.body, staged, key,
-                                        [opened[source].resolved.real for source in plan.bind_sources])
+            self._prepare(caller, plan, facts, opened, key)
         except BaseException:
             try:
                 self.pins.release(key)
@@ -225,6 +241,32 @@ class ContainerCreates:
 
         return Forward(request.target, body=json.dumps(plan.body).encode(), after=after, warnings=plan.notes,
                        held=held)
+
+    def _queued_grant(self, request: Request, caller: runas.Caller, plan: policy.CreatePlan,
+                      body: dict[str, Any]) -> Allocation | None:
+        """The create's GPU slots from the queue (None for a create without GPUs)."""
+        if plan.gpu_request is None:
+            return None
+        if plan.wait_seconds:
+            self._check_count(caller)  # before a wait that would end in this refusal
+        return self.queue.obtain(caller.uid, caller.user, plan.gpu_request, wait_seconds=plan.wait_seconds,
+                                 origin=client_type(request.head, body), client_gone=request.client_gone,
+                                 wait_id=queue_id(request.head))
+
+    def _prepare(self, caller: runas.Caller, plan: policy.CreatePlan, facts: policy.Facts,
+                 opened: dict[str, binds.OpenedSource], key: str) -> None:
+        """What the container needs before the engine makes it: the caller's cgroup parent and network, the
+        volumes it names that are new, its bind sources pinned."""
+        self.cgroups.ensure(caller.user, caller.limits.user_cpus, caller.limits.user_memory_bytes)
+        if plan.joins_user_network:
+            self._ensure_user_network(caller)
+        for volume in sorted(facts.missing_volumes):
+            self._make_volume(caller, volume)
+        if plan.bind_sources:
+            staged = {source: str(self.pins.pin(key, index, opened[source]))
+                      for index, source in enumerate(plan.bind_sources)}
+            policy.pin_bind_sources(plan.body, staged, key,
+                                    [opened[source].resolved.real for source in plan.bind_sources])
 
     def _bind_or_undo(self, allocation: Allocation, container_id: str, name: str | None) -> None:
         """Bind the grant to the container the engine made. If the grant cannot be recorded, the container goes

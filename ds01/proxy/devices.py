@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ds01 import devicerequests, labels
+from ds01.config import validators
 from ds01.errors import Denied
 from ds01.gpus.placement import GpuRequest
 from ds01.proxy import resources
@@ -72,6 +73,23 @@ def gpu_request(host: dict[str, Any], found_labels: Mapping[str, str]) -> GpuReq
                                        "label, not both.")
         wanted = GpuRequest(mig_profile=mig)
     return wanted
+
+
+def wait_seconds(found_labels: dict[str, Any], request: GpuRequest | None) -> int:
+    """How long the create's GPU request may wait for its slots: the ds01.request.wait label (0: not at all)."""
+    asked = found_labels.get(labels.REQUEST_WAIT)
+    if asked in (None, ""):
+        return 0
+    try:
+        seconds = validators.positive_duration(asked)
+    except ValueError:
+        raise Denied(Reason.BAD_REQUEST, f"the label {labels.REQUEST_WAIT}={asked} is not a duration: write it as "
+                                         f"{labels.REQUEST_WAIT}=30m, 2h or 1d.") from None
+    if request is None:
+        raise Denied(Reason.BAD_REQUEST, f"the label {labels.REQUEST_WAIT} asks a GPU request to wait, but this create "
+                                         "asks for no GPU: add --gpus N (or the label ds01.request.mig), or leave the "
+                                         "label out.")
+    return seconds
 
 
 def apply_grant(body: dict[str, Any], slots: Sequence[str], allocation_id: str, equivalents: str) -> None:

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any, Literal, assert_never
 from urllib.parse import parse_qsl, quote, urlencode
 
-from ds01 import labels, procfs
+from ds01 import eventlog, labels, procfs
 from ds01.errors import Denied, Ds01Error
+from ds01.eventlog.reader import EventLog
 from ds01.gpus.allocator import Allocator
 from ds01.gpus.placement import Slot
-from ds01.proxy import allowlist, bodies, networks, policy, runas
+from ds01.proxy import allowlist, bodies, capacity, networks, policy, runas
 from ds01.proxy.builds import BUILDKIT_MESSAGE, BuildActions, BuildSettings
 from ds01.proxy.cgroups import CgroupParents
 from ds01.proxy.containers import ContainerActions, host_mounts
@@ -23,6 +24,7 @@ from ds01.proxy.images import ImageActions
 from ds01.proxy.imagestore import ImageStore
 from ds01.proxy.interfaces import Callers, EngineCalls, Pinning
 from ds01.proxy.outcomes import Deny, Forward, Outcome, Reply, Request
+from ds01.proxy.queue import Queue
 from ds01.proxy.routes import ObjectKind, RouteKind
 from ds01.proxy.userlocks import UserLocks
 from ds01.reasons import Reason
@@ -76,7 +78,8 @@ class Gate:
                  slots: Callable[[], list[Slot]], cgroups: CgroupParents, engine_sockets: frozenset[str],
                  host_cpus: float, pins: Pinning, spool_dir: Path, image_store: ImageStore, platform: str,
                  api_versions: tuple[tuple[int, int], tuple[int, int]] = (MIN_API_VERSION, MIN_API_VERSION),
-                 log_driver: str = "json-file", instance: str = "", clock: Callable[[], datetime] = _now) -> None:
+                 log_driver: str = "json-file", instance: str = "", clock: Callable[[], datetime] = _now,
+                 all_slots: Callable[[], tuple[list[Slot], frozenset[str]]] | None = None) -> None:
         self.sessions = sessions
         self.upstream = upstream
         self.allocator = allocator
@@ -90,10 +93,14 @@ class Gate:
                                     lambda name: self._owner_of("network", name)[1],
                                     lambda: self.sessions.current_config().images)
         # log_driver: the engine's default, the only one users' containers may log with
+        # The log its fair share reads is the one this process writes.
+        self.queue = Queue(allocator.path.parent, allocator, slots, sessions, EventLog(eventlog.destination().log_dir))
+        # Every slot and the GPUs out of use, for `container gpus`; without NVML's word, the healthy ones alone.
+        self._capacity = capacity.Ds01Routes(self.queue, allocator, all_slots or (lambda: (slots(), frozenset())))
         self._creates = ContainerCreates(
             sessions=sessions, upstream=upstream, allocator=allocator, slots=slots, cgroups=cgroups,
             engine_sockets=engine_sockets, host_cpus=host_cpus, pins=pins, locks=self.locks, log_driver=log_driver,
-            owner_of=self._owner_of, find_image=self._images.find, instance=instance, clock=clock)
+            owner_of=self._owner_of, find_image=self._images.find, instance=instance, clock=clock, queue=self.queue)
         self._containers = ContainerActions(sessions, upstream, allocator, self._owner_of, self.locks, slots=slots,
                                             pins=pins, engine_sockets=engine_sockets, spool_dir=spool_dir)
 
@@ -113,13 +120,7 @@ class Gate:
                 return Forward(target) if caller.is_admin else Deny(Reason.ADMIN_ONLY,
                                                                     f"{method} {path} is for admins only.")
             case RouteKind.GATED:
-                if route.group in self.sessions.current_config().security.allowed_endpoints:
-                    # A load names its images itself: they must be the caller's, as a build's tags are.
-                    return self._builds.load(request) if route.group == "image_load" and not caller.is_admin \
-                        else Forward(target)
-                return Deny(Reason.ENDPOINT_DISABLED, f"{route.group} is turned off on this host ({method} {path}); "
-                                                      "an admin can allow it with security.allow_endpoints: "
-                                                      f"[{route.group}].")
+                return self._gated(request)
             case (RouteKind.LIST_CONTAINERS | RouteKind.PRUNE_CONTAINERS | RouteKind.EVENTS | RouteKind.LIST_VOLUMES
                   | RouteKind.PRUNE_VOLUMES | RouteKind.PRUNE_NETWORKS):
                 owned = f"{path}?{_with_owner_filter(request.query, caller.user)}"
@@ -133,12 +134,23 @@ class Gate:
                 return self._create_owned(request, "volume" if route.kind is RouteKind.CREATE_VOLUME else "network")
             case RouteKind.CONTAINER | RouteKind.EXEC | RouteKind.VOLUME | RouteKind.NETWORK:
                 return self._object(request, route.kind)
+            case RouteKind.CAPACITY | RouteKind.QUEUE:
+                return self._capacity.answer(request)
             case RouteKind.UNKNOWN:
                 return Deny(Reason.UNKNOWN_ENDPOINT, f"{method} {path} is not allowed through the ds01 proxy. Only "
                                                      "the endpoints docker, docker-py, compose and dev containers need "
                                                      "are open.")
             case _:
                 assert_never(route.kind)
+
+    def _gated(self, request: Request) -> Outcome:
+        route, method, path = request.route, request.method, request.path
+        if route.group in self.sessions.current_config().security.allowed_endpoints:
+            # A load names its images itself: they must be the caller's, as a build's tags are.
+            return self._builds.load(request) if route.group == "image_load" and not request.session.caller.is_admin \
+                else Forward(request.target)
+        return Deny(Reason.ENDPOINT_DISABLED, f"{route.group} is turned off on this host ({method} {path}); an "
+                                              f"admin can allow it with security.allow_endpoints: [{route.group}].")
 
     def _image_route(self, request: Request) -> Outcome:
         if request.route.kind is RouteKind.BUILDKIT:

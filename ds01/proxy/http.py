@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import select
 import socket
 import struct
 import threading
@@ -197,6 +198,17 @@ class ClientSide:
     def _send(self, event: Any) -> None:
         if data := self._h11.send(event):  # the end of a body with a length is no byte at all
             self.sock.sendall(data)
+
+    def peer_closed(self) -> bool:
+        """Whether the client has hung up, seen without reading what it may have sent: a request held for long
+        (one waiting in the queue) asks this while its client waits."""
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+            return bool(readable) and self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True  # reset, or closed under us
 
     def _recv(self, timeout: float | None) -> bytes:
         self.sock.settimeout(timeout)

@@ -122,6 +122,7 @@ class Janitor:
     instance: str  # this ds01's state directory, as its containers' ds01.instance label names it
     keeper: ReachKeeper
     images: ImageStore
+    container_exited: Callable[[], None]  # the queue's kick: a grant may have freed, or a deadline moved
 
     def on_event(self, event: dict[str, Any]) -> None:
         actor = event.get("Actor") or {}
@@ -137,6 +138,8 @@ class Janitor:
     def _on_container(self, action: str, container_id: str, attributes: dict[str, Any]) -> None:
         # Only this ds01's own, or one from before the instance label: another's grants are in another store.
         ours = bool(attributes.get(labels.USER)) and attributes.get(labels.INSTANCE) in ("", None, self.instance)
+        if action in ("die", "destroy"):
+            self.container_exited()
         if action == "oom":
             eventlog.emit(EventType.CONTAINER_OOM, source="engine", user=attributes.get(labels.USER),
                           container=attributes.get("name"), id=container_id)

@@ -87,6 +87,7 @@ class Request:
     head: Head
     read_body: BodyReader  # the client's body, buffered up to the size cap
     body_stream: Callable[[], BinaryIO]  # the client's body as a stream, for archives of any size
+    client_gone: Callable[[], bool] = field(default=lambda: False)  # whether the client hung up meanwhile
 
     @property
     def target(self) -> str:

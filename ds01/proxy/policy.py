@@ -74,6 +74,7 @@ class CreatePlan:
     bind_sources: tuple[str, ...]  # absolute bind sources as written, each once, in order
     notes: tuple[str, ...]  # what the proxy changed, for the reply's warnings
     joins_user_network: bool = False  # the caller's own network, which the proxy makes on first use
+    wait_seconds: int = 0  # how long its GPU request may wait in the queue (the ds01.request.wait label)
 
 
 def _deny(reason: Reason, message: str) -> Denied:
@@ -273,6 +274,7 @@ def plan_create(caller: Caller, body: dict[str, Any], facts: Facts, security: Se
     check_destinations(body, host, facts.image_working_dir, facts.image_volumes)
     check_restart_policy(caller.is_admin, field(host, "RestartPolicy"), bool(bind_sources(host)))
     gpu_request = devices.gpu_request(host, found_labels)
+    wait_seconds = devices.wait_seconds(found_labels, gpu_request)
     notes += runas.run_as_caller(caller, body, host, security, gpu_gid if gpu_request is not None else None)
     resources.apply_limits(host, caller.limits)
     resources.check_tmpfs(host, int(field(host, "Memory")))
@@ -290,7 +292,7 @@ def plan_create(caller: Caller, body: dict[str, Any], facts: Facts, security: Se
     set_field(body, "Labels", stamped)
     set_field(host, "DeviceRequests", [])
     return CreatePlan(body=body, gpu_request=gpu_request, stripped_env=stripped, bind_sources=bind_sources(host),
-                      notes=notes, joins_user_network=joins_user_network)
+                      notes=notes, joins_user_network=joins_user_network, wait_seconds=wait_seconds)
 
 
 def pin_bind_sources(body: dict[str, Any], staged: Mapping[str, str], key: str, originals: Sequence[str]) -> None:

@@ -301,6 +301,17 @@ class Queue:
             entries = list(self._entries.values())
         return sorted(entries, key=lambda e: (e.placement.position if e.placement else math.inf, e.joined_at))
 
+    def free_by(self, allocation: Allocation) -> float:
+        """When the allocation's slots are free at the latest, by its holder's limits now (inf: no deadline)."""
+        config = self._sessions.current_config()
+        limits = config.defaults
+        if allocation.uid is not None:
+            try:
+                limits = self._sessions.for_uid(allocation.uid).caller.limits
+            except Ds01Error:
+                limits = config.defaults  # an account gone since: the defaults, as a pass takes them
+        return (allocation.bound_at or allocation.created_at) + runtime_of(limits)
+
     def fairshare(self) -> dict[str, tuple[float, float]]:
         with self._lock:
             return dict(self._fairshare)

@@ -43,6 +43,8 @@ class RouteKind(StrEnum):
     COMMIT = "commit"
     BUILD = "build"  # the classic builder
     BUILDKIT = "buildkit"  # its session and gRPC endpoints: refused, with how to build instead
+    CAPACITY = "capacity"  # ds01's own: GET /ds01/gpus, every slot and who holds it, for `container gpus`
+    QUEUE = "queue"  # ds01's own: GET /ds01/queue, DELETE /ds01/queue/ID (Route.object_id), for `container queue`
 
 
 ObjectKind = Literal[RouteKind.CONTAINER, RouteKind.EXEC, RouteKind.VOLUME, RouteKind.NETWORK]
@@ -144,7 +146,19 @@ def _exec(method: str, segments: list[str]) -> Route:
     return _object_route(RouteKind.EXEC, segments) if len(segments) >= 3 else UNKNOWN
 
 
+def _ds01(method: str, segments: list[str]) -> Route:
+    """ds01's own endpoints, beside the engine's."""
+    if segments[1:] == ["gpus"] and method == "GET":
+        return Route(RouteKind.CAPACITY)
+    if segments[1:] == ["queue"] and method == "GET":
+        return Route(RouteKind.QUEUE)
+    if len(segments) == 3 and segments[1] == "queue" and method == "DELETE":
+        return Route(RouteKind.QUEUE, segments[2])
+    return UNKNOWN
+
+
 _BY_TOP: dict[str, Callable[[str, list[str]], Route]] = {
+    "ds01": _ds01,
     "_ping": _system, "version": _system, "info": _system,
     "distribution": lambda method, _segments: Route(RouteKind.OPEN) if method == "GET" else UNKNOWN,
     "images": _images,

@@ -196,7 +196,8 @@ class Proxy:
             streamed.append(side.body_stream())
             return streamed[0]
 
-        request = Request(session, method, path, query, classify(method, path), head, read_body, body_stream)
+        request = Request(session, method, path, query, classify(method, path), head, read_body, body_stream,
+                          side.peer_closed)
         decided = self._decide(request)
         try:
             return self._answer(side, link, request, incoming, decided, buffered=buffered, streamed=streamed)

@@ -15,7 +15,7 @@ from ds01.engine import Engine
 from ds01.errors import Ds01Error
 from ds01.eventlog.types import EventType
 from ds01.gpus.placement import Slot
-from ds01.gpus.supply import current_slots, open_allocator
+from ds01.gpus.supply import current_slots, open_allocator, slot_states
 from ds01.paths import Paths
 from ds01.proxy import builds, images, runas
 from ds01.proxy.binds import Pins
@@ -116,15 +116,18 @@ def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float, eng
         raise Ds01Error(f"the engine at {upstream_url} answered {status} to the image list: {str(listed)[:200]}")
     images.recover(ImageActions(upstream, image_store), [str(image.get("Id")) for image in listed])
     gate = Gate(sessions, upstream, allocator, slots=SlotCache(paths, sessions),
+                all_slots=lambda: slot_states(paths, sessions.current_config()),
                 cgroups=CgroupParents(str(info.get("CgroupDriver", "cgroupfs")), str(info.get("CgroupVersion", "1"))),
                 engine_sockets=frozenset(sockets), host_cpus=float(info.get("NCPU") or os.cpu_count() or 1),
                 pins=pins, spool_dir=spool_dir, image_store=image_store, platform=builds.host_platform(info),
                 api_versions=(MIN_API_VERSION, (major, minor)),
                 log_driver=str(info.get("LoggingDriver") or "json-file"), instance=instance)
+    gate.queue.restore()  # before serving: the last run's waiters are gone with their connections
     stop_janitor = threading.Event()
-    janitor = Janitor(upstream, allocator, pins, instance, keeper, image_store)
+    janitor = Janitor(upstream, allocator, pins, instance, keeper, image_store, gate.queue.kick)
     threading.Thread(target=watch_engine, args=(janitor, stop_janitor), daemon=True).start()
     threading.Thread(target=keep_reach, args=(keeper, stop_janitor), daemon=True).start()
+    threading.Thread(target=gate.queue.run, args=(stop_janitor,), daemon=True).start()
     try:
         serve_forever(Proxy(gate, upstream), listen, paths.run_dir, drain_seconds,
                       on_ready=lambda: print(f"ds01 proxy: listening on {listen}, engine {upstream_url}", flush=True))

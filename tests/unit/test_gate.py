@@ -159,6 +159,8 @@ BY_KIND: dict[RouteKind, tuple[str, str, dict[str, Any] | None, Reason | str | i
                        "/v1.41/commit?container=app&repo=alice/app"),
     RouteKind.BUILD: ("POST", "/v1.41/build?t=alice/x&remote=https://example.org/x.tar", None, Reason.BAD_REQUEST),
     RouteKind.BUILDKIT: ("POST", "/v1.41/session", None, Reason.BUILDKIT),
+    RouteKind.CAPACITY: ("GET", "/ds01/gpus", None, 200),
+    RouteKind.QUEUE: ("GET", "/v1.41/ds01/queue?all=1", None, Reason.ADMIN_ONLY),
 }
 
 

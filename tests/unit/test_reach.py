@@ -375,15 +375,16 @@ class CountingKeeper:
         self.triggers.append(trigger)
 
 
-def test_the_janitor_refreshes_on_network_changes_only(tmp_path: Path) -> None:
-    allocator, keeper = FakeAllocator(), CountingKeeper()
+def test_the_janitor_refreshes_on_network_changes_only_and_kicks_the_queue_on_exits(tmp_path: Path) -> None:
+    allocator, keeper, kicks = FakeAllocator(), CountingKeeper(), []
     watch = janitor.Janitor(FakeEngine(), allocator, FakePins(), "/var/lib/ds01", keeper,  # type: ignore[arg-type]
-                            ImageStore(tmp_path))
+                            ImageStore(tmp_path), lambda: kicks.append(1))
     for kind, action in (("container", "create"), ("container", "die"), ("network", "create"),
                          ("network", "connect"), ("network", "destroy"), ("container", "destroy")):
         watch.on_event({"Type": kind, "Action": action, "Actor": {"ID": f"{kind}-id", "Attributes": {}}})
     assert keeper.triggers == ["network create", "network destroy"]  # containers change no rule
     assert allocator.released == ["container-id"]  # a network's destroy releases no grant
+    assert len(kicks) == 2  # a container's exit and its removal each run a queue pass
 
 
 # --- networks.host_services in the configuration ----------------------------------------------------------------

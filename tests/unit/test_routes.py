@@ -66,9 +66,18 @@ IMAGES = [
     ("DELETE", "/images/sha256:abcdef", Route(RouteKind.IMAGE, "sha256:abcdef", "")),
     ("DELETE", "/images/alice/json", Route(RouteKind.IMAGE, "alice/json", "")),  # a name that ends like an action
 ]
+DS01 = [  # ds01's own endpoints, beside the engine's
+    ("GET", "/ds01/gpus", Route(RouteKind.CAPACITY)),
+    ("GET", "/ds01/queue", Route(RouteKind.QUEUE)),
+    ("DELETE", "/ds01/queue/q-0123456789", Route(RouteKind.QUEUE, "q-0123456789")),
+    ("POST", "/ds01/gpus", Route(RouteKind.UNKNOWN)),
+    ("DELETE", "/ds01/queue", Route(RouteKind.UNKNOWN)),
+    ("GET", "/ds01/queue/x/y", Route(RouteKind.UNKNOWN)),
+    ("GET", "/ds01", Route(RouteKind.UNKNOWN)),
+]
 
 
-@pytest.mark.parametrize(("method", "path", "route"), all_prefixes(IMAGES))
+@pytest.mark.parametrize(("method", "path", "route"), all_prefixes(IMAGES + DS01))
 def test_image_endpoints(method: str, path: str, route: Route) -> None:
     assert route_of(method, path) == route
 
@@ -307,6 +316,6 @@ def test_the_api_version_is_read_from_the_path(path: str, version: tuple[int, in
 
 def test_every_route_kind_is_reached_by_some_path() -> None:
     """The tables above classify into every kind, so a kind the gate handles is one that requests can have."""
-    paths = [*OPEN, *CLOSED_VARIANTS, *ADMIN, *[(m, p) for m, p, _ in LIST_KINDS + OBJECTS + GATED + IMAGES]]
+    paths = [*OPEN, *CLOSED_VARIANTS, *ADMIN, *[(m, p) for m, p, _ in LIST_KINDS + OBJECTS + GATED + IMAGES + DS01]]
     reached = {route_of(method, path).kind for method, path in [*paths, ("POST", "/images/create")]}
     assert reached == set(RouteKind)
