@@ -22,7 +22,7 @@ from urllib.parse import quote, urlencode
 from ds01 import devicerequests, labels
 from ds01.cli.container.refusals import ImageAction, Refusal, refusal_of, translate
 from ds01.errors import UsageError
-from ds01.names import DRY_RUN_HEADER, USER_AGENT, WORKSPACE, plain_name
+from ds01.names import DRY_RUN_HEADER, QUEUE_ID_HEADER, USER_AGENT, WORKSPACE
 from ds01.paths import Paths
 from ds01.records import Details, details
 from ds01.unixhttp import UnixConnection
@@ -180,14 +180,13 @@ class ProxyClient:
             raise translate(exc, self.url, name, image, image_action=image_action) from exc
 
     def containers(self, uid: int, everything: bool) -> list[Details]:
-        """uid's `container`-made containers (running only unless `everything`), inspected for their GPUs."""
+        """Every container of uid's, whatever made it (`container create`, docker run, compose, a dev container),
+        running only unless `everything`, inspected for their GPUs."""
         def listing() -> list[Details]:
             filters = json.dumps({"label": [f"{labels.UID}={uid}"]})
             listed = self._json("GET", "/containers/json", query={"all": int(everything), "filters": filters})
             found = []
             for summary in listed:
-                if not any(plain_name(n, uid) for n in summary.get("Names") or []):
-                    continue
                 try:
                     found.append(details(self._json("GET", f"/containers/{quote(summary['Id'])}/json")))
                 except Refusal as refused:
@@ -199,10 +198,25 @@ class ProxyClient:
     def inspect(self, name: str) -> Details:
         return self._call(name, lambda: details(self._json("GET", f"/containers/{quote(name)}/json")))
 
-    def create(self, name: str, body: dict[str, Any]) -> str:
-        created = self._call(name, lambda: self._json("POST", "/containers/create", query={"name": name}, body=body),
+    def create(self, name: str, body: dict[str, Any], *, queue_id: str | None = None, wait_seconds: float = 0) -> str:
+        """Create it; with a queue id, its GPU request may wait in the queue up to `wait_seconds` for its grant."""
+        headers = {QUEUE_ID_HEADER: queue_id} if queue_id else None
+        created = self._call(name, lambda: self._json("POST", "/containers/create", query={"name": name}, body=body,
+                                                      headers=headers, grace_seconds=wait_seconds),
                              body.get("Image"))
         return str(created["Id"])
+
+    def queue(self, everyone: bool = False) -> dict[str, Any]:
+        """The caller's waiting requests (everyone's for an admin), as GET /ds01/queue answers."""
+        return dict(self._call(None, lambda: self._json("GET", "/ds01/queue", query={"all": int(everyone)})))
+
+    def withdraw(self, queue_id: str) -> None:
+        """Take a waiting request out of the queue (Ctrl-C while it waits)."""
+        self._call(None, lambda: self._json("DELETE", f"/ds01/queue/{quote(queue_id)}"))
+
+    def gpus(self) -> dict[str, Any]:
+        """Every slot and its state, the caller's quota and use, as GET /ds01/gpus answers."""
+        return dict(self._call(None, lambda: self._json("GET", "/ds01/gpus")))
 
     def dry_run(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         """What the proxy would grant for this create, without creating anything."""

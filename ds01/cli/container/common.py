@@ -30,10 +30,20 @@ def created_at(created: str) -> datetime | None:
         return None
 
 
+def shown_name(found: Details, uid: int) -> str:
+    """NAME for a `container create` container, the engine's own name for one docker or compose made."""
+    return plain_name(found.info.name, uid) or found.info.name.lstrip("/")
+
+
+def origin(found: Details) -> str:
+    """What made it, from ds01.type: container, docker, compose or devcontainer."""
+    return found.info.labels.get(labels.TYPE) or "docker"
+
+
 def container_json(found: Details, uid: int) -> dict[str, Any]:
     info = found.info
     when = created_at(found.created)
-    return {"name": plain_name(info.name, uid) or info.name, "engine_name": info.name, "id": info.id,
+    return {"name": shown_name(found, uid), "engine_name": info.name, "id": info.id, "origin": origin(found),
             "status": info.status, "image": found.image, "gpus": list(info.device_ids),
             "gpu_equivalents": info.labels.get(labels.GPU_EQUIVALENTS) or None,
             "created": when.isoformat(timespec="seconds") if when else found.created}

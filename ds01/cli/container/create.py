@@ -14,15 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from ds01 import labels
+from ds01.cli.container import waiting
 from ds01.cli.container.client import ProxyClient, create_body
 from ds01.cli.container.common import add_name, tunnels
 from ds01.cli.container.image import own_or_given
 from ds01.cli.context import Context
+from ds01.config import validators
 from ds01.errors import ConfigError, Ds01Error, UsageError
 from ds01.identity import nss
 from ds01.names import check_name, engine_name
 from ds01.records import Details
-from ds01.units import format_equivalents, format_size, parse_size
+from ds01.units import format_duration, format_equivalents, format_size, parse_size
 
 KEEP_ALIVE = ["sleep", "infinity"]  # the default command: the container stays up until stopped
 
@@ -46,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", action="append", type=_port, default=[], metavar="PORT",
                         help="publish this container port (tcp) on a free port of the server's 127.0.0.1, for "
                              "ssh -L from your laptop; repeat for more (Jupyter: --port 8888)")
+    parser.add_argument("--wait", nargs="?", const="", metavar="DURATION",
+                        help="when the GPUs are taken, wait in the queue for them up to DURATION (e.g. 30m, 2h; "
+                             "default: scheduler.default_wait from the ds01 config, 1h as shipped); Ctrl-C leaves "
+                             "the queue")
     parser.add_argument("--dry-run", action="store_true",
                         help="ask the proxy what would be granted, and create nothing")
 
@@ -61,6 +67,7 @@ class Request:
     workspace: Path
     command: list[str]
     ports: tuple[int, ...] = ()
+    wait_seconds: int = 0  # how long the GPU request may wait in the queue; 0: not at all
 
 
 def _port(text: str) -> int:
@@ -125,7 +132,23 @@ def _request(args: argparse.Namespace, context: Context) -> Request:
                           f"ds01 config ({config.source}) sets no containers.default_image.")
     workspace = workspace_path(args.workspace, config.containers.workspace_root, args.name)
     return Request(image, gpus, args.mig, cpus, memory, shm_size, workspace, args.command or KEEP_ALIVE,
-                   tuple(dict.fromkeys(args.port)))
+                   tuple(dict.fromkeys(args.port)), _wait(args, gpus, config.scheduler.default_wait_seconds))
+
+
+def _wait(args: argparse.Namespace, gpus: int, default_seconds: int) -> int:
+    if args.wait is None:
+        return 0
+    if args.cpu_only:
+        raise UsageError("--wait waits for GPUs, and --cpu-only asks for none; leave one of them out.")
+    if args.dry_run:
+        raise UsageError("--dry-run asks what would be granted now and waits for nothing; leave --wait out.")
+    if args.wait == "":
+        return default_seconds
+    try:
+        return validators.positive_duration(args.wait)
+    except ValueError:
+        raise UsageError(f"--wait {args.wait}: give a duration such as 30m, 2h or 1d (or --wait alone for "
+                         f"{format_duration(default_seconds)}).") from None
 
 
 def _missing_dirs(path: Path) -> list[Path]:
@@ -149,8 +172,25 @@ def _make_dirs(missing: list[Path]) -> None:
 
 
 def _body(request: Request, workspace: Path) -> dict[str, Any]:
-    return create_body(request.image, request.command, workspace=str(workspace), gpus=request.gpus, mig=request.mig,
+    body = create_body(request.image, request.command, workspace=str(workspace), gpus=request.gpus, mig=request.mig,
                        cpus=request.cpus, memory=request.memory, shm_size=request.shm_size, ports=request.ports)
+    if request.wait_seconds:
+        body["Labels"][labels.REQUEST_WAIT] = f"{request.wait_seconds}s"
+    return body
+
+
+def _create(proxy: ProxyClient, name: str, full: str, request: Request) -> None:
+    """The create, and while it waits in the queue (--wait), its place on a status line."""
+    if not request.wait_seconds:
+        with _progress(f"creating {name}... "):
+            proxy.create(full, _body(request, request.workspace))
+        return
+    queue_id = waiting.new_queue_id()
+    print(f"creating {name}, waiting up to {format_duration(request.wait_seconds)} for GPUs if they are taken "
+          "(Ctrl-C leaves the queue)...", flush=True)
+    with waiting.withdrawn_on_interrupt(proxy, queue_id), waiting.StatusLine(proxy, queue_id).running():
+        proxy.create(full, _body(request, request.workspace), queue_id=queue_id, wait_seconds=request.wait_seconds)
+    print(f"created {name}", flush=True)
 
 
 def _equivalents(text: str | None) -> str:
@@ -228,8 +268,7 @@ def run(args: argparse.Namespace, context: Context) -> int:
         missing = _missing_dirs(request.workspace)
         _make_dirs(missing)
         try:
-            with _progress(f"creating {name}... "):
-                proxy.create(full, _body(request, request.workspace))
+            _create(proxy, name, full, request)
         except BaseException:
             for directory in reversed(missing):  # leave no trace of a create that did not happen
                 with contextlib.suppress(OSError):

@@ -7,14 +7,9 @@ import os
 
 from ds01.cli import add_format_option
 from ds01.cli.container.client import ProxyClient
-from ds01.cli.container.common import (
-    container_json,
-    created_at,
-    gpus_cell,
-)
+from ds01.cli.container.common import container_json, created_at, gpus_cell, origin, shown_name
 from ds01.cli.context import Context
 from ds01.cli.output import print_json, print_table
-from ds01.names import plain_name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +33,9 @@ def run(args: argparse.Namespace, context: Context) -> int:
     rows = []
     for item in found:
         when = created_at(item.created)
-        rows.append((plain_name(item.info.name, uid) or item.info.name, item.info.status, item.image,
-                     gpus_cell(item), when.astimezone().strftime("%Y-%m-%d %H:%M") if when else item.created))
-    print_table(("NAME", "STATUS", "IMAGE", "GPUS", "CREATED"), rows)
+        rows.append((shown_name(item, uid), origin(item), item.info.status, item.image, gpus_cell(item),
+                     when.astimezone().strftime("%Y-%m-%d %H:%M") if when else item.created))
+    print_table(("NAME", "ORIGIN", "STATUS", "IMAGE", "GPUS", "CREATED"), rows)
+    if any(origin(item) != "container" for item in found):
+        print("(containers docker, compose or a dev container made are managed with those: docker stop NAME, ...)")
     return 0

@@ -11,11 +11,10 @@ from typing import Any
 
 from ds01.cli import add_format_option
 from ds01.cli.container.client import ProxyClient
-from ds01.cli.container.common import gpus_cell
+from ds01.cli.container.common import gpus_cell, origin, shown_name
 from ds01.cli.context import Context
 from ds01.cli.output import print_json, print_table
 from ds01.errors import UsageError
-from ds01.names import plain_name
 from ds01.records import Details
 
 FILTER_KEYS = ("name", "status", "gpu")
@@ -79,6 +78,7 @@ def human(size: int | None) -> str:
 class Row:
     name: str
     engine_name: str
+    origin: str  # container, docker, compose or devcontainer
     status: str
     cpu_percent: float | None  # None: not running, so not sampled
     memory_used_bytes: int | None
@@ -88,8 +88,8 @@ class Row:
 
 def _row(name: str, item: Details, sample: dict[str, Any] | None) -> Row:
     used, limit = memory_used(sample) if sample else (None, None)
-    return Row(name, item.info.name, item.info.status, cpu_percent(sample) if sample else None, used, limit,
-               list(item.info.device_ids))
+    return Row(name, item.info.name, origin(item), item.info.status, cpu_percent(sample) if sample else None, used,
+               limit, list(item.info.device_ids))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,8 +103,7 @@ def run(args: argparse.Namespace, context: Context) -> int:
     filters = parse_filters(args.filter)
     uid = os.getuid()
     with ProxyClient.of(context.paths) as proxy:
-        found = [(plain_name(item.info.name, uid) or item.info.name, item)
-                 for item in proxy.containers(uid, everything="status" in filters)]
+        found = [(shown_name(item, uid), item) for item in proxy.containers(uid, everything="status" in filters)]
         chosen = sorted((pair for pair in found if matches(*pair, filters)), key=lambda pair: pair[0])
         running = [item.info.name for _, item in chosen if item.info.status == "running"]
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(running)))) as pool:
@@ -117,8 +116,8 @@ def run(args: argparse.Namespace, context: Context) -> int:
         print("no matching containers" if filters else
               "no running containers; start one with `container start NAME` or create one with `container create NAME`")
         return 0
-    print_table(("NAME", "STATUS", "CPU %", "MEMORY / LIMIT", "GPUS"), [
-        (row.name, row.status, "-" if row.cpu_percent is None else f"{row.cpu_percent:.2f}%",
+    print_table(("NAME", "ORIGIN", "STATUS", "CPU %", "MEMORY / LIMIT", "GPUS"), [
+        (row.name, row.origin, row.status, "-" if row.cpu_percent is None else f"{row.cpu_percent:.2f}%",
          "-" if row.memory_used_bytes is None else f"{human(row.memory_used_bytes)} / {human(row.memory_limit_bytes)}",
          gpus) for row, gpus in rows])
     return 0
