@@ -23,6 +23,7 @@ from ds01.proxy.images import ImageActions
 from ds01.proxy.imagestore import ImageStore
 from ds01.proxy.interfaces import Callers, EngineCalls, Pinning
 from ds01.proxy.outcomes import Deny, Forward, Outcome, Reply, Request
+from ds01.proxy.ownership import ContainerOwners
 from ds01.proxy.routes import ObjectKind, RouteKind
 from ds01.proxy.userlocks import UserLocks
 from ds01.reasons import Reason
@@ -85,6 +86,7 @@ class Gate:
         self.locks = UserLocks()
         self._images = ImageActions(upstream, image_store)
         self._cgroups = cgroups
+        self._owners = ContainerOwners(upstream, cgroups.name)
         self._platform = platform
         self._builds = BuildActions(self._images, spool_dir, self._build_settings,
                                     lambda name: self._owner_of("network", name)[1],
@@ -93,7 +95,7 @@ class Gate:
         self._creates = ContainerCreates(
             sessions=sessions, upstream=upstream, allocator=allocator, slots=slots, cgroups=cgroups,
             engine_sockets=engine_sockets, host_cpus=host_cpus, pins=pins, locks=self.locks, log_driver=log_driver,
-            owner_of=self._owner_of, find_image=self._images.find, instance=instance, clock=clock)
+            owner_of=self._owner_of, find_image=self._images.find, instance=instance, clock=clock, owners=self._owners)
         self._containers = ContainerActions(sessions, upstream, allocator, self._owner_of, self.locks, slots=slots,
                                             pins=pins, engine_sockets=engine_sockets, spool_dir=spool_dir)
 
@@ -113,13 +115,9 @@ class Gate:
                 return Forward(target) if caller.is_admin else Deny(Reason.ADMIN_ONLY,
                                                                     f"{method} {path} is for admins only.")
             case RouteKind.GATED:
-                if route.group in self.sessions.current_config().security.allowed_endpoints:
-                    # A load names its images itself: they must be the caller's, as a build's tags are.
-                    return self._builds.load(request) if route.group == "image_load" and not caller.is_admin \
-                        else Forward(target)
-                return Deny(Reason.ENDPOINT_DISABLED, f"{route.group} is turned off on this host ({method} {path}); "
-                                                      "an admin can allow it with security.allow_endpoints: "
-                                                      f"[{route.group}].")
+                return self._gated(request)
+            case RouteKind.LIST_CONTAINERS if not caller.is_admin:
+                return self._list_containers(request)
             case (RouteKind.LIST_CONTAINERS | RouteKind.PRUNE_CONTAINERS | RouteKind.EVENTS | RouteKind.LIST_VOLUMES
                   | RouteKind.PRUNE_VOLUMES | RouteKind.PRUNE_NETWORKS):
                 owned = f"{path}?{_with_owner_filter(request.query, caller.user)}"
@@ -139,6 +137,19 @@ class Gate:
                                                      "are open.")
             case _:
                 assert_never(route.kind)
+
+    def _gated(self, request: Request) -> Outcome:
+        route, method, path = request.route, request.method, request.path
+        if route.group in self.sessions.current_config().security.allowed_endpoints:
+            # A load names its images itself: they must be the caller's, as a build's tags are.
+            return self._builds.load(request) if route.group == "image_load" and not request.session.caller.is_admin \
+                else Forward(request.target)
+        if route.group == "plugins" and method == "GET" and path.endswith("/json") and path.count("/plugins/") == 1:
+            # `docker inspect NAME` asks for a plugin last: with none to be had, its answer is "no such object".
+            return Deny(Reason.NOT_FOUND, f"No such plugin: {path.split('/plugins/', 1)[1].removesuffix('/json')}",
+                        status=404)
+        return Deny(Reason.ENDPOINT_DISABLED, f"{route.group} is turned off on this host ({method} {path}); an "
+                                              f"admin can allow it with security.allow_endpoints: [{route.group}].")
 
     def _image_route(self, request: Request) -> Outcome:
         if request.route.kind is RouteKind.BUILDKIT:
@@ -235,11 +246,14 @@ class Gate:
         return False
 
     def _owner_of(self, kind: str, name: str) -> tuple[dict[str, Any] | None, str | None]:
+        """The object and its owner. A volume's and a network's labels are the proxy's own (only a create through
+        it makes one); a container's may be an image's, so its cgroup parent must agree (`ContainerOwners`)."""
         info = self.upstream.inspect(kind, name)
         if info is None:
             return None, None
-        found_labels = (info.get("Config") or {}).get("Labels") if kind == "container" else info.get("Labels")
-        return info, (found_labels or {}).get(labels.USER)
+        if kind == "container":
+            return info, self._owners.of_inspect(info)
+        return info, (info.get("Labels") or {}).get(labels.USER)
 
     def _object(self, request: Request, kind: ObjectKind) -> Outcome:
         """An existing object: only the caller's own, by a fresh inspect, and sent on for its full id so that a name
@@ -301,6 +315,16 @@ class Gate:
                 return Forward(target, hijack=True)
             case _:
                 return Forward(target)
+
+    def _list_containers(self, request: Request) -> Outcome:
+        """The caller's containers: the engine's list by their label, less those whose cgroup parent says the
+        label came from an image (another user's build steps)."""
+        user = request.session.caller.user
+        query = dict(parse_qsl(_with_owner_filter(request.query, user), keep_blank_values=True))
+        status, listed = self.upstream.call("GET", "/containers/json", query=query)
+        if status != 200 or not isinstance(listed, list):
+            return Deny(Reason.ENGINE_ERROR, f"the engine answered {status} to the container list: {listed}", 502)
+        return Reply(200, self._owners.mine(listed, user))
 
     def _list_networks(self, request: Request) -> Outcome:
         """The caller's own networks and the built-in ones: a list that names other users' networks would tell

@@ -17,6 +17,7 @@ from ds01.cli.output import print_json, print_table
 from ds01.errors import UsageError
 from ds01.names import plain_name
 from ds01.records import Details
+from ds01.units import format_bytes
 
 FILTER_KEYS = ("name", "status", "gpu")
 STATES = ("created", "running", "paused", "restarting", "removing", "exited", "dead")
@@ -66,15 +67,6 @@ def memory_used(sample: dict[str, Any]) -> tuple[int | None, int | None]:
     return max(int(memory["usage"]) - int(cache), 0), memory.get("limit")
 
 
-def human(size: int | None) -> str:
-    if size is None:
-        return "-"
-    for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if size >= factor:
-            return f"{size / factor:.1f}{unit}"
-    return f"{size}B"
-
-
 @dataclass(frozen=True)
 class Row:
     name: str
@@ -119,6 +111,7 @@ def run(args: argparse.Namespace, context: Context) -> int:
         return 0
     print_table(("NAME", "STATUS", "CPU %", "MEMORY / LIMIT", "GPUS"), [
         (row.name, row.status, "-" if row.cpu_percent is None else f"{row.cpu_percent:.2f}%",
-         "-" if row.memory_used_bytes is None else f"{human(row.memory_used_bytes)} / {human(row.memory_limit_bytes)}",
+         "-" if row.memory_used_bytes is None else
+         f"{format_bytes(row.memory_used_bytes)} / {format_bytes(row.memory_limit_bytes)}",
          gpus) for row, gpus in rows])
     return 0
