@@ -93,10 +93,16 @@ def ensure_fixture(client: docker.DockerClient) -> int:
             name = fixture_name(user, index)
             if name in present:
                 continue
+            # Under the user's cgroup parent, as the proxy makes containers: the label alone makes no owner.
             client.api.create_container(IMAGE, ["true"], name=name, labels={
-                FIXTURE_LABEL: "1", "ds01.user": user, "ds01.type": "docker"})
+                FIXTURE_LABEL: "1", "ds01.user": user, "ds01.type": "docker"},
+                host_config=client.api.create_host_config(cgroup_parent=cgroup_parent(client, user)))
             made += 1
     return made
+
+
+def cgroup_parent(client: docker.DockerClient, user: str) -> str:
+    return f"ds01-{user}.slice" if client.info().get("CgroupDriver") == "systemd" else f"/ds01/{user}"
 
 
 def remove_fixture(client: docker.DockerClient) -> int:
