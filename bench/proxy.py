@@ -58,6 +58,8 @@ from _common import (
     timed,
 )
 
+from ds01.proxy.cgroups import CgroupParents
+
 FIXTURE_LABEL = "ds01.bench-proxy"
 FIXTURE_COUNTS = {"root": 100, "alice": 20}
 PS_SAMPLES_PER_REPETITION = 3
@@ -102,7 +104,8 @@ def ensure_fixture(client: docker.DockerClient) -> int:
 
 
 def cgroup_parent(client: docker.DockerClient, user: str) -> str:
-    return f"ds01-{user}.slice" if client.info().get("CgroupDriver") == "systemd" else f"/ds01/{user}"
+    info = client.info()
+    return CgroupParents(str(info.get("CgroupDriver")), str(info.get("CgroupVersion"))).name(user)
 
 
 def remove_fixture(client: docker.DockerClient) -> int:
