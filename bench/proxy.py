@@ -58,6 +58,8 @@ from _common import (
     timed,
 )
 
+from ds01.proxy.cgroups import CgroupParents
+
 FIXTURE_LABEL = "ds01.bench-proxy"
 FIXTURE_COUNTS = {"root": 100, "alice": 20}
 PS_SAMPLES_PER_REPETITION = 3
@@ -93,10 +95,17 @@ def ensure_fixture(client: docker.DockerClient) -> int:
             name = fixture_name(user, index)
             if name in present:
                 continue
+            # Under the user's cgroup parent, as the proxy makes containers: the label alone makes no owner.
             client.api.create_container(IMAGE, ["true"], name=name, labels={
-                FIXTURE_LABEL: "1", "ds01.user": user, "ds01.type": "docker"})
+                FIXTURE_LABEL: "1", "ds01.user": user, "ds01.type": "docker"},
+                host_config=client.api.create_host_config(cgroup_parent=cgroup_parent(client, user)))
             made += 1
     return made
+
+
+def cgroup_parent(client: docker.DockerClient, user: str) -> str:
+    info = client.info()
+    return CgroupParents(str(info.get("CgroupDriver")), str(info.get("CgroupVersion"))).name(user)
 
 
 def remove_fixture(client: docker.DockerClient) -> int:

@@ -82,3 +82,13 @@ def format_size(size_bytes: int) -> str:
         if size_bytes % factor == 0 and size_bytes >= factor:
             return f"{size_bytes // factor}{unit}"
     return str(size_bytes)
+
+
+def format_bytes(size: int | None) -> str:
+    """A size for people to read, to a tenth: 15.3MiB ("-" for none); format_size is the exact one configs use."""
+    if size is None:
+        return "-"
+    for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= factor:
+            return f"{size / factor:.1f}{unit}"
+    return f"{size}B"

@@ -53,6 +53,7 @@ class ContextTooLarge(Ds01Error):
                          f"{size}{' bytes' * size.isdigit()}, the limit for one build; nothing was built. Leave files "
                          "out of it with a .dockerignore.")
         self.limit_bytes = limit_bytes
+        self.unpacked = unpacked
 
 
 class BuildContextError(UsageError):

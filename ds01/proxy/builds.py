@@ -29,6 +29,7 @@ from ds01.proxy.imagestore import PendingImage
 from ds01.proxy.outcomes import Forward, Outcome, Request
 from ds01.proxy.runas import Caller
 from ds01.reasons import Reason
+from ds01.units import format_bytes
 
 BUILDKIT_MESSAGE = ("ds01 builds use the classic builder: BuildKit ignores the limits and the cgroup of the user "
                     "who builds. Run DOCKER_BUILDKIT=0 docker build ..., or simply container image build NAME DIR.")
@@ -205,7 +206,10 @@ class BuildActions:
                 tags = _archive_tags(spooled, limit)
                 archive = spooled.open("rb")
         except buildcontext.ContextTooLarge as exc:
-            raise Denied(Reason.CONTEXT_TOO_LARGE, f"{exc} (images.max_context_size)") from None
+            raise Denied(Reason.CONTEXT_TOO_LARGE, (
+                f"the image archive {'unpacks to more' if exc.unpacked else 'is larger'} than "
+                f"{format_bytes(exc.limit_bytes)}, the most one load may bring (images.max_context_size); nothing "
+                "was loaded. Save fewer images in it, or ask an admin.")) from None
         except buildcontext.BuildContextError as exc:
             raise Denied(Reason.BAD_REQUEST, str(exc)) from None
         try:

@@ -25,6 +25,7 @@ from ds01.proxy.cgroups import CgroupParents
 from ds01.proxy.http import Head
 from ds01.proxy.interfaces import Callers, EngineCalls, Pinning
 from ds01.proxy.outcomes import Deny, Forward, Outcome, Reply, Request
+from ds01.proxy.ownership import ContainerOwners
 from ds01.proxy.queue import Queue
 from ds01.proxy.userlocks import UserLocks
 from ds01.reasons import Reason
@@ -116,6 +117,7 @@ class ContainerCreates:
     instance: str  # stamped as ds01.instance
     clock: Callable[[], datetime]  # for ds01.created_at
     queue: Queue
+    owners: ContainerOwners
 
     def _facts(self, caller: runas.Caller, body: dict[str, Any], refs: policy.References,
                opened: dict[str, binds.OpenedSource]) -> policy.Facts:
@@ -144,7 +146,7 @@ class ContainerCreates:
         status, listed = self.upstream.call("GET", "/containers/json", query=query)
         if status != 200 or not isinstance(listed, list):
             raise Ds01Error(f"the engine answered {status} when counting containers: {listed}")
-        return len(listed)
+        return len(self.owners.mine(listed, user))  # not another user's build steps, whatever their labels say
 
     def _check_count(self, caller: runas.Caller) -> None:
         count = self._count_containers(caller.user)
@@ -159,7 +161,7 @@ class ContainerCreates:
         if status != 200 or not isinstance(listed, list):
             raise Ds01Error(f"the engine answered {status} when listing containers: {listed}")
         published = 0
-        for summary in listed:  # stopped ones too: their ports are theirs again at the next start
+        for summary in self.owners.mine(listed, caller.user):  # stopped ones too: theirs again at the next start
             found = self.upstream.inspect("container", str(summary.get("Id")))
             published += networks.published_ports((found or {}).get("HostConfig") or {})
         limit = caller.limits.max_published_ports

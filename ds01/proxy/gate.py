@@ -8,14 +8,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, assert_never
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import parse_qsl, quote
 
 from ds01 import eventlog, labels, procfs
 from ds01.errors import Denied, Ds01Error
 from ds01.eventlog.reader import EventLog
 from ds01.gpus.allocator import Allocator
 from ds01.gpus.placement import Slot
-from ds01.proxy import allowlist, bodies, capacity, networks, policy, runas
+from ds01.proxy import allowlist, bodies, capacity, listings, networks, policy, runas
 from ds01.proxy.builds import BUILDKIT_MESSAGE, BuildActions, BuildSettings
 from ds01.proxy.cgroups import CgroupParents
 from ds01.proxy.containers import ContainerActions, host_mounts
@@ -24,6 +24,7 @@ from ds01.proxy.images import ImageActions
 from ds01.proxy.imagestore import ImageStore
 from ds01.proxy.interfaces import Callers, EngineCalls, Pinning
 from ds01.proxy.outcomes import Deny, Forward, Outcome, Reply, Request
+from ds01.proxy.ownership import ContainerOwners
 from ds01.proxy.queue import Queue
 from ds01.proxy.routes import ObjectKind, RouteKind
 from ds01.proxy.userlocks import UserLocks
@@ -33,37 +34,7 @@ MIN_API_VERSION = (1, 40)
 PULL_PARAMETERS = frozenset({"fromImage", "tag", "platform"})
 # Parameters the engine reads every value of, each of which the proxy checks: build -t, commit -c, save of many.
 REPEATABLE = {RouteKind.BUILD: {"t"}, RouteKind.COMMIT: {"changes"}, RouteKind.SAVE_IMAGES: {"names"}}
-BUILT_IN_NETWORKS = frozenset({"bridge", "host", "none"})
 _OBJECT_ID = re.compile(r"[0-9a-f]{64}")
-
-
-def _with_owner_filter(query: str, user: str, key: str = "filters") -> str:
-    """Add label=ds01.user=USER to a Docker filters query parameter, in either of its JSON shapes."""
-    params = parse_qsl(query, keep_blank_values=True)
-    raw = next((value for name, value in params if name == key), "") or "{}"
-    try:
-        filters = json.loads(raw)
-    except ValueError:
-        raise Denied(Reason.BAD_REQUEST, f"the {key} parameter is not valid JSON") from None
-    if not isinstance(filters, dict):
-        raise Denied(Reason.BAD_REQUEST, f"the {key} parameter must be a JSON object")
-    found_labels = filters.get("label", {})
-    if isinstance(found_labels, str):
-        found_labels = [found_labels]
-    if not isinstance(found_labels, (list, dict)):
-        raise Denied(Reason.BAD_REQUEST, f"the label filter in {key} must be a list or an object of labels")
-    found_labels = dict.fromkeys(found_labels, True) if isinstance(found_labels, list) else dict(found_labels)
-    found_labels[f"{labels.USER}={user}"] = True
-    # The engine takes one shape for the whole object: lists (docker-py) or maps of true (the docker CLI).
-    as_lists = any(isinstance(value, list) for value in filters.values())
-    filters["label"] = list(found_labels) if as_lists else found_labels
-    rest = [(name, value) for name, value in params if name != key]
-    return urlencode([*rest, (key, json.dumps(filters))])
-
-
-def _built_in(network: dict[str, Any]) -> bool:
-    """bridge, host and none: the engine's own networks, which no user owns."""
-    return str(network.get("Name") or "") in BUILT_IN_NETWORKS and not (network.get("Labels") or {}).get(labels.USER)
 
 
 def _now() -> datetime:
@@ -88,6 +59,8 @@ class Gate:
         self.locks = UserLocks()
         self._images = ImageActions(upstream, image_store)
         self._cgroups = cgroups
+        self._owners = ContainerOwners(upstream, cgroups.name)
+        self._listings = listings.Listings(upstream, self._owners)
         self._platform = platform
         self._builds = BuildActions(self._images, spool_dir, self._build_settings,
                                     lambda name: self._owner_of("network", name)[1],
@@ -100,7 +73,8 @@ class Gate:
         self._creates = ContainerCreates(
             sessions=sessions, upstream=upstream, allocator=allocator, slots=slots, cgroups=cgroups,
             engine_sockets=engine_sockets, host_cpus=host_cpus, pins=pins, locks=self.locks, log_driver=log_driver,
-            owner_of=self._owner_of, find_image=self._images.find, instance=instance, clock=clock, queue=self.queue)
+            owner_of=self._owner_of, find_image=self._images.find, instance=instance, clock=clock, queue=self.queue,
+            owners=self._owners)
         self._containers = ContainerActions(sessions, upstream, allocator, self._owner_of, self.locks, slots=slots,
                                             pins=pins, engine_sockets=engine_sockets, spool_dir=spool_dir)
 
@@ -114,17 +88,14 @@ class Gate:
         match route.kind:
             case RouteKind.OPEN:
                 return Forward(target)
-            case RouteKind.LIST_NETWORKS:
-                return Forward(target) if caller.is_admin else self._list_networks(request)
             case RouteKind.ADMIN_ONLY:
                 return Forward(target) if caller.is_admin else Deny(Reason.ADMIN_ONLY,
                                                                     f"{method} {path} is for admins only.")
             case RouteKind.GATED:
                 return self._gated(request)
             case (RouteKind.LIST_CONTAINERS | RouteKind.PRUNE_CONTAINERS | RouteKind.EVENTS | RouteKind.LIST_VOLUMES
-                  | RouteKind.PRUNE_VOLUMES | RouteKind.PRUNE_NETWORKS):
-                owned = f"{path}?{_with_owner_filter(request.query, caller.user)}"
-                return Forward(target if caller.is_admin else owned)
+                  | RouteKind.PRUNE_VOLUMES | RouteKind.PRUNE_NETWORKS | RouteKind.LIST_NETWORKS):
+                return Forward(target) if caller.is_admin else self._listings.answer(request)
             case (RouteKind.PULL | RouteKind.LIST_IMAGES | RouteKind.IMAGE | RouteKind.SAVE_IMAGES | RouteKind.COMMIT
                   | RouteKind.BUILD | RouteKind.BUILDKIT):
                 return self._image_route(request)
@@ -149,6 +120,10 @@ class Gate:
             # A load names its images itself: they must be the caller's, as a build's tags are.
             return self._builds.load(request) if route.group == "image_load" and not request.session.caller.is_admin \
                 else Forward(request.target)
+        if route.group == "plugins" and method == "GET" and path.endswith("/json") and path.count("/plugins/") == 1:
+            # `docker inspect NAME` asks for a plugin last: with none to be had, its answer is "no such object".
+            return Deny(Reason.NOT_FOUND, f"No such plugin: {path.split('/plugins/', 1)[1].removesuffix('/json')}",
+                        status=404)
         return Deny(Reason.ENDPOINT_DISABLED, f"{route.group} is turned off on this host ({method} {path}); an "
                                               f"admin can allow it with security.allow_endpoints: [{route.group}].")
 
@@ -247,11 +222,14 @@ class Gate:
         return False
 
     def _owner_of(self, kind: str, name: str) -> tuple[dict[str, Any] | None, str | None]:
+        """The object and its owner. A volume's and a network's labels are the proxy's own (only a create through
+        it makes one); a container's may be an image's, so its cgroup parent must agree (`ContainerOwners`)."""
         info = self.upstream.inspect(kind, name)
         if info is None:
             return None, None
-        found_labels = (info.get("Config") or {}).get("Labels") if kind == "container" else info.get("Labels")
-        return info, (found_labels or {}).get(labels.USER)
+        if kind == "container":
+            return info, self._owners.of_inspect(info)
+        return info, (info.get("Labels") or {}).get(labels.USER)
 
     def _object(self, request: Request, kind: ObjectKind) -> Outcome:
         """An existing object: only the caller's own, by a fresh inspect, and sent on for its full id so that a name
@@ -264,9 +242,9 @@ class Gate:
             info, owner = self._owner_of("container", container_id) if container_id else (None, None)
         else:
             info, owner = self._owner_of(kind, name)
-        if kind is RouteKind.NETWORK and info is not None and _built_in(info) and request.method == "GET" \
+        if kind is RouteKind.NETWORK and info is not None and listings.built_in(info) and request.method == "GET" \
                 and not route.action:
-            return Reply(200, self._shown_network(info, caller))
+            return Reply(200, self._listings.shown_network(info, caller))
         if info is None or (owner != caller.user and not caller.is_admin):
             # The same answer whether it is missing or someone else's: existence is not leaked.
             return Deny(Reason.NOT_FOUND, f"No such {kind}: {name}", status=404)
@@ -313,24 +291,6 @@ class Gate:
                 return Forward(target, hijack=True)
             case _:
                 return Forward(target)
-
-    def _list_networks(self, request: Request) -> Outcome:
-        """The caller's own networks and the built-in ones: a list that names other users' networks would tell
-        what they work on."""
-        query = dict(parse_qsl(request.query))
-        status, listed = self.upstream.call("GET", "/networks", query=query or None)
-        if status != 200 or not isinstance(listed, list):
-            return Deny(Reason.ENGINE_ERROR, f"the engine answered {status} to the network list: {listed}", 502)
-        user = request.session.caller.user
-        return Reply(200, [network for network in listed if isinstance(network, dict) and (
-            _built_in(network) or (network.get("Labels") or {}).get(labels.USER) == user)])
-
-    def _shown_network(self, info: dict[str, Any], caller: runas.Caller) -> dict[str, Any]:
-        """A built-in network as inspected, with only the caller's own containers in it."""
-        containers = info.get("Containers") or {}
-        mine = {container_id: endpoint for container_id, endpoint in containers.items()
-                if caller.is_admin or self._owner_of("container", container_id)[1] == caller.user}
-        return {**info, "Containers": mine}
 
     def _create_owned(self, request: Request, kind: Literal["volume", "network"]) -> Outcome:
         """A volume or network create: read through its allow-list table and stamped with the caller's labels; a

@@ -23,6 +23,12 @@ _REGISTRY = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.[A-Za-
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _DIGEST = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[0-9a-fA-F]{32,}")
 MAX_NAME_LENGTH = 255
+_INSTEAD = {  # what to write instead, by how the name was made
+    "docker build -t": "Use -t {wanted}", "docker commit": "Commit it as {wanted}: docker commit CONTAINER {wanted}",
+    "docker tag": "Tag it {wanted}: docker tag IMAGE {wanted}",
+    "docker load": "Save it under that name first (docker tag IMAGE {wanted}; docker save {wanted}), then load that",
+    "docker push": "Push a name of yours: docker tag IMAGE {wanted}; docker push {wanted}",
+}
 
 
 @dataclass(frozen=True)
@@ -89,8 +95,9 @@ def check_own_name(user: str, text: str, how: str) -> Reference:
     """A name a user makes (by `how`: build -t, docker tag, commit, load) lies in their namespace."""
     reference = parse(text)
     if reference.namespace != user or reference.digest is not None:
+        wanted = f"{user}/{reference.path.rsplit('/', 1)[-1]}"
         raise Denied(Reason.IMAGE_NAMESPACE, (
             f"{how} may name images only {user}/NAME[:TAG] (your namespace on this server), not {text}: other "
-            f"names are other users' or shared. Use -t {user}/{reference.path.rsplit('/', 1)[-1]}."))
+            f"names are other users' or shared. {_INSTEAD.get(how, 'Name it {wanted}').format(wanted=wanted)}."))
     return reference
 

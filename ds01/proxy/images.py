@@ -21,7 +21,7 @@ from ds01.proxy.interfaces import EngineCalls
 from ds01.proxy.outcomes import Deny, Forward, Outcome, Reply, Request
 from ds01.proxy.runas import Caller
 from ds01.reasons import Reason
-from ds01.units import format_size
+from ds01.units import format_bytes
 
 COMMIT_PARAMETERS = frozenset({"container", "repo", "tag", "comment", "author", "pause", "changes"})
 TAG_PARAMETERS = frozenset({"repo", "tag"})
@@ -116,9 +116,9 @@ class ImageActions:
         used = sum(own.size for own in mine)
         if used < limit:
             return
-        listed = "; ".join(f"{', '.join(own.names)} {format_size(own.size)}" for own in mine[:10])
+        listed = "; ".join(f"{', '.join(own.names)} {format_bytes(own.size)}" for own in mine[:10])
         raise Denied(Reason.IMAGE_STORAGE, (
-            f"your images take {format_size(used)} and you may keep {format_size(limit)} (image_storage): {listed}. "
+            f"your images take {format_bytes(used)} and you may keep {format_bytes(limit)} (image_storage): {listed}. "
             "Remove some (container image remove NAME, or docker rmi NAME) and try again."))
 
     def check_pull(self, caller: Caller, query: dict[str, str], allowed: frozenset[str] | None) -> None:

@@ -44,18 +44,20 @@ class PendingImage:
 
 @dataclass(frozen=True)
 class OwnImage:
-    names: tuple[str, ...]  # its tags
+    names: tuple[str, ...]  # its tags ("untagged ID" for one without)
     size: int  # of its own layers: its chain of the user's images, down to a shared or foreign base
 
 
 def own_image_sizes(owned: Iterable[str], inspect: Callable[[str], dict[str, Any] | None]) -> list[OwnImage]:
-    """The tagged ones among a user's `owned` images (ids) with the size of their own layers, largest first: each
-    owned image adds what it has beyond its parent, and a tagged image counts the owned chain below it. Layers of
-    a shared base or of another owner's image are not the user's. `inspect`: the engine's image inspect."""
+    """The user's `owned` images (ids) with the size of their own layers, largest first: each tagged image with
+    the owned chain below it, then each untagged image no other stands on (what a retag or a failed step left:
+    as much theirs, and as usable by its id). Each owned image adds what it has beyond its parent, once, to the
+    first of these that stands on it; layers of a shared base or of another owner's image are not the user's.
+    `inspect`: the engine's image inspect."""
     owned = set(owned)
     sizes: dict[str, int] = {}
     parents: dict[str, str] = {}
-    tagged: list[tuple[str, tuple[str, ...]]] = []
+    tags: dict[str, tuple[str, ...]] = {}
     for image in owned:
         info = inspect(image)
         if info is None:
@@ -64,16 +66,30 @@ def own_image_sizes(owned: Iterable[str], inspect: Callable[[str], dict[str, Any
         below = inspect(parent) if parent else None
         sizes[image] = int(info.get("Size") or 0) - (int(below.get("Size") or 0) if below else 0)
         parents[image] = parent
-        tags = tuple(tag for tag in info.get("RepoTags") or () if tag != "<none>:<none>")
-        if tags:
-            tagged.append((image, tags))
+        tags[image] = tuple(tag for tag in info.get("RepoTags") or () if tag != "<none>:<none>")
+    stood_on = set(parents.values())
+
+    def depth(image: str) -> int:  # owned images below it
+        count, at = 0, parents[image]
+        while at in sizes and count < _CHAIN_LIMIT:
+            count, at = count + 1, parents[at]
+        return count
+
+    # A tagged base claims its own layers before the tagged images built on it claim theirs.
+    tops = sorted((image for image in sizes if tags[image]), key=lambda image: (depth(image), tags[image]))
+    tops += sorted(image for image in sizes if not tags[image] and image not in stood_on)
+    claimed: set[str] = set()
     found = []
-    for image, tags in tagged:
-        chain, at = [image], parents[image]
-        while at in sizes and at not in chain and len(chain) < _CHAIN_LIMIT:
+    for top in tops:
+        chain: list[str] = []
+        at = top
+        while at in sizes and at not in claimed and len(chain) < _CHAIN_LIMIT:
             chain.append(at)
+            claimed.add(at)
             at = parents[at]
-        found.append(OwnImage(tags, sum(sizes[link] for link in chain)))
+        if chain:
+            names = tags[top] or (f"untagged {top.removeprefix('sha256:')[:12]}",)
+            found.append(OwnImage(names, sum(sizes[link] for link in chain)))
     return sorted(found, key=lambda own: (-own.size, own.names))
 
 

@@ -253,7 +253,15 @@ def test_a_context_larger_than_allowed_is_413_and_a_full_quota_refuses_builds(
                 break
             time.sleep(1)  # the proxy reloads its configuration when the file changes
         print(f"alice$ docker build (over quota) -> exit {over.returncode}: {over.stderr.strip()[-300:]}")
-        assert over.returncode != 0 and "you may keep 100k" in over.stderr and "alice/one:latest" in over.stderr
+        assert over.returncode != 0 and "you may keep 100.0KiB" in over.stderr and "alice/one:latest" in over.stderr
+        # Moving the name off her big image leaves it hers and usable by its id: it still counts.
+        big_id = engine.images.get("alice/one").id
+        assert docker_as(handle, "alice", "tag", TEST_IMAGE, "alice/one").returncode == 0
+        assert docker_as(handle, "alice", "run", "--rm", big_id, "ls", "/x").returncode == 0
+        still = classic(handle, "alice", "-t", "alice/three", str(context(handle, "alice", f"FROM {TEST_IMAGE}\n")))
+        print(f"alice$ docker build (name moved off) -> exit {still.returncode}: {still.stderr.strip()[-300:]}")
+        assert still.returncode != 0 and f"untagged {big_id.removeprefix('sha256:')[:12]}" in still.stderr
+        assert not engine.images.list(name="alice/three")
     finally:
         stop_proxy(handle, engine)
 

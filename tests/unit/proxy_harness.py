@@ -273,8 +273,11 @@ class FakeUpstream:
 
 def container(name: str, owner: Caller | None, *, host_config: dict[str, Any] | None = None,
               mounts: Iterable[dict[str, Any]] = (), container_labels: dict[str, str] | None = None) -> dict[str, Any]:
-    """An inspect record as the engine gives it, for a container ds01 made for `owner` (None: made by no one)."""
+    """An inspect record as the engine gives it, for a container ds01 made for `owner` (None: made by no one),
+    under the owner's cgroup parent as the proxy sets it."""
     owned = {"ds01.user": owner.user, "ds01.uid": str(owner.uid)} if owner is not None else {}
+    if owner is not None:
+        host_config = {"CgroupParent": f"/ds01/{owner.user}", **(host_config or {})}
     return {"Id": name.encode().hex().ljust(64, "0")[:64], "Name": f"/{name}",
             "Config": {"Labels": {**owned, **(container_labels or {})},
                        "User": f"{owner.uid}:{owner.gid}" if owner is not None else ""},

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from ds01.config import ImageSettings
 from ds01.errors import Denied, Ds01Error
 from ds01.proxy import imagenames
-from ds01.proxy.imagestore import STATE_FILE, ImageStore, PendingImage
+from ds01.proxy.imagestore import STATE_FILE, ImageStore, PendingImage, own_image_sizes
 from ds01.proxy.session import Session
 from tests.unit.proxy_harness import container
 from tests.unit.test_gate import ADMIN, ALICE, BOB, IMAGE, Reason, World, denied, forwarded, refused, world
@@ -180,7 +180,7 @@ def test_a_full_image_storage_refuses_commits_and_pulls_with_the_images_by_size(
     small = dataclasses.replace(ALICE, limits=ALICE.limits.with_overrides({"image_storage_bytes": 50}))
     world.sessions.by_uid[ALICE.uid] = Session(caller=small, login=small.login)
     for target in ("/v1.41/commit?container=app&repo=alice/y", "/v1.41/images/create?fromImage=busybox&tag=1"):
-        with pytest.raises(Denied, match=r"your images take 60 and you may keep 50 .*alice/tools:latest 60") as info:
+        with pytest.raises(Denied, match=r"your images take 60B and you may keep 50B .*alice/tools:latest 60B") as info:
             world.decide(ALICE, "POST", target)
         assert info.value.reason is Reason.IMAGE_STORAGE
 
@@ -245,3 +245,19 @@ def test_a_user_untags_their_own_name_on_a_shared_image_but_never_removes_it(wor
     world.upstream.images[IMAGE]["RepoTags"] = ["alice/bb:latest"]  # its only name: a removal would delete it
     world.upstream.images[IMAGE]["RepoDigests"] = []
     assert denied(world.decide(ALICE, "DELETE", "/v1.41/images/alice/bb")) == (Reason.IMAGE_SHARED, 403)
+
+
+def test_image_storage_counts_every_owned_image_once_tagged_or_not() -> None:
+    """An image its tag was moved off stays usable by id, so it counts; two tags on one chain count it once."""
+    base, mid, top, left = ("sha256:" + c * 64 for c in "1234")
+    images = {
+        SHARED: {"Id": SHARED, "Size": 40, "RepoTags": ["ds01-test/busybox:latest"]},
+        base: {"Id": base, "Parent": SHARED, "Size": 50, "RepoTags": ["alice/base:latest"]},
+        mid: {"Id": mid, "Parent": base, "Size": 80, "RepoTags": []},  # a build step under alice/app
+        top: {"Id": top, "Parent": mid, "Size": 100, "RepoTags": ["alice/app:latest"]},
+        left: {"Id": left, "Parent": SHARED, "Size": 8_000_040, "RepoTags": []},  # retagged away: usable by id
+    }
+    sizes = own_image_sizes([base, mid, top, left], images.get)
+    assert {own.names: own.size for own in sizes} == {
+        ("untagged 444444444444",): 8_000_000, ("alice/app:latest",): 50, ("alice/base:latest",): 10}
+    assert sum(own.size for own in sizes) == 8_000_060  # each of alice's layers once

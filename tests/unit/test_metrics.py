@@ -365,7 +365,7 @@ IMAGES = {
     BASE: {"Id": BASE, "Parent": "", "Size": 1000 * MIB, "RepoTags": ["nvcr.io/nvidia/pytorch:24.05-py3"]},
     STEP: {"Id": STEP, "Parent": BASE, "Size": 1300 * MIB, "RepoTags": []},  # a build step: alice's, untagged
     TORCH: {"Id": TORCH, "Parent": STEP, "Size": 1500 * MIB, "RepoTags": ["alice/torch:latest"]},
-    LOOSE: {"Id": LOOSE, "Parent": BASE, "Size": 1100 * MIB, "RepoTags": ["<none>:<none>"]},  # carol's, untagged
+    LOOSE: {"Id": LOOSE, "Parent": BASE, "Size": 1100 * MIB, "RepoTags": ["<none>:<none>"]},  # carol's, tag gone
 }
 
 
@@ -388,8 +388,9 @@ def owned(tmp_path: Path) -> Path:
 def test_each_users_own_images_are_summed_and_users_without_any_have_no_size(tmp_path: Path, proc: Path,
                                                                            owned: Path) -> None:
     taken = sampler(tmp_path, proc, FakeGpus(SCENE), FakeContainers(CONTAINERS), FakeImages(IMAGES)).collect()
-    # Their layers beyond the shared base, down the chain of their own: (1500 - 1300) + (1300 - 1000) MiB.
-    assert taken.image_storage == {"alice": 500 * MIB}
+    # Their layers beyond the shared base, down the chain of their own: (1500 - 1300) + (1300 - 1000) MiB; carol's
+    # image without a tag is as usable by its id, so its 1100 - 1000 MiB count too.
+    assert taken.image_storage == {"alice": 500 * MIB, "carol": 100 * MIB}
     assert (taken.source_up["images"], taken.source_up["engine"], taken.problems) == (True, True, ())
     registry = CollectorRegistry()
     registry.register(SnapshotCollector(lambda: taken))
@@ -407,20 +408,20 @@ def test_an_engine_that_cannot_inspect_is_counted_and_the_last_sizes_stay(tmp_pa
     assert (first.source_up["engine"], first.errors_total["engine"]) == (False, 1)
     assert first.problems == ("engine: the Docker engine failed to inspect image",)
     images.failure = None
-    assert collector.collect().image_storage == {"alice": 500 * MIB}
+    assert collector.collect().image_storage == {"alice": 500 * MIB, "carol": 100 * MIB}
     images.failure = EngineError("the Docker engine failed to inspect image")
     third = collector.collect()
-    assert third.image_storage == {"alice": 500 * MIB}  # stale, marked by source_up
+    assert third.image_storage == {"alice": 500 * MIB, "carol": 100 * MIB}  # stale, marked by source_up
     assert (third.source_up["engine"], third.errors_total["engine"], third.collections_total) == (False, 2, 3)
 
 
 def test_a_damaged_ownership_record_is_counted_and_the_other_sources_still_collect(tmp_path: Path, proc: Path,
                                                                                    owned: Path) -> None:
     collector = sampler(tmp_path, proc, FakeGpus(SCENE), FakeContainers(CONTAINERS), FakeImages(IMAGES))
-    assert collector.collect().image_storage == {"alice": 500 * MIB}
+    assert collector.collect().image_storage == {"alice": 500 * MIB, "carol": 100 * MIB}
     (owned / STATE_FILE).write_text("{not json")
     taken = collector.collect()
-    assert taken.image_storage == {"alice": 500 * MIB}
+    assert taken.image_storage == {"alice": 500 * MIB, "carol": 100 * MIB}
     assert (taken.source_up["images"], taken.errors_total["images"], taken.source_up["engine"]) == (False, 1, True)
     assert str(owned / STATE_FILE) in taken.problems[0]
     assert len(taken.processes) == 5

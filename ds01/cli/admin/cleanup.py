@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 
 from ds01 import nvml
 from ds01.cli import Commands, add_command, add_format_option
-from ds01.cli.container.stats import human
 from ds01.cli.context import Context
 from ds01.cli.output import print_json, print_table
 from ds01.engine import Engine
@@ -19,7 +18,7 @@ from ds01.gpus.supply import open_allocator
 from ds01.ops import baremetal
 from ds01.ops.cleanup import Cleanup, describe, limits_resolver
 from ds01.ops.prune import Pruning, prune
-from ds01.units import format_duration, format_elapsed
+from ds01.units import format_bytes, format_duration, format_elapsed
 
 COLUMNS = ("container", "user", "action", "reason")
 
@@ -82,14 +81,14 @@ def describe_pruning(pruning: Pruning, prune_after_seconds: int, now: float, dry
          "image": pruned.image.id}
         for pruned in pruning.images]
     if pruning.cache:
-        size = human(pruning.cache_bytes)
+        size = format_bytes(pruning.cache_bytes)
         records = f"{len(pruning.cache)} record{'' if len(pruning.cache) == 1 else 's'}"
         rows.append({"container": "-", "user": "-", "action": verb,
                      "reason": f"build cache unused for {after}: {records}, {size if dry_run else f'{size} reclaimed'}",
                      "build_cache": list(pruning.cache), "size_bytes": pruning.cache_bytes})
     if pruning.images_reclaimed_bytes:
         rows.append({"container": "-", "user": "-", "action": "reclaimed",
-                     "reason": f"{human(pruning.images_reclaimed_bytes)} of image layers from the "
+                     "reason": f"{format_bytes(pruning.images_reclaimed_bytes)} of image layers from the "
                                f"{len(pruning.images)} images pruned",
                      "size_bytes": pruning.images_reclaimed_bytes})
     return rows

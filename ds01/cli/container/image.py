@@ -20,11 +20,11 @@ from typing import Any, TextIO
 from ds01.cli import Handler, add_command, add_format_option
 from ds01.cli.container import buildcontext
 from ds01.cli.container.client import ProxyClient
-from ds01.cli.container.stats import human
 from ds01.cli.context import Context
 from ds01.cli.output import print_json, print_table
 from ds01.errors import ConfigError, Ds01Error, EngineError, UsageError
 from ds01.identity import nss
+from ds01.units import format_bytes
 
 DEFAULT_TAG = "latest"
 MAX_REPOSITORY_LENGTH = 255  # USER/NAME, as the engine takes it
@@ -245,13 +245,13 @@ def _build_args(given: list[str]) -> dict[str, str]:
 
 def _sending(context: buildcontext.Context, out: TextIO) -> Iterator[bytes]:
     """The context's bytes on their way to the proxy; on a terminal, a line that counts them."""
-    terminal, total, sent, shown = out.isatty(), human(context.size_bytes), 0, 0.0
+    terminal, total, sent, shown = out.isatty(), format_bytes(context.size_bytes), 0, 0.0
     for chunk in buildcontext.stream(context):
         yield chunk
         sent += len(chunk)
         if terminal and time.monotonic() - shown >= PROGRESS_SECONDS:
             shown = time.monotonic()
-            out.write(f"{ERASE}sending the build context: {human(sent)} of {total}")
+            out.write(f"{ERASE}sending the build context: {format_bytes(sent)} of {total}")
             out.flush()
     files = f"{context.files} file{'' if context.files == 1 else 's'}"
     out.write(f"{ERASE if terminal else ''}sent the build context: {total}, {files}\n")
@@ -362,7 +362,7 @@ def _list(args: argparse.Namespace, context: Context) -> int:
               "; build one with `container image build NAME --pip PKG`")
         return 0
     print_table(("NAME", "TAG", "ID", "SIZE", "CREATED", *(("WHOSE",) if args.all else ())), [
-        (row.name, row.tag, short_id(row.id), human(row.size_bytes),
+        (row.name, row.tag, short_id(row.id), format_bytes(row.size_bytes),
          row.created.astimezone().strftime("%Y-%m-%d %H:%M") if row.created else "-",
          *(("shared" if row.shared else "yours",) if args.all else ())) for row in found])
     return 0

@@ -16,6 +16,7 @@ from ds01.cli.context import Context
 from ds01.cli.output import print_json, print_table
 from ds01.errors import UsageError
 from ds01.records import Details
+from ds01.units import format_bytes
 
 FILTER_KEYS = ("name", "status", "gpu")
 STATES = ("created", "running", "paused", "restarting", "removing", "exited", "dead")
@@ -65,15 +66,6 @@ def memory_used(sample: dict[str, Any]) -> tuple[int | None, int | None]:
     return max(int(memory["usage"]) - int(cache), 0), memory.get("limit")
 
 
-def human(size: int | None) -> str:
-    if size is None:
-        return "-"
-    for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if size >= factor:
-            return f"{size / factor:.1f}{unit}"
-    return f"{size}B"
-
-
 @dataclass(frozen=True)
 class Row:
     name: str
@@ -118,6 +110,7 @@ def run(args: argparse.Namespace, context: Context) -> int:
         return 0
     print_table(("NAME", "ORIGIN", "STATUS", "CPU %", "MEMORY / LIMIT", "GPUS"), [
         (row.name, row.origin, row.status, "-" if row.cpu_percent is None else f"{row.cpu_percent:.2f}%",
-         "-" if row.memory_used_bytes is None else f"{human(row.memory_used_bytes)} / {human(row.memory_limit_bytes)}",
+         "-" if row.memory_used_bytes is None else
+         f"{format_bytes(row.memory_used_bytes)} / {format_bytes(row.memory_limit_bytes)}",
          gpus) for row, gpus in rows])
     return 0
