@@ -10,7 +10,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from fractions import Fraction
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ds01 import labels, nvml
@@ -163,6 +163,31 @@ def _images(snapshot: Snapshot) -> Iterator[Metric]:
                   {(user,): size for user, size in snapshot.image_storage.items()})
 
 
+def _queue(snapshot: Snapshot) -> Iterator[Metric]:
+    queue = snapshot.queue
+    if queue is None:  # the proxy has not written its queue yet: no series rather than zeros
+        return
+    waiting: Counter[tuple[str, str]] = Counter((w.user, w.kind) for w in queue.waiting)
+    requests = _gauge("ds01_queue_requests", "GPU requests waiting in the queue now, by user and kind (gpu, mig)",
+                      ["user", "kind"])
+    for (user, kind), count in sorted(waiting.items()):
+        requests.add_metric([user, kind], count)
+    yield requests
+    yield GaugeMetricFamily("ds01_queue_waiting_gpu_equivalents", "GPU-equivalents the waiting requests ask for",
+                            value=sum(w.needed_equivalents for w in queue.waiting))
+    oldest = min((w.joined_at for w in queue.waiting), default=None)
+    yield GaugeMetricFamily("ds01_queue_oldest_wait_seconds", "How long the longest-waiting request has waited "
+                            "(0 when none waits)", value=max(0.0, snapshot.taken_at - oldest) if oldest else 0.0)
+    histogram = HistogramMetricFamily("ds01_queue_wait_seconds", "Time from joining the queue to a grant")
+    histogram.add_metric([], queue.waits.cumulative(), sum_value=queue.waits.total_seconds)
+    yield histogram
+    yield _filled("ds01_fairshare_factor", "Each user's fair-share factor 2^(-U/S): 1 with no recent use, 0.5 "
+                  "at exactly their share", ["user"], {(u,): f for u, (f, _) in queue.fairshare.items()})
+    yield _filled("ds01_usage_decayed_gpu_equivalent_hours", "Each user's GPU-equivalent-hours, decayed by "
+                  "scheduler.usage_half_life, as the fair share counts them", ["user"],
+                  {(u,): used for u, (_, used) in queue.fairshare.items()})
+
+
 def _self(snapshot: Snapshot) -> Iterator[Metric]:
     events = CounterMetricFamily("ds01_events", "Events in the event log, by type", labels=["type"])
     for kind, count in sorted(snapshot.events.items()):
@@ -190,5 +215,5 @@ class SnapshotCollector(Collector):
         snapshot = self._current()
         if snapshot is None:
             return
-        for part in (_hardware, _attribution, _allocation, _images, _self):
+        for part in (_hardware, _attribution, _allocation, _images, _queue, _self):
             yield from part(snapshot)

@@ -22,13 +22,15 @@ from typing import Any, Protocol
 from ds01 import labels, names, nvml, procfs
 from ds01.config import Config, effective_limits, load_config
 from ds01.errors import Ds01Error
+from ds01.gpus import queuestate
 from ds01.gpus.allocator import Allocation, read_allocations
+from ds01.gpus.queuestate import QueueState
 from ds01.identity import accounts, nss
 from ds01.paths import Paths
 from ds01.proxy.imagestore import ImageStore, own_image_sizes
 from ds01.records import ContainerSummary
 
-SOURCES = ("nvml", "engine", "proc", "allocator", "config", "events", "images")
+SOURCES = ("nvml", "engine", "proc", "allocator", "config", "events", "images", "queue")
 ImageInspect = Callable[[str], dict[str, Any] | None]
 
 
@@ -102,6 +104,7 @@ class Snapshot:
     errors_total: dict[str, int]
     collections_total: int
     problems: tuple[str, ...] = field(default=())
+    queue: QueueState | None = None  # the proxy's queue as it last wrote it; None before it first did
 
 
 def owner_of_container(summary: ContainerSummary) -> tuple[str, bool]:
@@ -163,6 +166,7 @@ class Collector:
         self._collections = 0
         self._known_containers: dict[str, ContainerSummary] = {}
         self._known_storage: dict[str, int] = {}
+        self._known_queue: QueueState | None = None
         self._config: Config | None = None
         self._config_stamp: tuple[int, int] | None = None
         self._events = EventCounter(paths.log_dir / "events.jsonl")
@@ -182,6 +186,7 @@ class Collector:
         allocations = self._allocations(up, problems)
         users = self._user_limits(summaries, allocations, processes, up, problems)
         storage = self._image_storage(up, problems)
+        queue = self._queue(up, problems)
         try:
             self._events.refresh()
         except OSError as exc:
@@ -193,7 +198,7 @@ class Collector:
             inventory=inventory, processes=tuple(processes), containers=tuple(summaries),
             allocations=tuple(allocations), users=tuple(users), image_storage=storage, xids=self._xids(),
             events=dict(self._events.counts), source_up=up, errors_total={s: self._errors[s] for s in SOURCES},
-            collections_total=self._collections, problems=tuple(problems))
+            collections_total=self._collections, problems=tuple(problems), queue=queue)
 
     def _inventory(self, up: dict[str, bool], problems: list[str]) -> nvml.Inventory | None:
         try:
@@ -270,6 +275,15 @@ class Collector:
         # A user whose recorded images are all gone, or untagged, has no images to count: no series, not 0.
         self._known_storage = {user: sum(own.size for own in mine) for user, mine in found.items() if mine}
         return dict(self._known_storage)
+
+    def _queue(self, up: dict[str, bool], problems: list[str]) -> QueueState | None:
+        """The queue as the proxy last wrote it; on a failure the last one read, marked by source_up."""
+        try:
+            self._known_queue = queuestate.read(self.paths.state_dir / queuestate.STATE_FILE)
+        except Ds01Error as exc:
+            up["queue"] = False
+            self._fail("queue", problems, exc)
+        return self._known_queue
 
     def _allocations(self, up: dict[str, bool], problems: list[str]) -> list[Allocation]:
         try:

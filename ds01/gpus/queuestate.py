@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,8 @@ from ds01.statefile import write_json_atomic
 
 STATE_FILE = "queue.json"
 VERSION = 1
+# Upper bounds (seconds) of the time-to-grant histogram: a grant at once is not in it, a wait is.
+WAIT_BUCKETS = (10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0)
 
 
 @dataclass
@@ -62,11 +64,32 @@ class Waiting:
     request: GpuRequest
 
 
+@dataclass
+class WaitHistogram:
+    """How long granted waits took, cumulative over the queue's life (kept across restarts in its file)."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(WAIT_BUCKETS) + 1))  # the last: past them all
+    total_seconds: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[next((i for i, bound in enumerate(WAIT_BUCKETS) if seconds <= bound), len(WAIT_BUCKETS))] += 1
+        self.total_seconds += seconds
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """Prometheus buckets: (le, the waits at most that long), +Inf last."""
+        running, found = 0, []
+        for bound, count in zip([*map(str, WAIT_BUCKETS), "+Inf"], self.counts, strict=True):
+            running += count
+            found.append((bound, running))
+        return found
+
+
 @dataclass(frozen=True)
 class QueueState:
     updated_at: float
     waiting: list[Waiting]
     fairshare: dict[str, tuple[float, float]]  # user -> (factor, decayed GPU-equivalent-hours)
+    waits: WaitHistogram
 
 
 def needed_equivalents(request: GpuRequest, limits: LimitValues, slots: Sequence[Slot]) -> Fraction:
@@ -80,7 +103,8 @@ def needed_equivalents(request: GpuRequest, limits: LimitValues, slots: Sequence
     return Fraction(limits.max_gpus_per_container if request.all_gpus else request.count)
 
 
-def write(path: Path, entries: list[Entry], fairshare: dict[str, tuple[float, float]], now: float) -> None:
+def write(path: Path, entries: list[Entry], fairshare: dict[str, tuple[float, float]], waits: WaitHistogram,
+          now: float) -> None:
     write_json_atomic(path, {
         "version": VERSION, "updated_at": now,
         "waiting": [{
@@ -92,6 +116,7 @@ def write(path: Path, entries: list[Entry], fairshare: dict[str, tuple[float, fl
                         "mig_profile": e.request.mig_profile, "devices": list(e.request.devices)},
         } for e in entries],
         "fairshare": {user: {"factor": factor, "usage_hours": used} for user, (factor, used) in fairshare.items()},
+        "waits": {"counts": waits.counts, "total_seconds": waits.total_seconds},
     })
 
 
@@ -100,7 +125,7 @@ def read(path: Path) -> QueueState:
     try:
         document = json.loads(path.read_bytes())
     except FileNotFoundError:
-        return QueueState(0.0, [], {})
+        return QueueState(0.0, [], {}, WaitHistogram())
     except (OSError, ValueError) as exc:
         raise Ds01Error(f"cannot read the queue's state {path}: {exc}; move it away to start with an empty "
                         "queue (the waiters it names had connections that are gone)") from exc
@@ -110,10 +135,14 @@ def read(path: Path) -> QueueState:
         waiting = [_waiting(item) for item in document["waiting"]]
         fairshare = {str(user): (float(entry["factor"]), float(entry["usage_hours"]))
                      for user, entry in document["fairshare"].items()}
+        counts = [int(count) for count in document["waits"]["counts"]]
+        if len(counts) != len(WAIT_BUCKETS) + 1 or min(counts) < 0:
+            raise ValueError(f"{len(counts)} wait counts, not {len(WAIT_BUCKETS) + 1} of 0 or more")
+        waits = WaitHistogram(counts, float(document["waits"]["total_seconds"]))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise Ds01Error(f"the queue's state {path} is damaged ({exc!r}); move it away to start with an empty "
                         "queue (the waiters it names had connections that are gone)") from exc
-    return QueueState(float(document["updated_at"]), waiting, fairshare)
+    return QueueState(float(document["updated_at"]), waiting, fairshare, waits)
 
 
 def _waiting(item: Any) -> Waiting:

@@ -93,13 +93,16 @@ class Queue:
         self._entries: dict[str, Entry] = {}
         self._history: tuple[float, list[usage.Held]] = (-math.inf, [])
         self._fairshare: dict[str, tuple[float, float]] = {}
+        self._waits = queuestate.WaitHistogram()
         self._next_expiry = math.inf
         self.unreadable_releases = 0  # releases in the log the fair share could not weigh
 
     def restore(self) -> None:
         """At start-up, before serving: the waiters of the last run had connections, and those died with it, so
         each leaves (a grant made just before is a reservation that lapses at its TTL)."""
-        for waiting in queuestate.read(self._file).waiting:
+        restored = queuestate.read(self._file)
+        self._waits = restored.waits  # the histogram goes on across restarts, as a counter does
+        for waiting in restored.waiting:
             eventlog.emit(EventType.QUEUE_LEAVE, source="proxy", user=waiting.user, queue_id=waiting.id,
                           reason="disconnected", waited_seconds=round(self._clock() - waiting.joined_at, 3),
                           restarted=True)
@@ -278,10 +281,12 @@ class Queue:
             orphans = [a for key, a in granted.items() if key != newcomer and key not in self._entries]
             self._changed.notify_all()
         for placement, allocation in told:
+            waited = self._clock() - placement.waiter.joined_at
+            with self._lock:
+                self._waits.observe(waited)
             eventlog.emit(EventType.QUEUE_GRANT, source="proxy", user=placement.waiter.user,
                           queue_id=placement.waiter.id, allocation=allocation.id, slots=list(allocation.slots),
-                          waited_seconds=round(self._clock() - placement.waiter.joined_at, 3),
-                          position=placement.position)
+                          waited_seconds=round(waited, 3), position=placement.position)
         for allocation in orphans:
             self._allocator.release(allocation.id)
         self._save()
@@ -291,7 +296,8 @@ class Queue:
             with self._lock:
                 entries = list(self._entries.values())
                 fairshare = dict(self._fairshare)
-            queuestate.write(self._file, entries, fairshare, self._clock())
+                waits = queuestate.WaitHistogram(list(self._waits.counts), self._waits.total_seconds)
+            queuestate.write(self._file, entries, fairshare, waits, self._clock())
 
     # --- what users see --------------------------------------------------------------------------------------
 

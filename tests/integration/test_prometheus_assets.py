@@ -61,6 +61,15 @@ CONTRACT_METRICS = frozenset({
     "ds01_containers",
     # images
     "ds01_image_storage_bytes",
+    # the queue
+    "ds01_queue_requests",
+    "ds01_queue_waiting_gpu_equivalents",
+    "ds01_queue_oldest_wait_seconds",
+    "ds01_queue_wait_seconds_bucket",
+    "ds01_queue_wait_seconds_sum",
+    "ds01_queue_wait_seconds_count",
+    "ds01_fairshare_factor",
+    "ds01_usage_decayed_gpu_equivalent_hours",
     # events
     "ds01_events_total",
     # the exporter itself

@@ -187,7 +187,7 @@ def test_a_restart_drops_the_waiters_whose_connections_died(tmp_path: Path, even
     state = tmp_path / "state"
     state.mkdir()
     entry = queuestate.Entry("q-lost", "alice", 2001, GpuRequest(count=1), "docker", 100.0, 4000.0)
-    queuestate.write(state / queuestate.STATE_FILE, [entry], {}, 100.0)
+    queuestate.write(state / queuestate.STATE_FILE, [entry], {}, queuestate.WaitHistogram(), 100.0)
     config = load_config(_config(tmp_path))
     queue = Queue(state, Allocator(state, config.allocation), lambda: list(SLOTS), Sessions(config),
                   EventLog(event_log.parent))
