@@ -203,7 +203,8 @@ def choose_slots(user: str, limits: LimitValues, settings: AllocationSettings, r
     if _pick(candidates, count, load, settings.strategy, None) is None:
         raise Denied(Reason.CAPACITY, (
             f"not enough free {kind}: {count} asked for, {len(candidates)} free and healthy. "
-            "Try again later, ask for fewer, or see who holds what with 'container list --all'."))
+            "Wait for them (container create --wait, or the label ds01.request.wait=1h), ask for fewer, or see what "
+            "is free and when with `container gpus`."))
     chosen = _pick(candidates, count, load, settings.strategy, budget)
     if chosen is None:
         cheapest = sorted(s.equivalents for s in candidates)[:count]
