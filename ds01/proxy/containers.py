@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote
@@ -13,11 +12,12 @@ from urllib.parse import parse_qsl, quote
 from ds01 import labels, records
 from ds01.errors import Denied, Ds01Error
 from ds01.gpus.allocator import Allocator
-from ds01.gpus.placement import GpuRequest, Slot
+from ds01.gpus.placement import GpuRequest
 from ds01.proxy import archive, bodies, networks, policy, runas, starts
 from ds01.proxy.creates import OwnerOf, ensure_user_network, network_owners
 from ds01.proxy.interfaces import Callers, EngineCalls, Pinning
 from ds01.proxy.outcomes import Forward, Outcome, Request
+from ds01.proxy.queue import Queue
 from ds01.proxy.session import Session
 from ds01.proxy.userlocks import UserLocks
 from ds01.reasons import Reason
@@ -31,14 +31,14 @@ def host_mounts(info: dict[str, Any]) -> list[dict[str, Any]]:
 
 class ContainerActions:
     def __init__(self, sessions: Callers, upstream: EngineCalls, allocator: Allocator, owner_of: OwnerOf,
-                 locks: UserLocks, *, slots: Callable[[], list[Slot]], pins: Pinning, engine_sockets: frozenset[str],
+                 locks: UserLocks, *, queue: Queue, pins: Pinning, engine_sockets: frozenset[str],
                  spool_dir: Path) -> None:
         self.sessions = sessions
         self.upstream = upstream
         self.allocator = allocator
         self._owner_of = owner_of
         self._locks = locks
-        self._slots = slots
+        self._queue = queue
         self.pins = pins
         self._engine_sockets = engine_sockets
         self._spool_dir = spool_dir
@@ -136,9 +136,10 @@ class ContainerActions:
         owner = container.labels.get(labels.USER, "")
         if owner != session.caller.user:
             raise Denied(Reason.GPUS_RELEASED, f"the GPUs of {container.name} were released; its owner must start it.")
+        # Through the queue's pass, as a create is: not on slots reserved for those waiting.
+        allocation = self._queue.obtain(session.caller.uid, owner, GpuRequest(devices=container.device_ids),
+                                        wait_seconds=0, origin="start", client_gone=lambda: False)
         with self._locks.hold(owner):
-            allocation = self.allocator.request(owner, session.caller.uid, session.caller.limits,
-                                                GpuRequest(devices=container.device_ids), slots=self._slots())
             self.allocator.bind(allocation.id, container.id, container.name)
 
     def released_on_delete(self, status: int | None, info: dict[str, Any]) -> None:

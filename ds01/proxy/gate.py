@@ -75,8 +75,9 @@ class Gate:
             engine_sockets=engine_sockets, host_cpus=host_cpus, pins=pins, locks=self.locks, log_driver=log_driver,
             owner_of=self._owner_of, find_image=self._images.find, instance=instance, clock=clock, queue=self.queue,
             owners=self._owners)
-        self._containers = ContainerActions(sessions, upstream, allocator, self._owner_of, self.locks, slots=slots,
-                                            pins=pins, engine_sockets=engine_sockets, spool_dir=spool_dir)
+        self._containers = ContainerActions(sessions, upstream, allocator, self._owner_of, self.locks,
+                                            queue=self.queue, pins=pins, engine_sockets=engine_sockets,
+                                            spool_dir=spool_dir)
 
     def decide(self, request: Request) -> Outcome:
         refused = self._outside_the_surface(request)

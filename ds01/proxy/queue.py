@@ -128,7 +128,7 @@ class Queue:
         if entry.id in granted:
             return granted[entry.id]
         if placement is None or wait_seconds <= 0:
-            raise refusal(placement)
+            raise refusal(placement, origin)
         entry.placement = placement
         with self._lock:
             if entry.id in self._entries:

@@ -25,12 +25,16 @@ def at_the_latest(moment: float | None, now: float | None = None) -> str:
     return f"by {shown} at the latest"
 
 
-def refusal(placement: Placement | None) -> Denied:
-    """A request that may not wait and cannot be granted now: what holds it back, and how to wait instead."""
+def refusal(placement: Placement | None, origin: str) -> Denied:
+    """A request that may not wait and cannot be granted now: what holds it back, and how to wait instead (a
+    start of a stopped container whose GPUs went back waits for nothing: it is tried again)."""
     if placement is None:
         return Denied(Reason.CAPACITY, "no GPU slot is free. See what is free and when with `container gpus`.")
     why = placement.waits_for.rstrip(".")
     reason = Reason.QUOTA if placement.blocked_by is Reason.QUOTA else Reason.CAPACITY
+    if origin == "start":
+        return Denied(reason, f"{why}. Its GPUs were given back while it was stopped, and they are taken now: start it "
+                              f"again once `container gpus` shows them free ({at_the_latest(placement.start)}).")
     when = (f"it would start {at_the_latest(placement.start)}" if placement.start is not None else
             "when it could start is unknown, as the slots it needs are held with no deadline")
     return Denied(reason, (

@@ -48,6 +48,7 @@ def register(commands: Commands) -> None:
                             "report GPU containers without an allocation (exit 1)", "ds01 reconcile --dry-run",
                             reconcile_allocations)
     reconcile.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
+    add_format_option(reconcile)
 
 
 def _iso(timestamp: float | None) -> str | None:
@@ -132,6 +133,12 @@ def reconcile_allocations(args: argparse.Namespace, context: Context) -> int:
     with Engine() as engine:
         found = engine.containers()
     report = open_allocator(paths, config).reconcile(found, listed_at, dry_run=args.dry_run)
+    if args.format == "json":
+        print_json({"dry_run": args.dry_run, "released": [a.id for a in report.released],
+                    "expired": [a.id for a in report.expired], "adopted": [a.id for a in report.adopted],
+                    "unallocated": [info.name for info in report.unallocated],
+                    "consistent": not (report.released or report.expired or report.adopted or report.unallocated)})
+        return EXIT_FAILURE if report.unallocated else 0
     verb = "would " if args.dry_run else ""
     for allocation in report.released:
         print(f"{verb}release {allocation.id} ({allocation.user}): container {allocation.container_name or ''} "
