@@ -19,10 +19,10 @@ from typing import Any
 import docker
 import pytest
 
-from tests.conftest import DOCKER, TEST_IMAGE, ProxyHandle, Testbed, start_proxy, stop_proxy
+from tests.conftest import TEST_IMAGE, ProxyHandle, Testbed, start_proxy, stop_proxy
 from tests.integration.test_alloc_cli import DS01
 from tests.integration.test_container_cli import CONTAINER
-from tests.integration.test_proxy import docker_as
+from tests.integration.test_proxy import DOCKER, docker_as
 
 MIG_PROFILES = ("3g.40gb", "2g.20gb", "1g.10gb", "1g.10gb", "4g.40gb", "2g.20gb", "1g.10gb")
 USERS = """users:
