@@ -70,9 +70,9 @@ class ImageActions:
         """The caller's own, or shared: pulled (a registry digest) or named, other users' names left out. An image
         with neither that the record does not hold is what a failed build left of its finished steps: nobody's to
         use but an admin."""
-        owned = self.store.owner(str(info.get("Id")))
-        if owned is not None:
-            return owned.user == caller.user
+        owner = self._owner(info)
+        if owner is not None:
+            return owner == caller.user
         # An image list says <none>:<none> and <none>@<none> where an inspect says nothing.
         return any(digest != "<none>@<none>" and not self._others_name(caller, digest)
                    for digest in info.get("RepoDigests") or ()) or bool(self._shown_tags(caller, info))
@@ -101,8 +101,14 @@ class ImageActions:
         info = self.find(caller, name)
         if info is None:
             raise Denied(Reason.NOT_FOUND, f"No such image: {name}")
+        return info, self._owner(info)
+
+    def _owner(self, info: dict[str, Any]) -> str | None:
+        """Whose image it is by the record, or by a build or commit of theirs that names it and is not settled."""
         owned = self.store.owner(str(info.get("Id")))
-        return info, owned.user if owned is not None else None
+        if owned is not None:
+            return owned.user
+        return self.store.pending_owner(tag for tag in info.get("RepoTags") or () if tag != "<none>:<none>")
 
     def own_images(self, user: str) -> list[OwnImage]:
         """The user's images with the size of their own layers, largest first."""

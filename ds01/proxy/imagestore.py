@@ -133,6 +133,13 @@ class ImageStore:
         with self._lock:
             return self._owned.get(image_id)
 
+    def pending_owner(self, tags: Iterable[str]) -> str | None:
+        """Whose build or commit, not settled yet, names one of `tags`: its image is theirs already, from the last
+        byte of the build's answer until the settle a moment later."""
+        named = set(tags)
+        with self._lock:
+            return next((p.user for p in self._pending.values() if named & set(p.tags)), None)
+
     def owned_by(self, user: str) -> dict[str, OwnedImage]:
         with self._lock:
             return {image: owned for image, owned in self._owned.items() if owned.user == user}

@@ -66,6 +66,18 @@ def test_build_writes_a_dockerfile_from_the_base_and_packages_and_keeps_it(
     assert code == 0 and "wrote" not in err and proxy.seen[0].content("Dockerfile") == written.encode()
 
 
+def test_a_new_directory_is_made_for_a_generated_dockerfile_but_not_for_a_given_one(
+        proxy: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fresh = tmp_path / "tools"
+    code, _, err = container(capsys, "image", "build", "tools", str(fresh))
+    assert code == 0, err
+    assert f"made {fresh} for the build context" in err and f"FROM {BASE}\n" in (fresh / "Dockerfile").read_text()
+    assert proxy.seen[0].content("Dockerfile") == (fresh / "Dockerfile").read_bytes()
+    code, _, err = container(capsys, "image", "build", "tools", str(tmp_path / "other"), "-f",
+                             str(fresh / "Dockerfile"))
+    assert code == 2 and "is not a directory" in err and not (tmp_path / "other").exists()
+
+
 def test_an_existing_dockerfile_is_used_as_it_is(proxy: StandIn, context_dir: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     (context_dir / "Dockerfile").write_text("FROM mine\n")

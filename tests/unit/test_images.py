@@ -261,3 +261,17 @@ def test_image_storage_counts_every_owned_image_once_tagged_or_not() -> None:
     assert {own.names: own.size for own in sizes} == {
         ("untagged 444444444444",): 8_000_000, ("alice/app:latest",): 50, ("alice/base:latest",): 10}
     assert sum(own.size for own in sizes) == 8_000_060  # each of alice's layers once
+
+
+def test_a_build_not_settled_yet_owns_what_it_named(world: World) -> None:
+    """From the build's last byte to its settle, its image is the builder's already: never shared meanwhile."""
+    fresh = "sha256:" + "f" * 64
+    world.upstream.images["alice/fresh"] = world.upstream.images[fresh] = {
+        "Id": fresh, "RepoTags": ["alice/fresh:latest"], "Size": 10, "Config": {}}
+    store = world.gate._images.store
+    key = store.begin(PendingImage("alice", 2001, "build", ("alice/fresh:latest",), "t"))
+    assert refused(world, BOB, "GET", f"/v1.41/images/{fresh}/json") is Reason.NOT_FOUND
+    forwarded(world.decide(ALICE, "GET", f"/v1.41/images/{fresh}/json")).close()
+    forwarded(world.decide(ALICE, "DELETE", "/v1.41/images/alice/fresh")).close()
+    store.settle(key, [fresh])
+    assert store.pending_owner(["alice/fresh:latest"]) is None and store.owner(fresh) is not None

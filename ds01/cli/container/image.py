@@ -293,6 +293,13 @@ def show_build(messages: Iterable[dict[str, Any]], out: TextIO, terminal: bool) 
 def _build(args: argparse.Namespace, context: Context) -> int:
     image = own_image(args.name, owner())
     directory = Path(os.path.abspath(args.directory))
+    if not directory.exists() and not args.file and directory.parent.is_dir():
+        # A new image's own directory: made here, to hold the Dockerfile written into it.
+        try:
+            directory.mkdir(mode=0o755)
+        except OSError as exc:
+            raise UsageError(f"cannot make the build context {args.directory}: {exc.strerror}.") from None
+        print(f"made {args.directory} for the build context", file=sys.stderr)
     if not directory.is_dir():
         raise UsageError(f"{args.directory} is not a directory: give the build context as DIR (default: the current "
                          "directory).")
