@@ -170,3 +170,29 @@ def test_ctrl_c_and_a_timeout_each_leave_no_trace(full: tuple[ProxyHandle, list[
 
 def _allocations(proxy: ProxyHandle) -> list[dict[str, Any]]:
     return list(json.loads((proxy.root / "state" / "allocations.json").read_text())["allocations"])
+
+
+def test_a_proxy_killed_while_a_request_waits_drops_it_at_the_restart_and_books_nothing_twice(
+        full: tuple[ProxyHandle, list[str]], testbed: Testbed, engine: docker.DockerClient) -> None:
+    proxy, holders = full
+    waiter = popen_as(proxy, "alice", DOCKER, "run", "-d", "--label", "ds01.request.wait=5m", "--gpus", "1",
+                      TEST_IMAGE, "sleep", "600")
+    joined = until(lambda: events_of(proxy, "queue.join", "alice"), "alice's join")
+    proxy.process.send_signal(signal.SIGKILL)
+    proxy.process.wait(30)
+    assert waiter.wait(30) != 0  # its connection died with the proxy
+    engine.containers.get(holders[0]).remove(force=True)  # a slot frees while no proxy runs
+    again = start_proxy(testbed, proxy.root)
+    try:
+        left = until(lambda: [e for e in again.events() if e["type"] == "queue.leave"], "the restart's leave")
+        assert left[0]["details"] == {**left[0]["details"], "queue_id": joined[0]["details"]["queue_id"],
+                                      "reason": "disconnected", "restarted": True}
+        assert json.loads((again.root / "state" / "queue.json").read_text())["waiting"] == []
+        booked = [slot for allocation in _allocations(again) for slot in allocation["slots"]]
+        assert len(booked) == len(set(booked)) == len(holders) - 1  # carol's 12, nothing for alice, none twice
+        assert not engine.containers.list(all=True, filters={"label": "ds01.user=alice"})
+        reconciled = subprocess.run([DS01, "reconcile", "--format", "json"], env=again.env, capture_output=True,
+                                    text=True, check=False)
+        assert reconciled.returncode == 0 and json.loads(reconciled.stdout)["consistent"], reconciled.stdout
+    finally:
+        proxy.process = again.process  # the fixture stops the proxy that runs now
