@@ -28,6 +28,7 @@ from ds01.gpus import queuestate, scheduler, usage
 from ds01.gpus.allocator import Allocation, Allocator, Grant
 from ds01.gpus.placement import GpuRequest, Slot
 from ds01.gpus.queuestate import Entry
+from ds01.identity import nss
 from ds01.proxy.interfaces import Callers
 from ds01.proxy.queuewords import refusal, timed_out
 from ds01.reasons import Reason
@@ -230,6 +231,9 @@ class Queue:
             waiting = [*self._entries.values(), *extra]
         uids = {e.user: e.uid for e in waiting} | {
             a.user: a.uid for a in self._allocator.allocations() if a.uid is not None}
+        for held in history:  # those who used GPUs lately count with their own share, not the default
+            if held.user not in uids and (account := nss.account_by_name(held.user)) is not None:
+                uids[held.user] = account.pw_uid
         for user, uid in uids.items():
             try:
                 session = self._sessions.for_uid(uid)
