@@ -204,8 +204,10 @@ def test_list_all_and_json(proxy: ProxyHandle, engine: docker.DockerClient, name
     by_name = {item["name"]: item for item in listed(proxy, "alice", "--all")}
     assert set(by_name) == {up, down}
     first = by_name[up]
-    assert set(first) == {"name", "engine_name", "id", "status", "image", "gpus", "gpu_equivalents", "created"}
+    assert set(first) == {"name", "engine_name", "id", "origin", "status", "image", "gpus", "gpu_equivalents",
+                          "created"}
     assert first["engine_name"] == f"{up}._.{uid('alice')}" and first["status"] == "running"
+    assert first["origin"] == "container"
     assert first["id"] == inspect(engine, up)["Id"] and first["image"] == TEST_IMAGE
     assert first["gpus"] == inspect(engine, up)["HostConfig"]["DeviceRequests"][0]["DeviceIDs"]
     assert first["gpu_equivalents"] == "3/7" and first["created"].endswith("+00:00")
