@@ -51,7 +51,7 @@ def gpus_view(caller: Caller, *, slots: Sequence[Slot], unhealthy: frozenset[str
         elif allocation is not None:
             mine = caller.is_admin or allocation.user == caller.user
             row |= {"state": "held", "holder": allocation.user if mine else ANOTHER_USER,
-                    "container": (allocation.container_name or "(being created)") if mine else None,
+                    "container": _container_of(allocation) if mine else None,
                     "frees": _when(free_by(allocation), now)}
         elif slot.uuid in reserved:
             row["state"] = "reserved"
@@ -66,6 +66,12 @@ def gpus_view(caller: Caller, *, slots: Sequence[Slot], unhealthy: frozenset[str
             "held": format_equivalents(sum((a.gpu_equivalents for a in own), Fraction(0))),
             "queue_length": len(waiting), "waiting_of_yours": sum(e.user == caller.user for e in waiting),
             "slots": shown}
+
+
+def _container_of(allocation: Allocation) -> str:
+    """The holder's container by name (or short id, for a docker run that named none), or that it is being made."""
+    name = (allocation.container_name or "").lstrip("/").split("._.")[0]
+    return name or (allocation.container[:12] if allocation.container else "(being created)")
 
 
 def queue_view(caller: Caller, waiting: Sequence[Entry], everyone: bool, now: float | None = None) -> dict[str, Any]:
