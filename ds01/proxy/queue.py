@@ -96,7 +96,6 @@ class Queue:
         self._fairshare: dict[str, tuple[float, float]] = {}
         self._waits = queuestate.WaitHistogram()
         self._next_expiry = math.inf
-        self.unreadable_releases = 0  # releases in the log the fair share could not weigh
 
     def restore(self) -> None:
         """At start-up, before serving: the waiters of the last run had connections, and those died with it, so
@@ -224,8 +223,12 @@ class Queue:
         now = self._clock()
         read_at, history = self._history
         if now - read_at > HISTORY_SECONDS:
-            history, self.unreadable_releases = usage.history(self._log, now, config.scheduler.usage_half_life_seconds)
+            history, unreadable = usage.history(self._log, now, config.scheduler.usage_half_life_seconds)
             self._history = (now, history)
+            if unreadable:  # reported at each read, not taken for no use
+                eventlog.emit(EventType.PROXY_INTERNAL_ERROR, source="proxy", error=(
+                    f"{unreadable} allocation.release events in the log say no held_seconds or gpu_equivalents; "
+                    "the fair share leaves them out"))
         known = _Known(config, self._slots(), history)
         with self._lock:
             waiting = [*self._entries.values(), *extra]
@@ -321,10 +324,6 @@ class Queue:
             except Ds01Error:
                 limits = config.defaults  # an account gone since: the defaults, as a pass takes them
         return (allocation.bound_at or allocation.created_at) + runtime_of(limits)
-
-    def fairshare(self) -> dict[str, tuple[float, float]]:
-        with self._lock:
-            return dict(self._fairshare)
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
