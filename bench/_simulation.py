@@ -8,7 +8,6 @@ own `choose_slots`, so the same quotas and profiles bind them all; only when the
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import math
 import random
@@ -75,9 +74,6 @@ PROFILE_WEIGHTS: Mapping[Kind, Mapping[str, float]] = {
 }
 MIG_FRACTION: Mapping[Kind, float] = {"interactive": 0.7, "batch": 0.25}  # of those who may have whole GPUs
 TWO_GPU_FRACTION = 0.3  # of whole-GPU requests, where the limits allow two
-SIGMA = 1.0  # of the log of an interactive session's length
-ALPHA = 1.3  # the Pareto index of a batch job's length
-MIN_SECONDS = 60.0  # the shortest request
 
 
 @dataclass(frozen=True)
@@ -105,7 +101,8 @@ class Job:
 
     @property
     def max_runtime_seconds(self) -> float:
-        return _runtime(self.group)
+        runtime = self.group.limits.max_runtime_seconds
+        return math.inf if runtime is None else float(runtime)
 
 
 @dataclass(frozen=True)
@@ -128,77 +125,51 @@ def _arrival_rate(moment: float, day_rate: float) -> float:
     return day_rate if int(moment // HOUR) % 24 in DAY_HOURS else day_rate * NIGHT_RATE_RATIO
 
 
-def _profiles(group: Group, kind: Kind) -> dict[str, float]:
-    """The MIG profiles its members ask for, by weight; none beyond their quota."""
-    return {p: w for p, w in PROFILE_WEIGHTS[kind].items() if Fraction(int(p[0]), 7) <= group.limits.gpu_quota}
-
-
-def _may_ask_two(group: Group) -> bool:
-    return group.limits.max_gpus_per_container >= 2 and group.limits.gpu_quota >= 2
-
-
-def _runtime(group: Group) -> float:
-    runtime = group.limits.max_runtime_seconds
-    return math.inf if runtime is None else float(runtime)
-
-
 def _request(rng: random.Random, group: Group, kind: Kind) -> GpuRequest:
-    if not group.limits.allow_full_gpu or rng.random() < MIG_FRACTION[kind]:
-        profiles = _profiles(group, kind)
+    limits = group.limits
+    if not limits.allow_full_gpu or rng.random() < MIG_FRACTION[kind]:
+        profiles = {p: w for p, w in PROFILE_WEIGHTS[kind].items() if Fraction(int(p[0]), 7) <= limits.gpu_quota}
         return GpuRequest(mig_profile=rng.choices(list(profiles), weights=list(profiles.values()))[0])
-    return GpuRequest(count=2 if _may_ask_two(group) and rng.random() < TWO_GPU_FRACTION else 1)
+    two = limits.max_gpus_per_container >= 2 and limits.gpu_quota >= 2 and rng.random() < TWO_GPU_FRACTION
+    return GpuRequest(count=2 if two else 1)
 
 
-def _duration(rng: random.Random, group: Group, kind: Kind) -> float:
-    """Interactive sessions: lognormal, median 1 h. Batch jobs: Pareto from 1 h, a heavy tail. At least a minute,
-    at most the group's max_runtime."""
+def _duration(rng: random.Random, kind: Kind) -> float:
+    """Interactive sessions: lognormal, median 1 h. Batch jobs: Pareto (alpha 1.3) from 1 h, a heavy tail."""
     if kind == "interactive":
-        return min(max(MIN_SECONDS, rng.lognormvariate(math.log(HOUR), SIGMA)), _runtime(group))
-    return min(max(MIN_SECONDS, HOUR * rng.paretovariate(ALPHA)), _runtime(group))
+        return rng.lognormvariate(math.log(HOUR), 1.0)
+    return HOUR * rng.paretovariate(1.3)
 
 
-def make_workload(seed: int, load: float, *, by_share: bool = False, week_seconds: float = WEEK_SECONDS,
+def make_workload(seed: int, requests: int, week_seconds: float = WEEK_SECONDS,
                   slots: Sequence[Slot] = A100_8GPU) -> Workload:
-    """A week whose requests ask for `load` times the slots' GPU-equivalent-hours within it, from 40 users in 4
-    groups. Requests are drawn one by one until that much is asked for: each at a moment of the week, by day (08-20)
-    four times as likely as by night (a Poisson stream, given its count), its kind, size and duration from its
-    user's group; the last is cut short to what is left, so the load is met exactly, not only on average.
-
-    by_share False, the mix as users ask today: each request's user drawn uniformly, so what a user asks for
-    follows their group's request sizes (a course student's slices weigh little beside a two-GPU job) and chance.
-    by_share True: every user asks for `load` times their fair share of the week (their share over all the shares,
-    of the capacity), each drawing their own requests until they have; at a load of at least 1, every user asks
-    for at least their fair share."""
+    """About `requests` arrivals (Poisson, by day four times the rate by night) from 40 users in 4 groups; each
+    arrival's user is drawn uniformly, its kind, size and duration from its group's mix."""
     rng = random.Random(seed)  # noqa: S311 - a reproducible workload, not a secret
     users = [(f"{group.name}{index:02d}", group) for group in GROUPS for index in range(USERS_PER_GROUP)]
-    hours = range(math.ceil(week_seconds / HOUR))
-    likely = [min(HOUR, week_seconds - hour * HOUR) * _arrival_rate(hour * HOUR, 1.0) for hour in hours]
-    capacity_hours = float(sum((slot.equivalents for slot in slots), Fraction(0))) * week_seconds / HOUR
-    shares = sum(group.share for _, group in users)
-    budgets = ([((user, group), load * group.share / shares * capacity_hours) for user, group in users] if by_share
-               else [(None, load * capacity_hours)])
-    drawn: list[Job] = []
-    for owner, budget in budgets:
-        asked = 0.0
-        while asked < budget:
-            user, group = owner or rng.choice(users)
-            hour = rng.choices(hours, weights=likely)[0]
-            moment = HOUR * hour + rng.random() * min(HOUR, week_seconds - HOUR * hour)
-            kind: Kind = "interactive" if rng.random() < group.interactive_fraction else "batch"
-            job = Job("", user, group, kind, _request(rng, group, kind), moment, _duration(rng, group, kind))
-            within = float(job.equivalents) * min(job.duration_seconds, week_seconds - moment) / HOUR
-            if asked + within > budget:  # the last: cut to what is left
-                job = dataclasses.replace(job, duration_seconds=max(
-                    MIN_SECONDS, (budget - asked) * HOUR / float(job.equivalents)))
-            asked = min(budget, asked + within)
-            drawn.append(job)
-    drawn.sort(key=lambda job: (job.arrival, job.user))
-    jobs = tuple(dataclasses.replace(job, id=f"r{index:04d}") for index, job in enumerate(drawn))
-    for job in jobs:
+    busy_seconds = sum(min(HOUR, week_seconds - start) * _arrival_rate(start, 1.0)  # at a day rate of 1
+                       for start in range(0, math.ceil(week_seconds), int(HOUR)))
+    day_rate = requests / busy_seconds
+    jobs: list[Job] = []
+    moment = 0.0
+    while True:  # thinning: candidates at the day rate, kept in proportion to the rate at their moment
+        moment += rng.expovariate(day_rate)
+        if moment >= week_seconds:
+            break
+        if rng.random() >= _arrival_rate(moment, day_rate) / day_rate:
+            continue
+        user, group = rng.choice(users)
+        kind: Kind = "interactive" if rng.random() < group.interactive_fraction else "batch"
+        request = _request(rng, group, kind)
+        limit = group.limits.max_runtime_seconds
+        duration = max(60.0, _duration(rng, kind))
+        job = Job(f"r{len(jobs):04d}", user, group, kind, request, moment,
+                  duration if limit is None else min(duration, float(limit)))
         denied = never_grantable(_waiter(job, 1.0), ALLOCATION, slots)
         if denied is not None:
             raise ValueError(f"the workload asked for what no free machine could give: {job} ({denied.message})")
-    return Workload(jobs, tuple(slots), {user: group.share for user, group in users}, week_seconds)
+        jobs.append(job)
+    return Workload(tuple(jobs), tuple(slots), {user: group.share for user, group in users}, week_seconds)
 
 
 # ---------------------------------------------------------------------------------------------------------------
