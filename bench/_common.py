@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import docker
+
 from ds01.proxy.binds import Pins
 
 BIN = Path(sys.executable).parent
@@ -45,6 +47,22 @@ def engine_url(*needed: str) -> str:
 def require_root(why: str) -> None:
     if os.geteuid() != 0:
         raise BenchError(f"run as root: {why}")
+
+
+def run_against_engine(prog: str, run: Callable[[str, docker.DockerClient], int]) -> int:
+    """As root, `run(engine URL, client)` against the test bed's engine; a benchmark that cannot run says why and
+    exits 1."""
+    try:
+        require_root("it starts a proxy and runs commands as the test user alice")
+        upstream = engine_url()
+        client = docker.DockerClient(base_url=upstream)
+        try:
+            return run(upstream, client)
+        finally:
+            client.close()
+    except (BenchError, docker.errors.DockerException) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -45,10 +45,9 @@ from _common import (
     Case,
     Proxy,
     as_user,
-    engine_url,
     interleave,
     print_ratios,
-    require_root,
+    run_against_engine,
     running_proxy,
     timed,
 )
@@ -165,17 +164,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
-    try:
-        require_root("it starts a proxy and runs commands as the test user alice")
-        upstream = engine_url()
-        client = docker.DockerClient(base_url=upstream)
-        try:
-            return bench(args, upstream, client)
-        finally:
-            client.close()
-    except (BenchError, docker.errors.DockerException) as exc:
-        print(f"bench/cli.py: {exc}", file=sys.stderr)
-        return 1
+    return run_against_engine("bench/cli.py", lambda upstream, client: bench(args, upstream, client))
 
 
 def bench(args: argparse.Namespace, upstream: str, client: docker.DockerClient) -> int:
