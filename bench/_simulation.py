@@ -8,6 +8,7 @@ own `choose_slots`, so the same quotas and profiles bind them all; only when the
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 import random
@@ -20,7 +21,7 @@ from typing import Literal, Protocol
 from ds01.config import BUILTIN_DEFAULTS, AllocationSettings, LimitValues, SchedulerSettings
 from ds01.errors import Denied
 from ds01.gpus.placement import GpuRequest, Holding, Slot, choose_slots
-from ds01.gpus.scheduler import Occupant, Waiter, never_grantable, plan
+from ds01.gpus.scheduler import Occupant, Waiter, never_grantable, plan, priority_of
 from ds01.gpus.usage import Held, decayed_hours, fairshare_factors
 
 HOUR = 3600.0
@@ -74,6 +75,7 @@ PROFILE_WEIGHTS: Mapping[Kind, Mapping[str, float]] = {
 }
 MIG_FRACTION: Mapping[Kind, float] = {"interactive": 0.7, "batch": 0.25}  # of those who may have whole GPUs
 TWO_GPU_FRACTION = 0.3  # of whole-GPU requests, where the limits allow two
+MIN_SECONDS = 60.0  # the shortest request
 
 
 @dataclass(frozen=True)
@@ -95,14 +97,12 @@ class Job:
     @property
     def equivalents(self) -> Fraction:
         """What it asks for: its slice's sevenths of a GPU, or its count of whole GPUs."""
-        if self.request.mig_profile is not None:
-            return Fraction(int(self.request.mig_profile[0]), 7)
-        return Fraction(self.request.count)
+        profile = self.request.mig_profile
+        return Fraction(self.request.count) if profile is None else Fraction(int(profile[0]), 7)
 
     @property
     def max_runtime_seconds(self) -> float:
-        runtime = self.group.limits.max_runtime_seconds
-        return math.inf if runtime is None else float(runtime)
+        return _runtime(self.group)
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,10 @@ def _arrival_rate(moment: float, day_rate: float) -> float:
     return day_rate if int(moment // HOUR) % 24 in DAY_HOURS else day_rate * NIGHT_RATE_RATIO
 
 
+def _runtime(group: Group) -> float:
+    return math.inf if group.limits.max_runtime_seconds is None else float(group.limits.max_runtime_seconds)
+
+
 def _request(rng: random.Random, group: Group, kind: Kind) -> GpuRequest:
     limits = group.limits
     if not limits.allow_full_gpu or rng.random() < MIG_FRACTION[kind]:
@@ -134,42 +138,58 @@ def _request(rng: random.Random, group: Group, kind: Kind) -> GpuRequest:
     return GpuRequest(count=2 if two else 1)
 
 
-def _duration(rng: random.Random, kind: Kind) -> float:
-    """Interactive sessions: lognormal, median 1 h. Batch jobs: Pareto (alpha 1.3) from 1 h, a heavy tail."""
-    if kind == "interactive":
-        return rng.lognormvariate(math.log(HOUR), 1.0)
-    return HOUR * rng.paretovariate(1.3)
+def _duration(rng: random.Random, group: Group, kind: Kind, stretch: float) -> float:
+    """Interactive sessions: lognormal, median `stretch` hours. Batch jobs: Pareto (alpha 1.3) from `stretch`
+    hours, a heavy tail. At least a minute, at most the group's max_runtime."""
+    drawn = rng.lognormvariate(math.log(HOUR), 1.0) if kind == "interactive" else HOUR * rng.paretovariate(1.3)
+    return min(max(MIN_SECONDS, stretch * drawn), _runtime(group))
 
 
-def make_workload(seed: int, requests: int, week_seconds: float = WEEK_SECONDS,
-                  slots: Sequence[Slot] = A100_8GPU) -> Workload:
-    """About `requests` arrivals (Poisson, by day four times the rate by night) from 40 users in 4 groups; each
-    arrival's user is drawn uniformly, its kind, size and duration from its group's mix."""
+def make_workload(seed: int, load: float, *, fair_floor: bool = False, stretch: float = 1.0,
+                  week_seconds: float = WEEK_SECONDS, slots: Sequence[Slot] = A100_8GPU) -> Workload:
+    """Requests from 40 users in 4 groups that ask for `load` times the slots' GPU-equivalent-hours within the
+    week, drawn one by one until they do: each one's user uniformly (the mix as users ask today: a course
+    student's slices weigh little beside a two-GPU job), its moment by day (08-20) four times as likely as by night
+    (a Poisson stream, given its count), its kind, size and duration (times `stretch`) from the user's group; the
+    last cut short to what is left. fair_floor (a load of at least 1): every user asks for at least their fair
+    share of the week, their share over all the shares of the capacity. The draws stop early enough that those
+    short of it then draw requests of their own until they reach it, the last cut short; the load is unchanged."""
     rng = random.Random(seed)  # noqa: S311 - a reproducible workload, not a secret
     users = [(f"{group.name}{index:02d}", group) for group in GROUPS for index in range(USERS_PER_GROUP)]
-    busy_seconds = sum(min(HOUR, week_seconds - start) * _arrival_rate(start, 1.0)  # at a day rate of 1
-                       for start in range(0, math.ceil(week_seconds), int(HOUR)))
-    day_rate = requests / busy_seconds
-    jobs: list[Job] = []
-    moment = 0.0
-    while True:  # thinning: candidates at the day rate, kept in proportion to the rate at their moment
-        moment += rng.expovariate(day_rate)
-        if moment >= week_seconds:
-            break
-        if rng.random() >= _arrival_rate(moment, day_rate) / day_rate:
-            continue
-        user, group = rng.choice(users)
+    hours = range(math.ceil(week_seconds / HOUR))
+    likely = [min(HOUR, week_seconds - hour * HOUR) * _arrival_rate(hour * HOUR, 1.0) for hour in hours]
+    capacity_hours = float(sum((slot.equivalents for slot in slots), Fraction(0))) * week_seconds / HOUR
+    shares = sum(group.share for _, group in users) if fair_floor else math.inf
+    fair = {user: group.share / shares * capacity_hours for user, group in users}
+    asked = dict.fromkeys(fair, 0.0)  # GPU-equivalent-hours within the week, by user
+    drawn: list[Job] = []
+
+    def draw(user: str, group: Group, left: float) -> None:  # one request, asking for at most `left` in the week
+        hour = rng.choices(hours, weights=likely)[0]
+        moment = HOUR * hour + rng.random() * min(HOUR, week_seconds - HOUR * hour)
         kind: Kind = "interactive" if rng.random() < group.interactive_fraction else "batch"
-        request = _request(rng, group, kind)
-        limit = group.limits.max_runtime_seconds
-        duration = max(60.0, _duration(rng, kind))
-        job = Job(f"r{len(jobs):04d}", user, group, kind, request, moment,
-                  duration if limit is None else min(duration, float(limit)))
-        denied = never_grantable(_waiter(job, 1.0), ALLOCATION, slots)
-        if denied is not None:
+        job = Job("", user, group, kind, _request(rng, group, kind), moment, _duration(rng, group, kind, stretch))
+        within = float(job.equivalents) * min(job.duration_seconds, week_seconds - moment) / HOUR
+        if within > left:
+            job = dataclasses.replace(job, duration_seconds=max(MIN_SECONDS, left * HOUR / float(job.equivalents)))
+        asked[user] += min(within, left)
+        drawn.append(job)
+
+    def short(user: str) -> float:
+        return max(0.0, fair[user] - asked[user])
+
+    while (need := load * capacity_hours - sum(asked.values()) - sum(map(short, fair))) > 1e-9:
+        user, group = rng.choice(users)
+        draw(user, group, need + short(user))  # what a user short of their floor asks for counts towards it
+    for user, group in users:
+        while short(user) > 1e-9:
+            draw(user, group, short(user))
+    drawn.sort(key=lambda job: (job.arrival, job.user))
+    jobs = tuple(dataclasses.replace(job, id=f"r{index:04d}") for index, job in enumerate(drawn))
+    for job in jobs:
+        if (denied := never_grantable(_waiter(job, 1.0), ALLOCATION, slots)) is not None:
             raise ValueError(f"the workload asked for what no free machine could give: {job} ({denied.message})")
-        jobs.append(job)
-    return Workload(tuple(jobs), tuple(slots), {user: group.share for user, group in users}, week_seconds)
+    return Workload(jobs, tuple(slots), {user: group.share for user, group in users}, week_seconds)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -216,10 +236,6 @@ def _fit(job: Job, holdings: Sequence[Holding], slots: Sequence[Slot]) -> tuple[
     return tuple(slot.uuid for slot in chosen)
 
 
-def _holding(job: Job, slots: tuple[str, ...], workload: Workload) -> Holding:
-    return Holding(job.id, job.user, slots, workload.equivalents(slots), None)
-
-
 class RefuseAndRetry:
     """Today's behaviour: a request that does not fit is refused, and its user tries again every RETRY_SECONDS."""
 
@@ -229,6 +245,7 @@ class RefuseAndRetry:
         self.workload = workload
         self.retries = 0
         self._next_try: dict[str, float] = {}
+        self._refused: dict[tuple[str, GpuRequest], tuple[int, int]] = {}  # when each was last refused
         self._wakeups: list[float] = []
 
     def admit(self, now: float, waiting: Sequence[Job], running: Sequence[Running],
@@ -236,19 +253,22 @@ class RefuseAndRetry:
         while self._wakeups and self._wakeups[0] <= now:
             heapq.heappop(self._wakeups)
         holdings = [r.holding for r in running]
-        admitted = []
+        admitted: list[Admission] = []
         for job in waiting:
             if self._next_try.get(job.id, job.arrival) > now:
                 continue
             if job.id in self._next_try:
                 self.retries += 1
-            chosen = _fit(job, holdings, self.workload.slots)
+            state = (len(finished), len(running) + len(admitted))  # the same: the same holdings, the same answer
+            refused = self._refused.get((job.user, job.request)) == state
+            chosen = None if refused else _fit(job, holdings, self.workload.slots)
             if chosen is None:
+                self._refused[(job.user, job.request)] = state
                 self._next_try[job.id] = now + RETRY_SECONDS
                 heapq.heappush(self._wakeups, now + RETRY_SECONDS)
                 continue
             admitted.append((job, chosen))
-            holdings.append(_holding(job, chosen, self.workload))
+            holdings.append(Running(job, chosen, self.workload.equivalents(chosen), now).holding)
         return admitted
 
     def next_wakeup(self) -> float:
@@ -273,7 +293,7 @@ class Fifo:
             if chosen is None:
                 break
             admitted.append((job, chosen))
-            holdings.append(_holding(job, chosen, self.workload))
+            holdings.append(Running(job, chosen, self.workload.equivalents(chosen), now).holding)
         return admitted
 
     def next_wakeup(self) -> float:
@@ -288,31 +308,41 @@ def _waiter(job: Job, share: float) -> Waiter:
 class Ds01:
     """ds01's queue pass, `scheduler.plan`, run at every arrival and release, as the proxy's queue runs it: usage
     decayed with SchedulerSettings' half-life from what finished and what is held, fair share over the users the
-    pass knows (its waiters and holders, by their group; anyone else with usage at 1.0), deadlines from the
-    holders' max_runtime. Every placement granted now starts."""
+    pass knows (its waiters, its holders and those who used GPUs lately, each by their group), deadlines from the
+    holders' max_runtime. Every placement granted now starts. A pass costs about waiters^2 x choose_slots, so with
+    `shortcut` (the same grants, the unit test compares) none is run when no waiter fits beside the holders alone,
+    and plan is given only the waiters up to the last that does in its order: a place depends on those ahead."""
 
     name = "ds01"
 
-    def __init__(self, workload: Workload, settings: SchedulerSettings | None = None) -> None:
+    def __init__(self, workload: Workload, settings: SchedulerSettings | None = None, shortcut: bool = True) -> None:
         self.workload = workload
         self.settings = settings or SchedulerSettings()
+        self.shortcut = shortcut
         self.retries = 0
         self.passes = 0
 
     def admit(self, now: float, waiting: Sequence[Job], running: Sequence[Running],
               finished: Sequence[Running]) -> list[Admission]:
-        if not waiting or len({uuid for r in running for uuid in r.slots}) == len(self.workload.slots):
-            return []  # nobody waits, or every slot is held: a pass could grant nothing now, so none is run
+        holdings = [r.holding for r in running]
+        fits = {key: _fit(job, holdings, self.workload.slots) is not None
+                for key, job in {(job.user, job.request): job for job in waiting}.items()}
+        if not any(fits.values()) and (self.shortcut or not waiting):
+            return []  # nobody waits, or nobody fits even beside the holders alone: a pass could grant nothing
         self.passes += 1
         stretches = [Held(r.job.user, float(r.equivalents), r.start, r.end) for r in finished]
         stretches += [Held(r.job.user, float(r.equivalents), r.start, now) for r in running]
         used = decayed_hours(stretches, now, self.settings.usage_half_life_seconds)
-        known = {job.user for job in waiting} | {r.job.user for r in running}
-        shares = {user: self.workload.shares[user] if user in known else 1.0 for user in known | used.keys()}
+        known = {job.user for job in waiting} | {r.job.user for r in running} | used.keys()
+        shares = {user: self.workload.shares[user] for user in known}
         factors = fairshare_factors(used, shares)
         occupants = [Occupant(r.holding, r.start + r.job.max_runtime_seconds) for r in running]
-        placements = plan([_waiter(job, shares[job.user]) for job in waiting], occupants,
-                          slots=self.workload.slots, fairshare=factors, allocation=ALLOCATION,
+        waiters = [_waiter(job, shares[job.user]) for job in waiting]
+        if self.shortcut:
+            order = {w.id: -priority_of(w, factors.get(w.user, 1.0), self.settings, now).total for w in waiters}
+            waiters.sort(key=lambda w: (order[w.id], w.joined_at, w.id))  # plan's own order
+            waiters = waiters[:1 + max(i for i, w in enumerate(waiters) if fits[(w.user, w.request)])]
+        placements = plan(waiters, occupants, slots=self.workload.slots, fairshare=factors, allocation=ALLOCATION,
                           settings=self.settings, now=now)
         by_id = {job.id: job for job in waiting}
         return [(by_id[p.waiter.id], p.slots) for p in placements if p.granted]
