@@ -2,12 +2,14 @@
 from a release to the waiting container running. ds01: alice's `docker run --label ds01.request.wait=...` waits
 in the queue. Against it, today's way: a `docker run` refused and tried again every 10 seconds (the replaced
 system's wrapper). Each round fills every slot (root's containers), starts alice's request, waits until it waits,
-removes one of root's containers, and times until alice's container runs."""
+then a moment more (drawn evenly from the retry period: a release comes at no particular point of a retry's
+wait), removes one of root's containers, and times until alice's container runs."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import random
 import subprocess
 import threading
 import time
@@ -28,6 +30,7 @@ class LiveQueue:
         self.client = client
         self.root_env = {**proxy.env, "DOCKER_HOST": proxy.url}
         self.holders: list[tuple[str, bool]] = []  # (container, holds a MIG slice)
+        self._moments = random.Random(1)  # noqa: S311 - when to release, reproducibly, not a secret
 
     def fill(self) -> None:
         """Every free slot held by root, one container each, as `container gpus` lists them."""
@@ -60,6 +63,7 @@ class LiveQueue:
             if time.monotonic() > deadline:
                 raise BenchError("alice's request never started waiting")
             time.sleep(_POLL)
+        time.sleep(self._moments.uniform(0, RETRY_SECONDS))
         # A MIG slice: alice, as the test bed's students are, may have slices only.
         holder = next(h for h in self.holders if h[1])
         self.holders.remove(holder)

@@ -21,7 +21,7 @@ from typing import Literal, Protocol
 from ds01.config import BUILTIN_DEFAULTS, AllocationSettings, LimitValues, SchedulerSettings
 from ds01.errors import Denied
 from ds01.gpus.placement import GpuRequest, Holding, Slot, choose_slots
-from ds01.gpus.scheduler import Occupant, Waiter, never_grantable, plan, priority_of
+from ds01.gpus.scheduler import Occupant, Waiter, never_grantable, plan, priority_of, queue_order
 from ds01.gpus.usage import Held, decayed_hours, fairshare_factors
 
 HOUR = 3600.0
@@ -61,8 +61,10 @@ def _limits(quota: Fraction, per_container: int, runtime_hours: int, full_gpus: 
                                             "allow_full_gpu": full_gpus, "max_runtime_seconds": runtime_hours * 3600})
 
 
+# A course student's share is half a researcher's: the slices a student may have (3g, 2g and 1g: 10/7 of a GPU)
+# could not hold ten shares of 1/50 of the 8 GPUs each (1.6 GPUs), so with share 1 no scheduler could be fair.
 GROUPS = (
-    Group("course", 1.0, _limits(Fraction(3, 7), 1, 8, full_gpus=False), 1.0),  # students: MIG slices, by day
+    Group("course", 0.5, _limits(Fraction(3, 7), 1, 8, full_gpus=False), 1.0),  # students: MIG slices, by day
     Group("phd", 1.0, _limits(Fraction(2), 2, 24), 0.5),
     Group("staff", 2.0, _limits(Fraction(2), 2, 48), 0.3),
     Group("visitor", 1.0, _limits(Fraction(1), 1, 48), 0.2),
@@ -339,8 +341,9 @@ class Ds01:
         occupants = [Occupant(r.holding, r.start + r.job.max_runtime_seconds) for r in running]
         waiters = [_waiter(job, shares[job.user]) for job in waiting]
         if self.shortcut:
-            order = {w.id: -priority_of(w, factors.get(w.user, 1.0), self.settings, now).total for w in waiters}
-            waiters.sort(key=lambda w: (order[w.id], w.joined_at, w.id))  # plan's own order
+            order = {w.id: queue_order(w, priority_of(w, factors.get(w.user, 1.0), self.settings, now),
+                                       self.settings, now) for w in waiters}
+            waiters.sort(key=lambda w: order[w.id])  # plan's own order
             waiters = waiters[:1 + max(i for i, w in enumerate(waiters) if fits[(w.user, w.request)])]
         placements = plan(waiters, occupants, slots=self.workload.slots, fairshare=factors, allocation=ALLOCATION,
                           settings=self.settings, now=now)

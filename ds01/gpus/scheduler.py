@@ -6,7 +6,8 @@ of both the allocations holding them (until their deadline) and the places alrea
 A waiter placed now is granted; one placed later holds that place as a reservation, which nobody behind it may
 take unless they are done before it begins (backfill). So a place is an upper bound on the start, if nothing of
 higher priority arrives, and a reservation can only move earlier. Only deadlines count: idle reclamation is not
-certain, so it is never counted on.
+certain, so it is never counted on. A waiter that has waited `max_age` goes ahead of every one that has not (the
+oldest first), so nobody waits much longer than `max_age` plus the longest runtime of what holds its slots.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def plan(waiters: Sequence[Waiter], occupants: Sequence[Occupant], *, slots: Seq
          now: float) -> list[Placement]:
     """Every waiter's place, in queue order (highest priority first, then the earliest to join)."""
     ranked = sorted(((priority_of(w, fairshare.get(w.user, 1.0), settings, now), w) for w in waiters),
-                    key=lambda pair: (-pair[0].total, pair[1].joined_at, pair[1].id))
+                    key=lambda pair: queue_order(pair[1], pair[0], settings, now))
     spans = [_Span(o.holding, now, max(o.free_by, now)) for o in occupants]
     placed = []
     for position, (priority, waiter) in enumerate(ranked, start=1):
@@ -109,6 +110,13 @@ def plan(waiters: Sequence[Waiter], occupants: Sequence[Occupant], *, slots: Seq
                                        None), placement.start, placement.start + waiter.runtime_seconds))
         placed.append(placement)
     return placed
+
+
+def queue_order(waiter: Waiter, priority: Priority, settings: SchedulerSettings,
+                 now: float) -> tuple[bool, float, float, str]:
+    """Those who have waited max_age first, the oldest first; then the highest priority, the earliest to join."""
+    aged = now - waiter.joined_at >= settings.max_age_seconds
+    return (not aged, waiter.joined_at if aged else -priority.total, waiter.joined_at, waiter.id)
 
 
 def _place(waiter: Waiter, priority: Priority, position: int, *, spans: Sequence[_Span], slots: Sequence[Slot],
@@ -129,9 +137,37 @@ def _place(waiter: Waiter, priority: Priority, position: int, *, spans: Sequence
             if blocked_by is None:  # what holds it back now, not at a later moment
                 waits_for, blocked_by = denied.message, denied.reason
             continue
+        if moment > now:
+            chosen = _snug(waiter, chosen, moment, spans=spans, holdings=holdings, slots=slots,
+                           allocation=allocation, now=now)
         return Placement(waiter, priority, position, tuple(slot.uuid for slot in chosen), moment, moment == now,
                          waits_for, blocked_by)
     return Placement(waiter, priority, position, (), None, False, waits_for, blocked_by)
+
+
+def _snug(waiter: Waiter, chosen: list[Slot], moment: float, *, spans: Sequence[_Span],
+          holdings: Sequence[Holding], slots: Sequence[Slot], allocation: AllocationSettings,
+          now: float) -> list[Slot]:
+    """The slots to reserve from `moment`: of those free then, the request leaves the ones idle longest before
+    it to others wherever it can do without them, so that the gap before the reservation stays as short as it
+    can, and what is free now stays free for backfill."""
+    def idle_since(uuid: str) -> float:
+        return max((span.ends for span in spans if uuid in span.holding.slots and span.ends <= moment), default=now)
+
+    held = {uuid for holding in holdings for uuid in holding.slots}
+    idle = sorted((idle_since(slot.uuid), slot.uuid) for slot in slots if slot.uuid not in held)
+    left_alone: list[Holding] = []
+    for since, uuid in idle:
+        if since >= moment:
+            break
+        trial = [*left_alone, Holding(f"gap:{uuid}", "", (uuid,), Fraction(0), None)]  # nobody's: no quota
+        try:
+            chosen = choose_slots(waiter.user, waiter.limits, allocation, waiter.request, slots=slots,
+                                  holdings=[*holdings, *trial])
+        except Denied:
+            continue
+        left_alone = trial
+    return chosen
 
 
 def equivalents_of(chosen: Sequence[str], slots: Sequence[Slot]) -> Fraction:

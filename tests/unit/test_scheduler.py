@@ -86,6 +86,28 @@ def test_backfill_uses_a_reserved_slot_only_when_it_is_done_before_the_reservati
     assert not short.granted and short.start is not None and short.start >= NOW + HOUR / 2
 
 
+def test_a_reservation_leaves_a_slot_free_now_to_others_when_a_later_one_will_do() -> None:
+    # GPU 0 is free now, GPUs 1 and 2 free in an hour, the rest in a day. The pair reserves 1 and 2 from the hour
+    # on rather than 0, so a day's job can start on GPU 0 now instead of it idling for that hour.
+    occupants = [occupant("holder", [WHOLES[1].uuid], NOW + HOUR), occupant("holder", [WHOLES[2].uuid], NOW + HOUR),
+                 *(occupant("holder", [slot.uuid], NOW + 24 * HOUR) for slot in ALL_SLOTS[3:])]
+    pair, single = run([waiter("pair", GpuRequest(count=2), priority=100),
+                        waiter("single", GpuRequest(count=1), runtime=24 * HOUR)], occupants)
+    assert pair.start == NOW + HOUR and set(pair.slots) == {WHOLES[1].uuid, WHOLES[2].uuid}
+    assert single.granted and single.slots == (WHOLES[0].uuid,)  # a day's job on the slot the pair left alone
+
+
+def test_who_has_waited_max_age_goes_ahead_of_any_priority() -> None:
+    occupants = everything_held()
+    old = waiter("old", GpuRequest(count=1), joined=NOW - SCHEDULER.max_age_seconds)
+    favoured = waiter("favoured", GpuRequest(count=1), priority=10_000.0)
+    first, second = run([favoured, old], occupants, {"old": 0.0})
+    assert (first.waiter.id, second.waiter.id) == ("old", "favoured")
+    assert first.priority.total < second.priority.total and first.priority.age == 1.0
+    nearly = waiter("nearly", GpuRequest(count=1), joined=NOW - SCHEDULER.max_age_seconds + 60)
+    assert [p.waiter.id for p in run([nearly, favoured], occupants, {"nearly": 0.0})] == ["favoured", "nearly"]
+
+
 def test_what_no_holder_could_ever_free_is_never_grantable() -> None:
     too_big = waiter("alice", GpuRequest(count=9))
     assert never_grantable(too_big, ALLOCATION, ALL_SLOTS) is not None
