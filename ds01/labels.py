@@ -16,9 +16,12 @@ REQUEST_WAIT = "ds01.request.wait"  # a client asks its GPU request to wait in t
 BIND_KEY = "ds01.bind_key"  # names the container's directory of pinned bind sources
 BIND_SOURCES = "ds01.bind_sources"  # JSON list: the real host path each pinned source stood at when checked
 INSTANCE = "ds01.instance"  # the state directory of the ds01 that made it: who tracks its grants
+JOB = "ds01.job"  # a batch job's name (container run), on its container
+JOB_TIME = "ds01.job.time"  # its time limit in seconds
+JOB_WORKSPACE = "ds01.job.workspace"  # the host directory its log goes into
 # The only ds01.* labels a caller may send, consumed by the proxy.
 REQUEST_LABELS = frozenset({REQUEST_MIG, REQUEST_WAIT})
 # Every ds01.* label ds01 reads. Each create writes all of them, empty where unset, so that no label of the
 # image's own shows through; readers take an empty value for an absent one.
 KNOWN_LABELS = (USER, UID, CREATED_AT, TYPE, ALLOCATION, GPU_EQUIVALENTS, PROTECTED, BIND_KEY, BIND_SOURCES,
-                REQUEST_MIG, REQUEST_WAIT, INSTANCE)
+                REQUEST_MIG, REQUEST_WAIT, INSTANCE, JOB, JOB_TIME, JOB_WORKSPACE)

@@ -86,6 +86,9 @@ class Reason(StrEnum):
     MAX_EXECS = "max_execs"
     MAX_PUBLISHED_PORTS = "max_published_ports"
     MAX_NETWORKS = "max_networks"  # networks of one user, their own ds01-USER included
+    MAX_QUEUED_JOBS = "max_queued_jobs"  # batch jobs of one user waiting in the queue
+    JOB_TIME = "job_time"  # a batch job's --time past the user's max_runtime
+    JOB_ENDED = "job_ended"  # a batch job that is over cannot be cancelled
     # GPUs
     QUOTA = "quota"
     CAPACITY = "capacity"  # not enough free GPUs right now

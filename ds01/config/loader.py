@@ -259,6 +259,8 @@ SCHEDULER_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "max_age": ("max_age_seconds", validators.positive_duration),
     "usage_half_life": ("usage_half_life_seconds", validators.positive_duration),
     "default_wait": ("default_wait_seconds", validators.positive_duration),
+    "default_job_time": ("default_job_time_seconds", validators.positive_duration),
+    "max_job_log": ("max_job_log_bytes", validators.size),
 }
 IMAGE_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "allowed_registries": ("allowed_registries", validators.registries),

@@ -73,7 +73,9 @@ LIMIT_KEYS: tuple[LimitKey, ...] = (
     LimitKey("allowed_mig_profiles", "allowed_mig_profiles", validators.mig_profiles, None,
              'MIG profiles the user may hold, as a list, or "any"', "allocator"),
     LimitKey("max_containers", "max_containers", validators.count, 3,
-             "containers one user may have at once, running or stopped", "proxy"),
+             "containers one user may have at once, running or stopped (running batch jobs included)", "proxy"),
+    LimitKey("max_queued_jobs", "max_queued_jobs", validators.count, 10,
+             "batch jobs (container run) one user may have waiting in the queue at once", "proxy"),
     LimitKey("cpus", "cpus", validators.cpus, 8.0, "CPUs per container (the default and the maximum)", "proxy"),
     LimitKey("memory", "memory_bytes", validators.size, 64 * 2**30, "memory per container (default and maximum)",
              "proxy"),
@@ -114,6 +116,7 @@ class LimitValues:
     allow_full_gpu: bool
     allowed_mig_profiles: frozenset[str] | None  # None: any profile
     max_containers: int
+    max_queued_jobs: int
     cpus: float
     memory_bytes: int
     shm_size_bytes: int
@@ -257,6 +260,8 @@ class SchedulerSettings:
     max_age_seconds: int = 7 * 24 * 3600
     usage_half_life_seconds: int = 7 * 24 * 3600  # GPU-equivalent-hours count half after this long
     default_wait_seconds: int = 3600  # how long `container create --wait` waits when no duration is given
+    default_job_time_seconds: int = 4 * 3600  # a batch job's time limit when `container run` gives no --time
+    max_job_log_bytes: int = 2**30  # a batch job's log in its workspace is cut here
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ class Entry:
     joined_at: float
     wait_until: float
     needed: float = 0.0  # GPU-equivalents it asks for
+    runtime_seconds: float | None = None  # a batch job's time limit, with its grace; None: the user's max_runtime
     placement: Placement | None = None  # from the last pass
     allocation: Allocation | None = None  # its grant, once a pass made it
     denied: Denied | None = None  # it can no longer be granted

@@ -9,8 +9,6 @@ and expiries are tested without waiting.
 from __future__ import annotations
 
 import json
-import os
-import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ from ds01.gpus.allocator import Allocator, read_allocations
 from ds01.identity import accounts
 from ds01.records import ContainerInfo
 from ds01.statefile import write_json_atomic
+from ds01.terminals import notify_user
 from ds01.units import format_duration, format_elapsed
 
 STATE_NAME = "cleanup.json"
@@ -58,25 +57,6 @@ def _load_state(path: Path) -> dict[str, Tracked]:
         return {}
     except (ValueError, TypeError) as exc:
         raise Ds01Error(f"{path} is corrupt ({exc}); move it aside and run again (idle windows restart).") from exc
-
-
-def notify_user(uid: int, message: str, dev: Path = Path("/dev")) -> int:
-    """Write a message to every terminal the user owns; returns how many were reached."""
-    reached = 0
-    for tty in [*dev.glob("pts/[0-9]*"), *dev.glob("tty[0-9]*")]:
-        try:
-            info = tty.stat()
-            if info.st_uid != uid or not stat.S_ISCHR(info.st_mode):
-                continue
-            fd = os.open(tty, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
-            try:
-                os.write(fd, f"\r\n*** ds01: {message}\r\n".encode())
-                reached += 1
-            finally:
-                os.close(fd)
-        except OSError:
-            continue  # a terminal that closed or will not take input is not an error of ours
-    return reached
 
 
 @dataclass

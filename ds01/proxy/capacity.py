@@ -27,7 +27,7 @@ AllSlots = Callable[[], tuple[list[Slot], frozenset[str]]]  # every slot, and th
 FreeBy = Callable[[Allocation], float]  # when an allocation's slots are free at the latest (inf: unknown)
 
 
-def _when(moment: float, now: float) -> dict[str, Any]:
+def when(moment: float, now: float) -> dict[str, Any]:
     known = moment != float("inf")
     return {"at": moment if known else None, "text": at_the_latest(moment if known else None, now)}
 
@@ -52,14 +52,14 @@ def gpus_view(caller: Caller, *, slots: Sequence[Slot], unhealthy: frozenset[str
             mine = caller.is_admin or allocation.user == caller.user
             row |= {"state": "held", "holder": allocation.user if mine else ANOTHER_USER,
                     "container": _container_of(allocation) if mine else None,
-                    "frees": _when(free_by(allocation), now)}
+                    "frees": when(free_by(allocation), now)}
         elif slot.uuid in reserved:
             row["state"] = "reserved"
         if slot.uuid in reserved and row["state"] != "unhealthy":
             entry, start = reserved[slot.uuid]
             row["reserved"] = {"for": entry.user if caller.is_admin or entry.user == caller.user else ANOTHER_USER,
                                "position": entry.placement.position if entry.placement else None,
-                               "from": _when(start or float("inf"), now)}
+                               "from": when(start or float("inf"), now)}
         shown.append(row)
     own = [a for a in live if a.user == caller.user]
     return {"user": caller.user, "quota": format_equivalents(caller.limits.gpu_quota),
@@ -96,7 +96,7 @@ def _entry(entry: Entry, now: float) -> dict[str, Any]:
             "age": round(priority.age, 4), "group": priority.group},
         "waits_for": placement.waits_for if placement else "",
         "reserved_slots": list(placement.slots) if placement and placement.start is not None else [],
-        "start": _when(placement.start if placement and placement.start is not None else float("inf"), now),
+        "start": when(placement.start if placement and placement.start is not None else float("inf"), now),
         "waited_seconds": round(now - entry.joined_at), "gives_up_in_seconds": max(0, round(entry.wait_until - now)),
     }
 

@@ -26,14 +26,27 @@ from ds01.proxy.http import Head
 from ds01.proxy.interfaces import Callers, EngineCalls, Pinning
 from ds01.proxy.outcomes import Deny, Forward, Outcome, Reply, Request
 from ds01.proxy.ownership import ContainerOwners
-from ds01.proxy.queue import Queue
+from ds01.proxy.queue import JOB_ORIGIN, Queue
 from ds01.proxy.userlocks import UserLocks
 from ds01.reasons import Reason
 from ds01.units import format_equivalents
 
 CLIENT_HEADER_PREFIX = "ds01-container/"
 _QUEUE_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+JOB_WAIT_SECONDS = 10 * 365 * 86400  # a batch job waits until its turn, or until it is cancelled
 OwnerOf = Callable[[str, str], tuple[dict[str, Any] | None, str | None]]  # (kind, name) -> (inspect, ds01.user)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobTerms:
+    """What a batch job's create (container run) adds to a user's create: its labels, and its GPU request's terms
+    in the queue, where no connection waits for it."""
+
+    labels: dict[str, str]
+    queue_id: str
+    runtime_seconds: float  # its time limit and grace: how long its grant holds the slots at the most
+    joined_at: float  # when it was submitted, so that a restart or a requeue keeps its age
+    cancelled: Callable[[], bool]
 
 
 def network_owners(owner_of: OwnerOf, names: Iterable[str]) -> dict[str, str | None]:
@@ -173,7 +186,7 @@ class ContainerCreates:
     def _ensure_user_network(self, caller: runas.Caller) -> None:
         ensure_user_network(self.upstream, self.owner_of, caller)
 
-    def create(self, request: Request) -> Outcome:
+    def create(self, request: Request, job: JobTerms | None = None) -> Outcome:
         caller = request.session.caller
         policy.check_object_name(caller, "container", dict(parse_qsl(request.query)).get("name") or "")
         caller = policy.within_host(caller, self.host_cpus)
@@ -181,24 +194,28 @@ class ContainerCreates:
                                "ContainerConfig")
         refs = policy.references(body)
         with binds.opened(refs.bind_sources, caller) as opened:
-            return self._create_checked(request, caller, body, refs, opened)
+            return self._create_checked(request, caller, body, refs, opened, job=job)
 
     def _create_checked(self, request: Request, caller: runas.Caller, body: dict[str, Any],
-                        refs: policy.References, opened: dict[str, binds.OpenedSource]) -> Outcome:
+                        refs: policy.References, opened: dict[str, binds.OpenedSource], *,
+                        job: JobTerms | None) -> Outcome:
         head, query = request.head, request.query
         config = self.sessions.current_config()
         facts = self._facts(caller, body, refs, opened)
         plan = policy.plan_create(
             caller, body, facts, config.security, config.networks.reserved_ports,
-            cgroup_parent=self.cgroups.name(caller.user), client_type=client_type(head, body),
+            cgroup_parent=self.cgroups.name(caller.user),
+            client_type=JOB_ORIGIN if job is not None else client_type(head, body),
             created_at=self.clock().isoformat(timespec="seconds"),
             gpu_gid=nss.group_id(config.bare_metal.group))
         plan.body["Labels"][labels.INSTANCE] = self.instance
+        if job is not None:
+            plan.body["Labels"].update(job.labels)
         dry_run = (head.get(DRY_RUN_HEADER) or "").lower() in ("1", "true")
         key = uuid.uuid4().hex
         # Granted by the queue, waiting there if the request may and must: before the user's lock, which their
         # other requests need meanwhile.
-        allocation = None if dry_run else self._queued_grant(request, caller, plan, body)
+        allocation = None if dry_run else self._queued_grant(request, caller, plan, body, job)
         # Count and create one at a time per user: the lock goes with the Forward, and is released once the
         # engine has answered the create (or here, on any way out before it is sent).
         try:
@@ -209,7 +226,9 @@ class ContainerCreates:
             raise
         try:
             self._check_count(caller)
-            if plan.gpu_request is not None and dry_run:
+            if plan.gpu_request is not None and dry_run and job is not None:
+                self.queue.check_grantable(caller.uid, caller.user, plan.gpu_request)  # a job waits for the rest
+            elif plan.gpu_request is not None and dry_run:
                 allocation = self.allocator.preview(caller.user, caller.uid, caller.limits, plan.gpu_request,
                                                     slots=self.slots())
             if allocation is not None:
@@ -245,10 +264,14 @@ class ContainerCreates:
                        held=held)
 
     def _queued_grant(self, request: Request, caller: runas.Caller, plan: policy.CreatePlan,
-                      body: dict[str, Any]) -> Allocation | None:
+                      body: dict[str, Any], job: JobTerms | None) -> Allocation | None:
         """The create's GPU slots from the queue (None for a create without GPUs)."""
         if plan.gpu_request is None:
             return None
+        if job is not None:
+            return self.queue.obtain(caller.uid, caller.user, plan.gpu_request, wait_seconds=JOB_WAIT_SECONDS,
+                                     origin=JOB_ORIGIN, client_gone=job.cancelled, wait_id=job.queue_id,
+                                     runtime_seconds=job.runtime_seconds, joined_at=job.joined_at)
         if plan.wait_seconds:
             self._check_count(caller)  # before a wait that would end in this refusal
         return self.queue.obtain(caller.uid, caller.user, plan.gpu_request, wait_seconds=plan.wait_seconds,

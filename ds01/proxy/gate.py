@@ -15,6 +15,7 @@ from ds01.errors import Denied, Ds01Error
 from ds01.eventlog.reader import EventLog
 from ds01.gpus.allocator import Allocator
 from ds01.gpus.placement import Slot
+from ds01.jobs.records import JobStore
 from ds01.proxy import allowlist, bodies, capacity, listings, networks, policy, runas
 from ds01.proxy.builds import BUILDKIT_MESSAGE, BuildActions, BuildSettings
 from ds01.proxy.cgroups import CgroupParents
@@ -23,6 +24,8 @@ from ds01.proxy.creates import ContainerCreates, ensure_user_network, make_volum
 from ds01.proxy.images import ImageActions
 from ds01.proxy.imagestore import ImageStore
 from ds01.proxy.interfaces import Callers, EngineCalls, Pinning
+from ds01.proxy.jobroutes import JobRoutes
+from ds01.proxy.jobs import JobRunner
 from ds01.proxy.outcomes import Deny, Forward, Outcome, Reply, Request
 from ds01.proxy.ownership import ContainerOwners
 from ds01.proxy.queue import Queue
@@ -75,6 +78,9 @@ class Gate:
             engine_sockets=engine_sockets, host_cpus=host_cpus, pins=pins, locks=self.locks, log_driver=log_driver,
             owner_of=self._owner_of, find_image=self._images.find, instance=instance, clock=clock, queue=self.queue,
             owners=self._owners)
+        self.jobs = JobRunner(JobStore(allocator.path.parent), self._creates, upstream, sessions, queue=self.queue,
+                              allocator=allocator)
+        self._jobroutes = JobRoutes(self.jobs, self.queue)
         self._containers = ContainerActions(sessions, upstream, allocator, self._owner_of, self.locks,
                                             queue=self.queue, pins=pins, engine_sockets=engine_sockets,
                                             spool_dir=spool_dir)
@@ -108,6 +114,8 @@ class Gate:
                 return self._object(request, route.kind)
             case RouteKind.CAPACITY | RouteKind.QUEUE:
                 return self._capacity.answer(request)
+            case RouteKind.JOBS:
+                return self._jobroutes.answer(request)
             case RouteKind.UNKNOWN:
                 return Deny(Reason.UNKNOWN_ENDPOINT, f"{method} {path} is not allowed through the ds01 proxy. Only "
                                                      "the endpoints docker, docker-py, compose and dev containers need "

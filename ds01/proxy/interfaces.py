@@ -4,6 +4,7 @@ unit test passes its own."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,6 +20,9 @@ class EngineCalls(Protocol):
 
     def inspect(self, kind: str, name: str) -> dict[str, Any] | None:
         """A container, exec, image, volume or network as the engine shows it; None when it does not exist."""
+
+    def stream(self, path: str, query: dict[str, str]) -> Iterator[bytes]:
+        """A GET's answer body block by block (a container's logs)."""
 
 
 class Callers(Protocol):

@@ -123,6 +123,7 @@ class Janitor:
     keeper: ReachKeeper
     images: ImageStore
     container_exited: Callable[[], None]  # the queue's kick: a grant may have freed, or a deadline moved
+    job_died: Callable[[str], None]  # a batch job's container ended: its record, GPUs, log and removal
 
     def on_event(self, event: dict[str, Any]) -> None:
         actor = event.get("Actor") or {}
@@ -140,6 +141,8 @@ class Janitor:
         ours = bool(attributes.get(labels.USER)) and attributes.get(labels.INSTANCE) in ("", None, self.instance)
         if action in ("die", "destroy"):
             self.container_exited()
+        if action in ("die", "destroy") and ours and attributes.get(labels.TYPE) == "job":
+            self.job_died(container_id)
         if action == "oom":
             eventlog.emit(EventType.CONTAINER_OOM, source="engine", user=attributes.get(labels.USER),
                           container=attributes.get("name"), id=container_id)

@@ -40,6 +40,7 @@ HISTORY_SECONDS = 60.0  # the event log's releases are read again after this lon
 # period) to stop it, then gpu_hold_after_stop before the GPUs go back.
 RECLAIM_MARGIN_SECONDS = 300
 ClientGone = Callable[[], bool]
+JOB_ORIGIN = "job"  # a batch job's request, which no connection waits for
 
 
 class WaitEnded(Ds01Error):
@@ -73,8 +74,10 @@ class _Known:
 
     def waiter(self, entry: Entry) -> scheduler.Waiter:
         limits = self.limits.get(entry.user, self.config.defaults)
+        runtime = runtime_of(limits) if entry.runtime_seconds is None else min(runtime_of(limits),
+                                                                               entry.runtime_seconds)
         return scheduler.Waiter(entry.id, entry.user, entry.uid, limits, entry.request, entry.joined_at,
-                                runtime_of(limits), self.shares.get(entry.user, 1.0),
+                                runtime, self.shares.get(entry.user, 1.0),
                                 self.priorities.get(entry.user, 0.0))
 
 
@@ -96,6 +99,9 @@ class Queue:
         self._fairshare: dict[str, tuple[float, float]] = {}
         self._waits = queuestate.WaitHistogram()
         self._next_expiry = math.inf
+        # When a grant's slots are free at the latest, where something knows better than its holder's
+        # max_runtime (a batch job's time limit); None: it does not.
+        self.deadline_of: Callable[[Allocation], float | None] = lambda allocation: None
 
     def restore(self) -> None:
         """At start-up, before serving: the waiters of the last run had connections, and those died with it, so
@@ -103,6 +109,8 @@ class Queue:
         restored = queuestate.read(self._file)
         self._waits = restored.waits  # the histogram goes on across restarts, as a counter does
         for waiting in restored.waiting:
+            if waiting.origin == JOB_ORIGIN:
+                continue  # a batch job's request: the job runner asks again, under the same id
             eventlog.emit(EventType.QUEUE_LEAVE, source="proxy", user=waiting.user, queue_id=waiting.id,
                           reason="disconnected", waited_seconds=round(self._clock() - waiting.joined_at, 3),
                           restarted=True)
@@ -111,19 +119,18 @@ class Queue:
     # --- a create's request ----------------------------------------------------------------------------------
 
     def obtain(self, caller_uid: int, user: str, request: GpuRequest, *, wait_seconds: float, origin: str,
-               client_gone: ClientGone, wait_id: str | None = None) -> Allocation:
+               client_gone: ClientGone, wait_id: str | None = None, runtime_seconds: float | None = None,
+               joined_at: float | None = None) -> Allocation:
         """Slots for the request: at once when a pass with it added grants it; else, when it may wait, once a
         pass does. Raises Denied (capacity or quota with how to wait, wait_timeout, wait_cancelled, or what can
         never be granted) or WaitEnded."""
         now = self._clock()
-        entry = Entry(wait_id or f"q-{uuid.uuid4().hex[:12]}", user, caller_uid, request, origin, now,
-                      now + wait_seconds)
+        entry = Entry(wait_id or f"q-{uuid.uuid4().hex[:12]}", user, caller_uid, request, origin,
+                      now if joined_at is None else joined_at, now + wait_seconds, runtime_seconds=runtime_seconds)
         known = self._known([entry])
         newcomer = known.waiter(entry)
         entry.needed = float(queuestate.needed_equivalents(request, newcomer.limits, known.slots))
-        never = scheduler.never_grantable(newcomer, known.config.allocation, known.slots)
-        if never is not None:
-            raise never
+        _check_grantable(known, newcomer)
         placement, granted = self._pass(known, newcomer)
         if entry.id in granted:
             return granted[entry.id]
@@ -142,6 +149,13 @@ class Queue:
             self._save()
             self.kick()
             return self._await(entry, client_gone)
+
+    def check_grantable(self, caller_uid: int, user: str, request: GpuRequest) -> None:
+        """Denied for what could never be granted (a batch job's check before it is queued)."""
+        now = self._clock()
+        entry = Entry("check", user, caller_uid, request, JOB_ORIGIN, now, now)
+        known = self._known([entry])
+        _check_grantable(known, known.waiter(entry))
 
     def _await(self, entry: Entry, client_gone: ClientGone) -> Allocation:
         while True:
@@ -254,8 +268,8 @@ class Queue:
         waiters = [*(known.waiter(e) for e in entries), *([newcomer] if newcomer is not None else [])]
 
         def decide(live: list[Allocation], now: float) -> tuple[list[scheduler.Placement], list[Grant]]:
-            occupants = [scheduler.Occupant(a.holding(), (a.bound_at or a.created_at) + runtime_of(
-                known.limits.get(a.user, known.config.defaults))) for a in live]
+            occupants = [scheduler.Occupant(a.holding(), self._free_by(a, known.limits.get(
+                a.user, known.config.defaults))) for a in live]
             used = usage.decayed_hours([*known.history, *usage.holding_now(live, now)], now,
                                        known.config.scheduler.usage_half_life_seconds)
             factors = usage.fairshare_factors(used, {u: known.shares.get(u, 1.0) for u in {*known.shares, *used}})
@@ -323,7 +337,18 @@ class Queue:
                 limits = self._sessions.for_uid(allocation.uid).caller.limits
             except Ds01Error:
                 limits = config.defaults  # an account gone since: the defaults, as a pass takes them
-        return (allocation.bound_at or allocation.created_at) + runtime_of(limits)
+        return self._free_by(allocation, limits)
+
+    def _free_by(self, allocation: Allocation, limits: LimitValues) -> float:
+        by_limits = (allocation.bound_at or allocation.created_at) + runtime_of(limits)
+        known = self.deadline_of(allocation)
+        return by_limits if known is None else min(by_limits, known)
+
+
+def _check_grantable(known: _Known, waiter: scheduler.Waiter) -> None:
+    never = scheduler.never_grantable(waiter, known.config.allocation, known.slots)
+    if never is not None:
+        raise never
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

@@ -45,6 +45,7 @@ class RouteKind(StrEnum):
     BUILDKIT = "buildkit"  # its session and gRPC endpoints: refused, with how to build instead
     CAPACITY = "capacity"  # ds01's own: GET /ds01/gpus, every slot and who holds it, for `container gpus`
     QUEUE = "queue"  # ds01's own: GET /ds01/queue, DELETE /ds01/queue/ID (Route.object_id), for `container queue`
+    JOBS = "jobs"  # ds01's own: POST and GET /ds01/jobs, GET and DELETE /ds01/jobs/NAME, for batch jobs
 
 
 ObjectKind = Literal[RouteKind.CONTAINER, RouteKind.EXEC, RouteKind.VOLUME, RouteKind.NETWORK]
@@ -154,6 +155,10 @@ def _ds01(method: str, segments: list[str]) -> Route:
         return Route(RouteKind.QUEUE)
     if len(segments) == 3 and segments[1] == "queue" and method == "DELETE":
         return Route(RouteKind.QUEUE, segments[2])
+    if segments[1:] == ["jobs"] and method in ("GET", "POST"):
+        return Route(RouteKind.JOBS)
+    if len(segments) == 3 and segments[1] == "jobs" and method in ("GET", "DELETE"):
+        return Route(RouteKind.JOBS, segments[2])
     return UNKNOWN
 
 

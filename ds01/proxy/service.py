@@ -68,6 +68,17 @@ def start_reach(upstream: Upstream, sessions: Sessions, engine_cgroup: str | Non
     return keeper
 
 
+def _background(gate: Gate, janitor: Janitor) -> threading.Event:
+    """The threads beside the server: the engine's events, the reach rules, the queue's passes, the jobs' time
+    limits; the event stops them all."""
+    stop = threading.Event()
+    for target, arg in ((watch_engine, janitor), (keep_reach, janitor.keeper)):
+        threading.Thread(target=target, args=(arg, stop), daemon=True).start()
+    for loop in (gate.queue.run, gate.jobs.run):
+        threading.Thread(target=loop, args=(stop,), daemon=True).start()
+    return stop
+
+
 def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float, engine_cgroup: str | None) -> int:
     # A pipe's reader that exits early (an iptables-restore that fails at once) or a client that hangs up costs
     # an EPIPE, not the daemon its life: from the first step, start-up's rules included.
@@ -123,11 +134,9 @@ def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float, eng
                 api_versions=(MIN_API_VERSION, (major, minor)),
                 log_driver=str(info.get("LoggingDriver") or "json-file"), instance=instance)
     gate.queue.restore()  # before serving: the last run's waiters are gone with their connections
-    stop_janitor = threading.Event()
-    janitor = Janitor(upstream, allocator, pins, instance, keeper, image_store, gate.queue.kick)
-    threading.Thread(target=watch_engine, args=(janitor, stop_janitor), daemon=True).start()
-    threading.Thread(target=keep_reach, args=(keeper, stop_janitor), daemon=True).start()
-    threading.Thread(target=gate.queue.run, args=(stop_janitor,), daemon=True).start()
+    gate.jobs.restore()  # batch jobs are not: queued ones queue again, ended ones are recorded
+    stop_janitor = _background(gate, Janitor(upstream, allocator, pins, instance, keeper, image_store,
+                                             gate.queue.kick, gate.jobs.container_died))
     try:
         serve_forever(Proxy(gate, upstream), listen, paths.run_dir, drain_seconds,
                       on_ready=lambda: print(f"ds01 proxy: listening on {listen}, engine {upstream_url}", flush=True))

@@ -85,6 +85,18 @@ class Upstream:
             raise EngineError(f"the Docker engine answered {status} to an inspect of {kind} {name}: {body}")
         return body
 
+    def stream(self, path: str, query: dict[str, str]) -> Iterator[bytes]:
+        """A GET's answer body block by block, as the engine sends it (a container's logs)."""
+        target = f"{API_PREFIX}{path}?{urlencode(query)}"
+        with contextlib.closing(self.connect()) as sock:
+            link = EngineLink(sock)
+            link.send_request("GET", target, [], 0)
+            link.end_request()
+            answer = link.answer()
+            if answer.status != 200:
+                raise EngineError(f"the engine answered {answer.status} {answer.reason} to GET {path}")
+            yield from link.body()
+
     def events(self, filters: dict[str, list[str]]) -> Iterator[dict[str, Any]]:
         """The engine's events as they happen, until it ends the stream."""
         target = f"{API_PREFIX}/events?{urlencode({'filters': json.dumps(filters)})}"

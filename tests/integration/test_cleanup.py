@@ -23,7 +23,8 @@ from ds01.engine import Engine
 from ds01.gpus.allocator import Allocator
 from ds01.gpus.placement import GpuRequest
 from ds01.gpus.supply import slots_from_inventory
-from ds01.ops.cleanup import Cleanup, Decision, limits_resolver, notify_user
+from ds01.ops.cleanup import Cleanup, Decision, limits_resolver
+from ds01.terminals import notify_user
 from tests.conftest import REPO, TEST_IMAGE, Testbed, TopologyFile
 
 HOUR = 3600

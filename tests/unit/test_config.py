@@ -176,7 +176,7 @@ def test_every_limit_key_is_settable_per_user(tmp_path: Path) -> None:
                "shm_size": "3g", "pids_limit": "333", "user_cpus": "33", "user_memory": "33g",
                "max_runtime": "33h", "idle_timeout": "33m", "gpu_hold_after_stop": "3m",
                "ulimits": "{memlock: unlimited}", "max_execs": "7", "max_published_ports": "2",
-               "max_networks": "2", "image_storage": "20g"}
+               "max_networks": "2", "image_storage": "20g", "max_queued_jobs": "4"}
     assert set(samples) == {key.name for key in LIMIT_KEYS}
     lines = "".join(f"    {name}: {value}\n" for name, value in samples.items())
     config = load_config(write(tmp_path, f"version: 1\nusers:\n  pat:\n{lines}"))

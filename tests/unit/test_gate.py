@@ -161,6 +161,7 @@ BY_KIND: dict[RouteKind, tuple[str, str, dict[str, Any] | None, Reason | str | i
     RouteKind.BUILDKIT: ("POST", "/v1.41/session", None, Reason.BUILDKIT),
     RouteKind.CAPACITY: ("GET", "/ds01/gpus", None, 200),
     RouteKind.QUEUE: ("GET", "/v1.41/ds01/queue?all=1", None, Reason.ADMIN_ONLY),
+    RouteKind.JOBS: ("GET", "/v1.41/ds01/jobs?all=1", None, Reason.ADMIN_ONLY),
 }
 
 

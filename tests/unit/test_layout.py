@@ -10,9 +10,9 @@ PACKAGE = Path(__file__).resolve().parents[2] / "ds01"
 # Lowest first. A name is a module or a whole subpackage (dotted, below ds01).
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"", "errors", "reasons", "paths", "units", "labels", "names", "devicerequests", "records",
-               "statefile", "daemon"}),
+               "statefile", "daemon", "terminals"}),
     frozenset({"config", "eventlog", "identity", "engine", "nvml", "procfs", "overlay", "unixhttp", "iptables"}),
-    frozenset({"gpus"}),
+    frozenset({"gpus", "jobs"}),
     frozenset({"proxy", "exporter"}),
     frozenset({"ops"}),
     frozenset({"cli"}),

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ds01 import iptables
+from ds01 import iptables, labels
 from ds01.config import HostService, NetworkSettings, load_config
 from ds01.errors import ConfigError, Ds01Error, EngineError
 from ds01.eventlog.types import EventType
@@ -376,15 +376,19 @@ class CountingKeeper:
 
 
 def test_the_janitor_refreshes_on_network_changes_only_and_kicks_the_queue_on_exits(tmp_path: Path) -> None:
-    allocator, keeper, kicks = FakeAllocator(), CountingKeeper(), []
+    allocator, keeper, kicks, died = FakeAllocator(), CountingKeeper(), [], []
     watch = janitor.Janitor(FakeEngine(), allocator, FakePins(), "/var/lib/ds01", keeper,  # type: ignore[arg-type]
-                            ImageStore(tmp_path), lambda: kicks.append(1))
+                            ImageStore(tmp_path), lambda: kicks.append(1), died.append)
     for kind, action in (("container", "create"), ("container", "die"), ("network", "create"),
                          ("network", "connect"), ("network", "destroy"), ("container", "destroy")):
         watch.on_event({"Type": kind, "Action": action, "Actor": {"ID": f"{kind}-id", "Attributes": {}}})
     assert keeper.triggers == ["network create", "network destroy"]  # containers change no rule
     assert allocator.released == ["container-id"]  # a network's destroy releases no grant
     assert len(kicks) == 2  # a container's exit and its removal each run a queue pass
+    assert died == []  # none was a batch job's
+    job = {labels.USER: "alice", labels.TYPE: "job", labels.INSTANCE: "/var/lib/ds01"}
+    watch.on_event({"Type": "container", "Action": "die", "Actor": {"ID": "job-id", "Attributes": job}})
+    assert died == ["job-id"]
 
 
 # --- networks.host_services in the configuration ----------------------------------------------------------------

@@ -73,6 +73,12 @@ DS01 = [  # ds01's own endpoints, beside the engine's
     ("POST", "/ds01/gpus", Route(RouteKind.UNKNOWN)),
     ("DELETE", "/ds01/queue", Route(RouteKind.UNKNOWN)),
     ("GET", "/ds01/queue/x/y", Route(RouteKind.UNKNOWN)),
+    ("POST", "/ds01/jobs", Route(RouteKind.JOBS)),
+    ("GET", "/ds01/jobs", Route(RouteKind.JOBS)),
+    ("GET", "/ds01/jobs/train", Route(RouteKind.JOBS, "train")),
+    ("DELETE", "/ds01/jobs/train", Route(RouteKind.JOBS, "train")),
+    ("DELETE", "/ds01/jobs", Route(RouteKind.UNKNOWN)),
+    ("POST", "/ds01/jobs/train", Route(RouteKind.UNKNOWN)),
     ("GET", "/ds01", Route(RouteKind.UNKNOWN)),
 ]
 

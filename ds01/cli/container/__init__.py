@@ -13,7 +13,8 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ds01.cli import Handler, add_command, new_parser, run
+from ds01.cli import Handler, add_command, new_parser
+from ds01.cli import run as run_command  # not `run`: the subcommand module of that name would shadow it
 from ds01.cli.context import Context
 from ds01.errors import UsageError
 
@@ -38,6 +39,12 @@ class Subcommand:
 SUBCOMMANDS = (
     Subcommand("create", "create a container and start it (one GPU unless you say otherwise)",
                "container create train --gpus 1 --memory 32g -- python train.py", takes_command=True),
+    Subcommand("run", "queue a batch job: CMD runs on granted GPUs, its log and exit code are kept, its GPUs freed "
+                      "the moment it ends", "container run train --gpus 1 --time 6h -- python train.py",
+               takes_command=True),
+    Subcommand("jobs", "your batch jobs: state, place in the queue, GPUs, exit code, GPU-hours",
+               "container jobs --state failed"),
+    Subcommand("cancel", "take a batch job out of the queue, or stop it while it runs", "container cancel train"),
     Subcommand("list", "list your containers (running ones unless --all)", "container list --all"),
     Subcommand("start", "start a stopped container", "container start train"),
     Subcommand("stop", "stop a running container (its workspace and GPUs stay with it)", "container stop train -t 30"),
@@ -99,4 +106,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     known = {subcommand.name for subcommand in SUBCOMMANDS}
     parser = build_parser(next((word for word in words if word in known), None))
     parser.set_defaults(command=command)
-    return run(parser, words)
+    return run_command(parser, words)

@@ -214,6 +214,22 @@ class ProxyClient:
         """Take a waiting request out of the queue (Ctrl-C while it waits)."""
         self._call(None, lambda: self._json("DELETE", f"/ds01/queue/{quote(queue_id)}"))
 
+    def submit_job(self, submission: dict[str, Any]) -> dict[str, Any]:
+        """Queue a batch job (POST /ds01/jobs): its record, with its place and estimated start."""
+        return dict(self._call(None, lambda: self._json("POST", "/ds01/jobs", body=submission),
+                               (submission.get("body") or {}).get("Image")))
+
+    def jobs(self, everyone: bool = False, states: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        query: list[tuple[str, str]] = [("all", str(int(everyone))), *(("state", state) for state in states)]
+        answer = self._call(None, lambda: self._json("GET", f"/ds01/jobs?{urlencode(query)}"))
+        return list(answer["jobs"])
+
+    def job(self, name: str) -> dict[str, Any]:
+        return dict(self._call(None, lambda: self._json("GET", f"/ds01/jobs/{quote(name)}")))
+
+    def cancel_job(self, name: str) -> dict[str, Any]:
+        return dict(self._call(None, lambda: self._json("DELETE", f"/ds01/jobs/{quote(name)}")))
+
     def gpus(self) -> dict[str, Any]:
         """Every slot and its state, the caller's quota and use, as GET /ds01/gpus answers."""
         return dict(self._call(None, lambda: self._json("GET", "/ds01/gpus")))

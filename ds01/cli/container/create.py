@@ -76,7 +76,7 @@ def _port(text: str) -> int:
     return int(text)
 
 
-def _gpus(args: argparse.Namespace) -> int:
+def gpus_asked(args: argparse.Namespace) -> int:
     if args.cpu_only or args.mig:
         return 0
     if args.gpus is None:
@@ -88,7 +88,7 @@ def _gpus(args: argparse.Namespace) -> int:
     return int(args.gpus)
 
 
-def _size(option: str, text: str | None) -> int | None:
+def size_asked(option: str, text: str | None) -> int | None:
     if text is None:
         return None
     try:
@@ -100,7 +100,7 @@ def _size(option: str, text: str | None) -> int | None:
     return size
 
 
-def _cpus(text: str | None) -> float | None:
+def cpus_asked(text: str | None) -> float | None:
     if text is None:
         return None
     try:
@@ -123,8 +123,8 @@ def workspace_path(given: str | None, root: str, name: str) -> Path:
 
 
 def _request(args: argparse.Namespace, context: Context) -> Request:
-    gpus, cpus = _gpus(args), _cpus(args.cpus)
-    memory, shm_size = _size("--memory", args.memory), _size("--shm-size", args.shm_size)
+    gpus, cpus = gpus_asked(args), cpus_asked(args.cpus)
+    memory, shm_size = size_asked("--memory", args.memory), size_asked("--shm-size", args.shm_size)
     config = context.config  # read after the options are checked: a bad flag is named before a bad config
     image = args.image or config.containers.default_image
     if not image:
@@ -151,7 +151,7 @@ def _wait(args: argparse.Namespace, gpus: int, default_seconds: int) -> int:
                          f"{format_duration(default_seconds)}).") from None
 
 
-def _missing_dirs(path: Path) -> list[Path]:
+def missing_dirs(path: Path) -> list[Path]:
     missing = []
     while not path.exists():
         missing.append(path)
@@ -161,7 +161,7 @@ def _missing_dirs(path: Path) -> list[Path]:
     return missing[::-1]
 
 
-def _make_dirs(missing: list[Path]) -> None:
+def make_dirs(missing: list[Path]) -> None:
     for directory in missing:
         try:
             directory.mkdir(mode=0o755)
@@ -182,7 +182,7 @@ def _body(request: Request, workspace: Path) -> dict[str, Any]:
 def _create(proxy: ProxyClient, name: str, full: str, request: Request) -> None:
     """The create, and while it waits in the queue (--wait), its place on a status line."""
     if not request.wait_seconds:
-        with _progress(f"creating {name}... "):
+        with progress(f"creating {name}... "):
             proxy.create(full, _body(request, request.workspace))
         return
     queue_id = waiting.new_queue_id()
@@ -207,7 +207,7 @@ def _gpu_line(gpus: list[str], equivalents: str) -> str:
 
 
 def _dry_run(proxy: ProxyClient, name: str, full: str, request: Request) -> int:
-    missing = _missing_dirs(request.workspace)
+    missing = missing_dirs(request.workspace)
     # The proxy checks the mount against the real directory; until it exists, its nearest existing parent.
     checked = missing[0].parent if missing else request.workspace
     reply = proxy.dry_run(full, _body(request, checked))
@@ -228,7 +228,7 @@ def _dry_run(proxy: ProxyClient, name: str, full: str, request: Request) -> int:
 
 
 @contextlib.contextmanager
-def _progress(text: str) -> Iterator[None]:
+def progress(text: str) -> Iterator[None]:
     print(text, end="", flush=True)
     try:
         yield
@@ -265,8 +265,8 @@ def run(args: argparse.Namespace, context: Context) -> int:
             request = dataclasses.replace(request, image=own_or_given(proxy, args.image))
         if args.dry_run:
             return _dry_run(proxy, name, full, request)
-        missing = _missing_dirs(request.workspace)
-        _make_dirs(missing)
+        missing = missing_dirs(request.workspace)
+        make_dirs(missing)
         try:
             _create(proxy, name, full, request)
         except BaseException:
@@ -274,7 +274,7 @@ def run(args: argparse.Namespace, context: Context) -> int:
                 with contextlib.suppress(OSError):
                     directory.rmdir()
             raise
-        with _progress("starting... "):
+        with progress("starting... "):
             try:
                 proxy.start(full)
             except Ds01Error as exc:
