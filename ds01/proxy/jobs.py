@@ -72,27 +72,32 @@ class JobRunner:
         now = self._clock()
         job = Job(name, caller.user, caller.uid, JobState.QUEUED, now, chosen, body, workspace,
                   f"job-{caller.uid}-{int(now * 1000)}", requeue=requeue)
-        with self._store.lock:
-            earlier = self._store.get(caller.uid, name)
-            if earlier is not None and not earlier.state.ended:
-                raise Denied(Reason.NAME_TAKEN, f"you have a job named {name} already ({earlier.state}); pick "
-                                                "another name, or cancel it with `container cancel {name}`.")
-            queued = sum(1 for j in self._store.of_user(caller.uid) if j.state is JobState.QUEUED)
-            if queued >= caller.limits.max_queued_jobs:
-                raise Denied(Reason.MAX_QUEUED_JOBS, (
-                    f"you have {queued} jobs waiting and may have {caller.limits.max_queued_jobs}; wait for one to "
-                    "start, or cancel one (container cancel NAME)."))
-            if self._upstream.inspect("container", engine_name(name, caller.uid)) is not None:
-                raise Denied(Reason.NAME_TAKEN, f"you have a container named {name}; pick another name for the "
-                                                "job, or remove the container (container remove NAME).")
-            checked = self._creates.create(_request(session, name, body, dry_run=True), self._terms(job))
-            if isinstance(checked, Deny):
-                raise Denied(checked.reason, checked.message)
+        self._check_room(caller.uid, name, caller.limits.max_queued_jobs)
+        if self._upstream.inspect("container", engine_name(name, caller.uid)) is not None:
+            raise Denied(Reason.NAME_TAKEN, f"you have a container named {name}; pick another name for the job, "
+                                            "or remove the container (container remove NAME).")
+        # Not under the store's lock: a queue pass holds the allocator's lock and reads the jobs' deadlines.
+        checked = self._creates.create(_request(session, name, body, dry_run=True), self._terms(job))
+        if isinstance(checked, Deny):
+            raise Denied(checked.reason, checked.message)
+        with self._store.lock:  # checked again: two submissions of one name may have raced
+            self._check_room(caller.uid, name, caller.limits.max_queued_jobs)
             self._store.add(job)
         eventlog.emit(EventType.JOB_QUEUED, source="proxy", user=job.user, job=name, state=job.state.value,
                       time_seconds=chosen, queue_id=job.queue_id)
         self._spawn(self._dispatch, job)
         return job
+
+    def _check_room(self, uid: int, name: str, max_queued: int) -> None:
+        earlier = self._store.get(uid, name)
+        if earlier is not None and not earlier.state.ended:
+            raise Denied(Reason.NAME_TAKEN, f"you have a job named {name} already ({earlier.state}); pick another "
+                                            f"name, or cancel it with `container cancel {name}`.")
+        queued = sum(1 for j in self._store.of_user(uid) if j.state is JobState.QUEUED)
+        if queued >= max_queued:
+            raise Denied(Reason.MAX_QUEUED_JOBS, (
+                f"you have {queued} jobs waiting and may have {max_queued}; wait for one to start, or cancel one "
+                "(container cancel NAME)."))
 
     def _terms(self, job: Job) -> JobTerms:
         grace = self._sessions.current_config().cleanup.stop_timeout_seconds + END_MARGIN_SECONDS

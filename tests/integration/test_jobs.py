@@ -1,0 +1,188 @@
+"""Batch jobs on the test bed, through a private proxy, with real containers: a failing job's exit code, log and
+GPU release; a time limit; cancelling while queued and while running; a proxy restart while a job runs; a
+workspace whose .ds01 is a symlink to /etc; and backfill by time limit behind a blocked request."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from tests.conftest import TEST_IMAGE, ProxyHandle, Testbed, start_proxy, stop_proxy
+from tests.integration.test_container_cli import CONTAINER
+from tests.integration.test_queue import events_of, full, popen_as, until  # noqa: F401 - `full` is a fixture
+
+RUN = (CONTAINER, "run")
+
+
+@pytest.fixture
+def jobs_proxy(testbed: Testbed, engine: docker.DockerClient) -> Iterator[ProxyHandle]:
+    handle = start_proxy(testbed, testbed.dir / "proxy-tests" / uuid.uuid4().hex[:8])
+    try:
+        yield handle
+    finally:
+        stop_proxy(handle, engine)
+
+
+@pytest.fixture
+def fresh_name() -> Iterator[str]:
+    """A job name, and its workspace under alice's and bob's homes removed afterwards."""
+    name = f"job-{uuid.uuid4().hex[:6]}"
+    yield name
+    for user in ("alice", "bob"):
+        shutil.rmtree(Path(pwd.getpwnam(user).pw_dir) / "workspace" / name, ignore_errors=True)
+
+
+def job_of(proxy: ProxyHandle, user: str, name: str) -> dict[str, Any]:
+    shown = proxy.as_user(user, CONTAINER, "jobs", "--format", "json")
+    assert shown.returncode == 0, shown.stderr
+    return next(job for job in json.loads(shown.stdout)["jobs"] if job["name"] == name)
+
+
+def ended(proxy: ProxyHandle, user: str, name: str, seconds: float = 60) -> dict[str, Any]:
+    return dict(until(lambda: (job := job_of(proxy, user, name))["state"] not in ("queued", "running") and job,
+                      f"the end of {name}", seconds))
+
+
+def run_job(proxy: ProxyHandle, user: str, name: str, *args: str) -> str:
+    made = proxy.as_user(user, *RUN, name, "--image", TEST_IMAGE, *args)
+    assert made.returncode == 0, made.stderr
+    return made.stdout
+
+
+def test_a_failing_job_records_its_exit_code_keeps_its_log_and_frees_its_gpu_at_once(
+        jobs_proxy: ProxyHandle, engine: docker.DockerClient, fresh_name: str) -> None:
+    followed = jobs_proxy.as_user("alice", *RUN, fresh_name, "--image", TEST_IMAGE, "--follow", "--", "sh", "-c",
+                                  "echo hello; exit 3")
+    print(f"alice$ container run {fresh_name} --follow -- sh -c 'echo hello; exit 3'\n{followed.stdout}"
+          f"{followed.stderr}(exit {followed.returncode})")
+    assert followed.returncode == 3 and "hello" in followed.stdout
+    job = ended(jobs_proxy, "alice", fresh_name)
+    assert (job["state"], job["exit_code"]) == ("failed", 3) and job["gpus"]
+    log = Path(job["log"])
+    assert log == Path(pwd.getpwnam("alice").pw_dir) / "workspace" / fresh_name / ".ds01" / "jobs" / \
+        f"{fresh_name}.log"
+    assert log.read_text() == "hello\n" and log.stat().st_uid == pwd.getpwnam("alice").pw_uid
+    released = [e for e in jobs_proxy.events() if e["type"] == "allocation.release"
+                and set(e["details"].get("slots") or job["gpus"]) == set(job["gpus"])]
+    assert released, "its GPUs were never released"
+    released_at = datetime.fromisoformat(released[-1]["ts"].replace("Z", "+00:00")).timestamp()
+    assert released_at - job["ended_at"] < 2.0, (released_at, job["ended_at"])
+    assert not engine.containers.list(all=True, filters={"label": f"ds01.job={fresh_name}"})  # removed
+    assert jobs_proxy.as_user("alice", CONTAINER, "logs", fresh_name).stdout == "hello\n"
+    end = events_of(jobs_proxy, "job.end", "alice")[-1]["details"]
+    assert (end["state"], end["exit_code"]) == ("failed", 3)
+
+
+def test_a_job_past_its_time_ends_as_timeout(jobs_proxy: ProxyHandle, fresh_name: str) -> None:
+    run_job(jobs_proxy, "alice", fresh_name, "--time", "2s", "--", "sh", "-c",
+            "trap 'echo got TERM; exit 143' TERM; while :; do sleep 1; done")
+    job = ended(jobs_proxy, "alice", fresh_name)
+    assert job["state"] == "timeout" and job["exit_code"] == 143
+    assert "got TERM" in Path(job["log"]).read_text()
+    assert job["ended_at"] - job["started_at"] < 30  # stopped at its 2s, not at max_runtime
+    over = jobs_proxy.as_user("alice", *RUN, f"{fresh_name}-long", "--image", TEST_IMAGE, "--time", "400d", "--",
+                              "true")
+    assert over.returncode == 3 and "max_runtime" in over.stderr  # checked before it is queued
+
+
+def test_cancel_takes_a_queued_job_out_and_stops_a_running_one(full: tuple[ProxyHandle, list[str]],
+                                                                  engine: docker.DockerClient,
+                                                                  fresh_name: str) -> None:
+    proxy, _ = full
+    said = run_job(proxy, "alice", fresh_name, "--gpus", "1", "--", "true")
+    print(f"alice$ container run {fresh_name} --gpus 1 -- true   (every slot held)\n{said}")
+    assert "number 1 in the queue" in said
+    assert job_of(proxy, "alice", fresh_name)["state"] == "queued"
+    cancelled = proxy.as_user("alice", CONTAINER, "cancel", fresh_name)
+    assert cancelled.returncode == 0, cancelled.stderr
+    job = ended(proxy, "alice", fresh_name)
+    assert job["state"] == "cancelled" and job["started_at"] is None
+    assert until(lambda: events_of(proxy, "queue.leave", "alice"), "the leave")[-1]["details"]["reason"] == "cancelled"
+    assert not engine.containers.list(all=True, filters={"label": "ds01.user=alice"})
+
+    running = f"{fresh_name}-run"
+    run_job(proxy, "alice", running, "--cpu-only", "--", "sleep", "600")
+    until(lambda: job_of(proxy, "alice", running)["state"] == "running", "the start")
+    assert proxy.as_user("alice", CONTAINER, "cancel", running).returncode == 0
+    job = ended(proxy, "alice", running, seconds=90)
+    assert job["state"] == "cancelled"
+    assert not engine.containers.list(all=True, filters={"label": f"ds01.job={running}"})
+    assert proxy.as_user("alice", CONTAINER, "cancel", running).returncode == 3  # over already
+
+
+def test_a_job_that_ends_while_the_proxy_is_down_is_recorded_with_its_real_end(
+        jobs_proxy: ProxyHandle, testbed: Testbed, engine: docker.DockerClient, fresh_name: str) -> None:
+    run_job(jobs_proxy, "alice", fresh_name, "--cpu-only", "--", "sh", "-c", "sleep 3; echo done; exit 7")
+    until(lambda: job_of(jobs_proxy, "alice", fresh_name)["state"] == "running", "the start")
+    jobs_proxy.process.send_signal(signal.SIGKILL)
+    jobs_proxy.process.wait(30)
+    [container] = engine.containers.list(all=True, filters={"label": f"ds01.job={fresh_name}"})
+    until(lambda: (container.reload(), container.status == "exited")[1], "the job's exit", 30)
+    finished = container.attrs["State"]["FinishedAt"]
+    time.sleep(2)  # the restart comes well after the end
+    again = start_proxy(testbed, jobs_proxy.root)
+    try:  # the killed proxy's socket file is there before the new one listens on it
+        until(lambda: again.as_user("alice", CONTAINER, "jobs").returncode == 0, "the restarted proxy", 60)
+        job = ended(again, "alice", fresh_name)
+        assert (job["state"], job["exit_code"]) == ("failed", 7)
+        assert abs(job["ended_at"] - datetime.fromisoformat(finished[:26] + "+00:00").timestamp()) < 1
+        assert Path(job["log"]).read_text() == "done\n"
+        assert not engine.containers.list(all=True, filters={"label": f"ds01.job={fresh_name}"})
+    finally:
+        jobs_proxy.process = again.process
+
+
+def test_a_workspace_whose_ds01_is_a_symlink_to_etc_gets_no_log_and_nothing_is_written_outside(
+        jobs_proxy: ProxyHandle, fresh_name: str) -> None:
+    alice = pwd.getpwnam("alice")
+    workspace = Path(alice.pw_dir) / "workspace" / fresh_name
+    workspace.mkdir(parents=True)
+    os.chown(workspace, alice.pw_uid, alice.pw_gid)
+    (workspace / ".ds01").symlink_to("/etc")
+    os.lchown(workspace / ".ds01", alice.pw_uid, alice.pw_gid)
+    before = set(os.listdir("/etc"))
+    run_job(jobs_proxy, "alice", fresh_name, "--cpu-only", "--", "echo", "secret-free")
+    job = ended(jobs_proxy, "alice", fresh_name)
+    assert job["state"] == "succeeded" and job["log"] is None and "symlink" in job["message"]
+    assert set(os.listdir("/etc")) == before and not Path("/etc/jobs").exists()
+
+
+def test_a_short_job_backfills_before_a_reservation_and_a_long_one_waits(
+        full: tuple[ProxyHandle, list[str]], engine: docker.DockerClient, fresh_name: str) -> None:
+    proxy, holders = full
+    gpus = json.loads(proxy.as_user("alice", CONTAINER, "gpus", "--format", "json").stdout)["slots"]
+    wholes = [row["slot"] for row in gpus if row["profile"] is None]
+    # alice (no recent use: first in the queue) waits for two named whole GPUs; one frees now, the other at
+    # carol's deadline. bob's jobs (much recent use: behind her) may use the free one only if they end before.
+    alice = popen_as(proxy, "alice", "docker", "run", "-d", "--label", "ds01.request.wait=10m", "--gpus",
+                     f'"device={wholes[0]},{wholes[1]}"', TEST_IMAGE, "sleep", "600")
+    until(lambda: events_of(proxy, "queue.join", "alice"), "alice's join")
+    by_slot = {engine.containers.get(h).attrs["HostConfig"]["DeviceRequests"][0]["DeviceIDs"][0]: h
+               for h in holders}
+    engine.containers.get(by_slot[wholes[0]]).remove(force=True)
+    reserved = until(lambda: [e for e in json.loads(proxy.as_user("alice", CONTAINER, "queue", "--format",
+                                                                  "json").stdout)["waiting"]
+                              if e["start"]["at"]], "alice's reservation")[0]
+    assert set(reserved["reserved_slots"]) == {wholes[0], wholes[1]}
+    short, long_one = f"{fresh_name}-short", f"{fresh_name}-long"
+    run_job(proxy, "bob", long_one, "--gpus", "1", "--time", "3h", "--", "echo", "long")
+    run_job(proxy, "bob", short, "--gpus", "1", "--time", "5m", "--", "echo", "short")
+    job = ended(proxy, "bob", short)
+    assert job["state"] == "succeeded" and job["gpus"] == [wholes[0]]
+    waiting = job_of(proxy, "bob", long_one)
+    assert waiting["state"] == "queued" and waiting["start"]["at"] >= reserved["start"]["at"]
+    mine = json.loads(proxy.as_user("alice", CONTAINER, "queue", "--format", "json").stdout)["waiting"][0]
+    assert mine["start"]["at"] <= reserved["start"]["at"] and alice.poll() is None
+    alice.kill()
