@@ -11,33 +11,15 @@ import os
 import signal
 import subprocess
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any
 
 import docker
-import pytest
 
-from tests.conftest import TEST_IMAGE, ProxyHandle, Testbed, start_proxy, stop_proxy
+from tests.conftest import TEST_IMAGE, ProxyHandle, Testbed, start_proxy
 from tests.integration.test_alloc_cli import DS01
 from tests.integration.test_container_cli import CONTAINER
 from tests.integration.test_proxy import DOCKER, docker_as
-
-MIG_PROFILES = ("3g.40gb", "2g.20gb", "1g.10gb", "1g.10gb", "4g.40gb", "2g.20gb", "1g.10gb")
-USERS = """users:
-  alice:
-    group: researcher
-  bob:
-    group: researcher
-  carol:
-    gpu_quota: 8
-    max_gpus_per_container: 8
-    allow_full_gpu: true
-    allowed_mig_profiles: any
-    max_containers: 20
-    max_runtime: 2h
-"""
 
 
 def popen_as(proxy: ProxyHandle, user: str, *argv: str) -> subprocess.Popen[str]:
@@ -58,37 +40,6 @@ def until(check: Callable[[], Any], what: str, seconds: float = 30.0) -> Any:
 
 def events_of(proxy: ProxyHandle, kind: str, user: str) -> list[dict[str, Any]]:
     return [e for e in proxy.events() if e["type"] == kind and e["user"] == user]
-
-
-@pytest.fixture
-def full(testbed: Testbed, engine: docker.DockerClient) -> Iterator[tuple[ProxyHandle, list[str]]]:
-    """A proxy whose every slot carol holds, one container each; bob used a lot lately, alice nothing."""
-    handle = start_proxy(testbed, testbed.dir / "proxy-tests" / uuid.uuid4().hex[:8])
-    handle.config.write_text(handle.config.read_text().replace("users:\n  bob:\n    group: researcher\n", USERS))
-    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000000Z")
-    with (handle.root / "log" / "events.jsonl").open("a") as log:  # 40 GPU-equivalent-hours of bob's, just ended
-        log.write(json.dumps({"ts": stamp, "type": "allocation.release", "user": "bob", "source": "allocator",
-                              "details": {"allocation": "a-history", "gpu_equivalents": "2",
-                                          "held_seconds": 72000}}) + "\n")
-    holders = []
-    try:
-        for index in range(6):
-            holders.append(_hold(handle, f"whole-{index}", "--gpus", "1"))
-        for index, profile in enumerate(MIG_PROFILES):
-            holders.append(_hold(handle, f"mig-{index}", "--label", f"ds01.request.mig={profile}"))
-        yield handle, holders
-    finally:
-        for container in engine.containers.list(all=True, filters={"label": "ds01.user"}):
-            if container.labels.get("ds01.instance") == str((handle.root / "state").resolve()):
-                container.remove(force=True)
-        stop_proxy(handle, engine)
-
-
-def _hold(proxy: ProxyHandle, name: str, *gpus: str) -> str:
-    made = docker_as(proxy, "carol", "run", "-d", "--name", f"{name}-{uuid.uuid4().hex[:4]}", *gpus, TEST_IMAGE,
-                     "sleep", "600")
-    assert made.returncode == 0, made.stderr
-    return made.stdout.strip()
 
 
 def waiting(proxy: ProxyHandle, user: str) -> list[dict[str, Any]]:
