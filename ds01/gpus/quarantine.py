@@ -49,5 +49,11 @@ def record_xid(state_dir: Path, event: XidEvent, settings: AllocationSettings, n
 
 def quarantined(state_dir: Path, settings: AllocationSettings, now: float) -> frozenset[str]:
     """GPUs whose last critical XID is more recent than `xid_quarantine`."""
+    return frozenset(recent_xids(state_dir, settings, now))
+
+
+def recent_xids(state_dir: Path, settings: AllocationSettings, now: float) -> dict[str, tuple[int, float]]:
+    """The quarantined GPUs, each with its last critical XID and when it came."""
     recorded = _read(state_dir / HEALTH_NAME)
-    return frozenset(uuid for uuid, entry in recorded.items() if now - entry["at"] < settings.xid_quarantine_seconds)
+    return {uuid: (int(entry["xid"]), entry["at"]) for uuid, entry in recorded.items()
+            if now - entry["at"] < settings.xid_quarantine_seconds}

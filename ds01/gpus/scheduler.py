@@ -7,11 +7,13 @@ A waiter placed now is granted; one placed later holds that place as a reservati
 take unless they are done before it begins (backfill). So a place is an upper bound on the start, if nothing of
 higher priority arrives, and a reservation can only move earlier. Only deadlines count: idle reclamation is not
 certain, so it is never counted on. A waiter that has waited `max_age` goes ahead of every one that has not (the
-oldest first), so nobody waits much longer than `max_age` plus the longest runtime of what holds its slots.
+oldest first), so nobody waits much longer than `max_age` plus the longest runtime of what holds its slots. A
+waiter held back by its own quota reserves nothing: its start is when its own containers end, if slots are free.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -105,6 +107,10 @@ def plan(waiters: Sequence[Waiter], occupants: Sequence[Occupant], *, slots: Seq
     placed = []
     for position, (priority, waiter) in enumerate(ranked, start=1):
         placement = _place(waiter, priority, position, spans=spans, slots=slots, allocation=allocation, now=now)
+        if not placement.granted and placement.blocked_by is Reason.QUOTA:
+            # Its own containers hold it back, and their end frees slots as well as quota: it reserves none, so
+            # that what is free meanwhile is not kept idle for it (nor one user's waits stall everyone's).
+            placement = dataclasses.replace(placement, slots=())
         if placement.start is not None and placement.slots:
             spans.append(_Span(Holding(waiter.id, waiter.user, placement.slots, equivalents_of(placement.slots, slots),
                                        None), placement.start, placement.start + waiter.runtime_seconds))

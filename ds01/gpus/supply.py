@@ -4,6 +4,7 @@ NVML), and an allocator that can rebuild its state from the engine's containers.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from fractions import Fraction
 
 from ds01 import nvml
@@ -45,6 +46,24 @@ def slot_states(paths: Paths, config: Config) -> tuple[list[Slot], frozenset[str
         inventory = gpus.inventory()
     unhealthy = quarantine.quarantined(paths.state_dir, config.allocation, time.time())
     return slots_from_inventory(inventory, frozenset()), unhealthy
+
+
+def failed_slots(paths: Paths, config: Config, held: Iterable[str]) -> dict[str, tuple[int | None, float]]:
+    """Of the `held` slots, those whose GPU had a critical XID lately (that XID, and when), or that NVML no longer
+    has (None, now): what a batch job on them lost. NVML failing as a whole raises, rather than look like every
+    GPU lost."""
+    now = time.time()
+    with nvml.session() as gpus:
+        inventory = gpus.inventory()
+    present = {slot.uuid: slot.gpu_uuid for slot in slots_from_inventory(inventory, frozenset())}
+    xids = quarantine.recent_xids(paths.state_dir, config.allocation, now)
+    failed: dict[str, tuple[int | None, float]] = {}
+    for slot in held:
+        if slot not in present:
+            failed[slot] = (None, now)
+        elif present[slot] in xids:
+            failed[slot] = xids[present[slot]]
+    return failed
 
 
 def open_allocator(paths: Paths, config: Config, engine_url: str | None = None) -> Allocator:

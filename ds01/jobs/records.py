@@ -58,6 +58,7 @@ class Job:
     message: str = ""  # why it ended as it did, in words
     cancel_asked: bool = False
     timed_out: bool = False  # stopped at its time limit
+    failed_gpu: str | None = None  # the slot whose GPU failed under it (a critical XID, or lost)
     log_path: str | None = None
 
     def to_json(self) -> dict[str, Any]:

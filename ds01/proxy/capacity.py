@@ -13,6 +13,7 @@ from ds01.errors import Denied
 from ds01.gpus.allocator import Allocation, Allocator
 from ds01.gpus.placement import Slot
 from ds01.gpus.queuestate import Entry
+from ds01.gpus.scheduler import Placement
 from ds01.proxy.images import check_parameters
 from ds01.proxy.outcomes import Deny, Outcome, Reply, Request
 from ds01.proxy.queue import Queue
@@ -85,6 +86,15 @@ def queue_view(caller: Caller, waiting: Sequence[Entry], everyone: bool, now: fl
             "length": len(waiting)}
 
 
+def _start(placement: Placement | None, now: float) -> dict[str, Any]:
+    """When it starts at the latest; for one its own quota holds back, no bound: it reserves no slots."""
+    shown = when(placement.start if placement and placement.start is not None else float("inf"), now)
+    if placement is not None and placement.blocked_by is Reason.QUOTA and placement.start is not None:
+        shown = {**shown, "text": f"once your own containers free your quota ({shown['text']}), if GPUs are free "
+                                  "then"}
+    return shown
+
+
 def _entry(entry: Entry, now: float) -> dict[str, Any]:
     placement = entry.placement
     priority = placement.priority if placement is not None else None
@@ -96,7 +106,7 @@ def _entry(entry: Entry, now: float) -> dict[str, Any]:
             "age": round(priority.age, 4), "group": priority.group},
         "waits_for": placement.waits_for if placement else "",
         "reserved_slots": list(placement.slots) if placement and placement.start is not None else [],
-        "start": when(placement.start if placement and placement.start is not None else float("inf"), now),
+        "start": _start(placement, now),
         "waited_seconds": round(now - entry.joined_at), "gives_up_in_seconds": max(0, round(entry.wait_until - now)),
     }
 

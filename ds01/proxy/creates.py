@@ -256,7 +256,11 @@ class ContainerCreates:
             if allocation is None:
                 return
             if status == 201:
-                self._bind_or_undo(allocation, str(json.loads(response)["Id"]), name)
+                container_id = str(json.loads(response)["Id"])
+                self._bind_or_undo(allocation, container_id, name)
+                if request.client_gone():  # it went away after its grant: it would never learn of the container
+                    self.upstream.call("DELETE", f"/containers/{container_id}", query={"force": "1"})
+                    self.allocator.release_container(container_id)
             else:
                 self.allocator.release(allocation.id)
 

@@ -25,7 +25,7 @@ from ds01.proxy.images import ImageActions
 from ds01.proxy.imagestore import ImageStore
 from ds01.proxy.interfaces import Callers, EngineCalls, Pinning
 from ds01.proxy.jobroutes import JobRoutes
-from ds01.proxy.jobs import JobRunner
+from ds01.proxy.jobs import FailedSlots, JobRunner
 from ds01.proxy.outcomes import Deny, Forward, Outcome, Reply, Request
 from ds01.proxy.ownership import ContainerOwners
 from ds01.proxy.queue import Queue
@@ -53,7 +53,8 @@ class Gate:
                  host_cpus: float, pins: Pinning, spool_dir: Path, image_store: ImageStore, platform: str,
                  api_versions: tuple[tuple[int, int], tuple[int, int]] = (MIN_API_VERSION, MIN_API_VERSION),
                  log_driver: str = "json-file", instance: str = "", clock: Callable[[], datetime] = _now,
-                 all_slots: Callable[[], tuple[list[Slot], frozenset[str]]] | None = None) -> None:
+                 all_slots: Callable[[], tuple[list[Slot], frozenset[str]]] | None = None,
+                 failed_slots: FailedSlots | None = None) -> None:
         self.sessions = sessions
         self.upstream = upstream
         self.allocator = allocator
@@ -78,8 +79,9 @@ class Gate:
             engine_sockets=engine_sockets, host_cpus=host_cpus, pins=pins, locks=self.locks, log_driver=log_driver,
             owner_of=self._owner_of, find_image=self._images.find, instance=instance, clock=clock, queue=self.queue,
             owners=self._owners)
+        # Without NVML's word on health (a unit test), a job's GPUs stay as they are.
         self.jobs = JobRunner(JobStore(allocator.path.parent), self._creates, upstream, sessions, queue=self.queue,
-                              allocator=allocator)
+                              allocator=allocator, failed_slots=failed_slots or (lambda held: {}))
         self._jobroutes = JobRoutes(self.jobs, self.queue)
         self._containers = ContainerActions(sessions, upstream, allocator, self._owner_of, self.locks,
                                             queue=self.queue, pins=pins, engine_sockets=engine_sockets,

@@ -21,7 +21,7 @@ from ds01.errors import Denied, Ds01Error
 from ds01.eventlog.types import EventType
 from ds01.gpus.allocator import Allocation, Allocator
 from ds01.jobs import joblog
-from ds01.jobs.records import Job, JobState, JobStore
+from ds01.jobs.records import MAX_REQUEUES, Job, JobState, JobStore
 from ds01.names import DRY_RUN_HEADER, engine_name
 from ds01.proxy.creates import ContainerCreates, JobTerms
 from ds01.proxy.http import Head
@@ -34,6 +34,8 @@ from ds01.reasons import Reason
 
 END_MARGIN_SECONDS = 30  # past the SIGKILL, for the engine to report the end
 LOOP_SECONDS = 1.0
+HEALTH_SECONDS = 5.0  # how often the GPUs under running jobs are checked
+FailedSlots = Callable[[Iterable[str]], dict[str, tuple[int | None, float]]]  # slot -> (XID or None: lost, when)
 _FRAME = struct.Struct(">BxxxL")  # a multiplexed log stream's frame head: stream, length
 
 
@@ -43,13 +45,15 @@ def _no_body() -> Any:
 
 class JobRunner:
     def __init__(self, store: JobStore, creates: ContainerCreates, upstream: EngineCalls, sessions: Callers, *,
-                 queue: Queue, allocator: Allocator, clock: Callable[[], float] = time.time) -> None:
+                 queue: Queue, allocator: Allocator, failed_slots: FailedSlots,
+                 clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._creates = creates
         self._upstream = upstream
         self._sessions = sessions
         self._queue = queue
         self._allocator = allocator
+        self._failed_slots = failed_slots
         self._clock = clock
         self._ending: set[tuple[int, str]] = set()  # jobs whose end is being recorded
         self._stopping: set[tuple[int, str]] = set()  # jobs asked to stop (time limit or cancel)
@@ -219,6 +223,19 @@ class JobRunner:
         equivalents = sum((a.gpu_equivalents for a in released), Fraction(0)) if released else None
         self._announce_end(job, held, float(equivalents) * held / 3600 if equivalents is not None else 0.0)
         self._queue.kick()
+        if job.state is JobState.GPU_FAILED and job.requeue and job.attempts <= MAX_REQUEUES:
+            self._requeue(job)
+
+    def _requeue(self, job: Job) -> None:
+        """Back to the queue at its old priority (its age counts from its submission); the failed GPU stays
+        quarantined for allocation.xid_quarantine, so it is not handed to it, or anyone, meanwhile."""
+        job = self._store.update(job, state=JobState.QUEUED, queue_id=f"{job.queue_id.split('.')[0]}.{job.attempts}",
+                                 avoid=[*job.avoid, job.failed_gpu or ""], container_id=None, gpus=[],
+                                 gpu_equivalents="0", started_at=None, ended_at=None, exit_code=None,
+                                 failed_gpu=None, timed_out=False, log_path=None)
+        eventlog.emit(EventType.JOB_QUEUED, source="proxy", user=job.user, job=job.name, state=job.state.value,
+                      time_seconds=job.time_seconds, queue_id=job.queue_id, requeued=job.attempts)
+        self._spawn(self._dispatch, job)
 
     def _keep_log(self, job: Job, container_id: str) -> tuple[str | None, str]:
         session = self._sessions.for_uid(job.uid)
@@ -273,13 +290,32 @@ class JobRunner:
                             query={"t": str(grace)})
 
     def run(self, stop: threading.Event) -> None:
-        """Time limits: a job past its --time is stopped (SIGTERM, stop_timeout of grace, SIGKILL)."""
+        """Time limits: a job past its --time is stopped (SIGTERM, stop_timeout of grace, SIGKILL). GPU health:
+        a job whose GPU had a critical XID, or was lost, since it started is stopped as gpu_failed."""
+        checked = 0.0
         while not stop.wait(LOOP_SECONDS):
             now = self._clock()
-            for job in self._store.all():
-                if job.state is JobState.RUNNING and job.started_at is not None and not job.timed_out \
-                        and now >= job.started_at + job.time_seconds:
+            running = [j for j in self._store.all() if j.state is JobState.RUNNING and j.started_at is not None]
+            for job in running:
+                if not job.timed_out and now >= (job.started_at or now) + job.time_seconds:
                     self._spawn(self._stop, self._store.update(job, timed_out=True))
+            if running and now - checked >= HEALTH_SECONDS:
+                checked = now
+                self._check_gpus([j for j in running if j.failed_gpu is None])
+
+    def _check_gpus(self, running: list[Job]) -> None:
+        try:
+            failed = self._failed_slots([slot for job in running for slot in job.gpus])
+        except Ds01Error as exc:  # NVML did not answer: reported, and no job is judged on it
+            eventlog.emit(EventType.PROXY_INTERNAL_ERROR, source="proxy", error=f"GPU health of jobs: {exc}")
+            return
+        for job in running:
+            lost = next(((slot, xid) for slot in job.gpus if slot in failed
+                         for xid, at in (failed[slot],) if at >= (job.started_at or 0)), None)
+            if lost is not None:
+                slot, xid = lost
+                why = f"its GPU {slot} had a critical XID {xid}" if xid is not None else f"its GPU {slot} was lost"
+                self._spawn(self._stop, self._store.update(job, failed_gpu=slot, xid=xid, message=why))
 
     def deadline_of(self, allocation: Allocation) -> float | None:
         """A job's grant frees by its start plus its time limit and the grace of its stop."""
@@ -343,6 +379,8 @@ def _request(session: Session, name: str, body: dict[str, Any], *, dry_run: bool
 def _outcome(job: Job, found: bool, exit_code: int | None) -> tuple[JobState, str]:
     if job.cancel_asked:
         return JobState.CANCELLED, "cancelled (container cancel)"
+    if job.failed_gpu is not None:
+        return JobState.GPU_FAILED, job.message
     if job.timed_out:
         return JobState.TIMEOUT, f"stopped at its time limit ({job.time_seconds}s)"
     if not found:

@@ -15,7 +15,7 @@ from ds01.engine import Engine
 from ds01.errors import Ds01Error
 from ds01.eventlog.types import EventType
 from ds01.gpus.placement import Slot
-from ds01.gpus.supply import current_slots, open_allocator, slot_states
+from ds01.gpus.supply import current_slots, failed_slots, open_allocator, slot_states
 from ds01.paths import Paths
 from ds01.proxy import builds, images, runas
 from ds01.proxy.binds import Pins
@@ -128,6 +128,7 @@ def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float, eng
     images.recover(ImageActions(upstream, image_store), [str(image.get("Id")) for image in listed])
     gate = Gate(sessions, upstream, allocator, slots=SlotCache(paths, sessions),
                 all_slots=lambda: slot_states(paths, sessions.current_config()),
+                failed_slots=lambda held: failed_slots(paths, sessions.current_config(), held),
                 cgroups=CgroupParents(str(info.get("CgroupDriver", "cgroupfs")), str(info.get("CgroupVersion", "1"))),
                 engine_sockets=frozenset(sockets), host_cpus=float(info.get("NCPU") or os.cpu_count() or 1),
                 pins=pins, spool_dir=spool_dir, image_store=image_store, platform=builds.host_platform(info),

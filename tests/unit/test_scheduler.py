@@ -97,6 +97,23 @@ def test_a_reservation_leaves_a_slot_free_now_to_others_when_a_later_one_will_do
     assert single.granted and single.slots == (WHOLES[0].uuid,)  # a day's job on the slot the pair left alone
 
 
+def test_requests_held_back_by_their_own_quota_reserve_nothing_and_stall_nobody() -> None:
+    # carol holds her whole quota (1) on slices and waits for three more 1g slices, first in the queue; the
+    # three 1g slices are free. alice, behind her, is granted one now rather than wait two days for carol.
+    quota_one = limits(allow_full_gpu=False, gpu_quota=Fraction(1), max_gpus_per_container=1)
+    held = [MIG6[0], MIG6[1], MIG7[1]]  # 3g + 2g + 2g = 1 GPU-equivalent
+    occupants = [occupant("carol", [slot.uuid], NOW + 48 * HOUR) for slot in held]
+    carols = [waiter(f"carol-{i}", GpuRequest(mig_profile="1g.10gb"), user="carol", lim=quota_one,
+                     priority=100.0, runtime=48 * HOUR) for i in range(3)]
+    alice = waiter("alice", GpuRequest(mig_profile="1g.10gb"), lim=quota_one, runtime=48 * HOUR)
+    placed = run([*carols, alice], occupants)
+    assert [p.waiter.id for p in placed] == ["carol-0", "carol-1", "carol-2", "alice"]
+    for carol in placed[:3]:
+        assert not carol.granted and carol.blocked_by is Reason.QUOTA and carol.slots == ()
+        assert carol.start == NOW + 48 * HOUR  # when her own containers end
+    assert placed[3].granted and placed[3].waiter.user == "alice"
+
+
 def test_who_has_waited_max_age_goes_ahead_of_any_priority() -> None:
     occupants = everything_held()
     old = waiter("old", GpuRequest(count=1), joined=NOW - SCHEDULER.max_age_seconds)
