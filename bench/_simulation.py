@@ -106,6 +106,14 @@ class Job:
     def max_runtime_seconds(self) -> float:
         return _runtime(self.group)
 
+    @property
+    def deadline_seconds(self) -> float:
+        """How long it may hold its slots, as ds01 knows it: a batch job's --time (its length rounded up to whole
+        hours, plus an hour to spare, as users give one), an interactive session's max_runtime."""
+        if self.kind == "interactive":
+            return self.max_runtime_seconds
+        return min(self.max_runtime_seconds, (math.ceil(self.duration_seconds / HOUR) + 1) * HOUR)
+
 
 @dataclass(frozen=True)
 class Workload:
@@ -303,7 +311,7 @@ class Fifo:
 
 
 def _waiter(job: Job, share: float) -> Waiter:
-    return Waiter(job.id, job.user, None, job.group.limits, job.request, job.arrival, job.max_runtime_seconds,
+    return Waiter(job.id, job.user, None, job.group.limits, job.request, job.arrival, job.deadline_seconds,
                   share, 0.0)
 
 
@@ -338,7 +346,7 @@ class Ds01:
         known = {job.user for job in waiting} | {r.job.user for r in running} | used.keys()
         shares = {user: self.workload.shares[user] for user in known}
         factors = fairshare_factors(used, shares)
-        occupants = [Occupant(r.holding, r.start + r.job.max_runtime_seconds) for r in running]
+        occupants = [Occupant(r.holding, r.start + r.job.deadline_seconds) for r in running]
         waiters = [_waiter(job, shares[job.user]) for job in waiting]
         if self.shortcut:
             order = {w.id: queue_order(w, priority_of(w, factors.get(w.user, 1.0), self.settings, now),

@@ -11,8 +11,10 @@ GPU-equivalents). 40 users in 4 groups of 10, by share and limits:
 Requests are drawn until they ask for the week's offered load (a fraction of the capacity's GPU-equivalent-hours
 within the week): each from a user drawn at random, at a moment four times as likely by day (08-20) as by night;
 interactive ones mostly MIG slices (1g..4g) or one GPU, lognormal durations (median 1 h); batch ones mostly 1 or
-2 whole GPUs, Pareto durations (alpha 1.3, from 1 h); every duration capped by the group's max_runtime, and a
-holder's deadline is its start plus that max_runtime. The same requests go to each policy:
+2 whole GPUs, Pareto durations (alpha 1.3, from 1 h); every duration capped by the group's max_runtime. A batch
+job is a `container run` with --time its length rounded up to whole hours plus one (at most max_runtime), and
+that is its deadline for ds01's estimates and backfill; an interactive session's deadline is its start plus
+max_runtime. The same requests go to each policy:
   refuse-and-retry  today's behaviour: refused when it does not fit, tried again every 10 minutes
   FIFO              one queue in arrival order; the head blocks everyone behind it, whether capacity or its
                     user's own quota holds it back

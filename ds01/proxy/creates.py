@@ -248,8 +248,13 @@ class ContainerCreates:
             finally:
                 held.release()
             raise
-        name = dict(parse_qsl(query)).get("name")
+        after = self._settler(request, allocation, key, dict(parse_qsl(query)).get("name"))
+        return Forward(request.target, body=json.dumps(plan.body).encode(), after=after, warnings=plan.notes,
+                       held=held)
 
+    def _settler(self, request: Request, allocation: Allocation | None, key: str,
+                 name: str | None) -> Callable[[int | None, bytes], None]:
+        """What follows the engine's answer to the create: the grant bound to the container, or given back."""
         def after(status: int | None, response: bytes) -> None:
             if status != 201:
                 self.pins.release(key)
@@ -263,9 +268,7 @@ class ContainerCreates:
                     self.allocator.release_container(container_id)
             else:
                 self.allocator.release(allocation.id)
-
-        return Forward(request.target, body=json.dumps(plan.body).encode(), after=after, warnings=plan.notes,
-                       held=held)
+        return after
 
     def _queued_grant(self, request: Request, caller: runas.Caller, plan: policy.CreatePlan,
                       body: dict[str, Any], job: JobTerms | None) -> Allocation | None:

@@ -19,6 +19,9 @@ from typing import Any
 import docker
 import pytest
 
+from ds01.config import load_config
+from ds01.gpus import quarantine
+from ds01.nvml import XidEvent
 from tests.conftest import TEST_IMAGE, ProxyHandle, Testbed, start_proxy, stop_proxy
 from tests.integration.test_container_cli import CONTAINER
 from tests.integration.test_queue import events_of, popen_as, until
@@ -186,3 +189,31 @@ def test_a_short_job_backfills_before_a_reservation_and_a_long_one_waits(
     mine = json.loads(proxy.as_user("alice", CONTAINER, "queue", "--format", "json").stdout)["waiting"][0]
     assert mine["start"]["at"] <= reserved["start"]["at"] and alice.poll() is None
     alice.kill()
+
+
+def _gpu_of(testbed: Testbed, slot: str) -> str:
+    topology = json.loads(Path(testbed.env["FAKE_NVML_TOPOLOGY"]).read_text())
+    return next(gpu["uuid"] for gpu in topology["gpus"]
+                if gpu["uuid"] == slot or slot in {m.get("uuid") for m in gpu.get("mig_devices") or []})
+
+
+def test_a_critical_xid_under_a_requeue_job_marks_it_gpu_failed_and_it_runs_again_elsewhere(
+        jobs_proxy: ProxyHandle, testbed: Testbed, fresh_name: str) -> None:
+    run_job(jobs_proxy, "alice", fresh_name, "--requeue", "--", "sleep", "600")
+    first = until(lambda: (job := job_of(jobs_proxy, "alice", fresh_name))["state"] == "running" and job,
+                  "the start")
+    sick = _gpu_of(testbed, first["gpus"][0])
+    # What the exporter's XID watch records when NVML reports a critical XID (79: fallen off the bus).
+    config = load_config(jobs_proxy.root / "etc" / "resource-limits.yaml")
+    assert quarantine.record_xid(jobs_proxy.root / "state", XidEvent(sick, 79, None, None), config.allocation,
+                                 time.time())
+    failed = until(lambda: [e for e in events_of(jobs_proxy, "job.end", "alice")
+                            if e["details"]["state"] == "gpu_failed"], "the gpu_failed end", 60)
+    assert "XID 79" in failed[0]["details"]["message"]
+    again = until(lambda: (job := job_of(jobs_proxy, "alice", fresh_name))["state"] == "running"
+                  and job["attempts"] == 2 and job, "the second run", 60)
+    assert _gpu_of(testbed, again["gpus"][0]) != sick
+    held = json.loads((jobs_proxy.root / "state" / "allocations.json").read_text())["allocations"]
+    assert all(_gpu_of(testbed, slot) != sick for allocation in held for slot in allocation["slots"])
+    assert [e["details"].get("requeued") for e in events_of(jobs_proxy, "job.queued", "alice")] == [None, 1]
+    assert jobs_proxy.as_user("alice", CONTAINER, "cancel", fresh_name).returncode == 0

@@ -117,7 +117,8 @@ def _placed(proxy: ProxyClient, job: dict[str, Any]) -> dict[str, Any]:
 
 def _queued_line(job: dict[str, Any]) -> str:
     if job["state"] != "queued":
-        return f"job {job['name']} is {job['state']} already (time limit {format_duration(job['time_seconds'])})"
+        return (f"job {job['name']} was granted at once and is {job['state']} (time limit "
+                f"{format_duration(job['time_seconds'])})")
     start = (job.get("start") or {}).get("text") or "unknown"
     place = f"number {job['position']} in the queue" if job.get("position") else "in the queue"
     return (f"queued job {job['name']} ({place}; starts {start}; time limit "
