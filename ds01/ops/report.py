@@ -64,11 +64,12 @@ class Row:
     gpu_equivalent_hours: Fraction = Fraction(0)
     idle_hours: Fraction = Fraction(0)
     allocations: int = 0
+    jobs: dict[str, int] = field(default_factory=dict)  # batch jobs that ended in the window, by state
 
     def to_json(self) -> dict[str, Any]:
         return {"key": self.key, "gpu_hours": _number(self.gpu_hours),
                 "gpu_equivalent_hours": _number(self.gpu_equivalent_hours), "idle_hours": _number(self.idle_hours),
-                "allocations": self.allocations}
+                "allocations": self.allocations, "jobs": dict(sorted(self.jobs.items()))}
 
 
 @dataclass
@@ -77,6 +78,7 @@ class Report:
     until: datetime
     by: str  # "user" or "group"
     rows: list[Row]
+    kind: str | None = None  # "job" or "interactive": only those allocations; None: all
     notes: list[str] = field(default_factory=list)  # footnotes: what the numbers could not include
 
     def total(self) -> Row:
@@ -86,6 +88,8 @@ class Report:
             total.gpu_equivalent_hours += row.gpu_equivalent_hours
             total.idle_hours += row.idle_hours
             total.allocations += row.allocations
+            for state, count in row.jobs.items():
+                total.jobs[state] = total.jobs.get(state, 0) + count
         return total
 
 
@@ -122,6 +126,8 @@ class Ledger:
     held: dict[str, Held] = field(default_factory=dict)
     idle: list[IdlePeriod] = field(default_factory=list)
     unmatched_closes: int = 0  # released or expired, reserved before the log starts, and no held_seconds
+    job_containers: set[str] = field(default_factory=set)  # from job.start events
+    job_ends: list[tuple[str, str, Fraction]] = field(default_factory=list)  # (user, state, when)
     _container_allocation: dict[str, str] = field(default_factory=dict)
     _idle_open: dict[str, tuple[str | None, str, Fraction]] = field(default_factory=dict)
 
@@ -147,6 +153,10 @@ class Ledger:
             for key in ("container", "container_name"):
                 if isinstance(details.get(key), str):
                     self._container_allocation[details[key]] = allocation
+        elif event.type == EventType.JOB_START and isinstance(details.get("container"), str):
+            self.job_containers.add(details["container"])
+        elif event.type == EventType.JOB_END and isinstance(details.get("state"), str):
+            self.job_ends.append((event.user or "?", details["state"], at))
         elif event.type in (EventType.CLEANUP_IDLE_START, EventType.CLEANUP_IDLE_END):
             container = details.get("container")
             if allocation is None and isinstance(container, str):
@@ -157,6 +167,11 @@ class Ledger:
             elif key in self._idle_open:
                 owner, user, start = self._idle_open.pop(key)
                 self.idle.append(IdlePeriod(owner, user, start, at))
+
+    def job_allocations(self) -> set[str]:
+        """The allocations bound to a batch job's container."""
+        return {allocation for container, allocation in self._container_allocation.items()
+                if container in self.job_containers}
 
     def _close(self, allocation: str, event: Event, count: int, at: Fraction) -> None:
         held = self.held.get(allocation)
@@ -181,9 +196,14 @@ def _overlap(start: Fraction, end: Fraction, low: Fraction | None, high: Fractio
 
 
 def build_report(events: Iterable[Event], *, since: datetime | None, until: datetime, by: str = "user",
-                 group_of: Callable[[str], str | None] | None = None) -> Report:
-    """Usage per user (or per group, through `group_of`; None from it means the user no longer resolves)."""
+                 group_of: Callable[[str], str | None] | None = None, kind: str | None = None) -> Report:
+    """Usage per user (or per group, through `group_of`; None from it means the user no longer resolves), of the
+    batch jobs' allocations or the others' only when `kind` says so, with the jobs that ended by state."""
     ledger = Ledger().replay(events)
+    jobs = ledger.job_allocations()
+
+    def counted(allocation: str | None) -> bool:
+        return kind is None or ((allocation in jobs) == (kind == "job"))
     low, high = (None if since is None else seconds(since)), seconds(until)
     keys: dict[str, str] = {}
     unresolved: set[str] = set()
@@ -198,7 +218,7 @@ def build_report(events: Iterable[Event], *, since: datetime | None, until: date
 
     rows: dict[str, Row] = {}
     for held in ledger.held.values():
-        if held.start >= high:
+        if held.start >= high or not counted(held.allocation):
             continue
         end = high if held.end is None else held.end
         if low is not None and end <= low and not (held.start == end == low):
@@ -209,6 +229,8 @@ def build_report(events: Iterable[Event], *, since: datetime | None, until: date
         row.gpu_equivalent_hours += held.equivalents * span / _HOUR
         row.allocations += 1
     for period in ledger.idle:
+        if not counted(period.allocation):
+            continue
         owner = ledger.held.get(period.allocation) if period.allocation else None
         start, end = period.start, high if period.end is None else period.end
         weight, user = 1, period.user
@@ -219,6 +241,10 @@ def build_report(events: Iterable[Event], *, since: datetime | None, until: date
         if span:
             row = rows.setdefault(key_of(user), Row(key_of(user)))
             row.idle_hours += weight * span / _HOUR
+    for user, state, at in ledger.job_ends if kind != "interactive" else []:
+        if (low is None or at >= low) and at < high:
+            row = rows.setdefault(key_of(user), Row(key_of(user)))
+            row.jobs[state] = row.jobs.get(state, 0) + 1
     notes = []
     if unresolved:
         notes.append(f"group {UNKNOWN_GROUP!r}: users that no longer resolve: {', '.join(sorted(unresolved))}")
@@ -226,7 +252,7 @@ def build_report(events: Iterable[Event], *, since: datetime | None, until: date
         notes.append(f"{ledger.unmatched_closes} allocation(s) reserved before the oldest event log kept ended "
                      "without saying how long they were held; they are not counted")
     ordered = sorted(rows.values(), key=lambda r: (-r.gpu_hours, -r.gpu_equivalent_hours, r.key))
-    return Report(since, until, by, ordered, notes)
+    return Report(since, until, by, ordered, kind, notes)
 
 
 def group_resolver(config: Config, now: datetime) -> Callable[[str], str | None]:
@@ -242,11 +268,13 @@ def group_resolver(config: Config, now: datetime) -> Callable[[str], str | None]
 
 
 def report_from_log(log: EventLog, *, since: datetime | None, until: datetime, by: str = "user",
-                    group_of: Callable[[str], str | None] | None = None) -> Report:
+                    group_of: Callable[[str], str | None] | None = None, kind: str | None = None) -> Report:
     """The report for the window, from every event before `until` (reservations may predate `since`)."""
     wanted = EventFilter(until=until)
-    relevant = (e for e in log.events(wanted) if e.type.startswith(("allocation.", "cleanup.idle_")))
-    report = build_report(relevant, since=since, until=until, by=by, group_of=group_of)
+    relevant = (e for e in log.events(wanted)
+                if e.type.startswith(("allocation.", "cleanup.idle_")) or e.type in (EventType.JOB_START,
+                                                                                   EventType.JOB_END))
+    report = build_report(relevant, since=since, until=until, by=by, group_of=group_of, kind=kind)
     if log.unparsable:
         report.notes.append(f"{log.unparsable} unparsable line(s) in the event log were skipped")
     return report
@@ -265,16 +293,20 @@ def window_text(report: Report) -> str:
 def table_rows(report: Report) -> list[tuple[str, ...]]:
     shown = [*report.rows, report.total()] if report.rows else []
     return [(row.key, f"{float(row.gpu_hours):.2f}", f"{float(row.gpu_equivalent_hours):.2f}",
-             f"{float(row.idle_hours):.2f}", str(row.allocations)) for row in shown]
+             f"{float(row.idle_hours):.2f}", str(row.allocations), jobs_text(row.jobs)) for row in shown]
+
+
+def jobs_text(jobs: dict[str, int]) -> str:
+    return ", ".join(f"{count} {state}" for state, count in sorted(jobs.items())) or "-"
 
 
 def to_csv(report: Report) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    writer.writerow((*COLUMNS, "jobs"))
     for row in report.rows:
         data = row.to_json()
-        writer.writerow([data[column] for column in COLUMNS])
+        writer.writerow([*(data[column] for column in COLUMNS), jobs_text(row.jobs)])
     return out.getvalue()
 
 

@@ -17,6 +17,7 @@ from ds01.cli import new_parser, run
 from ds01.cli.admin import report as report_cmd
 from ds01.config import load_config
 from ds01.eventlog import writer
+from ds01.eventlog.reader import parse_event
 from ds01.ops import report
 
 DAY = "2026-03-01"
@@ -151,10 +152,10 @@ def test_table(log_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     lines = out.splitlines()
     assert lines[0] == "GPU use by user from 2026-03-01 10:45:00 to 2026-03-01 11:45:00 UTC"
-    assert lines[1].split() == ["USER", "GPU-HOURS", "GPU-EQ-HOURS", "IDLE-GPU-HOURS", "ALLOCATIONS"]
-    assert lines[2].split() == ["alice", "2.00", "2.00", "1.33", "1"]
-    assert lines[3].split() == ["bob", "0.75", "0.32", "0.00", "1"]
-    assert lines[4].split() == ["TOTAL", "2.75", "2.32", "1.33", "2"]
+    assert lines[1].split() == ["USER", "GPU-HOURS", "GPU-EQ-HOURS", "IDLE-GPU-HOURS", "ALLOCATIONS", "JOBS"]
+    assert lines[2].split() == ["alice", "2.00", "2.00", "1.33", "1", "-"]
+    assert lines[3].split() == ["bob", "0.75", "0.32", "0.00", "1", "-"]
+    assert lines[4].split() == ["TOTAL", "2.75", "2.32", "1.33", "2", "-"]
     assert "[1] 1 unparsable line(s)" in out
 
 
@@ -162,14 +163,16 @@ def test_json_and_csv(log_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     code, out, err = ds01([*WINDOW, "--json"], capsys)
     assert code == 0 and "unparsable" in err
     assert json.loads(out) == [
-        {"key": "alice", "gpu_hours": 2.0, "gpu_equivalent_hours": 2.0, "idle_hours": 1.333333, "allocations": 1},
-        {"key": "bob", "gpu_hours": 0.75, "gpu_equivalent_hours": 0.321429, "idle_hours": 0.0, "allocations": 1},
+        {"key": "alice", "gpu_hours": 2.0, "gpu_equivalent_hours": 2.0, "idle_hours": 1.333333, "allocations": 1,
+         "jobs": {}},
+        {"key": "bob", "gpu_hours": 0.75, "gpu_equivalent_hours": 0.321429, "idle_hours": 0.0, "allocations": 1,
+         "jobs": {}},
     ]
     target = tmp_path / "out.csv"
     code, out, _ = ds01([*WINDOW, "--format", "csv", "--output", str(target), "--by", "group"], capsys)
     assert code == 0 and out == ""
     table = list(csv.DictReader(io.StringIO(target.read_text())))
-    assert list(table[0]) == ["key", "gpu_hours", "gpu_equivalent_hours", "idle_hours", "allocations"]
+    assert list(table[0]) == ["key", "gpu_hours", "gpu_equivalent_hours", "idle_hours", "allocations", "jobs"]
     assert [(r["key"], r["gpu_hours"], r["allocations"]) for r in table] == [
         ("researcher", "2.0", "1"), ("student", "0.75", "1")]
 
@@ -202,3 +205,27 @@ def test_relative_times(log_dir: Path, capsys: pytest.CaptureFixture[str], monke
     code, out, _ = ds01(["report", "--since", "1h", "--json"], capsys)
     assert code == 0
     assert [(r["key"], r["gpu_hours"]) for r in json.loads(out)] == [("alice", 2.0), ("bob", 0.75)]
+
+
+def test_kind_splits_batch_jobs_from_interactive_use_and_counts_jobs_by_state() -> None:
+    jobs = [
+        line("10:00", "allocation.reserve", "erin", allocation="a-j", slots=["G4"], gpu_equivalents="1"),
+        line("10:00", "allocation.bind", "erin", allocation="a-j", container="j" * 64, container_name="fit._.9"),
+        line("10:00", "job.start", "erin", job="fit", state="running", container="j" * 64, slots=["G4"]),
+        line("11:00", "allocation.release", "erin", allocation="a-j", slots=["G4"], gpu_equivalents="1",
+             held_seconds=3600),
+        line("11:00", "job.end", "erin", job="fit", state="failed", exit_code=3),
+        line("11:05", "job.end", "erin", job="late", state="cancelled", exit_code=None),
+        line("10:00", "allocation.reserve", "erin", allocation="a-i", slots=["G5"], gpu_equivalents="1"),
+        line("10:00", "allocation.bind", "erin", allocation="a-i", container="i" * 64, container_name="nb._.9"),
+        line("10:30", "allocation.release", "erin", allocation="a-i", slots=["G5"], gpu_equivalents="1",
+             held_seconds=1800),
+    ]
+    parsed = [event for text in jobs if (event := parse_event(text)) is not None]
+    window = {"since": at("09:00"), "until": at("12:00")}
+    [job] = report.build_report(parsed, kind="job", **window).rows
+    assert (job.gpu_hours, job.allocations, job.jobs) == (1, 1, {"failed": 1, "cancelled": 1})
+    [interactive] = report.build_report(parsed, kind="interactive", **window).rows
+    assert (interactive.gpu_hours, interactive.allocations, interactive.jobs) == (Fraction(1, 2), 1, {})
+    [both] = report.build_report(parsed, **window).rows
+    assert (both.gpu_hours, both.allocations) == (Fraction(3, 2), 2)

@@ -28,6 +28,8 @@ def register(commands: Commands) -> None:
     command.add_argument("--until", metavar="T", help="end of the window (default: now)")
     command.add_argument("--by", choices=("user", "group"), default="user",
                          help="one row per user, or per ds01 group (resolved under the current configuration)")
+    command.add_argument("--kind", choices=("job", "interactive"),
+                         help="only batch jobs' allocations (container run), or only the others' (default: all)")
     command.add_argument("--format", choices=("table", "json", "csv", "png"), default="table",
                          help="output format; png draws a bar chart and needs --output")
     command.add_argument("--json", dest="format", action="store_const", const="json", help="same as --format json")
@@ -44,7 +46,7 @@ def make_report(args: argparse.Namespace, context: Context) -> int:
         raise UsageError("--format png draws a chart into a file: add --output FILE.png")
     group_of = report.group_resolver(context.config, now) if args.by == "group" else None
     result = report.report_from_log(eventlog.EventLog(context.paths.log_dir), since=since, until=until, by=args.by,
-                                    group_of=group_of)
+                                    group_of=group_of, kind=args.kind)
 
     if args.format == "png":
         report.write_png(result, args.output)
@@ -69,7 +71,8 @@ def _render(result: report.Report, form: str, out: TextIO) -> None:
             print(report.window_text(result))
             rows = report.table_rows(result)
             if rows:
-                print_table((result.by.upper(), "GPU-HOURS", "GPU-EQ-HOURS", "IDLE-GPU-HOURS", "ALLOCATIONS"), rows)
+                print_table((result.by.upper(), "GPU-HOURS", "GPU-EQ-HOURS", "IDLE-GPU-HOURS", "ALLOCATIONS", "JOBS"),
+                            rows)
             else:
                 print("no GPU allocations in this window")
             _notes(result, out)
