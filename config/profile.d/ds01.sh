@@ -7,3 +7,8 @@ case ":${PATH}:" in
   *) PATH="/usr/local/lib/ds01/bin:${PATH}" ;;
 esac
 export PATH
+# At an interactive login, one line for each batch job that ended since the last one (quiet when none, and
+# when the proxy does not answer within 3 seconds).
+if [ -t 1 ] && command -v container >/dev/null 2>&1; then
+  timeout 3 container jobs --since-login 2>/dev/null || true
+fi

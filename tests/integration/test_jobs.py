@@ -86,6 +86,13 @@ def test_a_failing_job_records_its_exit_code_keeps_its_log_and_frees_its_gpu_at_
     assert jobs_proxy.as_user("alice", CONTAINER, "logs", fresh_name).stdout == "hello\n"
     end = events_of(jobs_proxy, "job.end", "alice")[-1]["details"]
     assert (end["state"], end["exit_code"]) == ("failed", 3)
+    marker = Path(pwd.getpwnam("alice").pw_dir) / ".cache" / "ds01" / "last-login"
+    marker.unlink(missing_ok=True)
+    login = jobs_proxy.as_user("alice", CONTAINER, "jobs", "--since-login")  # what profile.d runs at a login
+    print(f"(alice logs in)\n{login.stdout}")
+    assert login.returncode == 0 and f"your job {fresh_name} ended" in login.stdout and "failed, exit code 3" in \
+        login.stdout
+    assert jobs_proxy.as_user("alice", CONTAINER, "jobs", "--since-login").stdout == ""  # told once
 
 
 def test_a_job_past_its_time_ends_as_timeout(jobs_proxy: ProxyHandle, fresh_name: str) -> None:
