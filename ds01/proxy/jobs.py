@@ -7,11 +7,9 @@ is written to the job's record before it is acted on, so a restart finds each jo
 from __future__ import annotations
 
 import json
-import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
+from collections.abc import Callable, Iterable
 from fractions import Fraction
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
@@ -20,7 +18,7 @@ from ds01 import eventlog, labels, terminals
 from ds01.errors import Denied, Ds01Error
 from ds01.eventlog.types import EventType
 from ds01.gpus.allocator import Allocation, Allocator
-from ds01.jobs import joblog
+from ds01.jobs import enginetext, joblog
 from ds01.jobs.records import MAX_REQUEUES, Job, JobState, JobStore
 from ds01.names import DRY_RUN_HEADER, engine_name
 from ds01.proxy.creates import ContainerCreates, JobTerms
@@ -36,7 +34,6 @@ END_MARGIN_SECONDS = 30  # past the SIGKILL, for the engine to report the end
 LOOP_SECONDS = 1.0
 HEALTH_SECONDS = 5.0  # how often the GPUs under running jobs are checked
 FailedSlots = Callable[[Iterable[str]], dict[str, tuple[int | None, float]]]  # slot -> (XID or None: lost, when)
-_FRAME = struct.Struct(">BxxxL")  # a multiplexed log stream's frame head: stream, length
 
 
 def _no_body() -> Any:
@@ -206,9 +203,9 @@ class JobRunner:
             return  # not over: a late or repeated event
         released = self._allocator.release_container(container_id) if container_id else []
         current = self._store.get(job.uid, job.name) or job
-        started_at = _timestamp(state_of.get("StartedAt")) or current.started_at  # the engine's, when it ran
-        ended_at = _timestamp(state_of.get("FinishedAt")) or self._clock()
-        ran = found is not None and _timestamp(state_of.get("StartedAt")) is not None
+        started_at = enginetext.timestamp(state_of.get("StartedAt")) or current.started_at  # the engine's, when it ran
+        ended_at = enginetext.timestamp(state_of.get("FinishedAt")) or self._clock()
+        ran = found is not None and enginetext.timestamp(state_of.get("StartedAt")) is not None
         exit_code = int(state_of["ExitCode"]) if ran and "ExitCode" in state_of else None
         state, message = _outcome(current, found is not None, exit_code)
         log_path = None
@@ -240,7 +237,7 @@ class JobRunner:
     def _keep_log(self, job: Job, container_id: str) -> tuple[str | None, str]:
         session = self._sessions.for_uid(job.uid)
         limit = self._sessions.current_config().scheduler.max_job_log_bytes
-        chunks = _payloads(self._upstream.stream(f"/containers/{quote(container_id, safe='')}/logs",
+        chunks = enginetext.payloads(self._upstream.stream(f"/containers/{quote(container_id, safe='')}/logs",
                                                  {"stdout": "1", "stderr": "1"}))
         try:
             written = joblog.write_log(job.workspace, job.name, uid=job.uid, gid=session.caller.gid, chunks=chunks,
@@ -359,7 +356,7 @@ class JobRunner:
             uid, time_limit = int(found.get(labels.UID, "")), int(found.get(labels.JOB_TIME, ""))
         except ValueError:
             return  # not a job ds01 made: it has no record to rebuild
-        started = _timestamp(((self._upstream.inspect("container", container_id) or {}).get("State") or {})
+        started = enginetext.timestamp(((self._upstream.inspect("container", container_id) or {}).get("State") or {})
                              .get("StartedAt")) or self._clock()
         job = Job(found.get(labels.JOB, container_id[:12]), found.get(labels.USER, ""), uid, JobState.RUNNING,
                   started, time_limit, {}, found.get(labels.JOB_WORKSPACE, ""), f"adopted-{container_id[:12]}",
@@ -388,27 +385,3 @@ def _outcome(job: Job, found: bool, exit_code: int | None) -> tuple[JobState, st
     if exit_code == 0:
         return JobState.SUCCEEDED, ""
     return JobState.FAILED, job.message or f"CMD exited with {exit_code}"
-
-
-def _payloads(blocks: Iterable[bytes]) -> Iterator[bytes]:
-    """The bytes of a multiplexed log stream (stdout and stderr as they came), frame heads left out."""
-    pending = b""
-    for block in blocks:
-        pending += block
-        while len(pending) >= _FRAME.size:
-            _, length = _FRAME.unpack_from(pending)
-            if len(pending) < _FRAME.size + length:
-                break
-            yield pending[_FRAME.size:_FRAME.size + length]
-            pending = pending[_FRAME.size + length:]
-
-
-def _timestamp(text: Any) -> float | None:
-    if not isinstance(text, str) or text.startswith("0001-"):
-        return None
-    try:
-        return datetime.fromisoformat(text[:26].rstrip("Z") + "+00:00").timestamp()
-    except ValueError:
-        return None
-
-
