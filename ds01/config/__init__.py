@@ -8,6 +8,7 @@ from ds01.config.schema import (
     DN_VALUED,
     ENDPOINT_GROUPS,
     EXEMPTIBLE,
+    IDLE_RECLAIM_MODES,
     LIMIT_KEYS,
     LIMIT_KEYS_BY_NAME,
     NAME_VALUED,
@@ -20,6 +21,7 @@ from ds01.config.schema import (
     Exemption,
     GroupRule,
     HostService,
+    IdleReclaim,
     ImageSettings,
     LdapSettings,
     LimitKey,
@@ -33,11 +35,11 @@ from ds01.config.schema import (
 from ds01.config.validators import DEFAULT_ULIMITS, ULIMIT_NAMES, UNLIMITED, format_ulimits
 
 __all__ = [
-    "BUILTIN_DEFAULTS", "DEFAULT_ULIMITS", "DN_VALUED", "ENDPOINT_GROUPS", "EXEMPTIBLE", "LIMIT_KEYS",
-    "LIMIT_KEYS_BY_NAME", "NAME_VALUED", "NETWORK_FIELDS", "PROXY_FIELDS", "SCHEMA_VERSION", "TOP_LEVEL_KEYS",
-    "ULIMIT_NAMES", "UNLIMITED", "AllocationSettings", "BareMetalSettings", "CleanupSettings", "Config",
-    "ContainerDefaults", "Effective", "EventLogSettings", "Exemption", "GroupRule", "HostService", "ImageSettings",
-    "LdapSettings", "LimitKey", "LimitValues", "NetworkSettings", "ProxySettings", "SchedulerSettings",
-    "SecuritySettings", "UserRule",
-    "ds01_group", "effective_limits", "format_ulimits", "load_config",
+    "BUILTIN_DEFAULTS", "DEFAULT_ULIMITS", "DN_VALUED", "ENDPOINT_GROUPS", "EXEMPTIBLE", "IDLE_RECLAIM_MODES",
+    "LIMIT_KEYS", "LIMIT_KEYS_BY_NAME", "NAME_VALUED", "NETWORK_FIELDS", "PROXY_FIELDS", "SCHEMA_VERSION",
+    "TOP_LEVEL_KEYS", "ULIMIT_NAMES", "UNLIMITED", "AllocationSettings", "BareMetalSettings", "CleanupSettings",
+    "Config", "ContainerDefaults", "Effective", "EventLogSettings", "Exemption", "GroupRule", "HostService",
+    "IdleReclaim", "ImageSettings", "LdapSettings", "LimitKey", "LimitValues", "NetworkSettings", "ProxySettings",
+    "SchedulerSettings", "SecuritySettings", "UserRule", "ds01_group", "effective_limits", "format_ulimits",
+    "load_config",
 ]

@@ -19,6 +19,7 @@ from ds01.config.schema import (
     BUILTIN_DEFAULTS,
     ENDPOINT_GROUPS,
     EXEMPTIBLE,
+    IDLE_RECLAIM_MODES,
     LIMIT_KEYS,
     LIMIT_KEYS_BY_NAME,
     AllocationSettings,
@@ -229,6 +230,7 @@ CLEANUP_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "min_age": ("min_age_seconds", validators.positive_duration),
     "stop_timeout": ("stop_timeout_seconds", validators.positive_duration),
     "remove_after_release": ("remove_after_release", validators.flag),
+    "idle_reclaim": ("idle_reclaim", validators.choice(IDLE_RECLAIM_MODES)),
 }
 BARE_METAL_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "group": ("group", validators.group_name),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ds01.config import validators
 from ds01.config.validators import DEFAULT_ULIMITS
@@ -203,6 +203,12 @@ class EventLogSettings:
     keep: int = 30  # rotated files kept; older ones are deleted
 
 
+# When an idle GPU container is stopped after its idle_timeout: "always", or "when_waiting": only while a request
+# in the queue waits for the kind of slot it holds.
+IdleReclaim = Literal["always", "when_waiting"]
+IDLE_RECLAIM_MODES: tuple[IdleReclaim, ...] = ("always", "when_waiting")
+
+
 @dataclass(frozen=True)
 class CleanupSettings:
     idle_gpu_percent: float = 5.0  # a GPU below this utilization counts as idle
@@ -213,6 +219,7 @@ class CleanupSettings:
     min_age_seconds: int = 1800  # never act on a container younger than this
     stop_timeout_seconds: int = 30  # the SIGTERM grace period
     remove_after_release: bool = True  # after gpu_hold_after_stop: remove the container, or keep it stopped
+    idle_reclaim: IdleReclaim = "when_waiting"
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ class EventType(StrEnum):
     CLEANUP_RELEASE = "cleanup.release"
     CLEANUP_IDLE_START = "cleanup.idle_start"
     CLEANUP_IDLE_END = "cleanup.idle_end"
+    CLEANUP_QUEUE_UNREADABLE = "cleanup.queue_unreadable"
     CLEANUP_PRUNE = "cleanup.prune"
     CLEANUP_PRUNE_IMAGE = "cleanup.prune_image"
     BARE_METAL_GRANT = "bare_metal.grant"

@@ -141,14 +141,32 @@ def _explicit(request: GpuRequest, limits: LimitValues, by_uuid: dict[str, Slot]
     return wanted
 
 
+def _uses_mig(limits: LimitValues, settings: AllocationSettings) -> bool:
+    """Whether a count of GPUs (no profile, no devices) is served from MIG slices for this user."""
+    return settings.mig_preference == "all" or (settings.mig_preference == "restricted" and not limits.allow_full_gpu)
+
+
+def may_draw(request: GpuRequest, slot: Slot, limits: LimitValues, settings: AllocationSettings) -> bool:
+    """Whether `slot`, were it free, is of the slots `request` may be granted from: the choice `choose_slots`
+    makes, leaving out the count and the quota. For a request that waits, whose never-grantable parts were
+    refused at once (a profile or a device the user may not have)."""
+    if request.devices:
+        return slot.uuid in request.devices
+    if request.mig_profile is not None:
+        return slot.profile == request.mig_profile
+    if slot.is_mig:
+        allowed = limits.allowed_mig_profiles
+        return _uses_mig(limits, settings) and (allowed is None or slot.profile in allowed)
+    return limits.allow_full_gpu  # under mig_preference all, whole GPUs serve when no slice fits, as now
+
+
 def _candidates(request: GpuRequest, limits: LimitValues, settings: AllocationSettings, free: list[Slot],
                 fits: Callable[[list[Slot]], bool]) -> tuple[list[Slot], str]:
     """The free slots a counted request may draw from, best kind first, and how to name them."""
     if request.mig_profile is not None:
         _check_profile_allowed(request.mig_profile, limits)
         return [s for s in free if s.profile == request.mig_profile], f"MIG {request.mig_profile} slices"
-    use_mig = settings.mig_preference == "all" or (settings.mig_preference == "restricted"
-                                                    and not limits.allow_full_gpu)
+    use_mig = _uses_mig(limits, settings)
     if not use_mig and not limits.allow_full_gpu:
         raise Denied(Reason.FULL_GPU_NOT_ALLOWED,
                      "your limits do not allow whole GPUs. Ask for a MIG slice with --mig PROFILE.")

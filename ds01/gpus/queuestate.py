@@ -140,10 +140,11 @@ def read(path: Path) -> QueueState:
         if len(counts) != len(WAIT_BUCKETS) + 1 or min(counts) < 0:
             raise ValueError(f"{len(counts)} wait counts, not {len(WAIT_BUCKETS) + 1} of 0 or more")
         waits = WaitHistogram(counts, float(document["waits"]["total_seconds"]))
+        updated_at = float(document["updated_at"])
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise Ds01Error(f"the queue's state {path} is damaged ({exc!r}); move it away to start with an empty "
                         "queue (the waiters it names had connections that are gone)") from exc
-    return QueueState(float(document["updated_at"]), waiting, fairshare, waits)
+    return QueueState(updated_at, waiting, fairshare, waits)
 
 
 def _waiting(item: Any) -> Waiting:

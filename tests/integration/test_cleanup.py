@@ -1,5 +1,6 @@
 """Reclamation on the test bed with an injected clock: idle windows, warnings, max_runtime, GPU hold, removal,
-protections and the dry run. Containers, NVML data and CPU figures are real; only time is moved."""
+protections, the dry run, and idle_reclaim's two modes against a queue.json written by the queue's own writer.
+Containers, NVML data, CPU figures and users are real; only time is moved."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import pwd
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,10 +22,11 @@ import pytest
 from ds01 import nvml
 from ds01.config import Config, load_config
 from ds01.engine import Engine
+from ds01.gpus import queuestate
 from ds01.gpus.allocator import Allocator
 from ds01.gpus.placement import GpuRequest
 from ds01.gpus.supply import slots_from_inventory
-from ds01.ops.cleanup import Cleanup, Decision, limits_resolver
+from ds01.ops.cleanup import Cleanup, Decision, LimitsByUid
 from ds01.terminals import notify_user
 from tests.conftest import REPO, TEST_IMAGE, Testbed, TopologyFile
 
@@ -40,7 +43,7 @@ class World:
         self.config_path = root / "limits.yaml"
         text = (REPO / "config" / "resource-limits.yaml").read_text().replace(
             "users: {}\n", "users:\n  bob:\n    group: researcher\n    idle_timeout: 2h\n    max_runtime: 8h\n"
-                           "    gpu_hold_after_stop: 30m\n")
+                           "    gpu_hold_after_stop: 30m\n  alice:\n    group: researcher\n")  # carol: a student
         self.config_path.write_text(text)
         self.messages: list[tuple[int, str]] = []
         self.engine = Engine(testbed.docker_host)
@@ -76,8 +79,17 @@ class World:
         return container
 
     def cleanup(self, allocator: Allocator, config: Config) -> Cleanup:
-        return Cleanup(self.root / "state", self.engine, allocator, limits_resolver(config, datetime.now(UTC)),
+        limits = LimitsByUid(config, datetime.now(UTC))
+        return Cleanup(self.root / "state", self.engine, allocator, limits.of_container,
+                       waiter_limits=limits.of_waiter,
                        notify=lambda uid, message: self.messages.append((uid, message)) or 1)
+
+    def queue_waits(self, *requests: tuple[str, GpuRequest]) -> None:
+        """DS01_STATE_DIR/queue.json as the proxy leaves it, by the queue's own writer: these users' requests wait."""
+        now = time.time()
+        entries = [queuestate.Entry(f"q-{index}", user, pwd.getpwnam(user).pw_uid, request, "container", now,
+                                    now + HOUR) for index, (user, request) in enumerate(requests)]
+        queuestate.write(self.root / "state" / queuestate.STATE_FILE, entries, {}, queuestate.WaitHistogram(), now)
 
 
 @pytest.fixture
@@ -102,12 +114,16 @@ def started(container: Any) -> float:
 
 
 def decide(world: World, cleanup: Cleanup, config: Config, now: float, dry: bool = False) -> dict[str, Decision]:
-    return {d.container: d for d in cleanup.run(config, world.inventory(), now, dry)}
+    return {d.container: d for d in cleanup.run(config, world.inventory(), now, dry).decisions}
+
+
+def logged(world: World) -> list[dict[str, Any]]:
+    log = world.root / "log" / "events.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
 def events(world: World) -> list[str]:
-    log = world.root / "log" / "events.jsonl"
-    return [json.loads(line)["type"] for line in log.read_text().splitlines()] if log.exists() else []
+    return [event["type"] for event in logged(world)]
 
 
 def set_utilization(world: World, gpu_uuid: str, percent: int) -> None:
@@ -119,7 +135,7 @@ def set_utilization(world: World, gpu_uuid: str, percent: int) -> None:
 
 
 def test_an_idle_gpu_container_is_warned_then_stopped_then_released_and_removed(world: World) -> None:
-    config = world.config()
+    config = world.config(idle_reclaim="always")
     allocator = Allocator(world.root / "state", config.allocation)
     container = world.gpu_container(allocator, config, GpuRequest(count=1))
     [gpu] = container.attrs["HostConfig"]["DeviceRequests"][0]["DeviceIDs"]
@@ -239,6 +255,116 @@ def test_cli_dry_run_prints_each_container_and_why(world: World, testbed: Testbe
     assert result.returncode == 0, result.stderr
     line = next(row for row in result.stdout.splitlines() if row.startswith(container.name))
     assert "skip" in line and "minimum age" in line
+
+
+def idle_past_timeout(world: World, cleanup: Cleanup, config: Config, container: Any) -> float:
+    """A CPU baseline an hour after the start, idle from a minute later and warned at 50% and 90% of its 2h
+    idle_timeout, whatever waits; the moment that timeout is past."""
+    t0 = started(container) + HOUR
+    decide(world, cleanup, config, t0)
+    assert decide(world, cleanup, config, t0 + 60)[container.name].reason.startswith("idle")
+    for fraction in (0.5, 0.9):
+        warned = decide(world, cleanup, config, t0 + 60 + fraction * 2 * HOUR)[container.name]
+        assert (warned.action, warned.reason.endswith(f"({int(fraction * 100)}%)")) == ("warn", True)
+    return t0 + 60 + 2 * HOUR + 1
+
+
+def test_when_waiting_an_idle_whole_gpu_is_stopped_once_a_request_waits_for_one(world: World) -> None:
+    config = world.config()
+    assert config.cleanup.idle_reclaim == "when_waiting"  # the shipped file's, as the built-in default
+    allocator = Allocator(world.root / "state", config.allocation)
+    container = world.gpu_container(allocator, config, GpuRequest(count=1))
+    set_utilization(world, container.attrs["HostConfig"]["DeviceRequests"][0]["DeviceIDs"][0], 0)
+    cleanup = world.cleanup(allocator, config)
+    late = idle_past_timeout(world, cleanup, config, container)
+    kept = decide(world, cleanup, config, late)[container.name]
+    assert (kept.action, kept.reason) == ("none", "idle 2h of 2h, but nobody waits for a whole GPU")  # no queue.json
+    world.queue_waits(("carol", GpuRequest(count=1)), ("carol", GpuRequest(mig_profile="1g.10gb")))
+    kept = decide(world, cleanup, config, late + 600)[container.name]  # a student's --gpus 1 is served from slices
+    assert kept.reason == "idle 2h10m of 2h, but nobody waits for a whole GPU"
+    container.reload()
+    assert container.status == "running"
+    assert [e["details"]["fraction"] for e in logged(world) if e["type"] == "cleanup.warn"] == [0.5, 0.9]
+    world.queue_waits(("carol", GpuRequest(count=1)), ("alice", GpuRequest(count=1)))  # a researcher's: whole GPUs
+    stop = decide(world, cleanup, config, late + 1200)[container.name]  # before bob's max_runtime warning at 4h
+    assert (stop.action, stop.reason) == ("stop", "idle 2h20m, limit 2h; 1 waiting request(s) could take a whole "
+                                                  "GPU")
+    container.reload()
+    assert container.status == "exited"
+    [stopped] = [e for e in logged(world) if e["type"] == "cleanup.stop"]
+    assert (stopped["details"]["reason"], stopped["details"]["waiting_requests"]) == ("idle", 1)
+    assert world.messages[-1][1].endswith("(limit 2h), and others wait for its GPUs.")
+
+
+def test_when_waiting_an_idle_mig_slice_is_stopped_for_a_request_its_profile_serves(world: World) -> None:
+    config = world.config()
+    allocator = Allocator(world.root / "state", config.allocation)
+    container = world.gpu_container(allocator, config, GpuRequest(mig_profile="1g.10gb"))
+    cleanup = world.cleanup(allocator, config)
+    late = idle_past_timeout(world, cleanup, config, container)
+    world.queue_waits(("alice", GpuRequest(mig_profile="3g.40gb")), ("alice", GpuRequest(count=1)))
+    kept = decide(world, cleanup, config, late)[container.name]
+    assert (kept.action, kept.reason) == ("none", "idle 2h of 2h, but nobody waits for a MIG 1g.10gb slice")
+    world.queue_waits(("carol", GpuRequest(count=1)))  # a student's --gpus 1: a slice of a profile she may have
+    assert decide(world, cleanup, config, late + 60)[container.name].action == "stop"
+    container.reload()
+    assert container.status == "exited"
+
+
+def test_when_waiting_with_a_damaged_queue_file_reclaims_as_always_and_says_so(world: World) -> None:
+    config = world.config()
+    allocator = Allocator(world.root / "state", config.allocation)
+    container = world.gpu_container(allocator, config, GpuRequest(count=1))
+    set_utilization(world, container.attrs["HostConfig"]["DeviceRequests"][0]["DeviceIDs"][0], 0)
+    cleanup = world.cleanup(allocator, config)
+    late = idle_past_timeout(world, cleanup, config, container)
+    (world.root / "state" / queuestate.STATE_FILE).write_text('{"version": 1, "waiting": [')
+    outcome = cleanup.run(config, world.inventory(), late, False)
+    [error] = outcome.errors
+    assert "cannot read the queue's state" in error and "idle_reclaim: always" in error
+    [stop] = [d for d in outcome.decisions if d.container == container.name]
+    assert stop.action == "stop" and "the queue's state cannot be read" in stop.reason
+    container.reload()
+    assert container.status == "exited"
+    assert "cleanup.queue_unreadable" in events(world)
+
+
+def test_cli_dry_run_says_why_an_idle_container_is_kept_or_would_be_stopped(world: World) -> None:
+    allocator = Allocator(world.root / "state", world.config().allocation)
+    container = world.gpu_container(allocator, world.config(), GpuRequest(count=1))
+    set_utilization(world, container.attrs["HostConfig"]["DeviceRequests"][0]["DeviceIDs"][0], 0)
+    now = time.time()
+    idle = {"idle_since": now - 3 * HOUR, "cpu_ns": world.engine.cpu_usage_ns(container.id), "cpu_at": now - 60,
+            "warned": ["idle@0.5", "idle@0.9"]}  # what earlier runs recorded: idle for 3h, warned twice
+
+    time.sleep(1.5)  # past a min_age of 1s: the container was started a moment ago
+
+    def dry_run(**cleanup: str) -> tuple[int, dict[str, Any], str]:
+        world.config(min_age="1s", **cleanup)
+        (world.root / "state" / "cleanup.json").write_text(json.dumps({container.id: idle}))
+        env = {**os.environ, "DS01_CONFIG": str(world.root / "limits-run.yaml"),
+               "DS01_STATE_DIR": str(world.root / "state"), "DS01_LOG_DIR": str(world.root / "log")}
+        result = subprocess.run([str(Path(sys.executable).parent / "ds01"), "cleanup", "--dry-run", "--format",
+                                 "json"], env=env, capture_output=True, text=True, check=False, timeout=120)
+        [row] = [row for row in json.loads(result.stdout) if row["container"] == container.name]
+        return result.returncode, row, result.stderr
+
+    code, row, _ = dry_run()
+    assert (code, row["action"], row["reason"]) == (0, "none", "idle 3h of 2h, but nobody waits for a whole GPU")
+    world.queue_waits(("alice", GpuRequest(count=1)))
+    code, row, _ = dry_run()
+    assert (code, row["action"]) == (0, "would stop")
+    assert row["reason"] == "idle 3h, limit 2h; 1 waiting request(s) could take a whole GPU"
+    (world.root / "state" / queuestate.STATE_FILE).write_text("not json")
+    code, row, stderr = dry_run()
+    assert (code, row["action"]) == (1, "would stop")
+    assert "ds01: error: cannot read the queue's state" in stderr and "Traceback" not in stderr
+    (world.root / "state" / queuestate.STATE_FILE).unlink()
+    code, row, _ = dry_run(idle_reclaim="always")
+    assert (code, row["action"], row["reason"]) == (0, "would stop", "idle 3h, limit 2h")
+    container.reload()
+    assert container.status == "running"
+    assert not (world.root / "log" / "events.jsonl").exists() or "cleanup.stop" not in events(world)
 
 
 def test_notify_user_writes_to_the_users_terminals() -> None:

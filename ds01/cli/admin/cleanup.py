@@ -13,10 +13,10 @@ from ds01.cli import Commands, add_command, add_format_option
 from ds01.cli.context import Context
 from ds01.cli.output import print_json, print_table
 from ds01.engine import Engine
-from ds01.errors import NvmlError
+from ds01.errors import EXIT_FAILURE, NvmlError
 from ds01.gpus.supply import open_allocator
 from ds01.ops import baremetal
-from ds01.ops.cleanup import Cleanup, describe, limits_resolver
+from ds01.ops.cleanup import Cleanup, LimitsByUid, describe
 from ds01.ops.prune import Pruning, prune
 from ds01.units import format_bytes, format_duration, format_elapsed
 
@@ -43,8 +43,10 @@ def run_cleanup(args: argparse.Namespace, context: Context) -> int:
     allocator = open_allocator(paths, config)
     with Engine() as engine:
         now = time.time()
-        cleanup = Cleanup(paths.state_dir, engine, allocator, limits_resolver(config, datetime.now(UTC)))
-        decisions = cleanup.run(config, inventory, now, args.dry_run)
+        limits = LimitsByUid(config, datetime.now(UTC))
+        cleanup = Cleanup(paths.state_dir, engine, allocator, limits.of_container,
+                          waiter_limits=limits.of_waiter)
+        outcome = cleanup.run(config, inventory, now, args.dry_run)
         listed_at = time.time()
         report = allocator.reconcile(engine.containers(), listed_at, dry_run=args.dry_run)
         pruned_at = time.time()
@@ -54,7 +56,7 @@ def run_cleanup(args: argparse.Namespace, context: Context) -> int:
         revoked = baremetal.due_grants(paths, config.bare_metal, moment)
     else:
         revoked = list(baremetal.expire_grants(moment, paths, config.bare_metal).expired)
-    rows = describe(decisions, args.dry_run)
+    rows = describe(outcome.decisions, args.dry_run)
     verb = "would " if args.dry_run else ""
     for allocation in report.released + report.expired:
         rows.append([allocation.container_name or "-", allocation.user, f"{verb}release",
@@ -67,7 +69,9 @@ def run_cleanup(args: argparse.Namespace, context: Context) -> int:
         print_json(listing)
     else:
         print_table(("CONTAINER", "USER", "ACTION", "WHY"), [[entry[key] for key in COLUMNS] for entry in listing])
-    return 0
+    for error in outcome.errors:  # after the listing: the run went on, and says what it did instead
+        print(f"ds01: error: {error}", file=sys.stderr)
+    return EXIT_FAILURE if outcome.errors else 0
 
 
 def describe_pruning(pruning: Pruning, prune_after_seconds: int, now: float, dry_run: bool) -> list[dict[str, object]]:
