@@ -248,11 +248,11 @@ class ContainerCreates:
             finally:
                 held.release()
             raise
-        after = self._settler(request, allocation, key, dict(parse_qsl(query)).get("name"))
+        after = self._settler(allocation, key, dict(parse_qsl(query)).get("name"))
         return Forward(request.target, body=json.dumps(plan.body).encode(), after=after, warnings=plan.notes,
                        held=held)
 
-    def _settler(self, request: Request, allocation: Allocation | None, key: str,
+    def _settler(self, allocation: Allocation | None, key: str,
                  name: str | None) -> Callable[[int | None, bytes], None]:
         """What follows the engine's answer to the create: the grant bound to the container, or given back."""
         def after(status: int | None, response: bytes) -> None:
@@ -261,11 +261,7 @@ class ContainerCreates:
             if allocation is None:
                 return
             if status == 201:
-                container_id = str(json.loads(response)["Id"])
-                self._bind_or_undo(allocation, container_id, name)
-                if request.client_gone():  # it went away after its grant: it would never learn of the container
-                    self.upstream.call("DELETE", f"/containers/{container_id}", query={"force": "1"})
-                    self.allocator.release_container(container_id)
+                self._bind_or_undo(allocation, str(json.loads(response)["Id"]), name)
             else:
                 self.allocator.release(allocation.id)
         return after

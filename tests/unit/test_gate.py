@@ -294,16 +294,6 @@ def test_a_create_holds_the_lock_until_the_engine_answers_then_binds_its_gpus(wo
     assert not world.gate.locks.locked("alice") and world.reserved() == [("alice", "c" * 64)]
 
 
-def test_a_create_whose_client_went_away_after_its_grant_is_undone(world: World) -> None:
-    request = world.request(ALICE, "POST", "/v1.41/containers/create?name=late", {"Image": IMAGE,
-                                                                               "HostConfig": ONE_GPU})
-    outcome = forwarded(world.gate.decide(dataclasses.replace(request, client_gone=lambda: True)))
-    outcome.settle(201, json.dumps({"Id": "d" * 64}).encode())
-    outcome.close()
-    assert ("DELETE", f"/containers/{'d' * 64}") in world.upstream.calls  # it never learnt of it: removed
-    assert world.reserved() == []  # and its GPU back
-
-
 def test_a_create_the_policy_refuses_takes_no_lock(world: World) -> None:
     assert refused(world, ALICE, "POST", "/v1.41/containers/create",
                    {"Image": IMAGE, "HostConfig": {"Privileged": True}}) is Reason.PRIVILEGED
