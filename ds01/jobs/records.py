@@ -47,7 +47,7 @@ class Job:
     queue_id: str
     requeue: bool = False
     attempts: int = 0  # how often it started
-    avoid: list[str] = field(default_factory=list)  # GPUs it failed on, never given to it again
+    failed_on: list[str] = field(default_factory=list)  # slots it lost to a GPU failure, one per requeue
     container_id: str | None = None
     gpus: list[str] = field(default_factory=list)
     gpu_equivalents: str = "0"

@@ -111,6 +111,7 @@ def view(job: Job, caller: Caller, waiting: Sequence[Entry], now: float | None =
         if job.state is JobState.QUEUED else None,
         "gpus": job.gpus, "gpu_equivalents": job.gpu_equivalents, "submitted_at": job.submitted_at,
         "started_at": job.started_at, "ended_at": job.ended_at, "exit_code": job.exit_code,
-        "gpu_equivalent_hours": round(hours, 4), "attempts": job.attempts, "xid": job.xid, "log": job.log_path,
+        "gpu_equivalent_hours": round(hours, 4), "attempts": job.attempts, "xid": job.xid, "failed_on": job.failed_on,
+        "log": job.log_path,
         "workspace": job.workspace, "message": job.message,
     }

@@ -227,7 +227,7 @@ class JobRunner:
         """Back to the queue at its old priority (its age counts from its submission); the failed GPU stays
         quarantined for allocation.xid_quarantine, so it is not handed to it, or anyone, meanwhile."""
         job = self._store.update(job, state=JobState.QUEUED, queue_id=f"{job.queue_id.split('.')[0]}.{job.attempts}",
-                                 avoid=[*job.avoid, job.failed_gpu or ""], container_id=None, gpus=[],
+                                 failed_on=[*job.failed_on, job.failed_gpu or ""], container_id=None, gpus=[],
                                  gpu_equivalents="0", started_at=None, ended_at=None, exit_code=None,
                                  failed_gpu=None, timed_out=False, log_path=None)
         eventlog.emit(EventType.JOB_QUEUED, source="proxy", user=job.user, job=job.name, state=job.state.value,
@@ -332,8 +332,13 @@ class JobRunner:
         if status != 200 or not isinstance(listed, list):
             raise Ds01Error(f"the engine answered {status} when listing job containers: {listed}")
         by_id = {str(c.get("Id")): c for c in listed}
+        by_job = {((c.get("Labels") or {}).get(labels.UID), (c.get("Labels") or {}).get(labels.JOB)): c
+                  for c in listed}
         for job in self._store.all():
-            if job.state is JobState.QUEUED:
+            made = by_job.get((str(job.uid), job.name))
+            if job.state is JobState.QUEUED and made is not None:  # killed between its create and its record
+                self._resume(self._store.update(job, state=JobState.RUNNING, container_id=str(made["Id"])), made)
+            elif job.state is JobState.QUEUED:
                 self._spawn(self._dispatch, job)
             elif job.state is JobState.RUNNING:
                 self._resume(job, by_id.get(job.container_id or ""))

@@ -81,6 +81,10 @@ def test_a_build_whose_base_cannot_be_pulled_settles_with_nothing_recorded(
           f"{failed.stderr.strip()[-300:]}")
     assert failed.returncode != 0 and "ds01:" not in failed.stderr  # the engine's failure, not a refusal
     assert not engine.images.list(name="alice/badbase")
+    # The proxy settles the record once the engine's stream has ended, which the client may see first.
+    deadline = time.monotonic() + 10
+    while images_record(own_proxy)["pending"] and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert images_record(own_proxy) == {"format": 1, "owned": {}, "pending": {}}
     settled = [e["details"] for e in own_proxy.events() if e["type"] == "image.build"]
     assert [(e["interrupted"], e["image"], e["ids"]) for e in settled] == [(False, ["alice/badbase:latest"], [])]

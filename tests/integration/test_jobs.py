@@ -9,6 +9,7 @@ import os
 import pwd
 import shutil
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from ds01.config import load_config
 from ds01.gpus import quarantine
 from ds01.nvml import XidEvent
 from tests.conftest import TEST_IMAGE, ProxyHandle, Testbed, start_proxy, stop_proxy
+from tests.integration.test_alloc_cli import DS01
 from tests.integration.test_container_cli import CONTAINER
 from tests.integration.test_queue import events_of, popen_as, until
 
@@ -150,6 +152,35 @@ def test_a_job_that_ends_while_the_proxy_is_down_is_recorded_with_its_real_end(
         assert abs(job["ended_at"] - datetime.fromisoformat(finished[:26] + "+00:00").timestamp()) < 1
         assert Path(job["log"]).read_text() == "done\n"
         assert not engine.containers.list(all=True, filters={"label": f"ds01.job={fresh_name}"})
+        assert_reconciled(again)
+    finally:
+        jobs_proxy.process = again.process
+
+
+def assert_reconciled(proxy: ProxyHandle) -> None:
+    """`ds01 reconcile` finds the allocator and the engine in agreement: no GPU held by a finished job."""
+    reconciled = subprocess.run([DS01, "reconcile", "--format", "json"], env=proxy.env, capture_output=True,
+                                text=True, check=False)
+    assert reconciled.returncode == 0 and json.loads(reconciled.stdout)["consistent"], reconciled.stdout
+
+
+def test_a_proxy_killed_just_after_a_submission_runs_the_job_once_after_its_restart(
+        jobs_proxy: ProxyHandle, testbed: Testbed, engine: docker.DockerClient, fresh_name: str) -> None:
+    run_job(jobs_proxy, "alice", fresh_name, "--", "sh", "-c", "sleep 2; echo once")
+    jobs_proxy.process.send_signal(signal.SIGKILL)  # queued, or just granted, or just started
+    jobs_proxy.process.wait(30)
+    again = start_proxy(testbed, jobs_proxy.root)
+    try:
+        until(lambda: again.as_user("alice", CONTAINER, "jobs").returncode == 0, "the restarted proxy", 60)
+        job = ended(again, "alice", fresh_name, seconds=90)
+        assert (job["state"], job["exit_code"]) == ("succeeded", 0) and job["attempts"] == 1
+        assert Path(job["log"]).read_text() == "once\n"  # it ran once: a second run would have cut it short
+        records = json.loads((again.root / "state" / "jobs.json").read_text())["jobs"]
+        assert [r["state"] for r in records if r["name"] == fresh_name] == ["succeeded"]
+        held = json.loads((again.root / "state" / "allocations.json").read_text())["allocations"]
+        assert not [a for a in held if a["user"] == "alice"]  # nothing held by the finished job
+        assert not engine.containers.list(all=True, filters={"label": f"ds01.job={fresh_name}"})
+        assert_reconciled(again)
     finally:
         jobs_proxy.process = again.process
 
@@ -219,7 +250,7 @@ def test_a_critical_xid_under_a_requeue_job_marks_it_gpu_failed_and_it_runs_agai
     assert "XID 79" in failed[0]["details"]["message"]
     again = until(lambda: (job := job_of(jobs_proxy, "alice", fresh_name))["state"] == "running"
                   and job["attempts"] == 2 and job, "the second run", 60)
-    assert _gpu_of(testbed, again["gpus"][0]) != sick
+    assert _gpu_of(testbed, again["gpus"][0]) != sick and again["failed_on"] == first["gpus"][:1]
     held = json.loads((jobs_proxy.root / "state" / "allocations.json").read_text())["allocations"]
     assert all(_gpu_of(testbed, slot) != sick for allocation in held for slot in allocation["slots"])
     assert [e["details"].get("requeued") for e in events_of(jobs_proxy, "job.queued", "alice")] == [None, 1]
