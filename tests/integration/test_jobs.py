@@ -42,11 +42,12 @@ def jobs_proxy(testbed: Testbed, engine: docker.DockerClient) -> Iterator[ProxyH
 
 @pytest.fixture
 def fresh_name() -> Iterator[str]:
-    """A job name, and its workspace under alice's and bob's homes removed afterwards."""
+    """A job name, and the workspaces of the jobs named after it under alice's and bob's homes removed afterwards."""
     name = f"job-{uuid.uuid4().hex[:6]}"
     yield name
     for user in ("alice", "bob"):
-        shutil.rmtree(Path(pwd.getpwnam(user).pw_dir) / "workspace" / name, ignore_errors=True)
+        for made in (Path(pwd.getpwnam(user).pw_dir) / "workspace").glob(f"{name}*"):  # NAME-run, NAME-long...
+            shutil.rmtree(made, ignore_errors=True)
 
 
 def job_of(proxy: ProxyHandle, user: str, name: str) -> dict[str, Any]:
@@ -117,6 +118,12 @@ def test_cancel_takes_a_queued_job_out_and_stops_a_running_one(full: tuple[Proxy
     print(f"alice$ container run {fresh_name} --gpus 1 -- true   (every slot held)\n{said}")
     assert "number 1 in the queue" in said
     assert job_of(proxy, "alice", fresh_name)["state"] == "queued"
+    proxy.config.write_text(proxy.config.read_text().replace("  alice:\n    group: researcher\n",
+                                                             "  alice:\n    group: researcher\n"
+                                                             "    max_queued_jobs: 1\n"))
+    second = proxy.as_user("alice", *RUN, f"{fresh_name}-2", "--image", TEST_IMAGE, "--gpus", "1", "--", "true")
+    assert second.returncode == 3 and "may have 1" in second.stderr, second.stderr  # max_queued_jobs
+    assert not Path(pwd.getpwnam("alice").pw_dir, "workspace", f"{fresh_name}-2").exists()  # nothing left
     cancelled = proxy.as_user("alice", CONTAINER, "cancel", fresh_name)
     assert cancelled.returncode == 0, cancelled.stderr
     job = ended(proxy, "alice", fresh_name)
