@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from fractions import Fraction
 from typing import Any
@@ -72,7 +73,7 @@ class JobRunner:
                                           "at most that, or split the work into shorter jobs.")
         now = self._clock()
         job = Job(name, caller.user, caller.uid, JobState.QUEUED, now, chosen, body, workspace,
-                  f"job-{caller.uid}-{int(now * 1000)}", requeue=requeue)
+                  f"job-{uuid.uuid4().hex}", requeue=requeue)  # unguessable: no one else's request can take it
         self._check_room(caller.uid, name, caller.limits.max_queued_jobs)
         if self._upstream.inspect("container", engine_name(name, caller.uid)) is not None:
             raise Denied(Reason.NAME_TAKEN, f"you have a container named {name}; pick another name for the job, "
@@ -272,7 +273,7 @@ class JobRunner:
                 raise Denied(Reason.JOB_ENDED, f"the job {name} is over already ({job.state}); nothing to cancel.")
             job = self._store.update(job, cancel_asked=True)
         if job.state is JobState.QUEUED:
-            self._queue.cancel(job.user, job.queue_id, admin=True)
+            self._queue.cancel(job.user, job.queue_id)
         elif job.container_id is not None:
             self._spawn(self._stop, job)
         return job
