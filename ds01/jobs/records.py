@@ -122,6 +122,14 @@ class JobStore:
         with self._lock:
             return [dataclasses.replace(job) for job in self._jobs.values()]
 
+    def running_in(self, container_id: str) -> Job | None:
+        """The running job of this container, found without copying every record (a queue pass asks this for
+        each allocation, under the allocator's lock)."""
+        with self._lock:
+            found = next((job for job in self._jobs.values()
+                          if job.state is JobState.RUNNING and job.container_id == container_id), None)
+            return None if found is None else dataclasses.replace(found)
+
     def of_user(self, uid: int) -> Iterator[Job]:
         return (job for job in self.all() if job.uid == uid)
 

@@ -317,11 +317,11 @@ class JobRunner:
 
     def deadline_of(self, allocation: Allocation) -> float | None:
         """A job's grant frees by its start plus its time limit and the grace of its stop."""
-        for job in self._store.all():
-            if job.container_id is not None and job.container_id == allocation.container and job.started_at:
-                grace = self._sessions.current_config().cleanup.stop_timeout_seconds + END_MARGIN_SECONDS
-                return job.started_at + job.time_seconds + grace
-        return None
+        job = self._store.running_in(allocation.container) if allocation.container else None
+        if job is None or job.started_at is None:
+            return None
+        grace = self._sessions.current_config().cleanup.stop_timeout_seconds + END_MARGIN_SECONDS
+        return job.started_at + job.time_seconds + grace
 
     def restore(self) -> None:
         """At start-up: queued jobs queue again, at their old age; a running one whose container ended while the

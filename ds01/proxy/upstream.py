@@ -86,7 +86,7 @@ class Upstream:
         return body
 
     def stream(self, path: str, query: dict[str, str]) -> Iterator[bytes]:
-        """A GET's answer body block by block, as the engine sends it (a container's logs)."""
+        """A GET's answer body block by block, as the engine sends it (a container's logs, its events)."""
         target = f"{API_PREFIX}{path}?{urlencode(query)}"
         with contextlib.closing(self.connect()) as sock:
             link = EngineLink(sock)
@@ -99,22 +99,14 @@ class Upstream:
 
     def events(self, filters: dict[str, list[str]]) -> Iterator[dict[str, Any]]:
         """The engine's events as they happen, until it ends the stream."""
-        target = f"{API_PREFIX}/events?{urlencode({'filters': json.dumps(filters)})}"
-        with contextlib.closing(self.connect()) as sock:
-            link = EngineLink(sock)
-            link.send_request("GET", target, [], 0)
-            link.end_request()
-            answer = link.answer()
-            if answer.status != 200:
-                raise EngineError(f"the engine refused its event stream: {answer.status} {answer.reason}")
-            pending = b""
-            for block in link.body():
-                *lines, pending = (pending + block).split(b"\n")
-                if len(pending) > MAX_EVENT_BYTES:
-                    raise EngineError(f"the engine sent an event longer than {MAX_EVENT_BYTES} bytes")
-                for line in lines:
-                    if line.strip():
-                        event = json.loads(line)
-                        if not isinstance(event, dict):
-                            raise EngineError(f"the engine sent an event that is not an object: {line[:80]!r}")
-                        yield event
+        pending = b""
+        for block in self.stream("/events", {"filters": json.dumps(filters)}):
+            *lines, pending = (pending + block).split(b"\n")
+            if len(pending) > MAX_EVENT_BYTES:
+                raise EngineError(f"the engine sent an event longer than {MAX_EVENT_BYTES} bytes")
+            for line in lines:
+                if line.strip():
+                    event = json.loads(line)
+                    if not isinstance(event, dict):
+                        raise EngineError(f"the engine sent an event that is not an object: {line[:80]!r}")
+                    yield event
