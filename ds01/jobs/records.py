@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -18,6 +19,10 @@ from ds01.errors import Ds01Error
 FILE_NAME = "jobs.json"
 FORMAT = 1
 MAX_REQUEUES = 3  # a job that lost its GPU goes back to the queue at most this often
+# Ended jobs kept per user, newest first, and for how long: the file is rewritten on every change, so it must
+# not grow with a user's history (the event log keeps all of it, for reports).
+KEEP_ENDED_JOBS = 100
+KEEP_ENDED_SECONDS = 30 * 86400
 
 
 class JobState(StrEnum):
@@ -61,6 +66,16 @@ class Job:
     failed_gpu: str | None = None  # the slot whose GPU failed under it (a critical XID, or lost)
     log_path: str | None = None
 
+    @property
+    def requeues(self) -> bool:
+        """It lost its GPU, asked for --requeue and has tries left: it goes back to the queue."""
+        return self.state is JobState.GPU_FAILED and self.requeue and self.attempts <= MAX_REQUEUES
+
+    @property
+    def over(self) -> bool:
+        """Ended for good: its create body is no longer needed."""
+        return self.state.ended and not self.requeues
+
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "state": self.state.value}
 
@@ -77,15 +92,21 @@ class JobStore:
     """jobs.json under one lock: every change is written before it is acted on, so a restart finds each job in
     the state it was last in."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, clock: Callable[[], float] = time.time) -> None:
         self._path = state_dir / FILE_NAME
         self._lock = threading.RLock()
         self._jobs: dict[tuple[int, str], Job] = {}
+        self._clock = clock
 
     def load(self) -> None:
         """At start-up. A file that cannot be read stops the proxy: jobs silently forgotten would hold GPUs."""
         with self._lock:
             self._jobs = {(job.uid, job.name): job for job in _read(self._path)}
+            for job in self._jobs.values():
+                if job.over:
+                    job.body = {}
+            for uid in {job.uid for job in self._jobs.values()}:
+                self._expire(uid)
 
     def _save(self) -> None:
         statefile.write_json_atomic(self._path, {"format": FORMAT,
@@ -105,8 +126,21 @@ class JobStore:
             current = self._jobs[(job.uid, job.name)]
             for key, value in changes.items():
                 setattr(current, key, value)
+            if current.over:
+                current.body = {}
+                self._expire(current.uid)
             self._save()
-            return current
+            return dataclasses.replace(current)
+
+    def _expire(self, uid: int) -> None:
+        """Drop this user's ended jobs beyond the newest KEEP_ENDED_JOBS, and any that ended KEEP_ENDED_SECONDS
+        ago."""
+        ended = sorted((job for job in self._jobs.values() if job.uid == uid and job.over),
+                       key=lambda job: job.ended_at or job.submitted_at, reverse=True)
+        oldest = self._clock() - KEEP_ENDED_SECONDS
+        for rank, job in enumerate(ended):
+            if rank >= KEEP_ENDED_JOBS or (job.ended_at or job.submitted_at) < oldest:
+                del self._jobs[(job.uid, job.name)]
 
     def forget(self, job: Job) -> None:
         with self._lock:

@@ -5,6 +5,8 @@ refused."""
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Sequence
 from fractions import Fraction
@@ -23,6 +25,8 @@ from ds01.proxy.queue import Queue
 from ds01.proxy.runas import Caller
 from ds01.reasons import Reason
 
+# A job's create body is kept in jobs.json while it waits; the CLI's is under 4 KiB.
+MAX_JOB_BODY_BYTES = 64 * 1024
 SUBMISSION_FIELDS: dict[str, type | tuple[type, ...]] = {
     "name": str, "body": dict, "time_seconds": (int, type(None)), "workspace": str, "requeue": bool}
 
@@ -83,7 +87,15 @@ class JobRoutes:
             raise Denied(Reason.BAD_REQUEST, str(exc)) from exc
         if raw["time_seconds"] is not None and raw["time_seconds"] < 1:
             raise Denied(Reason.BAD_REQUEST, "a job's time limit must be at least one second")
+        size = len(json.dumps(raw["body"]))
+        if size > MAX_JOB_BODY_BYTES:
+            raise Denied(Reason.BAD_REQUEST, f"a job's create body is {size} bytes and may be {MAX_JOB_BODY_BYTES}; "
+                                             "put long commands in a script in the workspace and run that.")
         workspace = raw["workspace"]
+        if not os.path.isabs(workspace):
+            raise Denied(Reason.BAD_REQUEST, f"the job's workspace {workspace!r} is not an absolute path: a job's "
+                                             "workspace is a host directory, where its log is kept, not a volume; "
+                                             "name one with `container run --workspace DIR`")
         binds = (bodies.field(raw["body"], "HostConfig") or {}).get("Binds") or []
         if f"{workspace}:{WORKSPACE}" not in binds:
             raise Denied(Reason.BAD_REQUEST, f"the job's workspace {workspace} must be what its body binds at "

@@ -20,7 +20,7 @@ from ds01.errors import Denied, Ds01Error
 from ds01.eventlog.types import EventType
 from ds01.gpus.allocator import Allocation, Allocator
 from ds01.jobs import enginetext, joblog
-from ds01.jobs.records import MAX_REQUEUES, Job, JobState, JobStore
+from ds01.jobs.records import Job, JobState, JobStore
 from ds01.names import DRY_RUN_HEADER, engine_name
 from ds01.proxy.creates import ContainerCreates, JobTerms
 from ds01.proxy.http import Head
@@ -221,7 +221,7 @@ class JobRunner:
         equivalents = sum((a.gpu_equivalents for a in released), Fraction(0)) if released else None
         self._announce_end(job, held, float(equivalents) * held / 3600 if equivalents is not None else 0.0)
         self._queue.kick()
-        if job.state is JobState.GPU_FAILED and job.requeue and job.attempts <= MAX_REQUEUES:
+        if job.requeues:
             self._requeue(job)
 
     def _requeue(self, job: Job) -> None:
@@ -343,6 +343,8 @@ class JobRunner:
                 self._spawn(self._dispatch, job)
             elif job.state is JobState.RUNNING:
                 self._resume(job, by_id.get(job.container_id or ""))
+            elif job.requeues:  # killed between its gpu_failed and its return to the queue
+                self._requeue(job)
         known = {j.container_id for j in self._store.all()}
         for container_id, summary in by_id.items():
             if container_id not in known:

@@ -20,12 +20,14 @@ from typing import Any
 import docker
 import pytest
 
+from ds01.cli.container.client import create_body
 from ds01.config import load_config
 from ds01.gpus import quarantine
 from ds01.nvml import XidEvent
 from tests.conftest import TEST_IMAGE, ProxyHandle, Testbed, start_proxy, stop_proxy
 from tests.integration.test_alloc_cli import DS01
 from tests.integration.test_container_cli import CONTAINER
+from tests.integration.test_proxy_bodies import api_as
 from tests.integration.test_queue import events_of, popen_as, until
 
 RUN = (CONTAINER, "run")
@@ -205,6 +207,32 @@ def test_a_workspace_whose_ds01_is_a_symlink_to_etc_gets_no_log_and_nothing_is_w
     job = ended(jobs_proxy, "alice", fresh_name)
     assert job["state"] == "succeeded" and job["log"] is None and "symlink" in job["message"]
     assert set(os.listdir("/etc")) == before and not Path("/etc/jobs").exists()
+
+
+def test_a_volume_as_workspace_or_an_outsized_body_is_refused_and_an_ended_job_keeps_no_body(
+        jobs_proxy: ProxyHandle, engine: docker.DockerClient, fresh_name: str) -> None:
+    alice = pwd.getpwnam("alice")
+    workspace = str(Path(alice.pw_dir) / "workspace" / fresh_name)
+    volume = f"{fresh_name}-vol"
+    submission = {"name": fresh_name, "time_seconds": None, "requeue": False, "workspace": volume,
+                  "body": create_body(TEST_IMAGE, ["true"], workspace=volume, gpus=0, mig=None, cpus=None,
+                                      memory=None, shm_size=None)}
+    status, answer = api_as(jobs_proxy, "alice", "POST", "/ds01/jobs", submission)
+    assert status == 403 and "not an absolute path" in answer["message"], answer
+    assert not engine.volumes.list(filters={"name": volume})  # no volume made, no path under the proxy's cwd
+    assert not (jobs_proxy.root / volume).exists() and not Path(volume).exists()
+    padded = create_body(TEST_IMAGE, ["echo", "x" * 70_000], workspace=workspace, gpus=0, mig=None, cpus=None,
+                         memory=None, shm_size=None)
+    status, answer = api_as(jobs_proxy, "alice", "POST", "/ds01/jobs",
+                            {**submission, "workspace": workspace, "body": padded})
+    assert status == 403 and "may be 65536" in answer["message"], answer
+    records = jobs_proxy.root / "state" / "jobs.json"
+    assert not records.exists() or not json.loads(records.read_text())["jobs"]  # neither was recorded
+
+    run_job(jobs_proxy, "alice", fresh_name, "--cpu-only", "--", "true")
+    assert ended(jobs_proxy, "alice", fresh_name)["state"] == "succeeded"
+    [record] = [r for r in json.loads(records.read_text())["jobs"] if r["name"] == fresh_name]
+    assert record["body"] == {}  # an ended job keeps its result, not its create body
 
 
 def test_a_short_job_backfills_before_a_reservation_and_a_long_one_waits(
