@@ -100,6 +100,7 @@ class Reason(StrEnum):
     WAIT_CANCELLED = "wait_cancelled"  # its client withdrew it from the queue
     # the proxy's own trouble
     BUSY = "busy"  # the allocator lock stayed contended
+    STORE_UNAVAILABLE = "store_unavailable"  # the fleet's etcd store does not answer: this node grants no GPUs
     ENGINE_ERROR = "engine_error"
     INTERNAL_ERROR = "internal_error"
     ERROR = "error"

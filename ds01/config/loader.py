@@ -14,7 +14,7 @@ from typing import Any, NoReturn, TypeVar
 
 import yaml
 
-from ds01.config import validators
+from ds01.config import fleet, validators
 from ds01.config.schema import (
     BUILTIN_DEFAULTS,
     ENDPOINT_GROUPS,
@@ -29,6 +29,7 @@ from ds01.config.schema import (
     ContainerDefaults,
     EventLogSettings,
     Exemption,
+    FleetSettings,
     GroupRule,
     HostService,
     ImageSettings,
@@ -45,7 +46,7 @@ from ds01.paths import paths_from_env
 SCHEMA_VERSION = 1
 TOP_LEVEL_KEYS = ("version", "identity", "admins", "allocation", "security", "containers", "events", "cleanup",
                   "bare_metal", "proxy", "networks", "images", "scheduler", "default_group", "defaults", "groups",
-                  "users", "exemptions")
+                  "users", "exemptions", "fleet")
 _T = TypeVar("_T")
 _Entries = dict[str, tuple[yaml.Node, yaml.Node]]
 
@@ -209,6 +210,7 @@ def _section(reader: _Reader, node: yaml.Node, key: str,
 
 
 ALLOCATION_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "store": ("store", validators.choice(("file", "etcd"))),
     "strategy": ("strategy", validators.choice(("spread", "pack"))),
     "mig_preference": ("mig_preference", validators.choice(("restricted", "all", "none"))),
     "reservation_ttl": ("reservation_ttl_seconds", validators.positive_duration),
@@ -353,6 +355,17 @@ def _top(path: Path) -> tuple[_Reader, yaml.Node, _Entries]:
     return reader, root, top
 
 
+def _fleet(reader: _Reader, node: yaml.Node) -> FleetSettings:
+    entries = reader.mapping(node, "fleet", (*fleet.FLEET_FIELDS, "etcd"))
+    fields = {fleet.FLEET_FIELDS[name][0]: reader.parsed(value, f"fleet.{name}", fleet.FLEET_FIELDS[name][1])
+              for name, (_, value) in entries.items() if name != "etcd"}
+    etcd = _section(reader, entries["etcd"][1], "fleet.etcd", fleet.ETCD_FIELDS) if "etcd" in entries else None
+    try:
+        return fleet.fleet_settings(fields, etcd)
+    except ValueError as exc:
+        reader.fail(node, "fleet", str(exc))
+
+
 def _proxy(reader: _Reader, top: _Entries) -> ProxySettings:
     return ProxySettings(**_section(reader, top["proxy"][1], "proxy", PROXY_FIELDS)) if "proxy" in top \
         else ProxySettings()
@@ -402,4 +415,5 @@ def load_config(path: Path | None = None) -> Config:
         if "images" in top else ImageSettings(),
         scheduler=SchedulerSettings(**_section(reader, top["scheduler"][1], "scheduler", SCHEDULER_FIELDS))
         if "scheduler" in top else SchedulerSettings(),
+        fleet=_fleet(reader, top["fleet"][1]) if "fleet" in top else FleetSettings(),
     )

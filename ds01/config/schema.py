@@ -7,8 +7,9 @@ reference in docs-admin all read it. Reading the configuration never loads pytho
 from __future__ import annotations
 
 import dataclasses
+import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from fractions import Fraction
 from pathlib import Path
@@ -167,12 +168,36 @@ class Exemption:
 
 @dataclass(frozen=True)
 class AllocationSettings:
+    store: str = "file"  # "file": DS01_STATE_DIR/allocations.json; "etcd": shared by the fleet (the fleet section)
     strategy: str = "spread"  # "spread": least-loaded GPU first; "pack": fill the busiest GPU first
     mig_preference: str = "restricted"  # who gets MIG slices for a plain GPU count: restricted, all or none
     reservation_ttl_seconds: int = 60
     lock_timeout_seconds: int = 10
     xid_quarantine_seconds: int = 3600
     critical_xids: frozenset[int] = frozenset({48, 61, 62, 63, 64, 74, 79, 92, 94, 95})
+
+
+@dataclass(frozen=True)
+class EtcdSettings:
+    endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
+    prefix: str = "/ds01/"  # every key ds01 writes lives under it
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    timeout_seconds: float = 5.0  # per call to one endpoint
+
+
+def _host_name() -> str:
+    return socket.gethostname().split(".")[0].lower()
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    """The servers that share quota and fair share through etcd (the `fleet:` section; allocation.store: etcd)."""
+
+    node: str = field(default_factory=_host_name)
+    node_ttl_seconds: int = 30  # a node whose lease lapses this long is shown as down
+    etcd: EtcdSettings = EtcdSettings()
 
 
 ENDPOINT_GROUPS = ("plugins", "swarm", "image_load")
@@ -301,3 +326,4 @@ class Config:
     networks: NetworkSettings = NetworkSettings()
     images: ImageSettings = ImageSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    fleet: FleetSettings = field(default_factory=FleetSettings)

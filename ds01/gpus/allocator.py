@@ -1,77 +1,36 @@
-"""The allocation store: who holds which GPU slots, in DS01_STATE_DIR/allocations.json.
+"""The allocator: who holds which GPU slots. Requests are two-phase: a reservation with a TTL, then a bind to the
+container id.
 
-Every change happens under one file lock, acquired with backoff and jitter, and never held across a call to
-the engine or NVML. Requests are two-phase: a reservation with a TTL, then a bind to the container id.
+Every change is one step over all the allocations, run by the store: the `file` store (ds01.gpus.filestore)
+runs it under one file lock; the `etcd` store (ds01.gpus.etcdstore) commits it as one transaction on the
+revisions it read. With etcd the step sees the whole fleet's allocations, another node's with its slots named
+NODE/UUID, so a user's quota counts everywhere and no local slot is mistaken for a remote one.
 """
 
 from __future__ import annotations
 
-import json
-import random
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, TypeVar
-
-import filelock
+from typing import Protocol, TypeVar
 
 from ds01 import eventlog, labels, records
 from ds01.config import AllocationSettings, LimitValues
-from ds01.errors import Busy, Ds01Error
+from ds01.errors import Ds01Error
 from ds01.eventlog.types import EventType
-from ds01.gpus.placement import GpuRequest, Holding, Slot, choose_slots
-from ds01.statefile import write_json_atomic
+from ds01.gpus.allocations import Allocation, allocations_from_containers
+from ds01.gpus.filestore import STATE_NAME, FileStore, StateCorrupt, read_allocations
+from ds01.gpus.placement import GpuRequest, Slot, choose_slots
 
-STATE_NAME = "allocations.json"
-STATE_VERSION = 1
+__all__ = ["STATE_NAME", "Allocation", "AllocationStore", "Allocator", "Grant", "ReconcileReport", "StateCorrupt",
+           "allocations_from_containers", "read_allocations"]
 _T = TypeVar("_T")
-Change = Callable[[list["Allocation"], float], tuple[_T, list["Allocation"] | None]]
-
-
-@dataclass(frozen=True)
-class Allocation:
-    id: str
-    user: str
-    uid: int | None
-    slots: tuple[str, ...]
-    gpu_equivalents: Fraction
-    created_at: float
-    expires_at: float | None  # while reserved; None once bound
-    container: str | None = None
-    container_name: str | None = None
-    bound_at: float | None = None
-
-    def holding(self) -> Holding:
-        return Holding(self.id, self.user, self.slots, self.gpu_equivalents, self.container_name)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "user": self.user, "uid": self.uid, "slots": list(self.slots),
-                "gpu_equivalents": str(self.gpu_equivalents), "created_at": self.created_at,
-                "expires_at": self.expires_at, "container": self.container, "container_name": self.container_name,
-                "bound_at": self.bound_at}
-
-    @classmethod
-    def from_json(cls, data: Any) -> Allocation:
-        """Raises ValueError/TypeError/KeyError on anything malformed."""
-        allocation = cls(
-            id=str(data["id"]), user=str(data["user"]),
-            uid=None if data["uid"] is None else int(data["uid"]),
-            slots=tuple(str(s) for s in data["slots"]),
-            gpu_equivalents=Fraction(data["gpu_equivalents"]),
-            created_at=float(data["created_at"]),
-            expires_at=None if data["expires_at"] is None else float(data["expires_at"]),
-            container=None if data["container"] is None else str(data["container"]),
-            container_name=None if data["container_name"] is None else str(data["container_name"]),
-            bound_at=None if data["bound_at"] is None else float(data["bound_at"]),
-        )
-        if not allocation.slots or (allocation.container is None) == (allocation.expires_at is None):
-            raise ValueError(f"allocation {allocation.id} is neither a reservation nor bound")
-        return allocation
+Change = Callable[[list[Allocation], float], tuple[_T, list[Allocation] | None]]
+REMOTE_SLOT = "{node}/{slot}"  # how a step sees another node's slot
 
 
 @dataclass(frozen=True)
@@ -93,164 +52,71 @@ class ReconcileReport:
     unallocated: list[records.ContainerInfo] = field(default_factory=list)  # hold GPUs, have no allocation
 
 
-class StateCorrupt(Ds01Error):
-    pass
+class AllocationStore(Protocol):
+    node: str  # this node's name in the fleet; "" for the file store
+    lock_hold_seconds: deque[float]  # how long each change held the store (the file lock, an etcd commit)
 
+    def run(self, step: Change[_T], write: bool) -> _T:
+        """Run `step` on every allocation and the time, and store what it returns unless None (or not `write`)."""
+        ...
 
-def _parse_state(raw: bytes, path: Path) -> list[Allocation]:
-    try:
-        document = json.loads(raw)
-        if document["version"] != STATE_VERSION:
-            raise ValueError(f"version {document['version']!r}")
-        allocations = [Allocation.from_json(item) for item in document["allocations"]]
-    except (ValueError, TypeError, KeyError) as exc:
-        raise StateCorrupt(f"{path} is corrupt ({exc!r})") from exc
-    booked = [slot for a in allocations for slot in a.slots]
-    if len(booked) != len(set(booked)):
-        raise StateCorrupt(f"{path} books a slot twice")
-    return allocations
+    def stamp(self) -> object:
+        """Changes when the allocations may have."""
+        ...
 
+    def past_usage(self, now: float, half_life_seconds: float) -> dict[str, float] | None:
+        """Each user's decayed GPU-equivalent-hours from released allocations, if the store keeps them (None: the
+        event log is the record)."""
+        ...
 
-def allocations_from_containers(found: Sequence[records.ContainerInfo],
-                                equivalents: Callable[[str], Fraction], now: float) -> list[Allocation]:
-    """The bound allocations the engine's containers imply, for rebuilding a lost state file.
-
-    A slot named by several containers (a stopped one whose GPUs were handed on, say) goes to one of them,
-    running containers first; the others are reported, so the rebuilt state never books a slot twice.
-    """
-    rebuilt: list[Allocation] = []
-    taken: set[str] = set()
-    for info in sorted(found, key=lambda c: c.status != "running"):
-        if not info.device_ids:
-            continue
-        if taken & set(info.device_ids) or len(set(info.device_ids)) != len(info.device_ids):
-            eventlog.emit(EventType.ALLOCATOR_REBUILD_CONFLICT, source="allocator", container=info.id, name=info.name,
-                          devices=list(info.device_ids))
-            continue
-        taken.update(info.device_ids)
-        found_labels = info.labels
-        uid = found_labels.get(labels.UID, "")
-        exact = found_labels.get(labels.GPU_EQUIVALENTS)
-        rebuilt.append(Allocation(
-            id=found_labels.get(labels.ALLOCATION) or f"rebuilt-{info.id[:12]}",
-            user=found_labels.get(labels.USER, "unknown"), uid=int(uid) if uid.isdigit() else None,
-            slots=info.device_ids,
-            gpu_equivalents=Fraction(exact) if exact else sum((equivalents(s) for s in info.device_ids), Fraction(0)),
-            created_at=now, expires_at=None, container=info.id, container_name=info.name, bound_at=now))
-    return rebuilt
-
-
-def read_allocations(state_dir: Path) -> list[Allocation]:
-    """The allocations on disk, for observers: no lock (writes are atomic renames) and no expiry."""
-    path = state_dir / STATE_NAME
-    try:
-        return _parse_state(path.read_bytes(), path)
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise Ds01Error(f"cannot read {path}: {exc.strerror}") from exc
+    def other_containers(self, user: str) -> int:
+        """The user's containers on the fleet's other nodes, as those nodes last published them."""
+        ...
 
 
 class Allocator:
     def __init__(self, state_dir: Path, settings: AllocationSettings,
                  rebuild: Callable[[], list[Allocation]] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        self.path = state_dir / STATE_NAME
-        self.backup = state_dir / f"{STATE_NAME}.bak"
+                 clock: Callable[[], float] = time.time, store: AllocationStore | None = None) -> None:
+        self.path = state_dir / STATE_NAME  # the state directory's: the file store's, and the fleet import's source
         self.settings = settings
-        self._rebuild = rebuild
         self._clock = clock
-        self._lock = filelock.FileLock(state_dir / "allocations.lock")
-        self.lock_hold_seconds: deque[float] = deque(maxlen=100_000)
+        self.store: AllocationStore = store if store is not None else FileStore(state_dir, settings, rebuild, clock)
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        deadline = time.monotonic() + self.settings.lock_timeout_seconds
-        delay = 0.0005
-        while True:
-            try:
-                self._lock.acquire(timeout=0)
-                break
-            except filelock.Timeout:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise Busy(f"the allocator is busy: its lock {self._lock.lock_file} stayed taken for "
-                               f"{self.settings.lock_timeout_seconds}s. Nothing was changed; try again.") from None
-                time.sleep(min(left, delay * random.uniform(0.5, 1.5)))  # noqa: S311 - jitter, not secrecy
-                delay = min(delay * 2, 0.02)
-        taken = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._lock.release()
-            self.lock_hold_seconds.append(time.perf_counter() - taken)
+    @property
+    def lock_hold_seconds(self) -> deque[float]:
+        return self.store.lock_hold_seconds
 
-    def _read(self) -> tuple[bytes | None, list[Allocation]]:
-        """Under the lock: the raw bytes and the allocations. A missing file with no backup is a first run."""
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            if self.backup.exists():
-                raise StateCorrupt(f"{self.path} is missing but its backup exists") from None
-            return None, []
-        return raw, _parse_state(raw, self.path)
-
-    def _write(self, allocations: Sequence[Allocation], keep_backup: bool = True) -> None:
-        document = {"version": STATE_VERSION, "allocations": [a.to_json() for a in allocations]}
-        write_json_atomic(self.path, document, self.backup if keep_backup else None)
-
-    def _recover(self, corrupt: StateCorrupt) -> None:
-        """Rebuild from the containers' labels (engine call outside the lock), else from the verified backup."""
-        eventlog.emit(EventType.ALLOCATOR_STATE_CORRUPT, source="allocator", error=str(corrupt))
-        try:
-            if self._rebuild is None:
-                raise Ds01Error("no engine access was given to rebuild from")
-            rebuilt, origin = self._rebuild(), "container labels"
-        except Ds01Error as exc:
-            try:
-                rebuilt, origin = _parse_state(self.backup.read_bytes(), self.backup), "the backup"
-            except (OSError, StateCorrupt) as backup_problem:
-                raise Ds01Error(f"{corrupt}; rebuilding from container labels failed ({exc}) and the backup is "
-                                f"unusable ({backup_problem}). Run 'ds01 reconcile' once the engine is up.") from exc
-        with self._locked():
-            try:
-                self._read()
-                return  # another process recovered first
-            except StateCorrupt:
-                if self.path.exists():
-                    stamp = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(self._clock()))}-{secrets.token_hex(3)}"
-                    self.path.rename(self.path.with_name(f"{STATE_NAME}.corrupt-{stamp}"))
-                self._write(rebuilt, keep_backup=False)
-        eventlog.emit(EventType.ALLOCATOR_STATE_REBUILT, source="allocator", origin=origin, allocations=len(rebuilt))
+    def is_local(self, allocation: Allocation) -> bool:
+        return allocation.node == self.store.node
 
     def _transaction(self, change: Callable[[list[Allocation], float], tuple[_T, list[Allocation] | None]],
                      write: bool = True, expire: bool = True) -> tuple[_T, list[Allocation]]:
-        """Run `change` on the live allocations under the lock; it returns (result, new list or None).
+        """Run `change` on the live allocations in one step of the store; it returns (result, new list or None).
 
         Reservations past their TTL are dropped first and returned alongside the result; with expire=False
         `change` sees them too and decides.
         """
-        for _attempt in range(3):
-            try:
-                with self._locked():
-                    raw, allocations = self._read()
-                    now = self._clock()
-                    expired = [a for a in allocations if expire and a.expires_at is not None and a.expires_at <= now]
-                    live = [a for a in allocations if a not in expired]
-                    result, changed = change(live, now)
-                    if write and (changed is not None or expired):
-                        self._write(live if changed is None else changed, keep_backup=raw is not None)
-            except StateCorrupt as corrupt:
-                self._recover(corrupt)
-                continue
-            for gone in expired if write else ():
-                eventlog.emit(EventType.ALLOCATION_EXPIRE, source="allocator", user=gone.user, allocation=gone.id,
-                              slots=list(gone.slots))
-            return result, expired
-        raise Ds01Error(f"{self.path} kept turning corrupt while being recovered; see the event log.")
+        def step(allocations: list[Allocation], now: float) -> tuple[tuple[_T, list[Allocation]],
+                                                                     list[Allocation] | None]:
+            expired = [a for a in allocations if expire and a.expires_at is not None and a.expires_at <= now]
+            live = [a for a in allocations if a not in expired]
+            result, changed = change(live, now)
+            stored = (live if changed is None else changed) if changed is not None or expired else None
+            return (result, expired), stored
+
+        result, expired = self.store.run(step, write)
+        for gone in expired if write else ():
+            eventlog.emit(EventType.ALLOCATION_EXPIRE, source="allocator", user=gone.user, allocation=gone.id,
+                          slots=list(gone.slots))
+        return result, expired
 
     def allocations(self) -> list[Allocation]:
+        """This node's allocations."""
+        return [a for a in self.fleet_allocations() if self.is_local(a)]
+
+    def fleet_allocations(self) -> list[Allocation]:
+        """Every node's (only this node's with the file store); another node's slots named NODE/UUID."""
         return self._transaction(lambda live, _now: (live, None))[0]
 
     def _reserver(self, user: str, uid: int | None, limits: LimitValues, request: GpuRequest, *,
@@ -261,7 +127,7 @@ class Allocator:
             allocation = Allocation(
                 id=f"a-{secrets.token_hex(6)}", user=user, uid=uid, slots=tuple(s.uuid for s in chosen),
                 gpu_equivalents=sum((s.equivalents for s in chosen), Fraction(0)), created_at=now,
-                expires_at=now + ttl)
+                expires_at=now + ttl, node=self.store.node)
             return allocation, [*live, allocation]
 
         return reserve
@@ -300,7 +166,7 @@ class Allocator:
                 held.update(grant.slots)
                 made[grant.key] = Allocation(id=f"a-{secrets.token_hex(6)}", user=grant.user, uid=grant.uid,
                                              slots=grant.slots, gpu_equivalents=grant.equivalents, created_at=now,
-                                             expires_at=now + ttl)
+                                             expires_at=now + ttl, node=self.store.node)
             return (result, made), ([*live, *made.values()] if made else None)
 
         (result, made), _ = self._transaction(reserve)
@@ -356,8 +222,10 @@ class Allocator:
         report = ReconcileReport()
 
         def settle(everything: list[Allocation], now: float) -> tuple[None, list[Allocation] | None]:
-            kept = []
-            for allocation in everything:
+            for listed in (report.released, report.expired, report.adopted):
+                listed.clear()  # a store may run this step again, on a newer read
+            kept = [a for a in everything if not self.is_local(a)]  # another node's: its own reconcile's
+            for allocation in (a for a in everything if self.is_local(a)):
                 labelled = [i for i in found if i.labels.get(labels.ALLOCATION) == allocation.id]
                 if allocation.container is None and labelled:
                     # The create went through but its bind was lost (a crash): even past its TTL, the
@@ -374,8 +242,9 @@ class Allocator:
                     report.released.append(allocation)
                 else:
                     kept.append(allocation)
-            accounted = {a.container for a in kept} | {a.id for a in kept}
-            reserved_slots = {s for a in kept if a.container is None for s in a.slots}
+            mine = [a for a in kept if self.is_local(a)]
+            accounted = {a.container for a in mine} | {a.id for a in mine}
+            reserved_slots = {s for a in mine if a.container is None for s in a.slots}
             report.unallocated = [
                 info for info in found
                 if info.holds_gpus and info.id not in accounted

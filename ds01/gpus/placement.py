@@ -54,6 +54,8 @@ def _holdings_text(holdings: Sequence[Holding]) -> str:
     for holding in holdings:
         owner = f"container {holding.container_name}" if holding.container_name else \
             f"reservation {holding.allocation_id} (not yet bound to a container)"
+        if "/" in holding.slots[0]:  # another fleet node's, its slots named NODE/UUID
+            owner += f" on {holding.slots[0].split('/')[0]}"
         parts.append(f"{owner}: {', '.join(holding.slots)} ({format_equivalents(holding.equivalents)})")
     return "; ".join(parts) or "nothing"
 

@@ -10,8 +10,10 @@ from fractions import Fraction
 from ds01 import nvml
 from ds01.config import Config
 from ds01.engine import Engine
+from ds01.etcd import Etcd
 from ds01.gpus import quarantine
 from ds01.gpus.allocator import Allocation, Allocator, allocations_from_containers
+from ds01.gpus.etcdstore import EtcdStore
 from ds01.gpus.placement import Slot
 from ds01.paths import Paths
 from ds01.units import mig_equivalents
@@ -74,4 +76,8 @@ def open_allocator(paths: Paths, config: Config, engine_url: str | None = None) 
         # A device no longer in the inventory counts as a whole GPU: over-counting is the safe side.
         return allocations_from_containers(found, lambda uuid: known.get(uuid, Fraction(1)), time.time())
 
+    if config.allocation.store == "etcd":
+        store = EtcdStore(Etcd(config.fleet.etcd), config.fleet.etcd.prefix, config.fleet.node,
+                          lambda: float(config.scheduler.usage_half_life_seconds))
+        return Allocator(paths.state_dir, config.allocation, store=store)
     return Allocator(paths.state_dir, config.allocation, rebuild=rebuild)

@@ -32,13 +32,12 @@ from ds01.engine import Engine
 from ds01.errors import Busy, Ds01Error, EngineError
 from ds01.gpus.allocator import (
     STATE_NAME,
-    STATE_VERSION,
     Allocation,
     Allocator,
     StateCorrupt,
-    _parse_state,
     allocations_from_containers,
 )
+from ds01.gpus.filestore import STATE_VERSION, _parse_state
 from ds01.gpus.placement import GpuRequest, Slot
 from ds01.statefile import write_json_atomic
 from tests.conftest import TEST_IMAGE, Testbed, load_topology

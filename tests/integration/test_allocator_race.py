@@ -24,7 +24,8 @@ import pytest
 from ds01 import nvml
 from ds01.config import BUILTIN_DEFAULTS, AllocationSettings, LimitValues
 from ds01.errors import Busy, Denied
-from ds01.gpus.allocator import STATE_NAME, Allocator, _parse_state
+from ds01.gpus.allocator import STATE_NAME, Allocator
+from ds01.gpus.filestore import _parse_state
 from ds01.gpus.placement import GpuRequest, Slot
 from ds01.gpus.supply import slots_from_inventory
 from tests.conftest import TopologyFile

@@ -25,7 +25,8 @@ from hypothesis.stateful import (
 
 from ds01.config import BUILTIN_DEFAULTS, AllocationSettings, LimitValues
 from ds01.errors import Denied, Ds01Error
-from ds01.gpus.allocator import STATE_NAME, Allocation, Allocator, _parse_state
+from ds01.gpus.allocator import STATE_NAME, Allocation, Allocator
+from ds01.gpus.filestore import _parse_state
 from ds01.gpus.placement import GpuRequest, Slot
 
 TTL = 60
@@ -182,8 +183,9 @@ class AllocatorMachine(RuleBasedStateMachine):
         assert {a.id: a for a in live} == self._live()
         assert not list(path.parent.glob("*.tmp")), "a temp file was left behind"
         assert not list(path.parent.glob(f"{STATE_NAME}.corrupt-*")), "the allocator quarantined its own file"
-        if self.allocator.backup.exists():
-            _parse_state(self.allocator.backup.read_bytes(), self.allocator.backup)
+        backup = self.allocator.path.with_name(f"{STATE_NAME}.bak")
+        if backup.exists():
+            _parse_state(backup.read_bytes(), backup)
 
 
 def test_allocator_state_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

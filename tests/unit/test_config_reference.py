@@ -19,9 +19,11 @@ from ds01.config import (
     ProxySettings,
     SchedulerSettings,
     SecuritySettings,
+    fleet,
     format_ulimits,
     loader,
 )
+from ds01.config.schema import EtcdSettings, FleetSettings
 from ds01.units import format_duration, format_size
 
 REFERENCE = Path(__file__).resolve().parents[2] / "docs-admin" / "configuration.md"
@@ -120,3 +122,18 @@ def test_security_containers_admins_identity_keys() -> None:
         row(section("`identity`"), key)
     for key in ("user", "exempt_from", "expires", "reason"):
         row(section("`exemptions`"), key)
+
+
+def test_the_fleet_section_documents_every_key_with_its_default() -> None:
+    text = section("`fleet`")
+    settings = FleetSettings()
+    assert row(text, "node_ttl")[1] == f"`{format_duration(settings.node_ttl_seconds)}`"
+    assert row(text, "etcd.endpoints")[1] == f"`[{', '.join(settings.etcd.endpoints)}]`"
+    assert row(text, "etcd.prefix")[1] == f"`{settings.etcd.prefix}`"
+    assert row(text, "etcd.timeout")[1] == f"`{format_duration(int(settings.etcd.timeout_seconds))}`"
+    for key in ("node", "etcd.ca_file", "etcd.cert_file", "etcd.key_file"):
+        assert row(text, key)[2]
+    documented = {"node", "node_ttl", *(f"etcd.{key}" for key in fleet.ETCD_FIELDS)}
+    assert len(fleet.ETCD_FIELDS) == len(fields(EtcdSettings)) and len(fleet.FLEET_FIELDS) + 1 == len(fields(settings))
+    for key in documented:
+        assert row(text, key)

@@ -11,7 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "ds01"
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"", "errors", "reasons", "paths", "units", "labels", "names", "devicerequests", "records",
                "statefile", "daemon", "terminals"}),
-    frozenset({"config", "eventlog", "identity", "engine", "nvml", "procfs", "overlay", "unixhttp", "iptables"}),
+    frozenset({"config", "eventlog", "identity", "engine", "nvml", "procfs", "overlay", "unixhttp", "iptables",
+               "etcd"}),
     frozenset({"gpus", "jobs"}),
     frozenset({"proxy", "exporter"}),
     frozenset({"ops"}),
@@ -87,7 +88,7 @@ def test_the_policy_and_the_gate_stay_off_the_sdk_door() -> None:
 DOORS = {
     "pwd": {"identity.nss"}, "grp": {"identity.nss"}, "docker": {"engine"}, "pynvml": {"nvml"},
     "ldap": {"identity.directory"}, "yaml": {"config.loader"}, "h11": {"proxy.http", "proxy.link"},
-    "prometheus_client": {"exporter.metrics", "exporter.service"},
+    "prometheus_client": {"exporter.metrics", "exporter.service"}, "etcd3gw": {"etcd"},
 }
 
 

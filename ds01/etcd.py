@@ -1,0 +1,155 @@
+"""The one door to etcd, through etcd3gw (etcd's v3 JSON gateway): consistent reads of a prefix, transactions that
+compare revisions, and leases. Any endpoint of the cluster may answer; one that is down, or cut off from the
+quorum, is passed over for the next. When none answers, the store is unavailable, and that is all callers learn:
+they never act on an old read."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import etcd3gw
+from etcd3gw import exceptions as etcd_errors
+from etcd3gw.lease import Lease
+
+from ds01.config.schema import EtcdSettings
+from ds01.errors import Ds01Error
+
+_T = TypeVar("_T")
+
+
+class StoreUnavailable(Ds01Error):
+    """No endpoint of the etcd cluster answered with a quorum behind it."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    value: bytes
+    mod_revision: int
+    lease: int
+
+
+@dataclass(frozen=True)
+class Compare:
+    """key's mod_revision equals `mod_revision`; 0 means the key does not exist."""
+
+    key: str
+    mod_revision: int
+
+
+@dataclass(frozen=True)
+class Put:
+    key: str
+    value: bytes
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: str
+    prefix: bool = False
+
+
+def _encode(data: str | bytes) -> str:
+    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
+
+
+def _prefix_end(prefix: str) -> str:
+    raw = bytearray(prefix.encode())
+    raw[-1] += 1
+    return _encode(bytes(raw))
+
+
+class Etcd:
+    def __init__(self, settings: EtcdSettings) -> None:
+        if not settings.endpoints:
+            raise Ds01Error("fleet.etcd.endpoints lists no endpoint")
+        self._clients = [self._client(url, settings) for url in settings.endpoints]
+        self._endpoints = settings.endpoints
+        self._preferred = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _client(url: str, settings: EtcdSettings) -> etcd3gw.Etcd3Client:
+        parts = urlsplit(url)
+        cert = (str(settings.cert_file), str(settings.key_file)) if settings.cert_file and settings.key_file \
+            else (None, None)
+        return etcd3gw.Etcd3Client(
+            host=parts.hostname or "127.0.0.1", port=parts.port or 2379, protocol=parts.scheme or "http",
+            ca_cert=str(settings.ca_file) if settings.ca_file else None, cert_cert=cert[0], cert_key=cert[1],
+            timeout=settings.timeout_seconds, api_path="/v3/")
+
+    def _call(self, what: str, call: Callable[[etcd3gw.Etcd3Client], _T]) -> _T:
+        """`call` on the first endpoint that answers, starting at the last one that did."""
+        with self._lock:
+            start = self._preferred
+        problems = []
+        for step in range(len(self._clients)):
+            index = (start + step) % len(self._clients)
+            client = self._clients[index]
+            try:
+                answer = call(client)
+            except (etcd_errors.ConnectionFailedError, etcd_errors.ConnectionTimeoutError,
+                    etcd_errors.InternalServerError) as exc:
+                problems.append(f"{self._endpoints[index]}: {_said(exc)}")
+                continue
+            except etcd_errors.Etcd3Exception as exc:
+                raise Ds01Error(f"etcd at {self._endpoints[index]} refused {what}: {_said(exc)}") from exc
+            with self._lock:
+                self._preferred = index
+            return answer
+        raise StoreUnavailable("the etcd cluster did not answer (" + "; ".join(problems) + ")")
+
+    def read_prefix(self, prefix: str) -> tuple[int, list[Entry]]:
+        """Every key under `prefix`, read at one revision (linearizable: a quorum agreed on it): (revision,
+        entries)."""
+        answer = self._range({"key": _encode(prefix), "range_end": _prefix_end(prefix)})
+        entries = [Entry(base64.b64decode(kv["key"]).decode(), base64.b64decode(kv.get("value", "")),
+                         int(kv.get("mod_revision", 0)), int(kv.get("lease", 0))) for kv in answer.get("kvs", [])]
+        return int(answer["header"]["revision"]), entries
+
+    def revision(self, prefix: str) -> int:
+        """The cluster's revision, and so whether anything changed, without reading the keys."""
+        answer = self._range({"key": _encode(prefix), "range_end": _prefix_end(prefix), "count_only": True})
+        return int(answer["header"]["revision"])
+
+    def commit(self, compares: Sequence[Compare], changes: Sequence[Put | Delete]) -> bool:
+        """One transaction: every change if every compare holds, else none (False)."""
+        answer = self._call("a transaction", lambda client: client.transaction({
+            "compare": [{"key": _encode(c.key), "result": "EQUAL", "target": "MOD", "mod_revision": c.mod_revision}
+                        for c in compares],
+            "success": [_operation(change) for change in changes], "failure": []}))
+        return bool(answer.get("succeeded", False))
+
+    def _range(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return dict(self._call("a read", lambda client: client.post(client.get_url("/kv/range"), json=payload)))
+
+    def grant_lease(self, ttl_seconds: int) -> int:
+        return int(self._call("a lease", lambda client: client.lease(ttl_seconds)).id)
+
+    def keep_alive(self, lease: int) -> int:
+        """Renew a lease: its TTL left; 0 or less when it lapsed already."""
+        return int(self._call("a lease renewal", lambda client: Lease(lease, client).refresh()))
+
+
+def _operation(change: Put | Delete) -> dict[str, Any]:
+    if isinstance(change, Put):
+        put: dict[str, Any] = {"key": _encode(change.key), "value": _encode(change.value)}
+        if change.lease:
+            put["lease"] = change.lease
+        return {"request_put": put}
+    delete: dict[str, Any] = {"key": _encode(change.key)}
+    if change.prefix:
+        delete["range_end"] = _prefix_end(change.key)
+    return {"request_delete_range": delete}
+
+
+def _said(exc: etcd_errors.Etcd3Exception) -> str:
+    """etcd's own words: the gateway's error body, or the connection's failure."""
+    detail = getattr(exc, "detail_text", None) or str(exc)
+    return " ".join(str(detail).split())[:300]

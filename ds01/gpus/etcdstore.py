@@ -1,0 +1,230 @@
+"""The `etcd` allocation store, shared by the fleet's nodes. Under the fleet's prefix:
+
+- `allocations/ID`: one allocation (JSON); a reservation's key carries a lease of its TTL, a bound one none, so a
+  node cut off keeps its running containers counted;
+- `slots/NODE/UUID`: the allocation holding that slot, with the same lease: a slot is taken by creating its key;
+- `users/USER`: the user's decayed GPU-equivalent-hours, as of a time, added to on every release; every change
+  to the user's allocations rewrites it, so two nodes' grants to one user conflict instead of both passing.
+
+A step is one read of the prefix and one transaction on what it read: the revisions of every key it changes,
+the absence of every slot it takes, and the revision of every user whose allocations change. A conflict
+reruns the step on a new read, with backoff; nothing is locked. No answer from etcd refuses the change
+(store_unavailable): ds01 never grants from an old view."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+from ds01.errors import Busy, Denied
+from ds01.etcd import Compare, Delete, Entry, Etcd, Put, StoreUnavailable
+from ds01.gpus.allocations import Allocation
+from ds01.reasons import Reason
+
+_T = TypeVar("_T")
+Step = Callable[[list[Allocation], float], tuple[_T, list[Allocation] | None]]
+MAX_ATTEMPTS = 50
+ALLOCATIONS, SLOTS, USERS, NODES = "allocations/", "slots/", "users/", "nodes/"
+
+
+@dataclass(frozen=True)
+class Usage:
+    hours: float  # decayed GPU-equivalent-hours as of `at`
+    at: float
+
+    def at_time(self, now: float, half_life_seconds: float) -> float:
+        return self.hours * math.exp(-math.log(2) * max(0.0, now - self.at) / half_life_seconds)
+
+
+def released_hours(allocation: Allocation, now: float, half_life_seconds: float) -> float:
+    """What holding `allocation` from its creation until `now` adds to its user's decayed use at `now`."""
+    rate = math.log(2) / half_life_seconds
+    held = max(0.0, now - allocation.created_at)
+    return float(allocation.gpu_equivalents) * (1 - math.exp(-rate * held)) / rate / 3600
+
+
+def unavailable(problem: StoreUnavailable) -> Denied:
+    return Denied(Reason.STORE_UNAVAILABLE, (
+        f"ds01 cannot reach the fleet's etcd store, so this node grants no GPUs now: it never grants from an old "
+        f"view of who holds what ({problem}). Running containers are untouched and containers without GPUs can "
+        "still be made; try again in a minute, and tell an admin if it lasts (ds01 fleet status)."))
+
+
+@dataclass
+class _Read:
+    allocations: dict[str, tuple[Allocation, Entry]]
+    slots: dict[str, Entry]
+    users: dict[str, tuple[Usage, Entry]]
+    nodes: dict[str, dict[str, Any]]
+
+
+class EtcdStore:
+    def __init__(self, etcd: Etcd, prefix: str, node: str, half_life_seconds: Callable[[], float],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.node = node
+        self.etcd = etcd
+        self.prefix = prefix
+        self._half_life = half_life_seconds
+        self._clock = clock
+        self.lock_hold_seconds: deque[float] = deque(maxlen=100_000)  # read to commit, per successful step
+        self.retries = 0  # conflicts: a step run again on a new read
+        self.up = True  # the last call answered
+        self._counter = threading.Lock()
+
+    # --- reading ----------------------------------------------------------------------------------------------
+
+    def _read(self) -> _Read:
+        try:
+            _, entries = self.etcd.read_prefix(self.prefix)
+        except StoreUnavailable as problem:
+            self.up = False
+            raise unavailable(problem) from problem
+        self.up = True
+        found = _Read({}, {}, {}, {})
+        for entry in entries:
+            key = entry.key.removeprefix(self.prefix)
+            if key.startswith(ALLOCATIONS):
+                allocation = Allocation.from_json(json.loads(entry.value))
+                found.allocations[allocation.id] = (allocation, entry)
+            elif key.startswith(SLOTS):
+                found.slots[key.removeprefix(SLOTS)] = entry
+            elif key.startswith(USERS):
+                raw = json.loads(entry.value)
+                found.users[key.removeprefix(USERS)] = (Usage(float(raw["hours"]), float(raw["at"])), entry)
+            elif key.startswith(NODES):
+                found.nodes[key.removeprefix(NODES)] = json.loads(entry.value)
+        return found
+
+    def _view(self, allocation: Allocation) -> Allocation:
+        """As a step sees it: another node's slots named NODE/UUID."""
+        if allocation.node == self.node:
+            return allocation
+        return replace(allocation, slots=tuple(f"{allocation.node}/{slot}" for slot in allocation.slots))
+
+    # --- a step -----------------------------------------------------------------------------------------------
+
+    def run(self, step: Step[_T], write: bool) -> _T:
+        delay = 0.002
+        for _attempt in range(MAX_ATTEMPTS):
+            began = time.perf_counter()
+            read = self._read()
+            views = {a.id: self._view(a) for a, _ in read.allocations.values()}
+            now = self._clock()
+            result, changed = step(list(views.values()), now)
+            if changed is None or not write:
+                return result
+            compares, changes = self._changes(read, views, changed, now)
+            if not changes:
+                return result
+            try:
+                committed = self.etcd.commit(compares, changes)
+            except StoreUnavailable as problem:
+                self.up = False
+                raise unavailable(problem) from problem
+            if committed:
+                self.lock_hold_seconds.append(time.perf_counter() - began)
+                return result
+            with self._counter:
+                self.retries += 1
+            time.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not secrecy
+            delay = min(delay * 2, 0.1)
+        raise Busy(f"the fleet's allocations kept changing under this request ({MAX_ATTEMPTS} tries); nothing was "
+                   "changed. Try again.")
+
+    def _changes(self, read: _Read, views: dict[str, Allocation], changed: list[Allocation],
+                 now: float) -> tuple[list[Compare], list[Put | Delete]]:
+        after = {a.id: a for a in changed}
+        compares: list[Compare] = []
+        changes: list[Put | Delete] = []
+        users: dict[str, float] = {}  # user -> hours their releases add
+        lease = 0
+        for allocation_id, (before, entry) in read.allocations.items():
+            now_as = after.get(allocation_id)
+            if now_as == views[allocation_id]:
+                continue
+            if before.node != self.node:
+                raise Denied(Reason.NOT_OWNER, (
+                    f"allocation {allocation_id} is node {before.node}'s; change it on that node, or remove a "
+                    f"node that is gone for good with `ds01 fleet forget {before.node}`."))
+            compares.append(Compare(entry.key, entry.mod_revision))
+            if now_as is None:
+                changes.append(Delete(entry.key))
+                changes.extend(Delete(self._slot_key(slot)) for slot in before.slots)
+                used = before.expires_at is None or before.expires_at > now  # an expired one was never used
+                users[before.user] = users.get(before.user, 0.0) + (
+                    released_hours(before, now, self._half_life()) if used else 0.0)
+                continue
+            # A bind drops the lease (a bound allocation outlives its node's contact); a reservation keeps its own.
+            leased = entry.lease if now_as.expires_at is not None else 0
+            changes.append(Put(entry.key, _encode(now_as), leased))
+            changes.extend(Put(self._slot_key(slot), allocation_id.encode(), leased) for slot in before.slots)
+        for allocation_id, added in after.items():
+            if allocation_id in read.allocations:
+                continue
+            if added.node != self.node:
+                raise Denied(Reason.NOT_OWNER, f"allocation {allocation_id} names node {added.node}, not this node")
+            if added.expires_at is not None and lease == 0:
+                lease = self._lease(added, now)
+            leased = lease if added.expires_at is not None else 0
+            key = f"{self.prefix}{ALLOCATIONS}{allocation_id}"
+            compares.append(Compare(key, 0))
+            changes.append(Put(key, _encode(added), leased))
+            for slot in added.slots:
+                compares.append(Compare(self._slot_key(slot), 0))
+                changes.append(Put(self._slot_key(slot), allocation_id.encode(), leased))
+            users.setdefault(added.user, 0.0)
+        for user, hours in users.items():
+            key = f"{self.prefix}{USERS}{user}"
+            known = read.users.get(user)
+            compares.append(Compare(key, known[1].mod_revision if known is not None else 0))
+            total = (known[0].at_time(now, self._half_life()) if known is not None else 0.0) + hours
+            changes.append(Put(key, json.dumps({"hours": total, "at": now}).encode()))
+        return compares, changes
+
+    def _lease(self, allocation: Allocation, now: float) -> int:
+        ttl = max(2, math.ceil((allocation.expires_at or now) - now) + 1)
+        try:
+            return self.etcd.grant_lease(ttl)
+        except StoreUnavailable as problem:
+            self.up = False
+            raise unavailable(problem) from problem
+
+    def _slot_key(self, slot: str) -> str:
+        return f"{self.prefix}{SLOTS}{self.node}/{slot}"
+
+    # --- what else the allocator asks -------------------------------------------------------------------------
+
+    def stamp(self) -> object:
+        """The cluster's revision; None while it does not answer (no pass runs on that), a new one once it does."""
+        try:
+            revision = self.etcd.revision(self.prefix)
+        except StoreUnavailable:
+            self.up = False
+            return None
+        self.up = True
+        return revision
+
+    def past_usage(self, now: float, half_life_seconds: float) -> dict[str, float] | None:
+        read = self._read()
+        return {user: usage.at_time(now, half_life_seconds) for user, (usage, _) in read.users.items()}
+
+    def other_containers(self, user: str) -> int:
+        """From the other nodes' liveness records (ds01.fleet.registry writes them): their count as of their last
+        renewal, and 0 while the store does not answer, so containers without GPUs are still made."""
+        try:
+            read = self._read()
+        except Denied:
+            return 0
+        return sum(int((record.get("containers") or {}).get(user, 0)) for node, record in read.nodes.items()
+                   if node != self.node)
+
+
+def _encode(allocation: Allocation) -> bytes:
+    return json.dumps(allocation.to_json(), sort_keys=True).encode()
