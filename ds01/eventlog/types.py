@@ -20,6 +20,9 @@ class EventType(StrEnum):
     JOB_QUEUED = "job.queued"
     JOB_START = "job.start"
     JOB_END = "job.end"
+    FLEET_FORGET = "fleet.forget"  # an admin removed a node that is gone, with its allocations
+    FLEET_IMPORT = "fleet.import"  # a state file loaded into the fleet's store
+    FLEET_REJOIN = "fleet.rejoin"  # this node's lease had lapsed (etcd unreachable); renewed, it reconciled
     RECONCILE_STARTUP = "reconcile.startup"
     RECONCILE_UNALLOCATED_GPU_CONTAINER = "reconcile.unallocated_gpu_container"
     GPU_XID = "gpu.xid"

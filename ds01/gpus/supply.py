@@ -81,3 +81,16 @@ def open_allocator(paths: Paths, config: Config, engine_url: str | None = None) 
                           lambda: float(config.scheduler.usage_half_life_seconds))
         return Allocator(paths.state_dir, config.allocation, store=store)
     return Allocator(paths.state_dir, config.allocation, rebuild=rebuild)
+
+
+def node_slots(paths: Paths, config: Config) -> tuple[str, list[tuple[Slot, str, int, bool]]]:
+    """The driver, and every slot with its GPU's model, its memory (MiB) and whether it is in use (not quarantined):
+    what a fleet node publishes of itself."""
+    with nvml.session() as gpus:
+        inventory = gpus.inventory()
+    unhealthy = quarantine.quarantined(paths.state_dir, config.allocation, time.time())
+    models = {gpu.uuid: gpu for gpu in inventory.available}
+    memory = {mig.uuid: mig.memory_total_bytes for gpu in inventory.available for mig in gpu.mig_devices}
+    return inventory.driver_version, [
+        (slot, models[slot.gpu_uuid].name, memory.get(slot.uuid, models[slot.gpu_uuid].memory_total_bytes) // 2**20,
+         slot.gpu_uuid not in unhealthy) for slot in slots_from_inventory(inventory, frozenset())]

@@ -162,10 +162,13 @@ class ContainerCreates:
         return len(self.owners.mine(listed, user))  # not another user's build steps, whatever their labels say
 
     def _check_count(self, caller: runas.Caller) -> None:
-        count = self._count_containers(caller.user)
+        here = self._count_containers(caller.user)
+        elsewhere = self.allocator.store.other_containers(caller.user)  # the fleet's other nodes: 0 without one
+        count = here + elsewhere
         if count >= caller.limits.max_containers:
+            where = f" ({here} here, {elsewhere} on the fleet's other nodes)" if elsewhere else ""
             raise Denied(Reason.MAX_CONTAINERS, (
-                f"you have {count} containers and may have {caller.limits.max_containers}. Remove one "
+                f"you have {count} containers{where} and may have {caller.limits.max_containers}. Remove one "
                 "(container remove NAME) first."))
 
     def _check_published_ports(self, caller: runas.Caller, publishing: int) -> None:

@@ -58,10 +58,12 @@ class _Known:
     """What a pass needs to know of the users before it takes the allocator's lock (reading the log and the
     directory under it would hold it too long): each user's limits, share and group priority."""
 
-    def __init__(self, config: Config, slots: list[Slot], history: list[usage.Held]) -> None:
+    def __init__(self, config: Config, slots: list[Slot], history: list[usage.Held],
+                 past: dict[str, float]) -> None:
         self.config = config
         self.slots = slots
-        self.history = history
+        self.history = history  # the file store's: releases in this node's event log
+        self.past = past  # the etcd store's: each user's decayed use of the whole fleet, from its releases
         self.limits: dict[str, LimitValues] = {}
         self.shares: dict[str, float] = {}
         self.priorities: dict[str, float] = {}
@@ -95,7 +97,7 @@ class Queue:
         self._saving = threading.Lock()
         self._kicked = threading.Event()
         self._entries: dict[str, Entry] = {}
-        self._history: tuple[float, list[usage.Held]] = (-math.inf, [])
+        self._history: tuple[float, list[usage.Held], dict[str, float]] = (-math.inf, [], {})
         self._fairshare: dict[str, tuple[float, float]] = {}
         self._waits = queuestate.WaitHistogram()
         self._next_expiry = math.inf
@@ -217,13 +219,13 @@ class Queue:
 
     def run(self, stop: threading.Event) -> None:
         """The pass loop, until `stop`; a failed pass is reported, and tried again at the next trigger."""
-        seen: tuple[int, int] | None = None
+        seen: object = None
         config: Config | None = None
         backstop = self._clock() + BACKSTOP_SECONDS
         while not stop.is_set():
             kicked = self._kicked.wait(POLL_SECONDS)
             self._kicked.clear()
-            stamp, current, now = _stamp(self._allocator.path), self._sessions.current_config(), self._clock()
+            stamp, current, now = self._allocator.store.stamp(), self._sessions.current_config(), self._clock()
             if not (kicked or stamp != seen or current is not config or now >= self._next_expiry or now >= backstop):
                 continue
             seen, config, backstop = stamp, current, now + BACKSTOP_SECONDS
@@ -235,22 +237,25 @@ class Queue:
     def _known(self, extra: list[Entry]) -> _Known:
         config = self._sessions.current_config()
         now = self._clock()
-        read_at, history = self._history
+        read_at, history, past = self._history
         if now - read_at > HISTORY_SECONDS:
-            history, unreadable = usage.history(self._log, now, config.scheduler.usage_half_life_seconds)
-            self._history = (now, history)
+            half_life = config.scheduler.usage_half_life_seconds
+            fleet = self._allocator.store.past_usage(now, half_life)
+            history, unreadable = usage.history(self._log, now, half_life) if fleet is None else ([], 0)
+            past = fleet or {}
+            self._history = (now, history, past)
             if unreadable:  # reported at each read, not taken for no use
                 eventlog.emit(EventType.PROXY_INTERNAL_ERROR, source="proxy", error=(
                     f"{unreadable} allocation.release events in the log say no held_seconds or gpu_equivalents; "
                     "the fair share leaves them out"))
-        known = _Known(config, self._slots(), history)
+        known = _Known(config, self._slots(), history, past)
         with self._lock:
             waiting = [*self._entries.values(), *extra]
         uids = {e.user: e.uid for e in waiting} | {
             a.user: a.uid for a in self._allocator.allocations() if a.uid is not None}
-        for held in history:  # those who used GPUs lately count with their own share, not the default
-            if held.user not in uids and (account := nss.account_by_name(held.user)) is not None:
-                uids[held.user] = account.pw_uid
+        for user in {*(held.user for held in history), *past}:  # recent users count with their own share
+            if user not in uids and (account := nss.account_by_name(user)) is not None:
+                uids[user] = account.pw_uid
         for user, uid in uids.items():
             try:
                 session = self._sessions.for_uid(uid)
@@ -272,6 +277,8 @@ class Queue:
                 a.user, known.config.defaults))) for a in live]
             used = usage.decayed_hours([*known.history, *usage.holding_now(live, now)], now,
                                        known.config.scheduler.usage_half_life_seconds)
+            for user, hours in known.past.items():
+                used[user] = used.get(user, 0.0) + hours
             factors = usage.fairshare_factors(used, {u: known.shares.get(u, 1.0) for u in {*known.shares, *used}})
             self._fairshare = {u: (factors[u], used.get(u, 0.0)) for u in factors}
             self._next_expiry = min((a.expires_at for a in live if a.expires_at is not None), default=math.inf)
@@ -349,11 +356,3 @@ def _check_grantable(known: _Known, waiter: scheduler.Waiter) -> None:
     never = scheduler.never_grantable(waiter, known.config.allocation, known.slots)
     if never is not None:
         raise never
-
-
-def _stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        found = path.stat()
-    except FileNotFoundError:
-        return None
-    return found.st_mtime_ns, found.st_ino

@@ -7,19 +7,24 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ds01 import eventlog, labels
 from ds01.daemon import only_instance
 from ds01.engine import Engine
-from ds01.errors import Ds01Error
+from ds01.errors import Denied, Ds01Error
 from ds01.eventlog.types import EventType
+from ds01.fleet.nodes import Membership
+from ds01.gpus.allocator import Allocator, ReconcileReport
+from ds01.gpus.etcdstore import EtcdStore
 from ds01.gpus.placement import Slot
-from ds01.gpus.supply import current_slots, failed_slots, open_allocator, slot_states
+from ds01.gpus.supply import current_slots, failed_slots, node_slots, open_allocator, slot_states
 from ds01.paths import Paths
 from ds01.proxy import builds, images, runas
 from ds01.proxy.binds import Pins
 from ds01.proxy.cgroups import CgroupParents
+from ds01.proxy.fleetkeeper import FleetKeeper
 from ds01.proxy.gate import MIN_API_VERSION, Gate
 from ds01.proxy.images import ImageActions
 from ds01.proxy.imagestore import ImageStore
@@ -27,6 +32,7 @@ from ds01.proxy.janitor import STREAM_ERRORS, Janitor, ReachKeeper, keep_reach, 
 from ds01.proxy.server import Proxy, serve_forever
 from ds01.proxy.session import Sessions
 from ds01.proxy.upstream import Upstream
+from ds01.reasons import Reason
 
 SLOT_CACHE_SECONDS = 2.0
 
@@ -68,15 +74,51 @@ def start_reach(upstream: Upstream, sessions: Sessions, engine_cgroup: str | Non
     return keeper
 
 
-def _background(gate: Gate, janitor: Janitor) -> threading.Event:
+def _background(gate: Gate, janitor: Janitor, fleet: FleetKeeper | None) -> threading.Event:
     """The threads beside the server: the engine's events, the reach rules, the queue's passes, the jobs' time
-    limits; the event stops them all."""
+    limits, and the fleet lease; the event stops them all."""
     stop = threading.Event()
     for target, arg in ((watch_engine, janitor), (keep_reach, janitor.keeper)):
         threading.Thread(target=target, args=(arg, stop), daemon=True).start()
-    for loop in (gate.queue.run, gate.jobs.run):
+    for loop in (gate.queue.run, gate.jobs.run, *((fleet.run,) if fleet is not None else ())):
         threading.Thread(target=loop, args=(stop,), daemon=True).start()
     return stop
+
+
+def _reconcile(allocator: Allocator, upstream_url: str) -> ReconcileReport:
+    with Engine(upstream_url) as engine:
+        listed_at = time.time()
+        found = engine.containers()
+    return allocator.reconcile(found, listed_at)
+
+
+def _startup_reconcile(allocator: Allocator, upstream_url: str) -> bool:
+    """Crash recovery before serving; False when the fleet's store does not answer: containers without GPUs are
+    served meanwhile, and the node reconciles once it answers."""
+    try:
+        report = _reconcile(allocator, upstream_url)
+    except Denied as denied:
+        if denied.reason is not Reason.STORE_UNAVAILABLE:
+            raise
+        print(f"ds01 proxy: WARN {denied.message}", file=sys.stderr, flush=True)
+        return False
+    eventlog.emit(EventType.RECONCILE_STARTUP, source="proxy", released=len(report.released),
+                  expired=len(report.expired), adopted=len(report.adopted), unallocated=len(report.unallocated))
+    return True
+
+
+def _fleet_keeper(paths: Paths, sessions: Sessions, allocator: Allocator, upstream: Upstream, *, upstream_url: str,
+                  kick: Callable[[], None], out_of_touch: bool) -> FleetKeeper | None:
+    """With allocation.store: etcd, this node's lease and record; None for the file store."""
+    store = allocator.store
+    if not isinstance(store, EtcdStore):
+        return None
+    fleet = sessions.config.fleet
+    keeper = FleetKeeper(Membership(store.etcd, store.prefix, store.node, fleet.node_ttl_seconds), store, upstream,
+                         lambda: node_slots(paths, sessions.current_config()), ttl_seconds=fleet.node_ttl_seconds,
+                         run_dir=paths.run_dir, reconcile=lambda: _reconcile(allocator, upstream_url), kick=kick)
+    keeper.out_of_touch = out_of_touch
+    return keeper
 
 
 def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float, engine_cgroup: str | None) -> int:
@@ -101,12 +143,8 @@ def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float, eng
     keeper = start_reach(upstream, sessions, engine_cgroup)
     allocator = open_allocator(paths, sessions.config, upstream_url)
     with Engine(upstream_url) as engine:
-        listed_at = time.time()
         found = engine.containers()
-        report = allocator.reconcile(found, listed_at)  # crash recovery before serving
-    eventlog.emit(EventType.RECONCILE_STARTUP, source="proxy", released=len(report.released),
-                  expired=len(report.expired),
-                  adopted=len(report.adopted), unallocated=len(report.unallocated))
+    store_down = not _startup_reconcile(allocator, upstream_url)
     for legacy in runas.root_with_host_mounts(found):
         print(f"ds01 proxy: WARN {runas.root_container_warning(legacy)}", file=sys.stderr, flush=True)
         eventlog.emit(EventType.SECURITY_ROOT_CONTAINER, source="proxy", user=legacy.labels.get(labels.USER),
@@ -136,8 +174,10 @@ def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float, eng
                 log_driver=str(info.get("LoggingDriver") or "json-file"), instance=instance)
     gate.queue.restore()  # before serving: the last run's waiters are gone with their connections
     gate.jobs.restore()  # batch jobs are not: queued ones queue again, ended ones are recorded
+    fleet = _fleet_keeper(paths, sessions, allocator, upstream, upstream_url=upstream_url, kick=gate.queue.kick,
+                          out_of_touch=store_down)
     stop_janitor = _background(gate, Janitor(upstream, allocator, pins, instance, keeper, image_store,
-                                             gate.queue.kick, gate.jobs.container_died))
+                                             gate.queue.kick, gate.jobs.container_died), fleet)
     try:
         serve_forever(Proxy(gate, upstream), listen, paths.run_dir, drain_seconds,
                       on_ready=lambda: print(f"ds01 proxy: listening on {listen}, engine {upstream_url}", flush=True))

@@ -230,7 +230,8 @@ def test_a_volume_as_workspace_or_an_outsized_body_is_refused_and_an_ended_job_k
     assert not records.exists() or not json.loads(records.read_text())["jobs"]  # neither was recorded
 
     run_job(jobs_proxy, "alice", fresh_name, "--cpu-only", "--", "true")
-    assert ended(jobs_proxy, "alice", fresh_name)["state"] == "succeeded"
+    job = ended(jobs_proxy, "alice", fresh_name)
+    assert job["state"] == "succeeded", job
     [record] = [r for r in json.loads(records.read_text())["jobs"] if r["name"] == fresh_name]
     assert record["body"] == {}  # an ended job keeps its result, not its create body
 

@@ -13,7 +13,7 @@ LAYERS: tuple[frozenset[str], ...] = (
                "statefile", "daemon", "terminals"}),
     frozenset({"config", "eventlog", "identity", "engine", "nvml", "procfs", "overlay", "unixhttp", "iptables",
                "etcd"}),
-    frozenset({"gpus", "jobs"}),
+    frozenset({"gpus", "jobs", "fleet"}),
     frozenset({"proxy", "exporter"}),
     frozenset({"ops"}),
     frozenset({"cli"}),

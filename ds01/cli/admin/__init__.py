@@ -12,6 +12,7 @@ from ds01.cli.admin import (
     doctor,
     events,
     exporter,
+    fleet,
     gpus,
     install,
     limits,
@@ -34,4 +35,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     install.register(commands)
     events.register(commands)
     report.register(commands)
+    fleet.register(commands)
     return run(parser, argv)

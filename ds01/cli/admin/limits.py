@@ -59,7 +59,7 @@ def show_limits(args: argparse.Namespace, context: Context) -> int:
     paths, config = context.paths, context.config
     user = accounts.resolve_name(args.user, config.ldap)
     effective = effective_limits(config, user.name, user.groups, datetime.now(UTC))
-    held = [a for a in open_allocator(paths, config).allocations() if a.user == user.sanitized]
+    held = [a for a in open_allocator(paths, config).fleet_allocations() if a.user == user.sanitized]
     held_equivalents = sum((a.gpu_equivalents for a in held), Fraction(0))
     container_count: int | None = None
     status = 0

@@ -1,0 +1,1 @@
+"""The fleet: the nodes that share one etcd store, their liveness, and its views."""
