@@ -188,6 +188,21 @@ def _queue(snapshot: Snapshot) -> Iterator[Metric]:
                   {(u,): used for u, (_, used) in queue.fairshare.items()})
 
 
+def _fleet(snapshot: Snapshot) -> Iterator[Metric]:
+    """The node is Prometheus' `instance`: these carry no label of their own but the fleet node they tell of."""
+    if snapshot.store is not None:
+        yield GaugeMetricFamily("ds01_store_up", "1 when the allocation store answers (etcd: the proxy's last "
+                                "lease renewal; file: its state file was read)", value=int(snapshot.store.up))
+        yield CounterMetricFamily("ds01_store_transaction_retries", "Allocation changes run again after a "
+                                  "conflicting change on etcd (always 0 with the file store)",
+                                  value=snapshot.store.transaction_retries)
+    if snapshot.fleet:
+        yield _filled("ds01_fleet_node_up", "1 while the fleet node's lease (node_ttl) is renewed, 0 once it "
+                      "lapsed", ["fleet_node"], {(n.node,): int(n.alive) for n in snapshot.fleet})
+        yield _filled("ds01_fleet_node_last_seen_timestamp_seconds", "When the fleet node last renewed its lease",
+                      ["fleet_node"], {(n.node,): n.last_seen for n in snapshot.fleet if n.last_seen is not None})
+
+
 def _self(snapshot: Snapshot) -> Iterator[Metric]:
     events = CounterMetricFamily("ds01_events", "Events in the event log, by type", labels=["type"])
     for kind, count in sorted(snapshot.events.items()):
@@ -215,5 +230,5 @@ class SnapshotCollector(Collector):
         snapshot = self._current()
         if snapshot is None:
             return
-        for part in (_hardware, _attribution, _allocation, _images, _queue, _self):
+        for part in (_hardware, _attribution, _allocation, _images, _queue, _fleet, _self):
             yield from part(snapshot)

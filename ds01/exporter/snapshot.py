@@ -22,15 +22,17 @@ from typing import Any, Protocol
 from ds01 import labels, names, nvml, procfs
 from ds01.config import Config, effective_limits, load_config
 from ds01.errors import Ds01Error
+from ds01.exporter.fleet import FleetNode, StoreState, fleet_nodes, store_state
 from ds01.gpus import queuestate
 from ds01.gpus.allocator import Allocation, read_allocations
 from ds01.gpus.queuestate import QueueState
+from ds01.gpus.supply import open_allocator
 from ds01.identity import accounts, nss
 from ds01.paths import Paths
 from ds01.proxy.imagestore import ImageStore, own_image_sizes
 from ds01.records import ContainerSummary
 
-SOURCES = ("nvml", "engine", "proc", "allocator", "config", "events", "images", "queue")
+SOURCES = ("nvml", "engine", "proc", "allocator", "config", "events", "images", "queue", "store", "fleet")
 ImageInspect = Callable[[str], dict[str, Any] | None]
 
 
@@ -105,6 +107,8 @@ class Snapshot:
     collections_total: int
     problems: tuple[str, ...] = field(default=())
     queue: QueueState | None = None  # the proxy's queue as it last wrote it; None before it first did
+    store: StoreState | None = None  # None when it could not be told
+    fleet: tuple[FleetNode, ...] = ()  # every node of the fleet (none with the file store)
 
 
 def owner_of_container(summary: ContainerSummary) -> tuple[str, bool]:
@@ -187,6 +191,7 @@ class Collector:
         users = self._user_limits(summaries, allocations, processes, up, problems)
         storage = self._image_storage(up, problems)
         queue = self._queue(up, problems)
+        store, fleet = self._fleet(up, problems)
         try:
             self._events.refresh()
         except OSError as exc:
@@ -198,7 +203,7 @@ class Collector:
             inventory=inventory, processes=tuple(processes), containers=tuple(summaries),
             allocations=tuple(allocations), users=tuple(users), image_storage=storage, xids=self._xids(),
             events=dict(self._events.counts), source_up=up, errors_total={s: self._errors[s] for s in SOURCES},
-            collections_total=self._collections, problems=tuple(problems), queue=queue)
+            collections_total=self._collections, problems=tuple(problems), queue=queue, store=store, fleet=fleet)
 
     def _inventory(self, up: dict[str, bool], problems: list[str]) -> nvml.Inventory | None:
         try:
@@ -287,11 +292,31 @@ class Collector:
 
     def _allocations(self, up: dict[str, bool], problems: list[str]) -> list[Allocation]:
         try:
+            config = self._current_config()
+            if config.allocation.store == "etcd":  # this node's, from the fleet's store
+                return open_allocator(self.paths, config).allocations()
             return read_allocations(self.paths.state_dir)
         except Ds01Error as exc:
             up["allocator"] = False
             self._fail("allocator", problems, exc)
             return []
+
+    def _fleet(self, up: dict[str, bool], problems: list[str]) -> tuple[StoreState | None, tuple[FleetNode, ...]]:
+        store: StoreState | None = None
+        nodes: tuple[FleetNode, ...] = ()
+        try:
+            config = self._current_config()
+            store = store_state(config, self.paths.run_dir, up["allocator"])
+        except Ds01Error as exc:
+            up["store"] = False
+            self._fail("store", problems, exc)
+            return None, ()
+        try:
+            nodes = fleet_nodes(config)
+        except Ds01Error as exc:
+            up["fleet"] = False
+            self._fail("fleet", problems, exc)
+        return store, nodes
 
     def _current_config(self) -> Config:
         stat = self.paths.config.stat()
