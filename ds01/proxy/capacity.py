@@ -10,10 +10,14 @@ from fractions import Fraction
 from typing import Any
 
 from ds01.errors import Denied
+from ds01.etcd import StoreUnavailable
+from ds01.fleet.nodes import read_fleet
 from ds01.gpus.allocator import Allocation, Allocator
+from ds01.gpus.etcdstore import EtcdStore, unavailable
 from ds01.gpus.placement import Slot
 from ds01.gpus.queuestate import Entry
 from ds01.gpus.scheduler import Placement
+from ds01.proxy.fleetview import fleet_view
 from ds01.proxy.images import check_parameters
 from ds01.proxy.outcomes import Deny, Outcome, Reply, Request
 from ds01.proxy.queue import Queue
@@ -34,9 +38,10 @@ def when(moment: float, now: float) -> dict[str, Any]:
 
 
 def gpus_view(caller: Caller, *, slots: Sequence[Slot], unhealthy: frozenset[str], live: Sequence[Allocation],
-              waiting: Sequence[Entry], free_by: FreeBy, now: float | None = None) -> dict[str, Any]:
+              held: Sequence[Allocation], waiting: Sequence[Entry], free_by: FreeBy,
+              now: float | None = None) -> dict[str, Any]:
     """Every slot (`slots`: all of them, `unhealthy` the GPUs out of use) with its state: free, held, reserved for
-    the queue, or unhealthy."""
+    the queue, or unhealthy; `held`: the caller's allocations wherever in the fleet, for their quota."""
     now = time.time() if now is None else now
     holder = {slot: a for a in live for slot in a.slots}
     reserved = {slot: (entry, entry.placement.start) for entry in waiting if entry.placement is not None
@@ -62,7 +67,7 @@ def gpus_view(caller: Caller, *, slots: Sequence[Slot], unhealthy: frozenset[str
                                "position": entry.placement.position if entry.placement else None,
                                "from": when(start or float("inf"), now)}
         shown.append(row)
-    own = [a for a in live if a.user == caller.user]
+    own = [a for a in held if a.user == caller.user]
     return {"user": caller.user, "quota": format_equivalents(caller.limits.gpu_quota),
             "held": format_equivalents(sum((a.gpu_equivalents for a in own), Fraction(0))),
             "queue_length": len(waiting), "waiting_of_yours": sum(e.user == caller.user for e in waiting),
@@ -119,12 +124,30 @@ class Ds01Routes:
         self._allocator = allocator
         self._all_slots = all_slots
 
+    def _fleet(self, caller: Caller) -> dict[str, Any]:
+        store = self._allocator.store
+        if not isinstance(store, EtcdStore):
+            raise Denied(Reason.BAD_REQUEST, "this server is in no fleet (its allocation store is a local file); "
+                                             "`container gpus` shows its GPUs.")
+        try:
+            view = read_fleet(store.etcd, store.prefix)
+        except StoreUnavailable as problem:
+            raise unavailable(problem) from problem
+        return fleet_view(caller, view, store.node)
+
     def answer(self, request: Request) -> Outcome:
         caller, route = request.session.caller, request.route
         if route.kind is RouteKind.CAPACITY:
-            check_parameters(request.query, frozenset(), "GET /ds01/gpus")
+            fleet = check_parameters(request.query, frozenset({"fleet"}), "GET /ds01/gpus").get("fleet", ["0"])[-1]
+            if fleet not in ("0", "1"):
+                raise Denied(Reason.BAD_REQUEST, f"GET /ds01/gpus takes fleet=0 or fleet=1, not fleet={fleet}")
+            if fleet == "1":
+                return Reply(200, self._fleet(caller))
             slots, unhealthy = self._all_slots()
-            return Reply(200, gpus_view(caller, slots=slots, unhealthy=unhealthy, live=self._allocator.allocations(),
+            everywhere = self._allocator.fleet_allocations()
+            return Reply(200, gpus_view(caller, slots=slots, unhealthy=unhealthy,
+                                        live=[a for a in everywhere if self._allocator.is_local(a)],
+                                        held=[a for a in everywhere if a.user == caller.user],
                                         waiting=self._queue.waiting(), free_by=self._queue.free_by))
         if route.object_id is not None:  # DELETE /ds01/queue/ID: the CLI's Ctrl-C
             check_parameters(request.query, frozenset(), "DELETE /ds01/queue/ID")

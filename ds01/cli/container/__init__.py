@@ -58,7 +58,7 @@ SUBCOMMANDS = (
     Subcommand("stats", "CPU, memory and GPUs of your running containers, one snapshot",
                "container stats --filter gpu=yes --json"),
     Subcommand("gpus", "every GPU slot: free, held (until when, at the latest), reserved for the queue or "
-                       "unhealthy; your quota and use", "container gpus --format json"),
+                       "unhealthy; your quota and use", "container gpus --fleet"),
     Subcommand("queue", "your GPU requests waiting in the queue: place, priority, estimated start",
                "container create train --gpus 1 --wait 2h & container queue"),
     Subcommand("ports", "the ports a container publishes, with the ssh line that reaches each from your laptop",

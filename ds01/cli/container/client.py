@@ -230,9 +230,10 @@ class ProxyClient:
     def cancel_job(self, name: str) -> dict[str, Any]:
         return dict(self._call(None, lambda: self._json("DELETE", f"/ds01/jobs/{quote(name)}")))
 
-    def gpus(self) -> dict[str, Any]:
-        """Every slot and its state, the caller's quota and use, as GET /ds01/gpus answers."""
-        return dict(self._call(None, lambda: self._json("GET", "/ds01/gpus")))
+    def gpus(self, *, fleet: bool = False) -> dict[str, Any]:
+        """Every slot and its state, the caller's quota and use, as GET /ds01/gpus answers; with `fleet`, where in
+        the fleet slots are free for the caller."""
+        return dict(self._call(None, lambda: self._json("GET", "/ds01/gpus?fleet=1" if fleet else "/ds01/gpus")))
 
     def dry_run(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         """What the proxy would grant for this create, without creating anything."""
