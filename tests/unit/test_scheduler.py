@@ -195,9 +195,13 @@ def test_a_backfill_never_delays_those_ahead(held: list[tuple[object, float]],
                                              waiting: list[tuple[str, GpuRequest, float, int]],
                                              late: GpuRequest, runtime: float) -> None:
     """A newcomer of the lowest priority that is granted now holds its slots from then on: in the next pass, no
-    one ahead of it starts later than before, on any slot."""
+    one ahead of it that reserved slots starts later than before."""
     occupants, waiters = _world(held, waiting)
-    before = {p.waiter.id: p.start for p in run(waiters, occupants)}
+    first = run(waiters, occupants)
+    before = {p.waiter.id: p.start for p in first}
+    # One its own quota holds back reserves no slots: its start is "if GPUs are free then", which a backfill may
+    # take (the queue says so); the promise below is to those who reserved.
+    conditional = {p.waiter.id for p in first if p.blocked_by is Reason.QUOTA and not p.granted}
     newcomer = waiter("late", late, user="erin", joined=NOW, runtime=runtime, priority=-10_000.0)
     placed = run([*waiters, newcomer], occupants)
     assert placed[-1].waiter.id == "late"
@@ -208,6 +212,8 @@ def test_a_backfill_never_delays_those_ahead(held: list[tuple[object, float]],
         after = run([w for w in waiters if before[w.id] != NOW], [*occupants, *granted])
         for p in after:
             ahead = before[p.waiter.id]
+            if p.waiter.id in conditional:
+                continue
             assert ahead is None or (p.start is not None and p.start <= ahead), (p.waiter.id, ahead, p.start)
 
 
