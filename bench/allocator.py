@@ -29,40 +29,32 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import _fleetstore
 import docker
 from _common import IMAGE, BenchError, engine_url, percentile, verdict
+from _fleetstore import LIMITS, SETTINGS, healthy_slots
 from docker.types import DeviceRequest
 
-from ds01 import nvml
-from ds01.config import BUILTIN_DEFAULTS, AllocationSettings
 from ds01.engine import Engine
 from ds01.errors import Busy, Denied
 from ds01.gpus.allocator import Allocator
 from ds01.gpus.placement import GpuRequest, Holding, Slot, choose_slots
-from ds01.gpus.supply import slots_from_inventory
 
 BENCH_LABEL = "ds01.bench"
 TARGET_PAIRS_PER_SECOND = 300
 TARGET_P99_HOLD_MS = 5.0
 TARGET_RATIO = 20
-LIMITS = BUILTIN_DEFAULTS.with_overrides({"gpu_quota": Fraction(1), "max_gpus_per_container": 1})
-# MIG slices first, whole GPUs when no slice is free: every one of the 13 slots is in play.
-SETTINGS = AllocationSettings(mig_preference="all", lock_timeout_seconds=30)
 EXAMPLE = """example:
   eval "$(scripts/testbed env)"
   .venv/bin/python bench/allocator.py                 # default: 32 processes, ~1-2 minutes
   .venv/bin/python bench/allocator.py --duration 3 --repeats 5 --naive-duration 10
   .venv/bin/python bench/allocator.py --cleanup       # remove the 200 benchmark containers
+  eval "$(scripts/fleetbed env)"; .venv/bin/python bench/allocator.py --store etcd   # the fleet on etcd
 """
 
 
-def healthy_slots() -> list[Slot]:
-    with nvml.session() as gpus:
-        return slots_from_inventory(gpus.inventory(), frozenset())
-
-
 def ours_worker(index: int, state_dir: str, duration: float, start: Any, results: Any) -> None:
-    report: dict[str, Any] = {"pairs": 0, "denied": Counter(), "busy": 0, "error": None, "holds": []}
+    report: dict[str, Any] = {"pairs": 0, "denied": Counter(), "busy": 0, "error": None, "holds": [], "grants": []}
     try:
         slots = healthy_slots()  # once per process, as the proxy computes them
         allocator = Allocator(Path(state_dir), SETTINGS)
@@ -71,6 +63,7 @@ def ours_worker(index: int, state_dir: str, duration: float, start: Any, results
         began = time.perf_counter()
         deadline = began + duration
         while time.perf_counter() < deadline:
+            asked = time.perf_counter()
             try:
                 allocation = allocator.request(user, None, LIMITS, GpuRequest(count=1), slots=slots)
             except Denied as denied:
@@ -79,6 +72,7 @@ def ours_worker(index: int, state_dir: str, duration: float, start: Any, results
             except Busy:
                 report["busy"] += 1
                 continue
+            report["grants"].append(time.perf_counter() - asked)
             while True:
                 try:
                     allocator.release(allocation.id)
@@ -154,6 +148,8 @@ def run_round(target: Any, argument: str, processes: int, duration: float) -> di
         "rate": sum(r["pairs"] for r in reports) / elapsed, "busy": sum(r["busy"] for r in reports),
         "denied": sum(denied.values()), "holds": holds,
         "inspected": sum(r.get("inspected", 0) for r in reports),
+        "grants": sorted(g for r in reports for g in r.get("grants", [])),
+        "retries": sum(r.get("retries", 0) for r in reports),
     }
 
 
@@ -200,6 +196,8 @@ def main() -> int:
     parser.add_argument("--naive-repeats", type=int, default=1, help="naive repetitions (default 1)")
     parser.add_argument("--containers", type=int, default=200, help="containers on the engine for the naive run")
     parser.add_argument("--cleanup", action="store_true", help="remove the benchmark containers and exit")
+    parser.add_argument("--store", choices=("file", "etcd"), default="file",
+                        help="etcd: the fleet bed's three nodes on etcd against the file store on one node")
     parser.add_argument("--keep-fixture", action="store_true",
                         help="leave the benchmark containers for the next run (they confuse reconcile in tests)")
     args = parser.parse_args()
@@ -209,6 +207,12 @@ def main() -> int:
     except BenchError as exc:
         print(f"bench/allocator.py: {exc}", file=sys.stderr)
         return 2
+    if args.store == "etcd":
+        try:
+            return _fleetstore.compare(run_round, ours_worker, args.processes, args.duration, args.repeats)
+        except BenchError as exc:
+            print(f"bench/allocator.py: {exc}", file=sys.stderr)
+            return 2
     client = docker.DockerClient(base_url=docker_host)
     try:
         if args.cleanup:
