@@ -144,6 +144,15 @@ def engine(testbed: Testbed) -> Iterator[docker.DockerClient]:
         client.close()
 
 
+@dataclass(frozen=True)
+class ProxyNode:
+    """An engine other than the test bed's, for a proxy of its own: a fleet node's."""
+
+    netns: str
+    docker_host: str
+    topology: Path
+
+
 @dataclass
 class ProxyHandle:
     """A running `ds01 proxy` on the test bed, with its own config, state, log and run dirs."""
@@ -181,10 +190,12 @@ class ProxyHandle:
 
 
 def start_proxy(testbed: Testbed, root: Path, *, ttl: str = "60s", extra_config: str = "",
-                engine_cgroup: str | None = None) -> ProxyHandle:
+                engine_cgroup: str | None = None, replaced: tuple[tuple[str, str], ...] = (),
+                node: ProxyNode | None = None) -> ProxyHandle:
     """A proxy in the engine's network namespace, whose reach rules it keeps; `extra_config` is appended to the
-    test bed's configuration (a section the shipped file leaves out). `engine_cgroup`: named, for an upstream
-    that is not the engine's own socket (by default the proxy reads it from the process serving the socket)."""
+    test bed's configuration (a section the shipped file leaves out), and `replaced` changes lines of it.
+    `engine_cgroup`: named, for an upstream that is not the engine's own socket (by default the proxy reads it
+    from the process serving the socket). `node`: another engine than the test bed's (a fleet node's)."""
     for sub in ("etc", "state", "log", "run"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
@@ -196,17 +207,19 @@ def start_proxy(testbed: Testbed, root: Path, *, ttl: str = "60s", extra_config:
     for shipped, wanted in (("data_dirs: []", f"data_dirs: [{data}]"),
                             ("cap_add: []", "cap_add: [SYS_PTRACE]"),
                             ("reservation_ttl: 60s", f"reservation_ttl: {ttl}"),
-                            ("users: {}\n", "users:\n  bob:\n    group: researcher\n")):
+                            ("users: {}\n", "users:\n  bob:\n    group: researcher\n"), *replaced):
         assert shipped in text, shipped
         text = text.replace(shipped, wanted)
     (root / "etc" / "resource-limits.yaml").write_text(text + extra_config)
     env = {**os.environ, "DS01_CONFIG": str(root / "etc" / "resource-limits.yaml"),
-           "DS01_STATE_DIR": str(root / "state"), "DS01_LOG_DIR": str(root / "log"), "DS01_RUN_DIR": str(root / "run")}
+           "DS01_STATE_DIR": str(root / "state"), "DS01_LOG_DIR": str(root / "log"), "DS01_RUN_DIR": str(root / "run"),
+           **({"FAKE_NVML_TOPOLOGY": str(node.topology), "DS01_TESTBED_NETNS": node.netns} if node else {})}
+    netns, upstream = (node.netns, node.docker_host) if node else (testbed.netns, testbed.docker_host)
     # nsenter execs the proxy itself (its pid is the proxy's) and changes only the network namespace: the proxy
     # keeps the host's mounts, where the engine sees its pins.
     process = subprocess.Popen(
-        ["nsenter", f"--net=/run/netns/{testbed.netns}", str(Path(sys.executable).parent / "ds01"), "proxy",
-         "--upstream", testbed.docker_host, "--drain-seconds", "5",
+        ["nsenter", f"--net=/run/netns/{netns}", str(Path(sys.executable).parent / "ds01"), "proxy",
+         "--upstream", upstream, "--drain-seconds", "5",
          *(["--engine-cgroup", engine_cgroup] if engine_cgroup else [])],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
