@@ -16,13 +16,14 @@ from urllib.parse import quote
 
 from ds01 import eventlog, iptables, labels, procfs
 from ds01.config.schema import HostService
-from ds01.errors import Ds01Error, EngineError
+from ds01.errors import Denied, Ds01Error, EngineError
 from ds01.eventlog.types import EventType
 from ds01.gpus.allocator import Allocator
 from ds01.proxy import http, reach
 from ds01.proxy.binds import Pins
 from ds01.proxy.imagestore import ImageStore
 from ds01.proxy.upstream import Upstream
+from ds01.reasons import Reason
 from ds01.records import container_info
 
 WATCHED = {"type": ["container", "network", "image"], "event": ["create", "destroy", "die", "oom", "start", "delete"]}
@@ -134,7 +135,14 @@ class Janitor:
         if (kind, action) == ("image", "delete"):  # removed past the proxy, or pruned: its record goes
             self.images.forget([str(event.get("id") or actor.get("ID", ""))])
         if kind == "container":
-            self._on_container(action, str(event.get("id") or actor.get("ID", "")), actor.get("Attributes") or {})
+            try:
+                self._on_container(action, str(event.get("id") or actor.get("ID", "")), actor.get("Attributes") or {})
+            except Denied as denied:
+                if denied.reason is not Reason.STORE_UNAVAILABLE:
+                    raise
+                # The stream goes on; what this event would have released, the rejoin's reconcile releases.
+                eventlog.emit(EventType.PROXY_INTERNAL_ERROR, source="proxy", error=(
+                    f"container {action} not settled with the allocation store: {denied.message}"))
 
     def _on_container(self, action: str, container_id: str, attributes: dict[str, Any]) -> None:
         # Only this ds01's own, or one from before the instance label: another's grants are in another store.
