@@ -138,26 +138,20 @@ def _why_not_up(bed: Fleetbed) -> str | None:
     if unhealthy:
         return f"etcd member(s) {unhealthy} not healthy"
     for node in bed.nodes:
-        client = docker.DockerClient(base_url=node.docker_host, timeout=10)
         try:
-            client.ping()
+            docker.DockerClient(base_url=node.docker_host, timeout=10).close()  # it asks the engine's version
         except docker.errors.DockerException as exc:
             return f"the engine of {node.name} does not answer on {node.docker_host}: {exc}"
-        finally:
-            client.close()
     return None
 
 
 @pytest.fixture(scope="session")
 def fleetbed() -> Fleetbed:
     """The running fleet test bed. Not up: under CI=true the run fails, never skips; elsewhere the test skips."""
-    why: str | None = "the fleet test bed needs root (it starts etcd and dockerd)" if os.geteuid() != 0 else None
-    bed: Fleetbed | None = None
-    if why is None:
-        bed = _read_fleetbed()
-        why = _why_not_up(bed)
-    if why is not None or bed is None:
-        message = f"the fleet test bed is not up ({why}): run scripts/fleetbed up"
+    bed = _read_fleetbed()
+    why = "it needs root (it starts etcd and dockerd)" if os.geteuid() != 0 else _why_not_up(bed)
+    if why is not None:
+        message = f"the fleet test bed is not up: {why}; run scripts/fleetbed up (node 1: scripts/testbed up)"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
