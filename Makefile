@@ -4,17 +4,18 @@ SHELL := /bin/bash
 VENV ?= .venv
 BIN := $(VENV)/bin
 TESTBED := scripts/testbed
-SHELL_SCRIPTS := scripts/testbed scripts/demo tests/fakes/nvml/build.sh tests/fakes/ldap/slapd.sh .ci/run wrappers/docker config/profile.d/ds01.sh
+FLEETBED := scripts/fleetbed
+SHELL_SCRIPTS := scripts/testbed scripts/fleetbed scripts/demo tests/fakes/nvml/build.sh tests/fakes/ldap/slapd.sh .ci/run wrappers/docker config/profile.d/ds01.sh
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint deps testbed venv install clean
+.PHONY: demo test lint deps testbed fleetbed venv install clean
 
 ## demo: simulated GPUs on the private test bed, the system up, a scripted scenario
 demo: venv testbed
 	scripts/demo
 
-## test: install everything, lint, and run the whole test suite against the test bed
-test: venv testbed lint
+## test: install everything, lint, and run the whole test suite against the test bed and the fleet test bed
+test: venv testbed fleetbed lint
 	eval "$$($(TESTBED) env)"; $(BIN)/pytest $(PYTEST_ARGS)
 
 ## lint: ruff, mypy and shellcheck
@@ -34,6 +35,10 @@ install: venv
 testbed: deps
 	$(TESTBED) up
 
+# Three etcd members and the engines of nodes 2 and 3 beside the test bed's, node 1 (tests/fleet/).
+fleetbed: testbed
+	$(FLEETBED) up
+
 venv: $(VENV)/.installed
 
 # Debian's python3 (not a per-user interpreter under /root), so the test users can run ds01 too.
@@ -44,5 +49,6 @@ $(VENV)/.installed: pyproject.toml | deps
 	touch $@
 
 clean:
+	$(FLEETBED) down
 	$(TESTBED) down
 	rm -rf $(VENV) build *.egg-info
