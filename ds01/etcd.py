@@ -6,6 +6,7 @@ they never act on an old read."""
 from __future__ import annotations
 
 import base64
+import json
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ class Etcd:
             raise Ds01Error("fleet.etcd.endpoints lists no endpoint")
         self._clients = [self._client(url, settings) for url in settings.endpoints]
         self._endpoints = settings.endpoints
+        self._timeout = settings.timeout_seconds
         self._preferred = 0
         self._lock = threading.Lock()
 
@@ -94,8 +96,13 @@ class Etcd:
             client = self._clients[index]
             try:
                 answer = call(client)
-            except (etcd_errors.ConnectionFailedError, etcd_errors.ConnectionTimeoutError,
-                    etcd_errors.InternalServerError) as exc:
+            except etcd_errors.ConnectionFailedError:
+                problems.append(f"{self._endpoints[index]} refused or unreachable")
+                continue
+            except etcd_errors.ConnectionTimeoutError:
+                problems.append(f"{self._endpoints[index]} did not answer within {self._timeout:g}s")
+                continue
+            except etcd_errors.InternalServerError as exc:  # a member without a quorum: "no leader", "timed out"
                 problems.append(f"{self._endpoints[index]}: {_said(exc)}")
                 continue
             except etcd_errors.Etcd3Exception as exc:
@@ -103,7 +110,7 @@ class Etcd:
             with self._lock:
                 self._preferred = index
             return answer
-        raise StoreUnavailable("the etcd cluster did not answer (" + "; ".join(problems) + ")")
+        raise StoreUnavailable("no etcd member answered: " + "; ".join(problems))
 
     def read_prefix(self, prefix: str) -> tuple[int, list[Entry]]:
         """Every key under `prefix`, read at one revision (linearizable: a quorum agreed on it): (revision,
@@ -150,6 +157,12 @@ def _operation(change: Put | Delete) -> dict[str, Any]:
 
 
 def _said(exc: etcd_errors.Etcd3Exception) -> str:
-    """etcd's own words: the gateway's error body, or the connection's failure."""
+    """etcd's own words: the gateway's error message, else the failure as the client saw it."""
     detail = getattr(exc, "detail_text", None) or str(exc)
+    try:
+        parsed = json.loads(detail)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error") or parsed.get("message"), str):
+        detail = parsed.get("error") or parsed["message"]
     return " ".join(str(detail).split())[:300]

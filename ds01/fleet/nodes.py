@@ -32,7 +32,7 @@ class SlotRecord:
     profile: str | None  # None: a whole GPU
     model: str
     memory_mib: int
-    equivalents: str
+    equivalents: str  # exact, as Fraction writes it: "3/7"
     healthy: bool
 
 

@@ -28,7 +28,9 @@ class Allocation:
     node: str = ""  # the fleet node it was granted on; "" in the file store
 
     def holding(self) -> Holding:
-        return Holding(self.id, self.user, self.slots, self.gpu_equivalents, self.container_name)
+        # A container the engine named (docker run without --name) is bound all the same: shown by its short id.
+        bound_to = self.container_name or (self.container[:12] if self.container else None)
+        return Holding(self.id, self.user, self.slots, self.gpu_equivalents, bound_to)
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "user": self.user, "uid": self.uid, "slots": list(self.slots),

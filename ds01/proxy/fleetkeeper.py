@@ -21,7 +21,6 @@ from ds01.gpus.allocator import ReconcileReport
 from ds01.gpus.etcdstore import EtcdStore
 from ds01.gpus.placement import Slot
 from ds01.proxy.interfaces import EngineCalls
-from ds01.units import format_equivalents
 
 STATUS_FILE = "store.json"  # in DS01_RUN_DIR, for the exporter: ds01_store_up, ds01_store_transaction_retries_total
 NodeSlots = Callable[[], tuple[str, list[tuple[Slot, str, int, bool]]]]
@@ -83,8 +82,8 @@ class FleetKeeper:
             raise Ds01Error(f"the engine answered {status} when counting containers: {listed}")
         containers = Counter(str((c.get("Labels") or {}).get(labels.USER)) for c in listed)
         return NodeRecord(self._membership.node, __version__, driver, time.time(), self._ttl, tuple(
-            SlotRecord(slot.uuid, slot.gpu_index, slot.profile, model, memory, format_equivalents(slot.equivalents),
-                       healthy) for slot, model, memory, healthy in slots), dict(containers))
+            SlotRecord(slot.uuid, slot.gpu_index, slot.profile, model, memory, str(slot.equivalents), healthy)
+            for slot, model, memory, healthy in slots), dict(containers))
 
     def _write_status(self, *, up: bool, problem: str) -> None:
         statefile.write_json_atomic(self._status, {

@@ -10,6 +10,7 @@ from typing import Any
 
 from ds01.fleet.nodes import FleetView, SlotRecord
 from ds01.proxy.runas import Caller
+from ds01.units import format_equivalents
 
 
 def _usable(slot: SlotRecord, caller: Caller) -> bool:
@@ -29,13 +30,15 @@ def fleet_view(caller: Caller, view: FleetView, here: str) -> dict[str, Any]:
         alive = name in view.alive
         shown.append({
             "node": name, "alive": alive, "here": name == here, "last_seen": record.seen_at,
-            "free": [{"model": model, "profile": profile, "memory_mib": memory, "equivalents": equivalents,
-                      "count": count} for (model, profile, memory, equivalents), count in sorted(
-                          free.items(), key=lambda item: (item[0][1] is not None, -Fraction(item[0][3])))]
+            "free": [{"model": model, "profile": profile, "memory_mib": memory,
+                      "equivalents": format_equivalents(Fraction(equivalents)), "count": count}
+                     for (model, profile, memory, equivalents), count in sorted(
+                         free.items(), key=lambda item: (item[0][1] is not None, -Fraction(item[0][3])))]
             if alive else [],
-            "free_gpu_equivalents": str(sum((Fraction(e) * n for (_, _, _, e), n in free.items()), Fraction(0)))
-            if alive else "0",
+            "free_gpu_equivalents": format_equivalents(
+                sum((Fraction(e) * n for (_, _, _, e), n in free.items()), Fraction(0)) if alive else Fraction(0)),
         })
     mine = sum((a.gpu_equivalents for a in view.allocations if a.user == caller.user), Fraction(0))
-    return {"user": caller.user, "here": here, "quota": str(caller.limits.gpu_quota), "held_in_fleet": str(mine),
+    return {"user": caller.user, "here": here, "quota": format_equivalents(caller.limits.gpu_quota),
+            "held_in_fleet": format_equivalents(mine),
             "nodes": shown}

@@ -30,7 +30,10 @@ def refusal(placement: Placement | None, origin: str) -> Denied:
     start of a stopped container whose GPUs went back waits for nothing: it is tried again)."""
     if placement is None:
         return Denied(Reason.CAPACITY, "no GPU slot is free. See what is free and when with `container gpus`.")
-    why = placement.waits_for.split(". ", 1)[0].rstrip(".")  # what holds it back; the ways out are said below
+    # What holds it back, and for a quota what holds it (on a fleet: on which node); the ways out are said below.
+    sentences = placement.waits_for.split(". ")
+    held_by = [part for part in sentences[1:2] if part.startswith("Held by:")]
+    why = ". ".join([sentences[0], *held_by]).rstrip(".")
     reason = Reason.QUOTA if placement.blocked_by is Reason.QUOTA else Reason.CAPACITY
     if origin == "start":
         return Denied(reason, f"{why}. Its GPUs were given back while it was stopped, and they are taken now: start it "

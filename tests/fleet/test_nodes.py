@@ -1,0 +1,187 @@
+"""Three ds01 nodes on the fleet bed, each a real proxy in front of its own engine and fake GPUs, sharing the
+bed's three-member etcd: alice at her quota on node 1 is refused on node 2 with where her GPUs are; two members
+killed refuse grants with store_unavailable while running containers and requests without GPUs go on, and once
+they are back every node reconciles clean; a node whose proxy is killed -9 is shown down after node_ttl with its
+containers still counted, and alive again once restarted; and a state file is imported exactly once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from tests.conftest import TEST_IMAGE, ProxyHandle, ProxyNode, Testbed, start_proxy, stop_proxy
+from tests.fleet.conftest import Fleetbed
+from tests.integration.test_alloc_cli import DS01
+from tests.integration.test_container_cli import CONTAINER
+
+NODE_TTL_SECONDS = 6
+# alice and bob are researchers (a quota of 2, whole GPUs, 2 per container), on the etcd store
+RESEARCHERS = (("  store: file", "  store: etcd"),
+               ("  bob:\n    group: researcher\n", "  bob:\n    group: researcher\n  alice:\n    group: researcher\n"))
+
+
+@dataclass
+class Fleet:
+    proxies: list[ProxyHandle]
+    engines: list[docker.DockerClient]
+    start: Callable[[int], ProxyHandle]  # (re)start node n's proxy (0-based) on its old root
+
+    def docker(self, node: int, user: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.proxies[node].as_user(user, "docker", *args)
+
+    def ds01(self, node: int, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([DS01, *args], env=self.proxies[node].env, capture_output=True, text=True,
+                              check=False, timeout=120)
+
+    def status(self, node: int = 0) -> dict[str, Any]:
+        shown = self.ds01(node, "fleet", "status", "--format", "json")
+        assert shown.returncode == 0, shown.stderr
+        return {n["node"]: n for n in json.loads(shown.stdout)["nodes"]}
+
+
+def until(check: Callable[[], Any], what: str, seconds: float = 60) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"no {what} within {seconds:.0f}s")
+
+
+def fleet_config(fleetbed: Fleetbed, prefix: str, node: str) -> str:
+    endpoints = ", ".join(fleetbed.endpoints)
+    return (f"fleet:\n  node: {node}\n  node_ttl: {NODE_TTL_SECONDS}s\n  etcd:\n    endpoints: [{endpoints}]\n"
+            f"    prefix: {prefix}\n    timeout: 2s\n")
+
+
+@pytest.fixture
+def fleet(fleetbed: Fleetbed, testbed: Testbed, etcd_prefix: str) -> Iterator[Fleet]:
+    roots = [testbed.dir / "proxy-tests" / f"fleet-{uuid.uuid4().hex[:6]}-{n + 1}" for n in range(3)]
+    engines = [docker.DockerClient(base_url=node.docker_host) for node in fleetbed.nodes]
+
+    def start(index: int) -> ProxyHandle:
+        node = fleetbed.nodes[index]
+        other = None if index == 0 else ProxyNode(node.netns, node.docker_host, node.topology)
+        return start_proxy(testbed, roots[index], node=other, replaced=RESEARCHERS,
+                           extra_config=fleet_config(fleetbed, etcd_prefix, node.name))
+
+    made = Fleet([], engines, start)
+    try:
+        for index in range(3):
+            made.proxies.append(start(index))
+        until(lambda: all(n["alive"] for n in made.status().values()) and len(made.status()) == 3,
+              "three nodes alive")
+        yield made
+    finally:
+        for handle, engine in zip(made.proxies, engines, strict=False):
+            stop_proxy(handle, engine)
+        for engine in engines:
+            engine.close()
+
+
+def run_gpu(fleet: Fleet, node: int, user: str, gpus: str) -> subprocess.CompletedProcess[str]:
+    return fleet.docker(node, user, "run", "-d", "--gpus", gpus, TEST_IMAGE, "sleep", "600")
+
+
+def reconciled(fleet: Fleet, node: int) -> bool:
+    shown = fleet.ds01(node, "reconcile", "--format", "json")
+    return shown.returncode == 0 and bool(json.loads(shown.stdout)["consistent"])
+
+
+def test_alice_at_her_quota_on_node1_is_refused_on_node2_with_where_her_gpus_are(fleet: Fleet) -> None:
+    held = run_gpu(fleet, 0, "alice", "2")  # a researcher: a quota of 2 GPU-equivalents
+    assert held.returncode == 0, held.stderr
+    refused = run_gpu(fleet, 1, "alice", "1")
+    print(f"alice@node2$ docker run -d --gpus 1 ...\n{refused.stderr}")
+    assert refused.returncode != 0 and "quota of 2" in refused.stderr and "on node1" in refused.stderr
+    assert not fleet.engines[1].containers.list(all=True, filters={"label": "ds01.user=alice"})  # nothing made
+    created = fleet.proxies[1].as_user("alice", CONTAINER, "create", "again", "--gpus", "1")
+    assert created.returncode == 3, created.stderr  # the quota's exit code
+    assert run_gpu(fleet, 1, "bob", "1").returncode == 0  # others are not held up
+    status = fleet.status(2)  # as node 3 sees it
+    assert status["node1"]["held_gpu_equivalents"] == "2" and status["node2"]["held_gpu_equivalents"] == "1"
+    shown = fleet.proxies[2].as_user("alice", CONTAINER, "gpus", "--fleet", "--format", "json")
+    assert shown.returncode == 0, shown.stderr
+    view = json.loads(shown.stdout)
+    assert view["held_in_fleet"] == "2" and {n["node"] for n in view["nodes"]} == {"node1", "node2", "node3"}
+    text = fleet.proxies[2].as_user("alice", CONTAINER, "gpus", "--fleet")
+    print(f"alice@node3$ container gpus --fleet\n{text.stdout}")
+    assert "— ssh node2" in text.stdout and "(this server)" in text.stdout
+
+
+def test_two_members_down_refuse_grants_spare_the_running_and_every_node_reconciles_once_back(
+        fleet: Fleet, fleetbed: Fleetbed) -> None:
+    running = run_gpu(fleet, 0, "alice", "1")
+    assert running.returncode == 0, running.stderr
+    container = running.stdout.strip()
+    fleetbed.kill_member(1)
+    one_down = run_gpu(fleet, 1, "bob", "1")
+    print(f"one member killed; bob@node2$ docker run -d --gpus 1 ... -> {one_down.returncode}")
+    assert one_down.returncode == 0, one_down.stderr  # a quorum answers: the fleet goes on
+    fleetbed.kill_member(2)
+    refused = fleet.proxies[0].as_user("bob", CONTAINER, "create", "later", "--gpus", "1")
+    print(f"two members killed; bob@node1$ container create later --gpus 1 -> {refused.returncode}\n{refused.stderr}")
+    assert refused.returncode == 3 and "cannot reach the fleet's etcd store" in refused.stderr
+    assert not fleet.engines[0].containers.list(all=True, filters={"name": "later"})
+    plain = fleet.docker(0, "bob", "run", "--rm", TEST_IMAGE, "echo", "no GPU needed")
+    assert plain.returncode == 0 and "no GPU needed" in plain.stdout, plain.stderr
+    fleet.engines[0].containers.get(container).reload()
+    assert fleet.engines[0].containers.get(container).status == "running"  # untouched
+    fleetbed.start_member(1)
+    fleetbed.start_member(2)
+    fleetbed.wait_healthy()
+    until(lambda: any(e["type"] == "fleet.rejoin" for e in fleet.proxies[0].events()), "node1's rejoin", 60)
+    granted = until(lambda: (r := fleet.proxies[0].as_user("bob", CONTAINER, "create", "later", "--gpus", "1"))
+                    .returncode == 0 and r, "a grant after the members' return", 30)
+    print(f"members back; bob@node1$ container create later --gpus 1 -> {granted.returncode}")
+    for node in range(3):
+        assert reconciled(fleet, node), f"node{node + 1} does not reconcile clean"
+    assert {n["node"]: n["alive"] for n in fleet.status().values()} == {"node1": True, "node2": True,
+                                                                          "node3": True}
+
+
+def test_a_node_killed_is_down_after_node_ttl_its_containers_still_count_and_it_comes_back(fleet: Fleet) -> None:
+    held = run_gpu(fleet, 1, "alice", "2")
+    assert held.returncode == 0, held.stderr
+    killed_at = time.monotonic()
+    fleet.proxies[1].process.kill()
+    fleet.proxies[1].process.wait(30)
+    status = until(lambda: (s := fleet.status())["node2"]["alive"] is False and s, "node2 shown down",
+                   NODE_TTL_SECONDS * 4)
+    print(f"node2's proxy killed -9; down after {time.monotonic() - killed_at:.1f}s (node_ttl {NODE_TTL_SECONDS}s)")
+    assert status["node2"]["held_gpu_equivalents"] == "2"
+    refused = run_gpu(fleet, 0, "alice", "1")
+    assert refused.returncode != 0 and "on node2" in refused.stderr  # its containers still count
+    shown = fleet.proxies[0].as_user("alice", CONTAINER, "gpus", "--fleet")
+    assert "node2: DOWN" in shown.stdout, shown.stdout
+    fleet.proxies[1] = fleet.start(1)
+    until(lambda: fleet.status()["node2"]["alive"], "node2 alive again", NODE_TTL_SECONDS * 4)
+    assert reconciled(fleet, 1)
+    assert fleet.status()["node2"]["held_gpu_equivalents"] == "2"  # its container runs on: still held
+
+
+def test_a_state_file_is_imported_once_through_the_cli(fleet: Fleet, tmp_path: Path) -> None:
+    state = fleet.proxies[2].root / "state" / "allocations.json"
+    allocation = {"id": "a-00112233aabb", "user": "carol", "uid": 1002, "slots": ["GPU-imported-0"],
+                  "gpu_equivalents": "1", "created_at": 1.0e9, "expires_at": None, "container": "f" * 64,
+                  "container_name": "legacy._.1002", "bound_at": 1.0e9}
+    state.write_text(json.dumps({"version": 1, "allocations": [allocation]}))
+    first = fleet.ds01(2, "fleet", "import", "--format", "json")
+    second = fleet.ds01(2, "fleet", "import")
+    print(f"ds01 fleet import\n{first.stdout}ds01 fleet import\n{second.stdout}")
+    assert first.returncode == 0 and json.loads(first.stdout) == {"imported": True, "allocations": 1,
+                                                                 "node": "node3"}
+    assert second.returncode == 0 and "imported before; nothing was changed" in second.stdout
+    assert fleet.status()["node3"]["held_gpu_equivalents"] == "1"
+    forgetting = fleet.ds01(0, "fleet", "forget", "node3", "--yes")
+    assert forgetting.returncode == 3 and "is alive" in forgetting.stderr  # a live node is not forgotten
