@@ -9,6 +9,7 @@ NODE/UUID, so a user's quota counts everywhere and no local slot is mistaken for
 
 from __future__ import annotations
 
+import random
 import secrets
 import time
 from collections import deque
@@ -54,6 +55,9 @@ class ReconcileReport:
 
 class AllocationStore(Protocol):
     node: str  # this node's name in the fleet; "" for the file store
+    # Concurrent changes conflict and are run again, rather than wait their turn: equal slots are then offered in
+    # a random order, so that concurrent requests seldom pick the same one.
+    contended: bool
     lock_hold_seconds: deque[float]  # how long each change held the store (the file lock, an etcd commit)
 
     def run(self, step: Change[_T], write: bool) -> _T:
@@ -122,7 +126,8 @@ class Allocator:
     def _reserver(self, user: str, uid: int | None, limits: LimitValues, request: GpuRequest, *,
                   slots: Sequence[Slot], ttl: int) -> Change[Allocation]:
         def reserve(live: list[Allocation], now: float) -> tuple[Allocation, list[Allocation]]:
-            chosen = choose_slots(user, limits, self.settings, request, slots=slots,
+            offered = random.sample(list(slots), len(slots)) if self.store.contended else slots
+            chosen = choose_slots(user, limits, self.settings, request, slots=offered,
                                   holdings=[a.holding() for a in live])
             allocation = Allocation(
                 id=f"a-{secrets.token_hex(6)}", user=user, uid=uid, slots=tuple(s.uuid for s in chosen),

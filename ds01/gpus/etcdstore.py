@@ -67,6 +67,8 @@ class _Read:
 
 
 class EtcdStore:
+    contended = True  # optimistic: a conflicting change is run again on a new read
+
     def __init__(self, etcd: Etcd, prefix: str, node: str, half_life_seconds: Callable[[], float],
                  clock: Callable[[], float] = time.time) -> None:
         self.node = node

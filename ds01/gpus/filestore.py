@@ -62,6 +62,7 @@ class FileStore:
     """DS01_STATE_DIR/allocations.json under a file lock, with its verified backup."""
 
     node = ""
+    contended = False  # one lock: changes wait their turn
 
     def __init__(self, state_dir: Path, settings: AllocationSettings,
                  rebuild: Callable[[], list[Allocation]] | None = None,

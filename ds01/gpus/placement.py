@@ -86,11 +86,12 @@ def _check_slot_allowed(slot: Slot, limits: LimitValues) -> None:
 
 
 def _order(candidates: list[Slot], load: dict[str, Fraction], strategy: str) -> list[Slot]:
+    """Best first; equals keep the order the slots were given in (the sort is stable)."""
     if strategy == "pack":  # fill the busiest GPU, smallest fitting slice first
-        return sorted(candidates, key=lambda s: (-load[s.gpu_uuid], s.equivalents, s.gpu_index, s.uuid))
+        return sorted(candidates, key=lambda s: (-load[s.gpu_uuid], s.equivalents))
     # spread: least-allocated GPU, then the least live memory and utilization, largest slice first
     return sorted(candidates, key=lambda s: (load[s.gpu_uuid], s.memory_used_bytes, s.utilization_percent or 0,
-                                             -s.equivalents, s.gpu_index, s.uuid))
+                                             -s.equivalents))
 
 
 def _completes(slot: Slot, cheapest: list[Fraction], still: int, spent: Fraction, budget: Fraction | None) -> bool:
