@@ -1,33 +1,41 @@
-"""Prometheus rules, example config and Grafana dashboard shipped under exporter/.
+"""Prometheus rules, example configs (one host, and a fleet's central Prometheus) and Grafana dashboard shipped
+under exporter/.
 
-Checks them with promtool, keeps every metric name they use inside the exporter's contract, and
-provides helpers for an end-to-end test (a real Prometheus scraping `ds01 exporter`):
-`panel_queries`, `write_prometheus_config`, `start_prometheus`, `query`, `stop_prometheus`, `free_port`.
+Checks them with promtool, keeps every metric name they use inside the exporter's contract, federates a node's
+Prometheus into a central one as federation.yml does, and provides helpers for an end-to-end test (a real
+Prometheus scraping `ds01 exporter`): `panel_queries`, `write_prometheus_config`, `start_prometheus`, `query`,
+`stop_prometheus`, `free_port`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.exposition import MetricsHandler
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO / "exporter" / "prometheus"
 RULES = PROMETHEUS_DIR / "rules.yml"
 RULES_TEST = PROMETHEUS_DIR / "rules_test.yml"
 EXAMPLE_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
+FEDERATION = PROMETHEUS_DIR / "federation.yml"
 DASHBOARD = REPO / "exporter" / "grafana" / "ds01-overview.json"
 
 # The exporter's metric names: the contract the rules and the dashboard are written against.
@@ -70,6 +78,11 @@ CONTRACT_METRICS = frozenset({
     "ds01_queue_wait_seconds_count",
     "ds01_fairshare_factor",
     "ds01_usage_decayed_gpu_equivalent_hours",
+    # the allocation store and the fleet (every node's exporter reports every node; the node is `instance`)
+    "ds01_store_up",
+    "ds01_store_transaction_retries_total",
+    "ds01_fleet_node_up",
+    "ds01_fleet_node_last_seen_timestamp_seconds",
     # events
     "ds01_events_total",
     # the exporter itself
@@ -92,6 +105,10 @@ _NAMES_IN_TEXT = re.compile(r"(?<![\w:.$-])(ds01[_:][\w:]*)")
 _VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
 _INTERVAL_VARIABLES = frozenset({"__rate_interval", "__interval", "__range"})
 _MATCHER = re.compile(r'([A-Za-z_]\w*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
+# A name with its matchers, or a call; and matchers or a string, to keep strings outside matchers from counting.
+_SELECTOR = re.compile(r"(?<![\w:.$])([A-Za-z_:][\w:]*)(\{[^}]*\})?(\s*\()?")
+_MATCHERS_OR_STRING = re.compile(r"\{[^}]*\}|" + _STRING.pattern)
+_NODE_MATCHER = 'instance=~"$instance"'
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -110,6 +127,19 @@ def metric_names(expr: str) -> set[str]:
             continue
         names.add(word)
     return names
+
+
+def selectors(expr: str) -> list[tuple[str, str]]:
+    """Each metric selector of a PromQL expression, in order: (name, its matchers as written, or "")."""
+    text = _MATCHERS_OR_STRING.sub(lambda m: m.group(0) if m.group(0).startswith("{") else '""', expr)
+    text = re.sub(r"\[[^\]]*\]", "", _LABEL_LIST.sub(" ", text))  # ranges; by (...), on (...), group_left (...)
+    found = []
+    for match in _SELECTOR.finditer(text):
+        name, matchers, call = match.groups()
+        if call or name.lower() in PROMQL_KEYWORDS:
+            continue
+        found.append((name, matchers or ""))
+    return found
 
 
 def all_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -236,6 +266,61 @@ def query(port: int, expr: str) -> list[Any]:
     return [data["result"]]
 
 
+def write_federation_config(config_dir: Path, port: int, nodes: dict[str, int], interval: str = "1s") -> Path:
+    """federation.yml as config_dir/prometheus.yml (for start_prometheus), and rules.yml, for a central Prometheus
+    on 127.0.0.1:port that federates the Prometheus of each node (node name -> its port on 127.0.0.1)."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(RULES, config_dir / "rules.yml")
+    config = yaml.safe_load(FEDERATION.read_text())
+    config["global"] = {**config.get("global", {}), "scrape_interval": interval, "evaluation_interval": interval}
+    for job in config["scrape_configs"]:
+        job["scrape_interval"] = interval
+        if job["job_name"] == "prometheus":
+            job["static_configs"] = [{"targets": [f"127.0.0.1:{port}"]}]
+        elif job["job_name"] == "ds01-federate":
+            job["static_configs"] = [{"targets": [f"127.0.0.1:{node_port}"], "labels": {"node": node}}
+                                     for node, node_port in nodes.items()]
+    path = config_dir / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@contextlib.contextmanager
+def serve_metrics(registry: CollectorRegistry) -> Iterator[int]:
+    """Serve `registry` on 127.0.0.1 (as an exporter stands in for ds01's); yields the port."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), MetricsHandler.factory(registry))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def _federation() -> dict[str, Any]:
+    return dict(yaml.safe_load(FEDERATION.read_text()))
+
+
+def _federate_job() -> dict[str, Any]:
+    (job,) = [job for job in _federation()["scrape_configs"] if job["job_name"] == "ds01-federate"]
+    return dict(job)
+
+
+def _direct_scrape_job() -> dict[str, Any]:
+    """The job federation.yml offers, commented out, in place of ds01-federate: each exporter scraped directly."""
+    lines = FEDERATION.read_text().splitlines()
+    start = lines.index("  # - job_name: ds01")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("  # "):
+            break
+        block.append(line.removeprefix("  # "))
+    (job,) = yaml.safe_load("\n".join(block))
+    return dict(job)
+
+
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["promtool", *args], capture_output=True, text=True, check=False, timeout=120,
                           cwd=PROMETHEUS_DIR)
@@ -296,6 +381,54 @@ def test_promtool_check_example_config(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@needs_promtool
+def test_promtool_check_federation_config(tmp_path: Path) -> None:
+    shutil.copy(FEDERATION, tmp_path / "federation.yml")
+    shutil.copy(RULES, tmp_path / "rules.yml")
+    result = _promtool("check", "config", str(tmp_path / "federation.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "rules.yml" in result.stdout + result.stderr
+
+    direct = _federation()  # the commented-out alternative, in place of the federation job
+    direct["scrape_configs"] = [_direct_scrape_job() if job["job_name"] == "ds01-federate" else job
+                                for job in direct["scrape_configs"]]
+    (tmp_path / "direct.yml").write_text(yaml.safe_dump(direct, sort_keys=False))
+    result = _promtool("check", "config", str(tmp_path / "direct.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    generated = write_federation_config(tmp_path / "generated", 9090, {"gpu1": 9091, "gpu2": 9092})
+    result = _promtool("check", "config", str(generated))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_federation_takes_the_exporters_series_with_each_node_as_instance() -> None:
+    config = _federation()
+    assert config["rule_files"] == ["rules.yml"]
+    job = _federate_job()
+    assert job["honor_labels"] is True  # job="ds01" as the nodes scraped it
+    assert job["metrics_path"] == "/federate"
+    (match,) = job["params"]["match[]"]
+    matchers = {label: (operator, value) for label, operator, value in _MATCHER.findall(match)}
+    assert matchers["job"] == ("=", "ds01")
+    operator, names = matchers["__name__"]
+    assert operator == "=~"
+    for name in CONTRACT_METRICS | PROMETHEUS_METRICS:
+        assert re.fullmatch(names, name), f"federation.yml leaves out {name}"
+    for name in _recorded_names() | {"ALERTS", "ALERTS_FOR_STATE"}:  # evaluated again on the central server
+        assert not re.fullmatch(names, name), f"federation.yml takes the nodes' {name}"
+
+    nodes = [group["labels"]["node"] for group in job["static_configs"]]
+    assert len(nodes) == len(set(nodes)) >= 2
+    assert all(len(group["targets"]) == 1 for group in job["static_configs"])
+    assert job["metric_relabel_configs"] == [{"source_labels": ["node"], "target_label": "instance"},
+                                             {"regex": "node", "action": "labeldrop"}]
+
+    direct = _direct_scrape_job()
+    assert direct["job_name"] == "ds01"
+    assert [group["labels"]["instance"] for group in direct["static_configs"]] == nodes
+    assert all(group["targets"] == [f"{group['labels']['instance']}:9401"] for group in direct["static_configs"])
+
+
 # ---------------------------------------------------------------------------------------------- rules
 
 
@@ -334,6 +467,17 @@ def test_rules_use_only_contract_metrics() -> None:
         assert re.fullmatch(r"ds01:\w+:\w+", name), f"recording rule {name} does not follow level:metric:ops"
 
 
+def test_fleet_rules_count_each_node_once() -> None:
+    # Every node's exporter reports every fleet node: a rule on those series aggregates over the instances.
+    fleet_metrics = {"ds01_fleet_node_up", "ds01_fleet_node_last_seen_timestamp_seconds"}
+    fleet_rules = [rule for rule in _load_rules() if fleet_metrics & metric_names(rule["expr"])]
+    assert [rule.get("alert") for rule in fleet_rules] == ["DS01FleetNodeDown"]
+    for rule in fleet_rules:
+        assert re.search(r"\b(?:max|min) by \(fleet_node\) \(ds01_fleet_node_\w+\)", rule["expr"]), rule["expr"]
+    (store,) = [rule for rule in _load_rules() if "ds01_store_up" in metric_names(rule["expr"])]
+    assert store["alert"] == "DS01StoreDown"
+
+
 def test_rule_unit_tests_feed_contract_metrics() -> None:
     known = set(CONTRACT_METRICS) | set(PROMETHEUS_METRICS)
     for group in yaml.safe_load(RULES_TEST.read_text())["tests"]:
@@ -350,6 +494,14 @@ def test_metric_name_extraction() -> None:
                                   "ds01_gpu_healthy"}
 
 
+def test_selector_extraction() -> None:
+    expr = ('sum by (user) (rate(ds01_events_total{instance=~"$instance",user=~"$user"}[$__rate_interval]))'
+            ' / on (job, instance) group_left (gpu) ds01:gpu_allocated_equivalents:sum offset 5m > 0.5e3'
+            ' or label_replace(up{job="ds01"}, "node", "$1", "instance", "(.*)") or vector(0)')
+    assert selectors(expr) == [("ds01_events_total", '{instance=~"$instance",user=~"$user"}'),
+                               ("ds01:gpu_allocated_equivalents:sum", ""), ("up", '{job="ds01"}')]
+
+
 # ---------------------------------------------------------------------------------------------- dashboard
 
 
@@ -362,7 +514,9 @@ def test_dashboard_structure() -> None:
     assert variables["datasource"]["query"] == "prometheus"
     for name in ("user", "gpu"):
         assert variables[name]["type"] == "query"
-        assert re.fullmatch(rf"label_values\((\w+),\s*{name}\)", variables[name]["query"]), variables[name]
+        assert re.fullmatch(rf'label_values\((\w+)\{{instance=~"\$instance"\}},\s*{name}\)',
+                            variables[name]["query"]), variables[name]
+    for name in ("instance", "user", "gpu"):
         assert variables[name]["datasource"]["uid"] in {"$datasource", "${datasource}"}
 
     panels = list(all_panels(dashboard["panels"]))
@@ -383,10 +537,29 @@ def test_dashboard_structure() -> None:
                      "ds01_gpu_memory_used_bytes", "ds01_gpu_healthy", "ds01_gpu_xid_errors_total",
                      "ds01_user_gpu_quota", "ds01_containers", "ds01_untracked_gpu_processes",
                      "ds01_untracked_gpu_memory_bytes", "ds01_unmanaged_container_gpu_processes",
-                     "ds01_exporter_collection_duration_seconds", "ds01_exporter_errors_total"):
+                     "ds01_exporter_collection_duration_seconds", "ds01_exporter_errors_total",
+                     "ds01_store_up", "ds01_store_transaction_retries_total"):
         assert required in exprs, f"no panel shows {required}"
     assert 'user=~"$user"' in exprs
     assert 'gpu=~"$gpu"' in exprs
+
+
+def test_dashboard_node_selector_applies_to_every_query() -> None:
+    dashboard = _dashboard()
+    names = [variable["name"] for variable in dashboard["templating"]["list"]]
+    variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
+    node = variables["instance"]
+    # The node is Prometheus' instance: every exporter's, down ones too, on one server or federated.
+    assert node["type"] == "query"
+    assert node["query"] == 'label_values(up{job="ds01"}, instance)'
+    assert node["multi"] and node["includeAll"] and node["allValue"] == ".+"
+    assert names.index("instance") < names.index("user") and names.index("instance") < names.index("gpu")
+    for panel in all_panels(dashboard["panels"]):
+        for target in panel.get("targets", []):
+            found = selectors(target["expr"])
+            assert found, f"panel {panel['title']!r}: no selector in {target['expr']!r}"
+            for name, matchers in found:
+                assert _NODE_MATCHER in matchers, f"panel {panel['title']!r}: {name} is not limited to the chosen nodes"
 
 
 def test_dashboard_uses_only_contract_metrics() -> None:
@@ -477,3 +650,65 @@ def test_start_prometheus_and_query(tmp_path: Path) -> None:
         stop_prometheus(process)
     assert process.returncode is not None
     assert (config_dir / "data").is_dir()
+
+
+def _wait_for(port: int, expr: str, timeout: float = 30.0) -> list[Any]:
+    deadline = time.monotonic() + timeout
+    while not (samples := query(port, expr)):
+        assert time.monotonic() < deadline, f"{expr} has no data on the Prometheus at port {port}"
+        time.sleep(0.5)
+    return samples
+
+
+def _federated_names(port: int, match: str) -> set[str]:
+    status, body = _get(port, "/federate", {"match[]": match})
+    assert status == 200, body[:500]
+    return {re.split(r"[{ ]", line, maxsplit=1)[0] for line in body.decode().splitlines()
+            if line and not line.startswith("#")}
+
+
+@needs_prometheus
+def test_a_central_prometheus_federates_a_node(tmp_path: Path) -> None:
+    registry = CollectorRegistry()  # what a node's exporter tells: its store, the fleet's leases, an allocation
+    Gauge("ds01_store_up", "the store answers", registry=registry).set(1)
+    leases = Gauge("ds01_fleet_node_up", "the node's lease is renewed", ["fleet_node"], registry=registry)
+    leases.labels("gpu1").set(1)
+    leases.labels("gpu9").set(0)
+    seen = Gauge("ds01_fleet_node_last_seen_timestamp_seconds", "last renewal", ["fleet_node"], registry=registry)
+    seen.labels("gpu1").set(time.time())
+    seen.labels("gpu9").set(time.time() - 600)
+    Gauge("ds01_allocation_gpu_equivalents", "allocated", ["UUID", "user", "container", "state"],
+          registry=registry).labels("GPU-a", "alice", "alice-train", "bound").set(1)
+    (match,) = _federate_job()["params"]["match[]"]
+    node_port, central_port = free_port(), free_port()
+    with serve_metrics(registry) as exporter_port:
+        write_prometheus_config(tmp_path / "node", node_port, ds01_target=f"127.0.0.1:{exporter_port}")
+        node = start_prometheus(tmp_path / "node", node_port)
+        try:
+            # The node records rules of its own, with job="ds01"; the federation leaves them there.
+            _wait_for(node_port, "ds01:gpu_allocated_equivalents:sum")
+            assert "ds01:gpu_allocated_equivalents:sum" in _federated_names(node_port, '{job="ds01"}')
+            taken = _federated_names(node_port, match)
+            assert {"ds01_store_up", "ds01_fleet_node_up", "ds01_allocation_gpu_equivalents", "up"} <= taken
+            assert not [name for name in taken if name.startswith(("ds01:", "ALERTS"))]
+
+            write_federation_config(tmp_path / "central", central_port, {"gpu1": node_port})
+            central = start_prometheus(tmp_path / "central", central_port)
+            try:
+                stores = _wait_for(central_port, "ds01_store_up")
+                assert [s["metric"] for s in stores] == [{"__name__": "ds01_store_up", "job": "ds01",
+                                                          "instance": "gpu1"}]
+                up = query(central_port, 'up{job="ds01"}')
+                assert [(s["metric"]["instance"], s["value"][1]) for s in up] == [("gpu1", "1")]
+                recorded = _wait_for(central_port, "ds01:gpu_allocated_equivalents:sum")
+                assert [s["metric"]["instance"] for s in recorded] == ["gpu1"]
+                # The dashboard's node selector, label_values(up{job="ds01"}, instance), as Grafana asks it.
+                status, body = _get(central_port, "/api/v1/label/instance/values", {"match[]": 'up{job="ds01"}'})
+                assert status == 200 and json.loads(body)["data"] == ["gpu1"]
+                alerts = _wait_for(central_port, 'ALERTS{alertname="DS01FleetNodeDown"}')
+                assert [(a["metric"]["fleet_node"], a["metric"]["alertstate"]) for a in alerts] == [
+                    ("gpu9", "pending")]
+            finally:
+                stop_prometheus(central)
+        finally:
+            stop_prometheus(node)
