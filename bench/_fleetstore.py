@@ -58,9 +58,11 @@ def fleet_worker(index: int, spec_json: str, duration: float, start: Any, result
         node = index % NODES
         os.environ["FAKE_NVML_TOPOLOGY"] = spec["topologies"][node]  # this node's GPUs, as its proxy sees them
         slots = healthy_slots()
+        state = Path(spec["state"]) / f"node{node + 1}"  # each node's state dir, shared by its processes
+        state.mkdir(parents=True, exist_ok=True)
         store = EtcdStore(Etcd(EtcdSettings(endpoints=tuple(spec["endpoints"]))), spec["prefix"], f"node{node + 1}",
-                          lambda: 7 * 86400.0)
-        allocator = Allocator(Path(tempfile.mkdtemp(prefix="ds01-bench-")), SETTINGS, store=store)
+                          lambda: 7 * 86400.0, queue_file=state / "allocations.lock")
+        allocator = Allocator(state, SETTINGS, store=store)
         user = f"bench{index}"
         start.wait()
         began = time.perf_counter()
@@ -103,7 +105,8 @@ def compare(run_round: Any, ours_worker: Any, processes: int, duration: float, r
         os.environ["DS01_LOG_DIR"] = str(work / "log")
         try:
             single.append(run_round(ours_worker, str(work / "state"), processes, duration))
-            fleet.append(run_round(fleet_worker, json.dumps(spec), processes, duration))
+            fleet.append(run_round(fleet_worker, json.dumps({**spec, "state": str(work / "fleet")}), processes,
+                                   duration))
         finally:
             shutil.rmtree(work, ignore_errors=True)
             etcd.commit([], [Delete(spec["prefix"], prefix=True)])

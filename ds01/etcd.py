@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import etcd3gw
+import requests
 from etcd3gw import exceptions as etcd_errors
 from etcd3gw.lease import Lease
 
@@ -33,6 +34,13 @@ class Entry:
     value: bytes
     mod_revision: int
     lease: int
+
+
+@dataclass(frozen=True)
+class Committed:
+    succeeded: bool
+    revision: int  # the cluster's after the transaction: every key it put has this mod_revision
+    found: list[Entry] | None  # on a failure, the keys reread (commit's `reread`)
 
 
 @dataclass(frozen=True)
@@ -81,10 +89,16 @@ class Etcd:
         parts = urlsplit(url)
         cert = (str(settings.cert_file), str(settings.key_file)) if settings.cert_file and settings.key_file \
             else (None, None)
+        # The environment's proxies and CA bundles (REQUESTS_CA_BUNDLE) would override the configured ca_file.
+        session = requests.Session()
+        session.trust_env = False
+        if settings.ca_file:
+            session.verify = str(settings.ca_file)
+        if cert[0] and cert[1]:
+            session.cert = (cert[0], cert[1])
         return etcd3gw.Etcd3Client(
             host=parts.hostname or "127.0.0.1", port=parts.port or 2379, protocol=parts.scheme or "http",
-            ca_cert=str(settings.ca_file) if settings.ca_file else None, cert_cert=cert[0], cert_key=cert[1],
-            timeout=settings.timeout_seconds, api_path="/v3/")
+            timeout=settings.timeout_seconds, api_path="/v3/", session=session)
 
     def _call(self, what: str, call: Callable[[etcd3gw.Etcd3Client], _T]) -> _T:
         """`call` on the first endpoint that answers, starting at the last one that did."""
@@ -116,22 +130,27 @@ class Etcd:
         """Every key under `prefix`, read at one revision (linearizable: a quorum agreed on it): (revision,
         entries)."""
         answer = self._range({"key": _encode(prefix), "range_end": _prefix_end(prefix)})
-        entries = [Entry(base64.b64decode(kv["key"]).decode(), base64.b64decode(kv.get("value", "")),
-                         int(kv.get("mod_revision", 0)), int(kv.get("lease", 0))) for kv in answer.get("kvs", [])]
-        return int(answer["header"]["revision"]), entries
+        return int(answer["header"]["revision"]), _entries(answer)
 
     def revision(self, prefix: str) -> int:
         """The cluster's revision, and so whether anything changed, without reading the keys."""
         answer = self._range({"key": _encode(prefix), "range_end": _prefix_end(prefix), "count_only": True})
         return int(answer["header"]["revision"])
 
-    def commit(self, compares: Sequence[Compare], changes: Sequence[Put | Delete]) -> bool:
-        """One transaction: every change if every compare holds, else none (False)."""
+    def commit(self, compares: Sequence[Compare], changes: Sequence[Put | Delete], *,
+               reread: str | None = None) -> Committed:
+        """One transaction: every change if every compare holds, else none; then, with `reread`, the keys under
+        that prefix as they are, in the same round trip."""
+        failure = [{"request_range": {"key": _encode(reread), "range_end": _prefix_end(reread)}}] if reread else []
         answer = self._call("a transaction", lambda client: client.transaction({
             "compare": [{"key": _encode(c.key), "result": "EQUAL", "target": "MOD", "mod_revision": c.mod_revision}
                         for c in compares],
-            "success": [_operation(change) for change in changes], "failure": []}))
-        return bool(answer.get("succeeded", False))
+            "success": [_operation(change) for change in changes], "failure": failure}))
+        succeeded = bool(answer.get("succeeded", False))
+        found = None
+        if not succeeded and reread:
+            found = _entries((answer.get("responses") or [{}])[0].get("response_range") or {})
+        return Committed(succeeded, int(answer["header"]["revision"]), found)
 
     def _range(self, payload: dict[str, Any]) -> dict[str, Any]:
         return dict(self._call("a read", lambda client: client.post(client.get_url("/kv/range"), json=payload)))
@@ -142,6 +161,11 @@ class Etcd:
     def keep_alive(self, lease: int) -> int:
         """Renew a lease: its TTL left; 0 or less when it lapsed already."""
         return int(self._call("a lease renewal", lambda client: Lease(lease, client).refresh()))
+
+
+def _entries(answer: dict[str, Any]) -> list[Entry]:
+    return [Entry(base64.b64decode(kv["key"]).decode(), base64.b64decode(kv.get("value", "")),
+                  int(kv.get("mod_revision", 0)), int(kv.get("lease", 0))) for kv in answer.get("kvs", [])]
 
 
 def _operation(change: Put | Delete) -> dict[str, Any]:

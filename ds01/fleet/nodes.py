@@ -106,7 +106,7 @@ class Membership:
         if lapsed:
             self._lease = self._etcd.grant_lease(self._ttl)
         self._etcd.commit([], [Put(f"{self._prefix}{ALIVE}{self.node}", b"1", self._lease),
-                               Put(f"{self._prefix}{NODES}{self.node}", record.to_json())])
+                               Put(f"{self._prefix}{NODES}{self.node}", record.to_json())])  # no compare: holds
         return lapsed
 
 
@@ -122,7 +122,7 @@ def forget(etcd: Etcd, prefix: str, node: str) -> list[Allocation]:
     held = view.held_on(node)
     changes: list[Put | Delete] = [Delete(f"{prefix}{ALLOCATIONS}{a.id}") for a in held]
     changes += [Delete(f"{prefix}{SLOTS}{node}/", prefix=True), Delete(f"{prefix}{NODES}{node}")]
-    if not etcd.commit([Compare(f"{prefix}{ALIVE}{node}", 0)], changes):
+    if not etcd.commit([Compare(f"{prefix}{ALIVE}{node}", 0)], changes).succeeded:
         raise Denied(Reason.BAD_REQUEST, f"node {node} came back while being forgotten; nothing was removed.")
     return held
 
@@ -140,7 +140,7 @@ def import_state(etcd: Etcd, prefix: str, node: str, raw: bytes, allocations: Se
         mine = replace(allocation, node=node)
         changes.append(Put(f"{prefix}{ALLOCATIONS}{mine.id}", json.dumps(mine.to_json(), sort_keys=True).encode()))
         changes += [Put(f"{prefix}{SLOTS}{node}/{slot}", mine.id.encode()) for slot in mine.slots]
-    if etcd.commit(compares, changes):
+    if etcd.commit(compares, changes).succeeded:
         return True
     view_marker = [e for e in etcd.read_prefix(marker)[1] if e.key == marker]
     if view_marker:

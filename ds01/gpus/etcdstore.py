@@ -19,18 +19,23 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, TypeVar
+
+import filelock
 
 from ds01.errors import Busy, Denied
 from ds01.etcd import Compare, Delete, Entry, Etcd, Put, StoreUnavailable
 from ds01.gpus.allocations import Allocation
+from ds01.gpus.filestore import take_turn
 from ds01.reasons import Reason
 
 _T = TypeVar("_T")
 Step = Callable[[list[Allocation], float], tuple[_T, list[Allocation] | None]]
 MAX_ATTEMPTS = 50
+TURN_SECONDS = 5.0
 LEASE_SLACK_SECONDS = 30
 ALLOCATIONS, SLOTS, USERS, NODES = "allocations/", "slots/", "users/", "nodes/"
 
@@ -64,14 +69,18 @@ class _Read:
     slots: dict[str, Entry]
     users: dict[str, tuple[Usage, Entry]]
     nodes: dict[str, dict[str, Any]]
+    raw: dict[str, Entry]  # every key read, as read
 
 
 class EtcdStore:
     contended = True  # optimistic: a conflicting change is run again on a new read
 
-    def __init__(self, etcd: Etcd, prefix: str, node: str, half_life_seconds: Callable[[], float],
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, etcd: Etcd, prefix: str, node: str, half_life_seconds: Callable[[], float], *,
+                 clock: Callable[[], float] = time.time, queue_file: Path | None = None) -> None:
         self.node = node
+        # This node's own changes take turns (a file lock in its state dir): they would only conflict with each
+        # other over its slots. Correctness rests on the transactions alone; other nodes never wait for it.
+        self._turns = filelock.FileLock(queue_file) if queue_file is not None else None
         self.etcd = etcd
         self.prefix = prefix
         self._half_life = half_life_seconds
@@ -81,6 +90,8 @@ class EtcdStore:
         self.up = True  # the last call answered
         self._counter = threading.Lock()
         self._shared_lease: tuple[int, float] = (0, 0.0)  # (lease id, when it lapses on the monotonic clock)
+        self._cache: _Read | None = None  # the keys as this process last read or wrote them
+        self._cache_lock = threading.Lock()
 
     # --- reading ----------------------------------------------------------------------------------------------
 
@@ -91,8 +102,11 @@ class EtcdStore:
             self.up = False
             raise unavailable(problem) from problem
         self.up = True
-        found = _Read({}, {}, {}, {})
-        for entry in entries:
+        return self._parse(entries)
+
+    def _parse(self, entries: Iterable[Entry]) -> _Read:
+        found = _Read({}, {}, {}, {}, {entry.key: entry for entry in entries})
+        for entry in found.raw.values():
             key = entry.key.removeprefix(self.prefix)
             if key.startswith(ALLOCATIONS):
                 allocation = Allocation.from_json(json.loads(entry.value))
@@ -115,32 +129,65 @@ class EtcdStore:
     # --- a step -----------------------------------------------------------------------------------------------
 
     def run(self, step: Step[_T], write: bool) -> _T:
+        if self._turns is None or not write:
+            return self._run(step, write)
+        if not take_turn(self._turns, TURN_SECONDS):
+            return self._run(step, write)  # a stuck neighbour does not stop this node: the transaction decides
+        try:
+            return self._run(step, write)
+        finally:
+            self._turns.release()
+
+    def _run(self, step: Step[_T], write: bool) -> _T:
+        """A change starts from what this process last knew (its own commits included), committed against those
+        revisions; a conflict's transaction brings back the keys as they are, for the next try. Only a grant is
+        made that way: a refusal, or a step that changes nothing, is judged again on a fresh read."""
         delay = 0.002
+        with self._cache_lock:
+            read = self._cache if write else None
         for _attempt in range(MAX_ATTEMPTS):
+            fresh = read is None
+            if read is None:
+                read = self._read()
             began = time.perf_counter()
-            read = self._read()
             views = {a.id: self._view(a) for a, _ in read.allocations.values()}
             now = self._clock()
-            result, changed = step(list(views.values()), now)
-            if changed is None or not write:
-                return result
-            compares, changes = self._changes(read, views, changed, now)
-            if not changes:
-                return result
             try:
-                committed = self.etcd.commit(compares, changes)
+                result, changed = step(list(views.values()), now)
+            except Denied:
+                if fresh:
+                    raise
+                read = None
+                continue
+            compares, changes = self._changes(read, views, changed, now) if changed is not None and write \
+                else ([], [])
+            if not changes:
+                if fresh:
+                    self._remember(read)
+                    return result
+                read = None
+                continue
+            try:
+                committed = self.etcd.commit(compares, changes, reread=self.prefix)
             except StoreUnavailable as problem:
                 self.up = False
                 raise unavailable(problem) from problem
-            if committed:
+            self.up = True
+            if committed.succeeded:
                 self.lock_hold_seconds.append(time.perf_counter() - began)
+                self._remember(self._parse(_applied(read.raw, changes, committed.revision)))
                 return result
             with self._counter:
                 self.retries += 1
+            read = self._parse(committed.found or [])
             time.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not secrecy
             delay = min(delay * 2, 0.1)
         raise Busy(f"the fleet's allocations kept changing under this request ({MAX_ATTEMPTS} tries); nothing was "
                    "changed. Try again.")
+
+    def _remember(self, read: _Read) -> None:
+        with self._cache_lock:
+            self._cache = read
 
     def _changes(self, read: _Read, views: dict[str, Allocation], changed: list[Allocation],
                  now: float) -> tuple[list[Compare], list[Put | Delete]]:
@@ -244,3 +291,17 @@ class EtcdStore:
 
 def _encode(allocation: Allocation) -> bytes:
     return json.dumps(allocation.to_json(), sort_keys=True).encode()
+
+
+def _applied(raw: dict[str, Entry], changes: Iterable[Put | Delete], revision: int) -> list[Entry]:
+    """The keys after a transaction that committed at `revision`: each put has that mod_revision."""
+    after = dict(raw)
+    for change in changes:
+        if isinstance(change, Put):
+            after[change.key] = Entry(change.key, change.value, revision, change.lease)
+        elif change.prefix:
+            for key in [key for key in after if key.startswith(change.key)]:
+                del after[key]
+        else:
+            after.pop(change.key, None)
+    return list(after.values())

@@ -58,6 +58,23 @@ def read_allocations(state_dir: Path) -> list[Allocation]:
         raise Ds01Error(f"cannot read {path}: {exc.strerror}") from exc
 
 
+def take_turn(lock: filelock.FileLock, timeout_seconds: float) -> bool:
+    """Acquire `lock` within `timeout_seconds`, polling with backoff and jitter (a busy wait would take the CPU
+    from the holder); False when it stayed taken."""
+    deadline = time.monotonic() + timeout_seconds
+    delay = 0.0005
+    while True:
+        try:
+            lock.acquire(timeout=0)
+            return True
+        except filelock.Timeout:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(left, delay * random.uniform(0.5, 1.5)))  # noqa: S311 - jitter, not secrecy
+            delay = min(delay * 2, 0.02)
+
+
 class FileStore:
     """DS01_STATE_DIR/allocations.json under a file lock, with its verified backup."""
 
@@ -77,19 +94,9 @@ class FileStore:
         self.lock_hold_seconds: deque[float] = deque(maxlen=100_000)
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        deadline = time.monotonic() + self.settings.lock_timeout_seconds
-        delay = 0.0005
-        while True:
-            try:
-                self._lock.acquire(timeout=0)
-                break
-            except filelock.Timeout:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise Busy(f"the allocator is busy: its lock {self._lock.lock_file} stayed taken for "
-                               f"{self.settings.lock_timeout_seconds}s. Nothing was changed; try again.") from None
-                time.sleep(min(left, delay * random.uniform(0.5, 1.5)))  # noqa: S311 - jitter, not secrecy
-                delay = min(delay * 2, 0.02)
+        if not take_turn(self._lock, self.settings.lock_timeout_seconds):
+            raise Busy(f"the allocator is busy: its lock {self._lock.lock_file} stayed taken for "
+                       f"{self.settings.lock_timeout_seconds}s. Nothing was changed; try again.")
         taken = time.perf_counter()
         try:
             yield

@@ -132,7 +132,11 @@ def test_one_member_down_the_fleet_goes_on_two_down_grants_are_refused_and_bound
     fleetbed.start_member(2)
     fleetbed.wait_healthy()
     allocations, _ = stored(fleetbed, etcd_prefix)
-    assert {a.id for a in allocations} == {bound.id, granted.id}  # what was bound is still counted
+    assert {bound.id, granted.id} <= {a.id for a in allocations}  # what was bound is still counted
+    # A transaction that timed out on a member left without a quorum may still commit once the others are back
+    # (a timeout is not a refusal): then it is carol's reservation, which expires unbound within its TTL.
+    late = [a for a in allocations if a.id not in (bound.id, granted.id)]
+    assert all(a.user == "carol" and a.container is None and a.expires_at is not None for a in late), late
     again = one.request("carol", 1002, LIMITS, GpuRequest(count=1), slots=node_slots("node1"))
     assert again.slots and not set(again.slots) & {*bound.slots, *granted.slots}
 
