@@ -30,15 +30,17 @@ class FleetNode:
     last_seen: float | None
 
 
-def store_state(config: Config, run_dir: Path, allocations_read: bool) -> StoreState:
-    """For the file store, whether its file was read; for etcd, what the proxy last found (raises Ds01Error
-    when the proxy has written nothing readable)."""
+def store_state(config: Config, run_dir: Path, allocations_read: bool, now: float) -> StoreState:
+    """For the file store, whether its file was read; for etcd, what the proxy last found, as long as it renews
+    its lease (a report older than three renewals is not believed: the proxy is gone or stuck). Raises Ds01Error
+    when the proxy has written nothing readable."""
     if config.allocation.store == "file":
         return StoreState("file", allocations_read, 0)
     path = run_dir / STORE_FILE
     try:
         raw = json.loads(path.read_text())
-        return StoreState("etcd", bool(raw["up"]), int(raw["transaction_retries"]))
+        fresh = now - float(raw["checked_at"]) <= config.fleet.node_ttl_seconds  # three beats of node_ttl/3
+        return StoreState("etcd", bool(raw["up"]) and fresh, int(raw["transaction_retries"]))
     except FileNotFoundError as exc:
         raise Ds01Error(f"{path} is missing: the proxy has not renewed its fleet lease yet") from exc
     except (OSError, ValueError, KeyError, TypeError) as exc:

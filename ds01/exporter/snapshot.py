@@ -306,11 +306,13 @@ class Collector:
         nodes: tuple[FleetNode, ...] = ()
         try:
             config = self._current_config()
-            store = store_state(config, self.paths.run_dir, up["allocator"])
+            store = store_state(config, self.paths.run_dir, up["allocator"], time.time())
         except Ds01Error as exc:
             up["store"] = False
             self._fail("store", problems, exc)
             return None, ()
+        if not store.up:  # /health says so: this node grants no GPUs meanwhile
+            problems.append(f"store: the {store.kind} allocation store does not answer this node's proxy")
         try:
             nodes = fleet_nodes(config)
         except Ds01Error as exc:

@@ -22,6 +22,7 @@ from tests.conftest import TEST_IMAGE, ProxyHandle, ProxyNode, Testbed, start_pr
 from tests.fleet.conftest import Fleetbed
 from tests.integration.test_alloc_cli import DS01
 from tests.integration.test_container_cli import CONTAINER
+from tests.integration.test_exporter import start_exporter, stop
 
 NODE_TTL_SECONDS = 6
 # alice and bob are researchers (a quota of 2, whole GPUs, 2 per container), on the etcd store
@@ -185,3 +186,24 @@ def test_a_state_file_is_imported_once_through_the_cli(fleet: Fleet, tmp_path: P
     assert fleet.status()["node3"]["held_gpu_equivalents"] == "1"
     forgetting = fleet.ds01(0, "fleet", "forget", "node3", "--yes")
     assert forgetting.returncode == 3 and "is alive" in forgetting.stderr  # a live node is not forgotten
+
+
+def test_each_exporter_tells_the_store_and_every_node_and_reads_its_allocations_from_etcd(fleet: Fleet) -> None:
+    held = run_gpu(fleet, 0, "alice", "1")
+    assert held.returncode == 0, held.stderr
+    env = fleet.proxies[0].env
+    exporter = start_exporter({**env, "DOCKER_HOST": env["DS01_FLEET_NODE1_DOCKER_HOST"]})
+    try:
+        exporter.wait_for("ds01_store_up", 1)
+        exporter.wait_for("ds01_user_gpu_equivalents", 1, user="alice")  # this node's, read from etcd
+        for node in ("node1", "node2", "node3"):
+            exporter.wait_for("ds01_fleet_node_up", 1, fleet_node=node)
+        assert exporter.value("ds01_fleet_node_last_seen_timestamp_seconds", fleet_node="node2") is not None
+        assert exporter.value("ds01_store_transaction_retries_total") is not None
+        fleet.proxies[1].process.kill()
+        fleet.proxies[1].process.wait(30)
+        exporter.wait_for("ds01_fleet_node_up", 0, fleet_node="node2")  # node 1's exporter tells of node 2
+        fleet.proxies[1] = fleet.start(1)
+        exporter.wait_for("ds01_fleet_node_up", 1, fleet_node="node2")
+    finally:
+        stop(exporter.process)
