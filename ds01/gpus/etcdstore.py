@@ -76,11 +76,11 @@ class EtcdStore:
     contended = True  # optimistic: a conflicting change is run again on a new read
 
     def __init__(self, etcd: Etcd, prefix: str, node: str, half_life_seconds: Callable[[], float], *,
-                 clock: Callable[[], float] = time.time, queue_file: Path | None = None) -> None:
+                 clock: Callable[[], float] = time.time, turns_file: Path | None = None) -> None:
         self.node = node
         # This node's own changes take turns (a file lock in its state dir): they would only conflict with each
         # other over its slots. Correctness rests on the transactions alone; other nodes never wait for it.
-        self._turns = filelock.FileLock(queue_file) if queue_file is not None else None
+        self._turns = filelock.FileLock(turns_file) if turns_file is not None else None
         self.etcd = etcd
         self.prefix = prefix
         self._half_life = half_life_seconds

@@ -77,8 +77,10 @@ def open_allocator(paths: Paths, config: Config, engine_url: str | None = None) 
         return allocations_from_containers(found, lambda uuid: known.get(uuid, Fraction(1)), time.time())
 
     if config.allocation.store == "etcd":
+        paths.state_dir.mkdir(parents=True, exist_ok=True)
         store = EtcdStore(Etcd(config.fleet.etcd), config.fleet.etcd.prefix, config.fleet.node,
-                          lambda: float(config.scheduler.usage_half_life_seconds))
+                          lambda: float(config.scheduler.usage_half_life_seconds),
+                          turns_file=paths.state_dir / "allocations.lock")
         return Allocator(paths.state_dir, config.allocation, store=store)
     return Allocator(paths.state_dir, config.allocation, rebuild=rebuild)
 

@@ -17,6 +17,8 @@ from ds01 import nvml, procfs
 from ds01.config import Config, load_config
 from ds01.engine import Engine
 from ds01.errors import Ds01Error, EngineError, NvmlError
+from ds01.etcd import Etcd, StoreUnavailable
+from ds01.fleet.nodes import read_fleet
 from ds01.identity import nss
 from ds01.ops.checks import FAIL, PASS, TIMEOUT_SECONDS, WARN, Check, Options, regular_users
 from ds01.ops.doctornet import (
@@ -263,6 +265,34 @@ def check_root_containers(options: Options) -> Check:
     return Check("root containers", PASS, "no container runs as root with host directories mounted")
 
 
+def check_fleet(config: Config | None) -> Check:
+    """With allocation.store: etcd, the cluster answers, this node is alive in it, and its client key is root's
+    alone; plain http is a warning: whoever reaches a member's client port can grant themselves any GPU."""
+    if config is None:
+        return Check("fleet", WARN, "not checked: the configuration does not load", "fix it (see above)")
+    if config.allocation.store != "etcd":
+        return Check("fleet", PASS, "allocation.store is file: this server alone, no fleet")
+    fleet = config.fleet
+    key = fleet.etcd.key_file
+    if key is not None and key.exists() and key.stat().st_mode & 0o077:
+        return Check("fleet", FAIL, f"{key} is readable by others ({key.stat().st_mode & 0o777:04o}): whoever reads "
+                     "it can write every allocation of the fleet", f"chmod 600 {key}; chown root:root {key}")
+    try:
+        view = read_fleet(Etcd(fleet.etcd), fleet.etcd.prefix)
+    except StoreUnavailable as exc:
+        return Check("fleet", FAIL, f"{exc}: this node grants no GPUs", "see docs-admin/fleet.md, When something "
+                     "fails; etcdctl endpoint health with the node's client certificate")
+    down = sorted(set(view.nodes) - view.alive)
+    if fleet.node not in view.alive:
+        return Check("fleet", FAIL, f"etcd answers, but node {fleet.node} has no live lease: its proxy is not running "
+                     "or cannot renew it", "start the proxy: systemctl enable --now ds01-proxy")
+    if any(url.startswith("http://") for url in fleet.etcd.endpoints):
+        return Check("fleet", WARN, f"node {fleet.node} is alive; the etcd endpoints are plain http",
+                     "use https:// endpoints with client certificates (docs-admin/fleet.md, TLS)")
+    others = f"; down: {', '.join(down)}" if down else ""
+    return Check("fleet", PASS, f"node {fleet.node} is alive in a fleet of {len(view.nodes)}{others}")
+
+
 def _guarded(name: str, check: Callable[[], Check], debug: bool) -> Check:
     """A check that raises becomes a FAIL with the error: the doctor itself never crashes on a broken host."""
     try:
@@ -294,5 +324,6 @@ def run_checks(options: Options) -> list[Check]:
         ("userland proxy", lambda: check_rules(options, "userland proxy", userland_check, "nat")),
         ("published ports", lambda: check_published_addresses(options, config)),
         ("builder entitlements", check_builder),
+        ("fleet", lambda: check_fleet(config)),
     ]
     return [first, *(_guarded(name, check, options.debug) for name, check in checks)]

@@ -18,6 +18,8 @@ from typing import Any
 import docker
 import pytest
 
+from ds01.config import load_config
+from ds01.ops.doctor import check_fleet
 from tests.conftest import TEST_IMAGE, ProxyHandle, ProxyNode, Testbed, start_proxy, stop_proxy
 from tests.fleet.conftest import Fleetbed
 from tests.integration.test_alloc_cli import DS01
@@ -125,6 +127,8 @@ def test_two_members_down_refuse_grants_spare_the_running_and_every_node_reconci
     running = run_gpu(fleet, 0, "alice", "1")
     assert running.returncode == 0, running.stderr
     container = running.stdout.strip()
+    doctor = check_fleet(load_config(fleet.proxies[0].config))
+    assert (doctor.status, "node node1 is alive") == ("WARN", doctor.detail.split(";")[0])  # alive, on plain http
     fleetbed.kill_member(1)
     one_down = run_gpu(fleet, 1, "bob", "1")
     print(f"one member killed; bob@node2$ docker run -d --gpus 1 ... -> {one_down.returncode}")
@@ -134,6 +138,8 @@ def test_two_members_down_refuse_grants_spare_the_running_and_every_node_reconci
     print(f"two members killed; bob@node1$ container create later --gpus 1 -> {refused.returncode}\n{refused.stderr}")
     assert refused.returncode == 3 and "cannot reach the fleet's etcd store" in refused.stderr
     assert not fleet.engines[0].containers.list(all=True, filters={"name": "later"})
+    doctor = check_fleet(load_config(fleet.proxies[0].config))
+    assert doctor.status == "FAIL" and "grants no GPUs" in doctor.detail
     plain = fleet.docker(0, "bob", "run", "--rm", TEST_IMAGE, "echo", "no GPU needed")
     assert plain.returncode == 0 and "no GPU needed" in plain.stdout, plain.stderr
     fleet.engines[0].containers.get(container).reload()
