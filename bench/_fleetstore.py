@@ -61,7 +61,7 @@ def fleet_worker(index: int, spec_json: str, duration: float, start: Any, result
         state = Path(spec["state"]) / f"node{node + 1}"  # each node's state dir, shared by its processes
         state.mkdir(parents=True, exist_ok=True)
         store = EtcdStore(Etcd(EtcdSettings(endpoints=tuple(spec["endpoints"]))), spec["prefix"], f"node{node + 1}",
-                          lambda: 7 * 86400.0, queue_file=state / "allocations.lock")
+                          lambda: 7 * 86400.0, turns_file=state / "allocations.lock")
         allocator = Allocator(state, SETTINGS, store=store)
         user = f"bench{index}"
         start.wait()

@@ -180,13 +180,20 @@ class ProxyHandle:
         log = self.root / "log" / "events.jsonl"
         return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
+    def _as(self, user: str, argv: tuple[str, ...]) -> list[str]:
+        passed = [f"{k}={v}" for k, v in self.env.items()
+                  if k.startswith(("DS01_", "DOCKER_HOST", "LD_LIBRARY_PATH", "FAKE_NVML", "PATH", "PYTHONPATH"))]
+        return ["runuser", "-u", user, "--", "env", *passed, *argv]
+
     def as_user(self, user: str, *argv: str, timeout: float = 120,
                 stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run argv as a real local user (runuser), with the proxy as their Docker host."""
-        passed = [f"{k}={v}" for k, v in self.env.items()
-                  if k.startswith(("DS01_", "DOCKER_HOST", "LD_LIBRARY_PATH", "FAKE_NVML", "PATH", "PYTHONPATH"))]
-        return subprocess.run(["runuser", "-u", user, "--", "env", *passed, *argv], capture_output=True, text=True,
-                              timeout=timeout, check=False, input=stdin)
+        return subprocess.run(self._as(user, argv), capture_output=True, text=True, timeout=timeout, check=False,
+                              input=stdin)
+
+    def as_user_async(self, user: str, *argv: str) -> subprocess.Popen[str]:
+        """As `as_user`, started and left running: for requests made at once."""
+        return subprocess.Popen(self._as(user, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def start_proxy(testbed: Testbed, root: Path, *, ttl: str = "60s", extra_config: str = "",

@@ -12,13 +12,19 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
 
-from ds01.config import load_config
+from ds01.config import effective_limits, load_config
+from ds01.config.schema import EtcdSettings
+from ds01.etcd import Etcd
+from ds01.gpus.allocations import Allocation
+from ds01.identity import accounts
 from ds01.ops.doctor import check_fleet
 from tests.conftest import TEST_IMAGE, ProxyHandle, ProxyNode, Testbed, start_proxy, stop_proxy
 from tests.fleet.conftest import Fleetbed
@@ -213,3 +219,33 @@ def test_each_exporter_tells_the_store_and_every_node_and_reads_its_allocations_
         exporter.wait_for("ds01_fleet_node_up", 1, fleet_node="node2")
     finally:
         stop(exporter.process)
+
+
+def test_48_concurrent_creates_by_4_users_over_the_3_proxies_book_nothing_twice_and_nobody_past_quota(
+        fleet: Fleet, fleetbed: Fleetbed, etcd_prefix: str) -> None:
+    users = ("alice", "bob", "carol", "opsadmin")
+    commands = [(index % 3, users[index % 4]) for index in range(48)]
+    running = [fleet.proxies[node].as_user_async(user, "docker", "create", "--gpus", "1", TEST_IMAGE, "true")
+               for node, user in commands]
+    outcomes = [process.communicate(timeout=300) for process in running]
+    made = [out.strip() for (out, _), process in zip(outcomes, running, strict=True) if process.returncode == 0]
+    refusals = [err for (_, err), process in zip(outcomes, running, strict=True) if process.returncode != 0]
+    assert all("quota" in err or "slot" in err or "free" in err for err in refusals), refusals[:3]
+    _, entries = Etcd(EtcdSettings(endpoints=fleetbed.endpoints)).read_prefix(etcd_prefix)
+    allocations = [Allocation.from_json(json.loads(e.value)) for e in entries
+                   if e.key.startswith(f"{etcd_prefix}allocations/")]
+    booked = [f"{a.node}/{slot}" for a in allocations for slot in a.slots]
+    assert len(booked) == len(set(booked))  # no slot twice, fleet-wide
+    held: dict[str, Fraction] = {}
+    for allocation in allocations:
+        held[allocation.user] = held.get(allocation.user, Fraction(0)) + allocation.gpu_equivalents
+    config = load_config(fleet.proxies[0].config)
+    for user, amount in held.items():
+        account = accounts.resolve_name(user, config.ldap)
+        quota = effective_limits(config, account.name, account.groups, datetime.now(UTC)).limits.gpu_quota
+        assert amount <= quota, (user, amount, quota)
+    assert {a.container for a in allocations} == set(made)  # every container made holds its grant, and only those
+    engines = {cid for engine in fleet.engines for cid in
+               (c.id for c in engine.containers.list(all=True, filters={"label": "ds01.user"}))}
+    assert set(made) <= engines
+    print(f"48 concurrent creates over 3 proxies: {len(made)} made, {len(refusals)} refused; held {held}")
