@@ -24,7 +24,7 @@ from ds01.config import Config, effective_limits, load_config
 from ds01.errors import Ds01Error
 from ds01.exporter.fleet import FleetNode, StoreState, fleet_nodes, store_state
 from ds01.gpus import queuestate
-from ds01.gpus.allocator import Allocation, read_allocations
+from ds01.gpus.allocator import Allocation
 from ds01.gpus.queuestate import QueueState
 from ds01.gpus.supply import open_allocator
 from ds01.identity import accounts, nss
@@ -292,10 +292,7 @@ class Collector:
 
     def _allocations(self, up: dict[str, bool], problems: list[str]) -> list[Allocation]:
         try:
-            config = self._current_config()
-            if config.allocation.store == "etcd":  # this node's, from the fleet's store
-                return open_allocator(self.paths, config).allocations()
-            return read_allocations(self.paths.state_dir)
+            return open_allocator(self.paths, self._current_config()).observed()  # the file, or etcd's
         except Ds01Error as exc:
             up["allocator"] = False
             self._fail("allocator", problems, exc)

@@ -68,6 +68,10 @@ class AllocationStore(Protocol):
         """Changes when the allocations may have."""
         ...
 
+    def peek(self) -> list[Allocation]:
+        """Every allocation as stored, for observers: without waiting for a turn, and without expiring any."""
+        ...
+
     def past_usage(self, now: float, half_life_seconds: float) -> dict[str, float] | None:
         """Each user's decayed GPU-equivalent-hours from released allocations, if the store keeps them (None: the
         event log is the record)."""
@@ -118,6 +122,10 @@ class Allocator:
     def allocations(self) -> list[Allocation]:
         """This node's allocations."""
         return [a for a in self.fleet_allocations() if self.is_local(a)]
+
+    def observed(self) -> list[Allocation]:
+        """This node's allocations as stored, for observers (the exporter, cleanup): no lock is waited for."""
+        return [a for a in self.store.peek() if self.is_local(a)]
 
     def fleet_allocations(self) -> list[Allocation]:
         """Every node's (only this node's with the file store); another node's slots named NODE/UUID."""

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import filelock
 
-from ds01.errors import Busy, Denied
+from ds01.errors import Busy, Denied, Ds01Error
 from ds01.etcd import Compare, Delete, Entry, Etcd, Put, StoreUnavailable
 from ds01.gpus.allocations import Allocation
 from ds01.gpus.filestore import take_turn
@@ -66,7 +66,6 @@ def unavailable(problem: StoreUnavailable) -> Denied:
 @dataclass
 class _Read:
     allocations: dict[str, tuple[Allocation, Entry]]
-    slots: dict[str, Entry]
     users: dict[str, tuple[Usage, Entry]]
     nodes: dict[str, dict[str, Any]]
     raw: dict[str, Entry]  # every key read, as read
@@ -105,19 +104,21 @@ class EtcdStore:
         return self._parse(entries)
 
     def _parse(self, entries: Iterable[Entry]) -> _Read:
-        found = _Read({}, {}, {}, {}, {entry.key: entry for entry in entries})
+        found = _Read({}, {}, {}, {entry.key: entry for entry in entries})
         for entry in found.raw.values():
             key = entry.key.removeprefix(self.prefix)
-            if key.startswith(ALLOCATIONS):
-                allocation = Allocation.from_json(json.loads(entry.value))
-                found.allocations[allocation.id] = (allocation, entry)
-            elif key.startswith(SLOTS):
-                found.slots[key.removeprefix(SLOTS)] = entry
-            elif key.startswith(USERS):
-                raw = json.loads(entry.value)
-                found.users[key.removeprefix(USERS)] = (Usage(float(raw["hours"]), float(raw["at"])), entry)
-            elif key.startswith(NODES):
-                found.nodes[key.removeprefix(NODES)] = json.loads(entry.value)
+            try:
+                if key.startswith(ALLOCATIONS):
+                    allocation = Allocation.from_json(json.loads(entry.value))
+                    found.allocations[allocation.id] = (allocation, entry)
+                elif key.startswith(USERS):
+                    raw = json.loads(entry.value)
+                    found.users[key.removeprefix(USERS)] = (Usage(float(raw["hours"]), float(raw["at"])), entry)
+                elif key.startswith(NODES):
+                    found.nodes[key.removeprefix(NODES)] = dict(json.loads(entry.value))
+            except (KeyError, TypeError, ValueError) as exc:  # written by hand, or by another program
+                raise Ds01Error(f"etcd key {entry.key} is not a ds01 record ({exc}); nothing was changed. Move it "
+                                "aside (etcdctl get, then del) and run ds01 reconcile on its node.") from exc
         return found
 
     def _view(self, allocation: Allocation) -> Allocation:
@@ -273,6 +274,9 @@ class EtcdStore:
             return None
         self.up = True
         return revision
+
+    def peek(self) -> list[Allocation]:
+        return [allocation for allocation, _ in self._read().allocations.values()]
 
     def past_usage(self, now: float, half_life_seconds: float) -> dict[str, float] | None:
         read = self._read()

@@ -162,6 +162,9 @@ class FileStore:
             return None
         return found.st_mtime_ns, found.st_size, found.st_ino
 
+    def peek(self) -> list[Allocation]:
+        return read_allocations(self.path.parent)
+
     def past_usage(self, now: float, half_life_seconds: float) -> dict[str, float] | None:
         return None
 

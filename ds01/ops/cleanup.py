@@ -26,7 +26,7 @@ from ds01.engine import Engine
 from ds01.errors import Ds01Error
 from ds01.eventlog.types import EventType
 from ds01.gpus import queuestate
-from ds01.gpus.allocator import Allocator, read_allocations
+from ds01.gpus.allocator import Allocator
 from ds01.gpus.placement import Slot
 from ds01.gpus.supply import slots_from_inventory
 from ds01.identity import accounts
@@ -138,7 +138,7 @@ class Cleanup:
         with self._lock.acquire(timeout=config.allocation.lock_timeout_seconds):
             state = _load_state(self.state_path)
             holdings: dict[str, list[str]] = {}
-            for allocation in read_allocations(self.allocator.path.parent):
+            for allocation in self.allocator.observed():
                 if allocation.container:
                     holdings.setdefault(allocation.container, []).extend(allocation.slots)
             demand, errors = self._demand(config, dry_run)
