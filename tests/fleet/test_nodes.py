@@ -200,11 +200,11 @@ def test_a_state_file_is_imported_once_through_the_cli(fleet: Fleet, tmp_path: P
     assert forgetting.returncode == 3 and "is alive" in forgetting.stderr  # a live node is not forgotten
 
 
-def test_each_exporter_tells_the_store_and_every_node_and_reads_its_allocations_from_etcd(fleet: Fleet) -> None:
+def test_each_exporter_tells_the_store_and_every_node_and_reads_its_allocations_from_etcd(
+        fleet: Fleet, fleetbed: Fleetbed) -> None:
     held = run_gpu(fleet, 0, "alice", "1")
     assert held.returncode == 0, held.stderr
-    env = fleet.proxies[0].env
-    exporter = start_exporter({**env, "DOCKER_HOST": env["DS01_FLEET_NODE1_DOCKER_HOST"]})
+    exporter = start_exporter({**fleet.proxies[0].env, "DOCKER_HOST": fleetbed.nodes[0].docker_host})
     try:
         exporter.wait_for("ds01_store_up", 1)
         exporter.wait_for("ds01_user_gpu_equivalents", 1, user="alice")  # this node's, read from etcd

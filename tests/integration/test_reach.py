@@ -6,6 +6,7 @@ would share one set of rules)."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import socket
@@ -245,7 +246,9 @@ def test_a_machine_on_the_network_reaches_no_published_port_nor_container(
     assert served_to(testbed, "alice", f"http://127.0.0.1:{port}/") == f"hi from {server.name}"
     control = 20000 + uuid.uuid4().int % 10000
     with host_listener(testbed, control):  # the tool works: a service on the server's own address answers
-        assert neighbour_syn(testbed, testbed.env["DS01_TESTBED_HOST_ADDR"].rsplit(".", 1)[0] + ".6", control)
+        # The namespace's own end of the veth: the host's end plus one, whichever /30 the test bed was given.
+        server_address = str(ipaddress.ip_address(testbed.env["DS01_TESTBED_HOST_ADDR"]) + 1)
+        assert neighbour_syn(testbed, server_address, control)
     for destination, to_port in (("127.0.0.1", port), (ip, 80)):
         reached = neighbour_syn(testbed, destination, to_port)
         print(f"neighbour SYN -> {destination}:{to_port}: {'SYN-ACK' if reached else 'no answer'}")
