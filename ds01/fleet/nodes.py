@@ -128,8 +128,9 @@ def forget(etcd: Etcd, prefix: str, node: str) -> list[Allocation]:
 
 
 def import_state(etcd: Etcd, prefix: str, node: str, raw: bytes, allocations: Sequence[Allocation]) -> bool:
-    """Load this node's state file into the fleet, exactly once: False when it was imported before (by its
-    digest, kept under imports/NODE). Reservations are left out: they would expire before anyone bound them."""
+    """Load this node's state file into the fleet, exactly once: False when this same file (by its digest, kept
+    under imports/NODE) was imported before; another file after it is refused. Reservations are left out: they
+    would expire before anyone bound them."""
     digest = hashlib.sha256(raw).hexdigest()
     marker = f"{prefix}{IMPORTS}{node}"
     bound = [a for a in allocations if a.container is not None]
@@ -142,9 +143,15 @@ def import_state(etcd: Etcd, prefix: str, node: str, raw: bytes, allocations: Se
         changes += [Put(f"{prefix}{SLOTS}{node}/{slot}", mine.id.encode()) for slot in mine.slots]
     if etcd.commit(compares, changes).succeeded:
         return True
-    view_marker = [e for e in etcd.read_prefix(marker)[1] if e.key == marker]
-    if view_marker:
+    earlier = next((json.loads(e.value) for e in etcd.read_prefix(marker)[1] if e.key == marker), None)
+    if earlier is not None and earlier.get("sha256") == digest:
         return False
-    raise Denied(Reason.CAPACITY, (
+    if earlier is not None:
+        raise Denied(Reason.BAD_REQUEST, (
+            f"node {node}'s state was imported before, from another file (sha256 {earlier.get('sha256')}, "
+            f"{earlier.get('allocations')} allocations); nothing was imported. An import happens once per node: "
+            "the fleet's allocations are the record now (ds01 fleet status)."))
+    raise Denied(Reason.BAD_REQUEST, (
         f"the state file books slots or allocation ids that the fleet holds already under node {node}; nothing "
-        "was imported. Check `ds01 fleet status`: was this node's state imported under another name?"))
+        "was imported. Check `ds01 fleet status`: did this node's proxy run on etcd first, or another node take "
+        "this name?"))

@@ -200,6 +200,8 @@ def test_a_state_file_is_imported_exactly_once(fleetbed: Fleetbed, etcd_prefix: 
     raw = json.dumps({"version": 1, "allocations": [bound.to_json(), reserved.to_json()]}).encode()
     assert nodes.import_state(etcd, etcd_prefix, "node1", raw, [bound, reserved]) is True
     assert nodes.import_state(etcd, etcd_prefix, "node1", raw, [bound, reserved]) is False
+    with pytest.raises(Denied, match="imported before, from another file"):  # another file after it
+        nodes.import_state(etcd, etcd_prefix, "node1", raw + b" ", [bound])
     allocations, slots = stored(fleetbed, etcd_prefix)
     assert [(a.id, a.node) for a in allocations] == [(bound.id, "node1")]  # the reservation is left out
     assert slots == {"node1/GPU-node1-0": bound.id}
