@@ -70,7 +70,7 @@ def until(check: Callable[[], Any], what: str, seconds: float = 60) -> Any:
 def fleet_config(fleetbed: Fleetbed, prefix: str, node: str) -> str:
     endpoints = ", ".join(fleetbed.endpoints)
     return (f"fleet:\n  node: {node}\n  node_ttl: {NODE_TTL_SECONDS}s\n  etcd:\n    endpoints: [{endpoints}]\n"
-            f"    prefix: {prefix}\n    timeout: 2s\n")
+            f"    prefix: {prefix}\n")  # etcd.timeout as shipped (5s): a loaded CI machine is slow to answer
 
 
 @pytest.fixture
@@ -230,7 +230,8 @@ def test_48_concurrent_creates_by_4_users_over_the_3_proxies_book_nothing_twice_
     outcomes = [process.communicate(timeout=300) for process in running]
     made = [out.strip() for (out, _), process in zip(outcomes, running, strict=True) if process.returncode == 0]
     refusals = [err for (_, err), process in zip(outcomes, running, strict=True) if process.returncode != 0]
-    assert all("quota" in err or "slot" in err or "free" in err for err in refusals), refusals[:3]
+    odd = [err for err in refusals if not ("quota" in err or "slot" in err or "free" in err)]
+    assert not odd, odd  # refused for the quota or for capacity, nothing else
     _, entries = Etcd(EtcdSettings(endpoints=fleetbed.endpoints)).read_prefix(etcd_prefix)
     allocations = [Allocation.from_json(json.loads(e.value)) for e in entries
                    if e.key.startswith(f"{etcd_prefix}allocations/")]
