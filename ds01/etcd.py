@@ -119,8 +119,8 @@ class Etcd:
             except etcd_errors.InternalServerError as exc:  # a member without a quorum: "no leader", "timed out"
                 problems.append(f"{self._endpoints[index]}: {_said(exc)}")
                 continue
-            except etcd_errors.Etcd3Exception as exc:
-                raise Ds01Error(f"etcd at {self._endpoints[index]} refused {what}: {_said(exc)}") from exc
+            except etcd_errors.Etcd3Exception as exc:  # a refusal (a full database: NOSPACE) is no grant either
+                raise StoreUnavailable(f"etcd at {self._endpoints[index]} refused {what}: {_said(exc)}") from exc
             with self._lock:
                 self._preferred = index
             return answer

@@ -10,11 +10,11 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from ds01 import __version__, eventlog, labels, statefile
 from ds01.errors import Ds01Error
-from ds01.etcd import StoreUnavailable
 from ds01.eventlog.types import EventType
 from ds01.fleet.nodes import Membership, NodeRecord, SlotRecord
 from ds01.gpus.allocator import ReconcileReport
@@ -40,6 +40,7 @@ class FleetKeeper:
         self._kick = kick
         self.out_of_touch = False  # the store did not answer since the last beat it did (or at start-up)
         self._had_lease = False  # a lapse of a lease this node had (not its first) means it was cut off
+        self._last_record: NodeRecord | None = None  # published again when a new one cannot be made
 
     def run(self, stop: threading.Event) -> None:
         self.beat()
@@ -49,12 +50,16 @@ class FleetKeeper:
     def beat(self) -> None:
         try:
             record = self._record()
-        except Ds01Error as exc:  # NVML or the engine: reported, and the next beat tries again
+            self._last_record = record
+        except Ds01Error as exc:  # NVML or the engine: reported; the lease is renewed all the same, or the
+            # node would look down while it serves, and could be forgotten with its containers running
             eventlog.emit(EventType.PROXY_INTERNAL_ERROR, source="proxy", error=f"fleet record not made: {exc}")
-            return
+            if self._last_record is None:
+                return
+            record = replace(self._last_record, seen_at=time.time())
         try:
             lapsed = self._membership.renew(record)
-        except StoreUnavailable as exc:
+        except Ds01Error as exc:  # StoreUnavailable, or anything else of etcd's: the next beat tries again
             self.out_of_touch = True
             self._write_status(up=False, problem=str(exc))
             eventlog.emit(EventType.PROXY_INTERNAL_ERROR, source="proxy", error=f"fleet lease not renewed: {exc}")

@@ -177,6 +177,9 @@ def test_a_node_killed_is_down_after_node_ttl_its_containers_still_count_and_it_
     assert refused.returncode != 0 and "on node2" in refused.stderr  # its containers still count
     shown = fleet.proxies[0].as_user("alice", CONTAINER, "gpus", "--fleet")
     assert "node2: DOWN" in shown.stdout, shown.stdout
+    table = fleet.ds01(0, "fleet", "status")
+    print(f"alice@node1$ container gpus --fleet\n{shown.stdout}\nroot@node1# ds01 fleet status\n{table.stdout}")
+    assert table.returncode == 0 and "DOWN" in table.stdout
     fleet.proxies[1] = fleet.start(1)
     until(lambda: fleet.status()["node2"]["alive"], "node2 alive again", NODE_TTL_SECONDS * 4)
     assert reconciled(fleet, 1)
