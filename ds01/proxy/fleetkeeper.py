@@ -64,20 +64,20 @@ class FleetKeeper:
             self._write_status(up=False, problem=str(exc))
             eventlog.emit(EventType.PROXY_INTERNAL_ERROR, source="proxy", error=f"fleet lease not renewed: {exc}")
             return
-        if self.out_of_touch or (lapsed and self._had_lease):
-            self._rejoin()
-        self._had_lease, self.out_of_touch = True, False
+        rejoined = self._rejoin() if self.out_of_touch or (lapsed and self._had_lease) else True
+        self._had_lease, self.out_of_touch = True, not rejoined  # a failed reconcile is tried at the next beat
         self._write_status(up=True, problem="")
 
-    def _rejoin(self) -> None:
+    def _rejoin(self) -> bool:
         try:
             report = self._reconcile()
         except Ds01Error as exc:
             eventlog.emit(EventType.PROXY_INTERNAL_ERROR, source="proxy", error=f"reconcile on rejoining: {exc}")
-            return
+            return False
         eventlog.emit(EventType.FLEET_REJOIN, source="proxy", node=self._membership.node,
                       released=len(report.released), expired=len(report.expired), adopted=len(report.adopted))
         self._kick()
+        return True
 
     def _record(self) -> NodeRecord:
         driver, slots = self._node_slots()
