@@ -42,6 +42,35 @@ def healthy_slots() -> list[Slot]:
         return slots_from_inventory(gpus.inventory(), frozenset())
 
 
+def pairs(allocator: Allocator, user: str, slots: list[Slot], duration: float, *, start: Any,
+          report: dict[str, Any]) -> None:
+    """One worker's round, after the others are ready: request+release pairs for `duration` seconds, each grant
+    timed, refusals and Busy counted into `report`."""
+    start.wait()
+    began = time.perf_counter()
+    deadline = began + duration
+    while time.perf_counter() < deadline:
+        asked = time.perf_counter()
+        try:
+            allocation = allocator.request(user, None, LIMITS, GpuRequest(count=1), slots=slots)
+        except Denied as denied:
+            report["denied"][denied.reason] += 1
+            continue
+        except Busy:
+            report["busy"] += 1
+            continue
+        report["grants"].append(time.perf_counter() - asked)
+        while True:
+            try:
+                allocator.release(allocation.id)
+                break
+            except Busy:
+                report["busy"] += 1
+        report["pairs"] += 1
+    report["began"], report["ended"] = began, time.perf_counter()
+    report["holds"] = list(allocator.lock_hold_seconds)
+
+
 def fleet_spec() -> dict[str, Any]:
     endpoints = os.environ.get("DS01_FLEET_ETCD_ENDPOINTS", "")
     topologies = [os.environ.get(f"DS01_FLEET_NODE{n}_TOPOLOGY", "") for n in range(1, NODES + 1)]
@@ -64,29 +93,7 @@ def fleet_worker(index: int, spec_json: str, duration: float, start: Any, result
                           lambda: 7 * 86400.0, turns_file=state / "allocations.lock")
         allocator = Allocator(state, SETTINGS, store=store)
         user = f"bench{index}"
-        start.wait()
-        began = time.perf_counter()
-        deadline = began + duration
-        while time.perf_counter() < deadline:
-            asked = time.perf_counter()
-            try:
-                allocation = allocator.request(user, None, LIMITS, GpuRequest(count=1), slots=slots)
-            except Denied as denied:
-                report["denied"][denied.reason] += 1
-                continue
-            except Busy:
-                report["busy"] += 1
-                continue
-            report["grants"].append(time.perf_counter() - asked)
-            while True:
-                try:
-                    allocator.release(allocation.id)
-                    break
-                except Busy:
-                    report["busy"] += 1
-            report["pairs"] += 1
-        report["began"], report["ended"] = began, time.perf_counter()
-        report["holds"] = list(allocator.lock_hold_seconds)
+        pairs(allocator, user, slots, duration, start=start, report=report)
         report["retries"] = store.retries
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which prints it
         report["error"] = repr(exc)

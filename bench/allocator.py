@@ -32,11 +32,11 @@ from typing import Any
 import _fleetstore
 import docker
 from _common import IMAGE, BenchError, engine_url, percentile, verdict
-from _fleetstore import LIMITS, SETTINGS, healthy_slots
+from _fleetstore import LIMITS, SETTINGS, healthy_slots, pairs
 from docker.types import DeviceRequest
 
 from ds01.engine import Engine
-from ds01.errors import Busy, Denied
+from ds01.errors import Denied
 from ds01.gpus.allocator import Allocator
 from ds01.gpus.placement import GpuRequest, Holding, Slot, choose_slots
 
@@ -59,29 +59,7 @@ def ours_worker(index: int, state_dir: str, duration: float, start: Any, results
         slots = healthy_slots()  # once per process, as the proxy computes them
         allocator = Allocator(Path(state_dir), SETTINGS)
         user = f"bench{index}"
-        start.wait()
-        began = time.perf_counter()
-        deadline = began + duration
-        while time.perf_counter() < deadline:
-            asked = time.perf_counter()
-            try:
-                allocation = allocator.request(user, None, LIMITS, GpuRequest(count=1), slots=slots)
-            except Denied as denied:
-                report["denied"][denied.reason] += 1
-                continue
-            except Busy:
-                report["busy"] += 1
-                continue
-            report["grants"].append(time.perf_counter() - asked)
-            while True:
-                try:
-                    allocator.release(allocation.id)
-                    break
-                except Busy:
-                    report["busy"] += 1
-            report["pairs"] += 1
-        report["began"], report["ended"] = began, time.perf_counter()
-        report["holds"] = list(allocator.lock_hold_seconds)
+        pairs(allocator, user, slots, duration, start=start, report=report)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which prints it
         report["error"] = repr(exc)
     report["denied"] = dict(report["denied"])

@@ -31,7 +31,6 @@ __all__ = ["STATE_NAME", "Allocation", "AllocationStore", "Allocator", "Grant", 
            "allocations_from_containers", "read_allocations"]
 _T = TypeVar("_T")
 Change = Callable[[list[Allocation], float], tuple[_T, list[Allocation] | None]]
-REMOTE_SLOT = "{node}/{slot}"  # how a step sees another node's slot
 
 
 @dataclass(frozen=True)
