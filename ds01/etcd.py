@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+import ssl
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -83,6 +86,7 @@ class Etcd:
         self._timeout = settings.timeout_seconds
         self._preferred = 0
         self._lock = threading.Lock()
+        self._failed_at = -math.inf  # when no member answered last, on the monotonic clock
 
     @staticmethod
     def _client(url: str, settings: EtcdSettings) -> etcd3gw.Etcd3Client:
@@ -110,8 +114,8 @@ class Etcd:
             client = self._clients[index]
             try:
                 answer = call(client)
-            except etcd_errors.ConnectionFailedError:
-                problems.append(f"{self._endpoints[index]} refused or unreachable")
+            except etcd_errors.ConnectionFailedError as exc:
+                problems.append(f"{self._endpoints[index]} {_unreached(exc)}")
                 continue
             except etcd_errors.ConnectionTimeoutError:
                 problems.append(f"{self._endpoints[index]} did not answer within {self._timeout:g}s")
@@ -124,7 +128,15 @@ class Etcd:
             with self._lock:
                 self._preferred = index
             return answer
+        with self._lock:
+            self._failed_at = time.monotonic()
         raise StoreUnavailable("no etcd member answered: " + "; ".join(problems))
+
+    def failed_within(self, seconds: float) -> bool:
+        """Whether no member answered a call in the last `seconds`: what can wait need not wait out every
+        member's timeout again."""
+        with self._lock:
+            return time.monotonic() - self._failed_at < seconds
 
     def read_prefix(self, prefix: str) -> tuple[int, list[Entry]]:
         """Every key under `prefix`, read at one revision (linearizable: a quorum agreed on it): (revision,
@@ -158,6 +170,17 @@ class Etcd:
     def grant_lease(self, ttl_seconds: int) -> int:
         return int(self._call("a lease", lambda client: client.lease(ttl_seconds)).id)
 
+    def alarms(self) -> list[str]:
+        """The cluster's raised alarms (NOSPACE: it takes no writes), as `etcdctl alarm list` shows them."""
+        answer = self._call("an alarm list", lambda client: client.post(
+            client.get_url("/maintenance/alarm"), json={"action": "GET"}))
+        return [f"{alarm.get('alarm', 'NONE')} on member {int(alarm.get('memberID', 0)):x}"
+                for alarm in answer.get("alarms") or [] if alarm.get("alarm", "NONE") != "NONE"]
+
+    def database_bytes(self) -> int:
+        """The size of the database of the member that answers."""
+        return int(self._call("a status", lambda client: client.status()).get("dbSize", 0))
+
     def keep_alive(self, lease: int) -> int:
         """Renew a lease: its TTL left; 0 or less when it lapsed already."""
         return int(self._call("a lease renewal", lambda client: Lease(lease, client).refresh()))
@@ -178,6 +201,18 @@ def _operation(change: Put | Delete) -> dict[str, Any]:
     if change.prefix:
         delete["range_end"] = _prefix_end(change.key)
     return {"request_delete_range": delete}
+
+
+def _unreached(exc: etcd_errors.ConnectionFailedError) -> str:
+    """Why a connection failed: a TLS handshake (a wrong CA, a missing or refused client certificate) is said
+    so, as the fix is in the certificates, not the network."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, (requests.exceptions.SSLError, ssl.SSLError)):
+            return f"failed the TLS handshake ({' '.join(str(cause).split())[:300]}): check fleet.etcd.ca_file, " \
+                   "cert_file and key_file"
+        cause = cause.__cause__ or cause.__context__
+    return "refused or unreachable"
 
 
 def _said(exc: etcd_errors.Etcd3Exception) -> str:

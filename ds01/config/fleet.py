@@ -53,7 +53,17 @@ def readable_file(value: Any) -> Path:
 
 def timeout(value: Any) -> float:
     seconds = validators.positive_duration(value)
+    if seconds > 60:
+        raise ValueError(f"{value!r} is longer than 60s: a grant would wait that long on each member that is down")
     return float(seconds)
+
+
+def node_ttl(value: Any) -> int:
+    seconds = validators.positive_duration(value)
+    if not 6 <= seconds <= 3600:
+        raise ValueError(f"{value!r}: from 6s (the lease is renewed every third of it) to 1h (a dead node is shown "
+                         "down only after it)")
+    return seconds
 
 
 ETCD_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
@@ -66,18 +76,15 @@ ETCD_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
 }
 FLEET_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "node": ("node", node_name),
-    "node_ttl": ("node_ttl_seconds", validators.positive_duration),
+    "node_ttl": ("node_ttl_seconds", node_ttl),
 }
 
 
 def fleet_settings(fields: dict[str, Any], etcd: dict[str, Any] | None) -> FleetSettings:
-    """From the parsed keys; raises ValueError for what no single key shows (TLS half given, a short TTL)."""
+    """From the parsed keys; raises ValueError for what no single key shows (TLS half given)."""
     settings = FleetSettings(**fields)
     if etcd is not None:
         settings = dataclasses.replace(settings, etcd=EtcdSettings(**etcd))
     if (settings.etcd.cert_file is None) != (settings.etcd.key_file is None):
         raise ValueError("etcd.cert_file and etcd.key_file go together: give both for client TLS, or neither")
-    if settings.node_ttl_seconds < 6:
-        raise ValueError(f"node_ttl is {settings.node_ttl_seconds}s; at least 6s, as the lease is renewed every "
-                         "third of it")
     return settings

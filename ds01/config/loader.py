@@ -366,6 +366,15 @@ def _fleet(reader: _Reader, node: yaml.Node) -> FleetSettings:
         reader.fail(node, "fleet", str(exc))
 
 
+def _names_endpoints(top: _Entries) -> bool:
+    """Whether fleet.etcd.endpoints is given (the sections are checked already): an etcd store has no default
+    cluster to fall back on."""
+    fleet = top["fleet"][1] if "fleet" in top else None
+    etcd = next((v for k, v in fleet.value if k.value == "etcd"), None) if isinstance(fleet, yaml.MappingNode) \
+        else None
+    return isinstance(etcd, yaml.MappingNode) and any(k.value == "endpoints" for k, _ in etcd.value)
+
+
 def _proxy(reader: _Reader, top: _Entries) -> ProxySettings:
     return ProxySettings(**_section(reader, top["proxy"][1], "proxy", PROXY_FIELDS)) if "proxy" in top \
         else ProxySettings()
@@ -389,6 +398,11 @@ def load_config(path: Path | None = None) -> Config:
     admins = reader.mapping(top["admins"][1], "admins", ("users", "groups")) if "admins" in top else {}
     admin_users = reader.names(admins["users"][1], "admins.users") if "users" in admins else ()
     admin_groups = reader.names(admins["groups"][1], "admins.groups") if "groups" in admins else ()
+    allocation = _allocation(reader, top["allocation"][1]) if "allocation" in top else AllocationSettings()
+    if allocation.store == "etcd" and not _names_endpoints(top):
+        reader.fail(top["allocation"][1], "allocation.store", (
+            "is etcd, but fleet.etcd.endpoints names no etcd cluster; list its members' client URLs there "
+            "(docs-admin/fleet.md), or keep store: file"))
     return Config(
         source=path,
         defaults=defaults,
@@ -398,7 +412,7 @@ def load_config(path: Path | None = None) -> Config:
         admin_users=frozenset(admin_users),
         admin_groups=frozenset(admin_groups),
         exemptions=_exemptions(reader, top["exemptions"][1]) if "exemptions" in top else (),
-        allocation=_allocation(reader, top["allocation"][1]) if "allocation" in top else AllocationSettings(),
+        allocation=allocation,
         ldap=_ldap(reader, top["identity"][1]) if "identity" in top else None,
         security=_security(reader, top["security"][1]) if "security" in top else SecuritySettings(),
         containers=_container_defaults(reader, top["containers"][1]) if "containers" in top else ContainerDefaults(),

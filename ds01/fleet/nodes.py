@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
+from ds01 import statefile
 from ds01.errors import Denied, Ds01Error
-from ds01.etcd import Compare, Delete, Etcd, Put
+from ds01.etcd import Compare, Delete, Entry, Etcd, Put
 from ds01.gpus.allocations import Allocation
 from ds01.gpus.etcdstore import ALLOCATIONS, NODES, SLOTS, USERS
 from ds01.reasons import Reason
 
 ALIVE, IMPORTS = "alive/", "imports/"
+LEASE_FILE = "fleet-lease.json"  # in DS01_RUN_DIR: this node's lease, kept across a restart of its proxy
+SEEN_REFRESH_SECONDS = 60  # how stale a down node's "last seen" may be
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class NodeRecord:
     ttl_seconds: int
     slots: tuple[SlotRecord, ...] = ()
     containers: dict[str, int] = field(default_factory=dict)  # user -> containers on this node
+    instance: str = ""  # node_instance: the server and state directory behind the name
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -61,6 +67,7 @@ class FleetView:
     alive: frozenset[str]
     allocations: list[Allocation]  # every node's, slots as their node names them
     usage: dict[str, tuple[float, float]]  # user -> (decayed hours, as of)
+    unreadable: tuple[str, ...] = ()  # keys that are not ds01 records, and why: shown, not skipped silently
 
     def held_on(self, node: str) -> list[Allocation]:
         return [a for a in self.allocations if a.node == node]
@@ -72,6 +79,7 @@ def read_fleet(etcd: Etcd, prefix: str) -> FleetView:
     alive: set[str] = set()
     allocations: list[Allocation] = []
     usage: dict[str, tuple[float, float]] = {}
+    unreadable: list[str] = []
     for entry in entries:
         key = entry.key.removeprefix(prefix)
         try:
@@ -85,29 +93,115 @@ def read_fleet(etcd: Etcd, prefix: str) -> FleetView:
                 raw = json.loads(entry.value)
                 usage[key.removeprefix(USERS)] = (float(raw["hours"]), float(raw["at"]))
         except (KeyError, TypeError, ValueError) as exc:
-            raise Ds01Error(f"etcd key {entry.key} is not a ds01 record ({exc}); move it aside with etcdctl") from exc
-    return FleetView(nodes, frozenset(alive), allocations, usage)
+            unreadable.append(f"{entry.key} ({type(exc).__name__}: {exc})")
+    return FleetView(nodes, frozenset(alive), allocations, usage, tuple(unreadable))
+
+
+class NodeNameTaken(Ds01Error):
+    """Another ds01 proxy holds this node's fleet name: its lease is alive, or the name was last used by another
+    server or state directory. Two proxies under one name would release each other's allocations."""
+
+
+def node_instance(state_dir: Path) -> str:
+    """Which server and state directory a node name belongs to: /etc/machine-id (else the host name) with the
+    state directory, hashed."""
+    try:
+        machine = Path("/etc/machine-id").read_text().strip()
+    except OSError:
+        machine = ""
+    seed = f"{machine or socket.gethostname()}\0{state_dir.resolve()}"
+    return hashlib.sha256(seed.encode()).hexdigest()[:16]
 
 
 class Membership:
-    """This node's lease and records: `renew` every node_ttl/3."""
+    """This node's lease and records: `renew` every node_ttl/3. The name is claimed with the lease: alive/NODE is
+    created only where it does not exist (or is this node's own lease, kept across a restart in `lease_file`),
+    and only by the instance that last published nodes/NODE."""
 
-    def __init__(self, etcd: Etcd, prefix: str, node: str, ttl_seconds: int) -> None:
+    def __init__(self, etcd: Etcd, prefix: str, node: str, ttl_seconds: int, *, instance: str,
+                 lease_file: Path) -> None:
         self._etcd = etcd
         self._prefix = prefix
         self.node = node
+        self.instance = instance
         self._ttl = ttl_seconds
-        self._lease = 0
+        self._lease_file = lease_file
+        self._lease = _recorded_lease(lease_file, node)
+        self.claimed = False  # alive/NODE holds this node's lease
+        self._published: NodeRecord | None = None
+
+    def claim(self) -> bool:
+        """Hold the lease and the name; True when a new lease was granted (the first, or one that lapsed)."""
+        granted = False
+        if self._lease and self._etcd.keep_alive(self._lease) <= 0:
+            self._lease, self.claimed = 0, False
+        if not self._lease:
+            self._lease, self.claimed, granted = self._etcd.grant_lease(self._ttl), False, True
+            statefile.write_json_atomic(self._lease_file, {"node": self.node, "lease": self._lease})
+        if not self.claimed:
+            self._claim_name()
+        return granted
 
     def renew(self, record: NodeRecord) -> bool:
-        """Keep the lease (a new one if it lapsed) and publish `record`; True when the lease had lapsed, as after
-        a partition: the caller reconciles."""
-        lapsed = self._lease == 0 or self._etcd.keep_alive(self._lease) <= 0
-        if lapsed:
-            self._lease = self._etcd.grant_lease(self._ttl)
-        self._etcd.commit([], [Put(f"{self._prefix}{ALIVE}{self.node}", b"1", self._lease),
-                               Put(f"{self._prefix}{NODES}{self.node}", record.to_json())])  # no compare: holds
-        return lapsed
+        """`claim`, then publish `record` when it says something new, or its seen_at is SEEN_REFRESH_SECONDS old:
+        each put is a revision etcd keeps until it compacts."""
+        granted = self.claim()
+        last = self._published
+        if last is None or replace(last, seen_at=record.seen_at) != record \
+                or record.seen_at - last.seen_at >= SEEN_REFRESH_SECONDS:
+            self._etcd.commit([], [Put(f"{self._prefix}{NODES}{self.node}", record.to_json())])  # no compare: holds
+            self._published = record
+        return granted
+
+    def _claim_name(self) -> None:
+        alive, record = f"{self._prefix}{ALIVE}{self.node}", f"{self._prefix}{NODES}{self.node}"
+        for _attempt in range(3):
+            found = {e.key: e for e in self._etcd.read_prefix(f"{self._prefix}{ALIVE}{self.node}")[1]
+                     + self._etcd.read_prefix(record)[1] if e.key in (alive, record)}
+            holder = found.get(alive)
+            if holder is not None and holder.lease == self._lease:
+                self.claimed = True
+                return
+            if holder is not None:
+                raise NodeNameTaken(
+                    f"fleet node name {self.node} is held by another ds01 proxy (its lease is alive): two proxies "
+                    "under one name would release each other's allocations. Give this server its own fleet.node "
+                    "in resource-limits.yaml, or stop the other proxy.")
+            last = _instance_of(found.get(record))
+            if last not in ("", self.instance):
+                raise NodeNameTaken(
+                    f"fleet node name {self.node} was last used by another server or state directory, whose "
+                    "allocations the fleet still counts. Give this server its own fleet.node; or, if it replaces "
+                    f"that one for good, run `ds01 fleet forget {self.node}` first.")
+            compares = [Compare(alive, 0), Compare(record, found[record].mod_revision if record in found else 0)]
+            if self._etcd.commit(compares, [Put(alive, self.instance.encode(), self._lease)]).succeeded:
+                self.claimed = True
+                return
+        raise NodeNameTaken(f"fleet node name {self.node} kept changing hands while this proxy claimed it; is "
+                            "another proxy starting under the same name?")
+
+
+def _instance_of(entry: Entry | None) -> str:
+    if entry is None:
+        return ""
+    try:
+        return str(json.loads(entry.value).get("instance", ""))
+    except (ValueError, AttributeError):
+        return ""
+
+
+def _recorded_lease(lease_file: Path, node: str) -> int:
+    """This node's lease from before a restart, if the file names it; a lapsed one is replaced at the first claim."""
+    try:
+        recorded = json.loads(lease_file.read_text())
+    except FileNotFoundError:
+        return 0
+    except (OSError, ValueError) as exc:
+        raise Ds01Error(f"{lease_file}: not this node's fleet lease record ({exc}); remove it, and the proxy "
+                        "takes a new lease") from exc
+    if not isinstance(recorded, dict) or recorded.get("node") != node or not isinstance(recorded.get("lease"), int):
+        return 0
+    return int(recorded["lease"])
 
 
 def forget(etcd: Etcd, prefix: str, node: str) -> list[Allocation]:
@@ -121,7 +215,8 @@ def forget(etcd: Etcd, prefix: str, node: str) -> list[Allocation]:
         raise Denied(Reason.NOT_FOUND, f"the fleet has no node {node}; see `ds01 fleet status`.")
     held = view.held_on(node)
     changes: list[Put | Delete] = [Delete(f"{prefix}{ALLOCATIONS}{a.id}") for a in held]
-    changes += [Delete(f"{prefix}{SLOTS}{node}/", prefix=True), Delete(f"{prefix}{NODES}{node}")]
+    changes += [Delete(f"{prefix}{SLOTS}{node}/", prefix=True), Delete(f"{prefix}{NODES}{node}"),
+                Delete(f"{prefix}{IMPORTS}{node}")]  # a server that takes the name later may import its own
     if not etcd.commit([Compare(f"{prefix}{ALIVE}{node}", 0)], changes).succeeded:
         raise Denied(Reason.BAD_REQUEST, f"node {node} came back while being forgotten; nothing was removed.")
     return held

@@ -21,11 +21,12 @@ from typing import Protocol, TypeVar
 
 from ds01 import eventlog, labels, records
 from ds01.config import AllocationSettings, LimitValues
-from ds01.errors import Ds01Error
+from ds01.errors import Denied, Ds01Error
 from ds01.eventlog.types import EventType
 from ds01.gpus.allocations import Allocation, allocations_from_containers
 from ds01.gpus.filestore import STATE_NAME, FileStore, StateCorrupt, read_allocations
 from ds01.gpus.placement import GpuRequest, Slot, choose_slots
+from ds01.reasons import Reason
 
 __all__ = ["STATE_NAME", "Allocation", "AllocationStore", "Allocator", "Grant", "ReconcileReport", "StateCorrupt",
            "allocations_from_containers", "read_allocations"]
@@ -58,6 +59,8 @@ class AllocationStore(Protocol):
     # a random order, so that concurrent requests seldom pick the same one.
     contended: bool
     lock_hold_seconds: deque[float]  # how long each change held the store (the file lock, an etcd commit)
+    # The most keys one step may change (change_cost), as an etcd transaction holds at most so many; None: any.
+    change_budget: int | None
 
     def run(self, step: Change[_T], write: bool) -> _T:
         """Run `step` on every allocation and the time, and store what it returns unless None (or not `write`)."""
@@ -79,6 +82,17 @@ class AllocationStore(Protocol):
     def other_containers(self, user: str) -> int:
         """The user's containers on the fleet's other nodes, as those nodes last published them."""
         ...
+
+
+def change_cost(changed: Sequence[Allocation]) -> int:
+    """The keys a step changes for these allocations: each one's own and its slots', and each user's record."""
+    return sum(1 + len(a.slots) for a in changed) + len({a.user for a in changed})
+
+
+def within(budget: int | None, changing: list[Allocation], candidate: Allocation) -> bool:
+    """Whether `candidate` fits beside what a step changes already (the first always does); the rest waits for
+    the next step."""
+    return budget is None or not changing or change_cost([*changing, candidate]) <= budget
 
 
 class Allocator:
@@ -104,12 +118,18 @@ class Allocator:
         Reservations past their TTL are dropped first and returned alongside the result; with expire=False
         `change` sees them too and decides.
         """
+        budget = self.store.change_budget
         def step(allocations: list[Allocation], now: float) -> tuple[tuple[_T, list[Allocation]],
                                                                      list[Allocation] | None]:
-            expired = [a for a in allocations if expire and a.expires_at is not None and a.expires_at <= now]
-            live = [a for a in allocations if a not in expired]
+            lapsed = [a for a in allocations if expire and a.expires_at is not None and a.expires_at <= now]
+            live = [a for a in allocations if a not in lapsed]
+            expired: list[Allocation] = []  # what this step drops: a quarter of the budget; the next drops more
+            for allocation in lapsed:
+                if within(None if budget is None else budget // 4, expired, allocation):
+                    expired.append(allocation)
             result, changed = change(live, now)
-            stored = (live if changed is None else changed) if changed is not None or expired else None
+            left = [a for a in lapsed if a not in expired]  # uncounted all the same
+            stored = [*(live if changed is None else changed), *left] if changed is not None or expired else None
             return (result, expired), stored
 
         result, expired = self.store.run(step, write)
@@ -165,6 +185,7 @@ class Allocator:
         to reserve for whom; each becomes a reservation, by the grant's key. A slot held already, or named by two
         grants, is refused whole: nothing is written."""
         ttl = self.settings.reservation_ttl_seconds if ttl_seconds is None else ttl_seconds
+        budget = self.store.change_budget
 
         def reserve(live: list[Allocation], now: float) -> tuple[tuple[_T, dict[str, Allocation]],
                                                                   list[Allocation] | None]:
@@ -176,9 +197,12 @@ class Allocator:
                     raise Ds01Error(f"the scheduling pass named slots {', '.join(grant.slots)} for {grant.user}, "
                                     "which are held already or named twice; nothing was reserved.")
                 held.update(grant.slots)
-                made[grant.key] = Allocation(id=f"a-{secrets.token_hex(6)}", user=grant.user, uid=grant.uid,
-                                             slots=grant.slots, gpu_equivalents=grant.equivalents, created_at=now,
-                                             expires_at=now + ttl, node=self.store.node)
+                allocation = Allocation(id=f"a-{secrets.token_hex(6)}", user=grant.user, uid=grant.uid,
+                                        slots=grant.slots, gpu_equivalents=grant.equivalents, created_at=now,
+                                        expires_at=now + ttl, node=self.store.node)
+                if not within(None if budget is None else budget - budget // 4, list(made.values()), allocation):
+                    break  # the rest of the pass's grants: in the next pass, which this one's change starts
+                made[grant.key] = allocation
             return (result, made), ([*live, *made.values()] if made else None)
 
         (result, made), _ = self._transaction(reserve)
@@ -227,44 +251,34 @@ class Allocator:
                       held_seconds=round(self._clock() - gone.created_at, 3))
         return gone
 
+    def release_removed(self, container_id: str) -> list[Allocation]:
+        """release_container for a container the engine has removed already: with the fleet's store out of reach,
+        the removal stands and the node's reconcile releases what it held once the store answers."""
+        try:
+            return self.release_container(container_id)
+        except Denied as denied:
+            if denied.reason is not Reason.STORE_UNAVAILABLE:
+                raise
+            eventlog.emit(EventType.PROXY_INTERNAL_ERROR, source="allocator", error=(
+                f"container {container_id} removed, its GPUs not yet released in the store: {denied.message}"))
+            return []
+
     def reconcile(self, found: Sequence[records.ContainerInfo], listed_at: float,
                   dry_run: bool = False) -> ReconcileReport:
-        """Match allocations to the engine's containers, as listed (outside the lock) at `listed_at`."""
-        by_id = {info.id: info for info in found}
+        """Match allocations to the engine's containers, as listed (outside the lock) at `listed_at`: in as many
+        steps as the store's change budget needs. In a fleet, a container on this node's GPUs that carries ds01's
+        labels and no allocation (its node was forgotten while it ran) is counted again."""
         report = ReconcileReport()
-
-        def settle(everything: list[Allocation], now: float) -> tuple[None, list[Allocation] | None]:
-            for listed in (report.released, report.expired, report.adopted):
-                listed.clear()  # a store may run this step again, on a newer read
-            kept = [a for a in everything if not self.is_local(a)]  # another node's: its own reconcile's
-            for allocation in (a for a in everything if self.is_local(a)):
-                labelled = [i for i in found if i.labels.get(labels.ALLOCATION) == allocation.id]
-                if allocation.container is None and labelled:
-                    # The create went through but its bind was lost (a crash): even past its TTL, the
-                    # reservation belongs to the container that carries its label.
-                    adopted = replace(allocation, expires_at=None, container=labelled[0].id,
-                                      container_name=labelled[0].name, bound_at=listed_at)
-                    report.adopted.append(adopted)
-                    kept.append(adopted)
-                elif allocation.expires_at is not None and allocation.expires_at <= now:
-                    report.expired.append(allocation)
-                # Bound after the listing was taken: its container may simply be newer than the listing.
-                elif allocation.container is not None and allocation.container not in by_id \
-                        and (allocation.bound_at or 0) < listed_at:
-                    report.released.append(allocation)
-                else:
-                    kept.append(allocation)
-            mine = [a for a in kept if self.is_local(a)]
-            accounted = {a.container for a in mine} | {a.id for a in mine}
-            reserved_slots = {s for a in mine if a.container is None for s in a.slots}
-            report.unallocated = [
-                info for info in found
-                if info.holds_gpus and info.id not in accounted
-                and info.labels.get(labels.ALLOCATION) not in accounted
-                and not (info.device_ids and set(info.device_ids) <= reserved_slots)]
-            return None, (kept if report.released or report.adopted or report.expired else None)
-
-        self._transaction(settle, write=not dry_run, expire=False)
+        while True:
+            step = ReconcileReport()
+            more = self._transaction(self._settler(found, listed_at, step, None if dry_run else
+                                                   self.store.change_budget), write=not dry_run, expire=False)[0]
+            report.released += step.released
+            report.expired += step.expired
+            report.adopted += step.adopted
+            report.unallocated = step.unallocated
+            if not more:
+                break
         if not dry_run:
             for allocation in report.expired:
                 eventlog.emit(EventType.ALLOCATION_EXPIRE, source="reconcile", user=allocation.user,
@@ -283,6 +297,74 @@ class Allocator:
                           user=info.labels.get(labels.USER), container=info.id, name=info.name,
                           devices=list(info.device_ids), gpu_count=info.gpu_count)
         return report
+
+    def _settler(self, found: Sequence[records.ContainerInfo], listed_at: float, report: ReconcileReport,
+                 budget: int | None) -> Change[bool]:
+        """One reconcile step into `report`; its result says whether the budget left changes for another."""
+        by_id = {info.id: info for info in found}
+
+        def settle(everything: list[Allocation], now: float) -> tuple[bool, list[Allocation] | None]:
+            for listed in (report.released, report.expired, report.adopted):
+                listed.clear()  # a store may run this step again, on a newer read
+            changing: list[Allocation] = []
+            more = False
+            kept = [a for a in everything if not self.is_local(a)]  # another node's: its own reconcile's
+            for allocation in (a for a in everything if self.is_local(a)):
+                labelled = [i for i in found if i.labels.get(labels.ALLOCATION) == allocation.id]
+                adopting = allocation.container is None and bool(labelled)
+                # Bound after the listing was taken: its container may simply be newer than the listing.
+                gone = allocation.container is not None and allocation.container not in by_id \
+                    and (allocation.bound_at or 0) < listed_at
+                lapsed = not adopting and allocation.expires_at is not None and allocation.expires_at <= now
+                if (adopting or gone or lapsed) and not within(budget, changing, allocation):
+                    more = True
+                    kept.append(allocation)
+                elif adopting:
+                    # The create went through but its bind was lost (a crash): even past its TTL, the
+                    # reservation belongs to the container that carries its label.
+                    adopted = replace(allocation, expires_at=None, container=labelled[0].id,
+                                      container_name=labelled[0].name, bound_at=listed_at)
+                    changing.append(allocation)
+                    report.adopted.append(adopted)
+                    kept.append(adopted)
+                elif lapsed or gone:
+                    changing.append(allocation)
+                    (report.expired if lapsed else report.released).append(allocation)
+                else:
+                    kept.append(allocation)
+            for rebuilt in self._unrecorded(found, kept, listed_at):
+                if not within(budget, changing, rebuilt):
+                    more = True
+                    break
+                changing.append(rebuilt)
+                report.adopted.append(rebuilt)
+                kept.append(rebuilt)
+            mine = [a for a in kept if self.is_local(a)]
+            accounted = {a.container for a in mine} | {a.id for a in mine}
+            reserved_slots = {s for a in mine if a.container is None for s in a.slots}
+            report.unallocated = [
+                info for info in found
+                if info.holds_gpus and info.id not in accounted
+                and info.labels.get(labels.ALLOCATION) not in accounted
+                and not (info.device_ids and set(info.device_ids) <= reserved_slots)]
+            return more, (kept if changing else None)
+
+        return settle
+
+    def _unrecorded(self, found: Sequence[records.ContainerInfo], kept: list[Allocation],
+                    listed_at: float) -> list[Allocation]:
+        """In a fleet: the bound allocations that this node's ds01 containers imply and the store lacks, on slots
+        nothing else holds (`ds01 fleet forget` removed them while the node ran)."""
+        if not self.store.node:
+            return []
+        mine = [a for a in kept if self.is_local(a)]
+        accounted = {a.container for a in mine} | {a.id for a in mine}
+        held = {slot for a in mine for slot in a.slots}
+        orphans = [info for info in found if info.device_ids and info.id not in accounted
+                   and info.labels.get(labels.USER) and info.labels.get(labels.GPU_EQUIVALENTS)
+                   and info.labels.get(labels.ALLOCATION) not in accounted and not held & set(info.device_ids)]
+        return [replace(a, node=self.store.node)
+                for a in allocations_from_containers(orphans, lambda _slot: Fraction(0), listed_at)]
 
     @staticmethod
     def _find(live: list[Allocation], allocation_id: str) -> Allocation:

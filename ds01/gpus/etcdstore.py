@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import filelock
 
@@ -35,8 +35,10 @@ from ds01.reasons import Reason
 _T = TypeVar("_T")
 Step = Callable[[list[Allocation], float], tuple[_T, list[Allocation] | None]]
 MAX_ATTEMPTS = 50
+MAX_TXN_OPS = 128  # etcd's --max-txn-ops default: compares, and changes, per transaction
 TURN_SECONDS = 5.0
 LEASE_SLACK_SECONDS = 30
+QUIET_SECONDS = 10.0  # after no member answered, what needs no GPU does not ask etcd again for this long
 ALLOCATIONS, SLOTS, USERS, NODES = "allocations/", "slots/", "users/", "nodes/"
 
 
@@ -67,12 +69,12 @@ def unavailable(problem: StoreUnavailable) -> Denied:
 class _Read:
     allocations: dict[str, tuple[Allocation, Entry]]
     users: dict[str, tuple[Usage, Entry]]
-    nodes: dict[str, dict[str, Any]]
     raw: dict[str, Entry]  # every key read, as read
 
 
 class EtcdStore:
     contended = True  # optimistic: a conflicting change is run again on a new read
+    change_budget: int | None = MAX_TXN_OPS - 8  # spare keys: the compares of lapsed reservations
 
     def __init__(self, etcd: Etcd, prefix: str, node: str, half_life_seconds: Callable[[], float], *,
                  clock: Callable[[], float] = time.time, turns_file: Path | None = None) -> None:
@@ -91,6 +93,23 @@ class EtcdStore:
         self._shared_lease: tuple[int, float] = (0, 0.0)  # (lease id, when it lapses on the monotonic clock)
         self._cache: _Read | None = None  # the keys as this process last read or wrote them
         self._cache_lock = threading.Lock()
+        # The proxy sets reconcile_first: once the store failed it, no reservation is made until the node has
+        # reconciled its slots with its engine (settled()), as its view of them may be stale, or forgotten.
+        self.reconcile_first = False
+        self.unsettled = False
+
+    def _down(self, problem: StoreUnavailable) -> Denied:
+        self.up = False
+        self.unsettle()
+        return unavailable(problem)
+
+    def unsettle(self) -> None:
+        if self.reconcile_first:
+            self.unsettled = True
+
+    def settled(self) -> None:
+        """The node reconciled with the store answering: reservations may be made again."""
+        self.unsettled = False
 
     # --- reading ----------------------------------------------------------------------------------------------
 
@@ -98,13 +117,12 @@ class EtcdStore:
         try:
             _, entries = self.etcd.read_prefix(self.prefix)
         except StoreUnavailable as problem:
-            self.up = False
-            raise unavailable(problem) from problem
+            raise self._down(problem) from problem
         self.up = True
         return self._parse(entries)
 
     def _parse(self, entries: Iterable[Entry]) -> _Read:
-        found = _Read({}, {}, {}, {entry.key: entry for entry in entries})
+        found = _Read({}, {}, {entry.key: entry for entry in entries})
         for entry in found.raw.values():
             key = entry.key.removeprefix(self.prefix)
             try:
@@ -114,8 +132,6 @@ class EtcdStore:
                 elif key.startswith(USERS):
                     raw = json.loads(entry.value)
                     found.users[key.removeprefix(USERS)] = (Usage(float(raw["hours"]), float(raw["at"])), entry)
-                elif key.startswith(NODES):
-                    found.nodes[key.removeprefix(NODES)] = dict(json.loads(entry.value))
             except (KeyError, TypeError, ValueError) as exc:  # written by hand, or by another program
                 raise Ds01Error(f"etcd key {entry.key} is not a ds01 record ({exc}); nothing was changed. Move it "
                                 "aside (etcdctl get, then del) and run ds01 reconcile on its node.") from exc
@@ -168,11 +184,13 @@ class EtcdStore:
                     return result
                 read = None
                 continue
+            if max(len(compares), len(changes)) > MAX_TXN_OPS:  # the allocator keeps its steps within this
+                raise Ds01Error(f"an allocation change of {len(changes)} keys is more than one etcd transaction "
+                                f"may hold ({MAX_TXN_OPS}); nothing was changed. This is a bug in ds01: report it.")
             try:
                 committed = self.etcd.commit(compares, changes, reread=self.prefix)
             except StoreUnavailable as problem:
-                self.up = False
-                raise unavailable(problem) from problem
+                raise self._down(problem) from problem
             self.up = True
             if committed.succeeded:
                 self.lock_hold_seconds.append(time.perf_counter() - began)
@@ -197,13 +215,15 @@ class EtcdStore:
         changes: list[Put | Delete] = []
         users: dict[str, float] = {}  # user -> hours their releases add
         lease = 0
+        lapsed: list[tuple[Allocation, Entry]] = []  # other nodes' reservations past their TTL
         for allocation_id, (before, entry) in read.allocations.items():
             now_as = after.get(allocation_id)
             if now_as == views[allocation_id]:
                 continue
             if before.node != self.node and now_as is None and before.expires_at is not None \
                     and before.expires_at <= now:
-                continue  # another node's reservation past its TTL: no step counts it, and its lease removes it
+                lapsed.append((before, entry))  # no step counts it, and its lease removes it
+                continue
             if before.node != self.node:
                 raise Denied(Reason.NOT_OWNER, (
                     f"allocation {allocation_id} is node {before.node}'s; change it on that node, or remove a "
@@ -220,11 +240,16 @@ class EtcdStore:
             leased = entry.lease if now_as.expires_at is not None else 0
             changes.append(Put(entry.key, _encode(now_as), leased))
             changes.extend(Put(self._slot_key(slot), allocation_id.encode(), leased) for slot in before.slots)
+            users.setdefault(before.user, 0.0)  # a bind, or an adoption that counts an expired one again
         for allocation_id, added in after.items():
             if allocation_id in read.allocations:
                 continue
             if added.node != self.node:
                 raise Denied(Reason.NOT_OWNER, f"allocation {allocation_id} names node {added.node}, not this node")
+            if added.expires_at is not None and self.unsettled:
+                raise Denied(Reason.STORE_UNAVAILABLE, (
+                    "the fleet's etcd store answers again after it did not; this node reconciles its GPUs with its "
+                    "engine before it grants any (within a third of fleet.node_ttl). Try again in a few seconds."))
             if added.expires_at is not None and lease == 0:
                 lease = self._lease(added, now)
             leased = lease if added.expires_at is not None else 0
@@ -235,6 +260,8 @@ class EtcdStore:
                 compares.append(Compare(self._slot_key(slot), 0))
                 changes.append(Put(self._slot_key(slot), allocation_id.encode(), leased))
             users.setdefault(added.user, 0.0)
+        # The step did not count these: were one adopted meanwhile by its node, the user's count would be wrong.
+        compares += [Compare(entry.key, entry.mod_revision) for before, entry in lapsed if before.user in users]
         for user, hours in users.items():
             key = f"{self.prefix}{USERS}{user}"
             known = read.users.get(user)
@@ -255,8 +282,7 @@ class EtcdStore:
         try:
             lease = self.etcd.grant_lease(ttl)
         except StoreUnavailable as problem:
-            self.up = False
-            raise unavailable(problem) from problem
+            raise self._down(problem) from problem
         self._shared_lease = (lease, time.monotonic() + ttl)
         return lease
 
@@ -269,8 +295,8 @@ class EtcdStore:
         """The cluster's revision; None while it does not answer (no pass runs on that), a new one once it does."""
         try:
             revision = self.etcd.revision(self.prefix)
-        except StoreUnavailable:
-            self.up = False
+        except StoreUnavailable as problem:
+            self._down(problem)
             return None
         self.up = True
         return revision
@@ -283,14 +309,26 @@ class EtcdStore:
         return {user: usage.at_time(now, half_life_seconds) for user, (usage, _) in read.users.items()}
 
     def other_containers(self, user: str) -> int:
-        """From the other nodes' liveness records (ds01.fleet.registry writes them): their count as of their last
-        renewal, and 0 while the store does not answer, so containers without GPUs are still made."""
-        try:
-            read = self._read()
-        except Denied:
+        """From the other nodes' liveness records (ds01.fleet.nodes writes them): their count as of their last
+        renewal; 0 while the store does not answer, so containers without GPUs are still made. A record that is
+        not ds01's counts nothing here; `ds01 fleet status` and `ds01 doctor` name it."""
+        if self.etcd.failed_within(QUIET_SECONDS):
             return 0
-        return sum(int((record.get("containers") or {}).get(user, 0)) for node, record in read.nodes.items()
-                   if node != self.node)
+        try:
+            _, entries = self.etcd.read_prefix(f"{self.prefix}{NODES}")
+        except StoreUnavailable as problem:
+            self._down(problem)
+            return 0
+        self.up = True
+        total = 0
+        for entry in entries:
+            if entry.key.removeprefix(f"{self.prefix}{NODES}") == self.node:
+                continue
+            try:
+                total += int((json.loads(entry.value).get("containers") or {}).get(user, 0))
+            except (AttributeError, TypeError, ValueError):
+                continue
+        return total
 
 
 def _encode(allocation: Allocation) -> bytes:

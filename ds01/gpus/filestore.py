@@ -80,6 +80,7 @@ class FileStore:
 
     node = ""
     contended = False  # one lock: changes wait their turn
+    change_budget: int | None = None  # a step may change any number of allocations
 
     def __init__(self, state_dir: Path, settings: AllocationSettings,
                  rebuild: Callable[[], list[Allocation]] | None = None,

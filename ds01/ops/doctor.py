@@ -36,6 +36,7 @@ from ds01.unixhttp import UnixConnection
 
 DEVICE_MODE = 0o660
 DOCKER_GROUP_DOC = "docs-admin/docker-group.md"
+FULL_DATABASE_BYTES = int(0.8 * 2**31)  # of etcd's default quota (ETCD_QUOTA_BACKEND_BYTES), which it does not report
 
 
 # --- The checks -----------------------------------------------------------------------------------------------
@@ -277,15 +278,28 @@ def check_fleet(config: Config | None) -> Check:
     if key is not None and key.exists() and key.stat().st_mode & 0o077:
         return Check("fleet", FAIL, f"{key} is readable by others ({key.stat().st_mode & 0o777:04o}): whoever reads "
                      "it can write every allocation of the fleet", f"chmod 600 {key}; chown root:root {key}")
+    etcd = Etcd(fleet.etcd)
     try:
-        view = read_fleet(Etcd(fleet.etcd), fleet.etcd.prefix)
+        view = read_fleet(etcd, fleet.etcd.prefix)
+        alarms, size = etcd.alarms(), etcd.database_bytes()
     except StoreUnavailable as exc:
         return Check("fleet", FAIL, f"{exc}: this node grants no GPUs", "see docs-admin/fleet.md, When something "
                      "fails; etcdctl endpoint health with the node's client certificate")
     down = sorted(set(view.nodes) - view.alive)
+    if alarms:
+        return Check("fleet", FAIL, f"etcd raised {', '.join(alarms)}: it takes no writes, so no node grants GPUs",
+                     "compact, defragment and disarm (docs-admin/fleet.md, Compaction and space)")
+    if view.unreadable:
+        return Check("fleet", FAIL, f"etcd keys that are not ds01 records: {'; '.join(view.unreadable)}; no GPU is "
+                     "granted while an allocation cannot be read", "move each aside (etcdctl get, then del) and "
+                     "run ds01 reconcile on its node")
     if fleet.node not in view.alive:
         return Check("fleet", FAIL, f"etcd answers, but node {fleet.node} has no live lease: its proxy is not running "
                      "or cannot renew it", "start the proxy: systemctl enable --now ds01-proxy")
+    if size > FULL_DATABASE_BYTES:
+        return Check("fleet", WARN, f"etcd's database is {size / 2**30:.2f} GiB, past 80% of etcd's default quota "
+                     "of 2 GiB: at the quota it takes no writes", "check auto-compaction is on, and defragment "
+                     "(docs-admin/fleet.md, Compaction and space)")
     if any(url.startswith("http://") for url in fleet.etcd.endpoints):
         return Check("fleet", WARN, f"node {fleet.node} is alive; the etcd endpoints are plain http",
                      "use https:// endpoints with client certificates (docs-admin/fleet.md, TLS)")

@@ -144,7 +144,7 @@ class ContainerActions:
 
     def released_on_delete(self, status: int | None, info: dict[str, Any]) -> None:
         if status == 204:
-            self.allocator.release_container(str(info["Id"]))
+            self.allocator.release_removed(str(info["Id"]))
             self.pins.release(((info.get("Config") or {}).get("Labels") or {}).get(labels.BIND_KEY) or "")
 
     def archive(self, request: Request, info: dict[str, Any], target: str) -> Outcome:

@@ -38,7 +38,6 @@ class FleetKeeper:
         self._status = run_dir / STATUS_FILE
         self._reconcile = reconcile
         self._kick = kick
-        self.out_of_touch = False  # the store did not answer since the last beat it did (or at start-up)
         self._had_lease = False  # a lapse of a lease this node had (not its first) means it was cut off
         self._last_record: NodeRecord | None = None  # published again when a new one cannot be made
 
@@ -59,25 +58,27 @@ class FleetKeeper:
             record = replace(self._last_record, seen_at=time.time())
         try:
             lapsed = self._membership.renew(record)
-        except Ds01Error as exc:  # StoreUnavailable, or anything else of etcd's: the next beat tries again
-            self.out_of_touch = True
+        except Ds01Error as exc:  # StoreUnavailable, the name taken, anything of etcd's: the next beat tries again
+            self._store.unsettle()
             self._write_status(up=False, problem=str(exc))
             eventlog.emit(EventType.PROXY_INTERNAL_ERROR, source="proxy", error=f"fleet lease not renewed: {exc}")
             return
-        rejoined = self._rejoin() if self.out_of_touch or (lapsed and self._had_lease) else True
-        self._had_lease, self.out_of_touch = True, not rejoined  # a failed reconcile is tried at the next beat
+        if self._store.unsettled or (lapsed and self._had_lease):
+            self._rejoin()  # a failed reconcile is tried at the next beat: the store stays unsettled
+        self._had_lease = True
         self._write_status(up=True, problem="")
 
-    def _rejoin(self) -> bool:
+    def _rejoin(self) -> None:
+        self._store.unsettle()  # a lapsed lease: the node may have been forgotten meanwhile
         try:
             report = self._reconcile()
         except Ds01Error as exc:
             eventlog.emit(EventType.PROXY_INTERNAL_ERROR, source="proxy", error=f"reconcile on rejoining: {exc}")
-            return False
+            return
+        self._store.settled()
         eventlog.emit(EventType.FLEET_REJOIN, source="proxy", node=self._membership.node,
                       released=len(report.released), expired=len(report.expired), adopted=len(report.adopted))
         self._kick()
-        return True
 
     def _record(self) -> NodeRecord:
         driver, slots = self._node_slots()
@@ -88,7 +89,7 @@ class FleetKeeper:
         containers = Counter(str((c.get("Labels") or {}).get(labels.USER)) for c in listed)
         return NodeRecord(self._membership.node, __version__, driver, time.time(), self._ttl, tuple(
             SlotRecord(slot.uuid, slot.gpu_index, slot.profile, model, memory, str(slot.equivalents), healthy)
-            for slot, model, memory, healthy in slots), dict(containers))
+            for slot, model, memory, healthy in slots), dict(containers), self._membership.instance)
 
     def _write_status(self, *, up: bool, problem: str) -> None:
         statefile.write_json_atomic(self._status, {

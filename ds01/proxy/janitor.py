@@ -155,7 +155,7 @@ class Janitor:
             eventlog.emit(EventType.CONTAINER_OOM, source="engine", user=attributes.get(labels.USER),
                           container=attributes.get("name"), id=container_id)
         elif action == "destroy":
-            self.allocator.release_container(container_id)
+            self.allocator.release_removed(container_id)
             self.pins.release(attributes.get(labels.BIND_KEY) or "")
         elif action == "start" and ours:
             _stop_if_ungranted(container_id, self.upstream, self.allocator)

@@ -14,10 +14,11 @@ from ds01 import eventlog, labels
 from ds01.daemon import only_instance
 from ds01.engine import Engine
 from ds01.errors import Denied, Ds01Error
+from ds01.etcd import StoreUnavailable
 from ds01.eventlog.types import EventType
-from ds01.fleet.nodes import Membership
+from ds01.fleet.nodes import LEASE_FILE, Membership, node_instance
 from ds01.gpus.allocator import Allocator, ReconcileReport
-from ds01.gpus.etcdstore import EtcdStore
+from ds01.gpus.etcdstore import EtcdStore, unavailable
 from ds01.gpus.placement import Slot
 from ds01.gpus.supply import current_slots, failed_slots, node_slots, open_allocator, slot_states
 from ds01.paths import Paths
@@ -92,33 +93,51 @@ def _reconcile(allocator: Allocator, upstream_url: str) -> ReconcileReport:
     return allocator.reconcile(found, listed_at)
 
 
-def _startup_reconcile(allocator: Allocator, upstream_url: str) -> bool:
-    """Crash recovery before serving; False when the fleet's store does not answer: containers without GPUs are
-    served meanwhile, and the node reconciles once it answers."""
+def _startup_reconcile(allocator: Allocator, upstream_url: str, membership: Membership | None) -> None:
+    """Crash recovery before serving. Skipped while the fleet's store does not answer, or before this node holds
+    its name in it: containers without GPUs are served meanwhile, and the node reconciles at its first beat that
+    reaches the store."""
+    if membership is not None and not membership.claimed:
+        return
     try:
         report = _reconcile(allocator, upstream_url)
     except Denied as denied:
         if denied.reason is not Reason.STORE_UNAVAILABLE:
             raise
         print(f"ds01 proxy: WARN {denied.message}", file=sys.stderr, flush=True)
-        return False
+        return
+    if isinstance(allocator.store, EtcdStore):
+        allocator.store.settled()
     eventlog.emit(EventType.RECONCILE_STARTUP, source="proxy", released=len(report.released),
                   expired=len(report.expired), adopted=len(report.adopted), unallocated=len(report.unallocated))
-    return True
 
 
-def _fleet_keeper(paths: Paths, sessions: Sessions, allocator: Allocator, upstream: Upstream, *, upstream_url: str,
-                  kick: Callable[[], None], out_of_touch: bool) -> FleetKeeper | None:
-    """With allocation.store: etcd, this node's lease and record; None for the file store."""
+def _membership(paths: Paths, sessions: Sessions, allocator: Allocator) -> Membership | None:
+    """With allocation.store: etcd, this node's claim on its name, made before the start-up reconcile: a second
+    proxy under a name in use would release the first one's allocations. None for the file store."""
     store = allocator.store
     if not isinstance(store, EtcdStore):
         return None
+    store.reconcile_first = True  # and until the start-up reconcile is done with the store answering
+    store.unsettle()
+    membership = Membership(store.etcd, store.prefix, store.node, sessions.config.fleet.node_ttl_seconds,
+                            instance=node_instance(paths.state_dir), lease_file=paths.run_dir / LEASE_FILE)
+    try:
+        membership.claim()
+    except StoreUnavailable as problem:  # claimed at the first beat that reaches etcd, before any reconcile
+        print(f"ds01 proxy: WARN {unavailable(problem).message}", file=sys.stderr, flush=True)
+    return membership
+
+
+def _fleet_keeper(paths: Paths, sessions: Sessions, allocator: Allocator, upstream: Upstream,
+                  membership: Membership | None, *, upstream_url: str, kick: Callable[[], None]) -> FleetKeeper | None:
+    store = allocator.store
+    if membership is None or not isinstance(store, EtcdStore):
+        return None
     fleet = sessions.config.fleet
-    keeper = FleetKeeper(Membership(store.etcd, store.prefix, store.node, fleet.node_ttl_seconds), store, upstream,
-                         lambda: node_slots(paths, sessions.current_config()), ttl_seconds=fleet.node_ttl_seconds,
-                         run_dir=paths.run_dir, reconcile=lambda: _reconcile(allocator, upstream_url), kick=kick)
-    keeper.out_of_touch = out_of_touch
-    return keeper
+    return FleetKeeper(membership, store, upstream, lambda: node_slots(paths, sessions.current_config()),
+                       ttl_seconds=fleet.node_ttl_seconds, run_dir=paths.run_dir,
+                       reconcile=lambda: _reconcile(allocator, upstream_url), kick=kick)
 
 
 def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float, engine_cgroup: str | None) -> int:
@@ -140,11 +159,12 @@ def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float, eng
     major, minor = (int(part) for part in str(version["ApiVersion"]).split(".")[:2])
     if (major, minor) < MIN_API_VERSION:
         raise Ds01Error(f"the engine at {upstream_url} speaks API {major}.{minor}; ds01 needs 1.40 or newer")
-    keeper = start_reach(upstream, sessions, engine_cgroup)
     allocator = open_allocator(paths, sessions.config, upstream_url)
+    membership = _membership(paths, sessions, allocator)  # before anything is changed on this node's behalf
+    keeper = start_reach(upstream, sessions, engine_cgroup)
     with Engine(upstream_url) as engine:
         found = engine.containers()
-    store_down = not _startup_reconcile(allocator, upstream_url)
+    _startup_reconcile(allocator, upstream_url, membership)
     for legacy in runas.root_with_host_mounts(found):
         print(f"ds01 proxy: WARN {runas.root_container_warning(legacy)}", file=sys.stderr, flush=True)
         eventlog.emit(EventType.SECURITY_ROOT_CONTAINER, source="proxy", user=legacy.labels.get(labels.USER),
@@ -174,8 +194,8 @@ def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float, eng
                 log_driver=str(info.get("LoggingDriver") or "json-file"), instance=instance)
     gate.queue.restore()  # before serving: the last run's waiters are gone with their connections
     gate.jobs.restore()  # batch jobs are not: queued ones queue again, ended ones are recorded
-    fleet = _fleet_keeper(paths, sessions, allocator, upstream, upstream_url=upstream_url, kick=gate.queue.kick,
-                          out_of_touch=store_down)
+    fleet = _fleet_keeper(paths, sessions, allocator, upstream, membership, upstream_url=upstream_url,
+                          kick=gate.queue.kick)
     stop_janitor = _background(gate, Janitor(upstream, allocator, pins, instance, keeper, image_store,
                                              gate.queue.kick, gate.jobs.container_died), fleet)
     try:

@@ -186,6 +186,22 @@ def test_a_node_killed_is_down_after_node_ttl_its_containers_still_count_and_it_
     assert fleet.status()["node2"]["held_gpu_equivalents"] == "2"  # its container runs on: still held
 
 
+def test_a_second_proxy_under_a_name_in_use_does_not_start_and_books_nothing(
+        fleet: Fleet, fleetbed: Fleetbed, testbed: Testbed, etcd_prefix: str) -> None:
+    held = run_gpu(fleet, 0, "alice", "2")
+    assert held.returncode == 0, held.stderr
+    node = fleetbed.nodes[2]  # node3's engine, with nothing of node1's: its reconcile would release all of it
+    with pytest.raises(AssertionError) as refused:
+        start_proxy(testbed, testbed.dir / "proxy-tests" / f"impostor-{uuid.uuid4().hex[:6]}",
+                    node=ProxyNode(node.netns, node.docker_host, node.topology), replaced=RESEARCHERS,
+                    extra_config=fleet_config(fleetbed, etcd_prefix, "node1"))
+    assert "fleet node name node1 is held by another ds01 proxy" in str(refused.value)
+    assert fleet.status()["node1"]["held_gpu_equivalents"] == "2"  # alice's container's GPUs stay booked
+    again = run_gpu(fleet, 0, "bob", "2")
+    assert again.returncode == 0, again.stderr
+    assert fleet.status()["node1"]["held_gpu_equivalents"] == "4" and reconciled(fleet, 0)
+
+
 def test_a_state_file_is_imported_once_through_the_cli(fleet: Fleet, tmp_path: Path) -> None:
     state = fleet.proxies[2].root / "state" / "allocations.json"
     allocation = {"id": "a-00112233aabb", "user": "carol", "uid": 1002, "slots": ["GPU-imported-0"],

@@ -43,6 +43,12 @@ def test_a_full_fleet_section_loads(tmp_path: Path) -> None:
         Path("/etc/ds01/etcd/ca.crt"), Path("/etc/ds01/etcd/client.crt"), Path("/etc/ds01/etcd/client.key"), 3.0)
 
 
+@pytest.mark.parametrize("fleet", ["", "fleet:\n  node: gpu2\n", "fleet:\n  etcd:\n    prefix: /lab/\n"])
+def test_an_etcd_store_without_endpoints_is_an_error(tmp_path: Path, fleet: str) -> None:
+    with pytest.raises(ConfigError, match=r":3: allocation.store: is etcd, but fleet.etcd.endpoints names no etcd"):
+        load_config(_write(tmp_path, "version: 1\nallocation:\n  store: etcd\n" + fleet))
+
+
 def test_without_a_fleet_section_the_store_is_the_file_and_the_node_the_host(tmp_path: Path) -> None:
     config = load_config(_write(tmp_path, "version: 1\n"))
     assert config.allocation.store == "file" and config.fleet.node and config.fleet.node == config.fleet.node.lower()
@@ -51,7 +57,9 @@ def test_without_a_fleet_section_the_store_is_the_file_and_the_node_the_host(tmp
 @pytest.mark.parametrize(("change", "message"), [
     (("store: etcd", "store: redis"), r":3: allocation.store: .*redis"),
     (("node: gpu2", "node: GPU_2"), r":5: fleet.node: 'GPU_2' is not a node name"),
-    (("node_ttl: 30s", "node_ttl: 3s"), r":5: fleet: node_ttl is 3s; at least 6s"),
+    (("node_ttl: 30s", "node_ttl: 3s"), r":6: fleet.node_ttl: '3s': from 6s"),
+    (("node_ttl: 30s", "node_ttl: 2h"), r":6: fleet.node_ttl: '2h': from 6s .* to 1h"),
+    (("timeout: 3s", "timeout: 5m"), r":13: fleet.etcd.timeout: '5m' is longer than 60s"),
     (("node_ttl: 30s", "node_ttl: soon"), r":6: fleet.node_ttl: "),
     (("[https://10.0.0.1:2379, https://10.0.0.2:2379]", "[10.0.0.1:2379]"),
      r":8: fleet.etcd.endpoints: '10.0.0.1:2379' is not an etcd client URL"),

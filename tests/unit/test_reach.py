@@ -358,7 +358,7 @@ class FakeAllocator:
     def __init__(self) -> None:
         self.released: list[str] = []
 
-    def release_container(self, container_id: str) -> None:
+    def release_removed(self, container_id: str) -> None:
         self.released.append(container_id)
 
 

@@ -1,0 +1,189 @@
+"""What keeps the fleet's store whole beyond the everyday path, on the fleet bed's real etcd: one node name is
+one proxy; a node's record is written when it changes, not on every renewal; a change too big for one etcd
+transaction is made in several, each whole; a bind rewrites its user's record; a forgotten node counts its
+running ds01 containers again from their labels; a key that is not ds01's blocks no container without GPUs and
+is named; and after the store failed, a node reserves nothing until it reconciled."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import uuid
+from fractions import Fraction
+from pathlib import Path
+
+import docker
+import pytest
+
+from ds01 import labels
+from ds01.config import BUILTIN_DEFAULTS
+from ds01.engine import Engine
+from ds01.errors import Denied
+from ds01.etcd import Put
+from ds01.fleet import nodes
+from ds01.gpus.allocator import Grant
+from ds01.gpus.etcdstore import MAX_TXN_OPS, EtcdStore
+from ds01.gpus.placement import GpuRequest
+from ds01.reasons import Reason
+from tests.conftest import TEST_IMAGE
+from tests.fleet.conftest import Fleetbed
+from tests.fleet.test_store import LIMITS, allocator, etcd_of, node_slots, stored
+
+MANY = BUILTIN_DEFAULTS.with_overrides({"gpu_quota": Fraction(200), "max_gpus_per_container": 8})
+
+
+def membership(fleetbed: Fleetbed, prefix: str, node: str, instance: str, lease_file: Path) -> nodes.Membership:
+    return nodes.Membership(etcd_of(fleetbed), prefix, node, 6, instance=instance, lease_file=lease_file)
+
+
+def record(node: str, instance: str, containers: dict[str, int] | None = None) -> nodes.NodeRecord:
+    return nodes.NodeRecord(node, "test", "550", time.time(), 6, (), containers or {}, instance)
+
+
+def revisions(fleetbed: Fleetbed, prefix: str) -> dict[str, int]:
+    return {e.key.removeprefix(prefix): e.mod_revision for e in etcd_of(fleetbed).read_prefix(prefix)[1]}
+
+
+def test_one_node_name_is_one_proxy_and_a_restart_keeps_its_own(fleetbed: Fleetbed, etcd_prefix: str) -> None:
+    run = Path(tempfile.mkdtemp(prefix="ds01-fleet-"))
+    first = membership(fleetbed, etcd_prefix, "gpu1", "server-a", run / "a.json")
+    assert first.claim() is True  # a new lease
+    first.renew(record("gpu1", "server-a"))
+    held = allocator(fleetbed.endpoints, etcd_prefix, "gpu1")
+    bound = held.request("alice", 1000, LIMITS, GpuRequest(count=1), slots=node_slots("gpu1"))
+    held.bind(bound.id, "f" * 64, "kept._.1000")
+
+    impostor = membership(fleetbed, etcd_prefix, "gpu1", "server-b", run / "b.json")
+    with pytest.raises(nodes.NodeNameTaken, match="held by another ds01 proxy"):
+        impostor.claim()
+    restarted = membership(fleetbed, etcd_prefix, "gpu1", "server-a", run / "a.json")  # its proxy restarted
+    assert restarted.claim() is False and restarted.claimed  # the lease it had, still alive
+
+    deadline = time.monotonic() + 30  # the first server dies: its lease lapses
+    while "gpu1" in nodes.read_fleet(etcd_of(fleetbed), etcd_prefix).alive:
+        assert time.monotonic() < deadline, "gpu1's lease did not lapse within 30 s of a 6 s TTL"
+        time.sleep(0.5)
+    with pytest.raises(nodes.NodeNameTaken, match="last used by another server"):
+        impostor.claim()
+    view = nodes.read_fleet(etcd_of(fleetbed), etcd_prefix)
+    assert "gpu1" not in view.alive and [a.id for a in view.held_on("gpu1")] == [bound.id]  # still counted
+    again = membership(fleetbed, etcd_prefix, "gpu1", "server-a", run / "a.json")
+    assert again.claim() is True and "gpu1" in nodes.read_fleet(etcd_of(fleetbed), etcd_prefix).alive
+
+
+def test_a_renewal_writes_the_record_only_when_it_changes(fleetbed: Fleetbed, etcd_prefix: str) -> None:
+    node = membership(fleetbed, etcd_prefix, "gpu2", "server-c", Path(tempfile.mkdtemp()) / "lease.json")
+    node.renew(record("gpu2", "server-c"))
+    first = revisions(fleetbed, etcd_prefix)
+    node.renew(record("gpu2", "server-c"))  # seen later, nothing else new
+    assert revisions(fleetbed, etcd_prefix) == first
+    node.renew(record("gpu2", "server-c", {"alice": 1}))
+    changed = revisions(fleetbed, etcd_prefix)
+    assert changed["nodes/gpu2"] > first["nodes/gpu2"] and changed["alive/gpu2"] == first["alive/gpu2"]
+
+
+def test_a_reconcile_of_more_than_one_transaction_holds_releases_everything(
+        fleetbed: Fleetbed, etcd_prefix: str) -> None:
+    one = allocator(fleetbed.endpoints, etcd_prefix, "node1")
+    slots = node_slots("node1", 60)
+    made = []
+    for index in range(60):  # 60 users with a slot each: 180 keys to change, past what one transaction holds
+        granted = one.request(f"user{index}", 2000 + index, MANY, GpuRequest(count=1), slots=slots)
+        one.bind(granted.id, f"{index:064x}", f"c{index}._.{2000 + index}")
+        made.append(granted.id)
+    assert 3 * len(made) > MAX_TXN_OPS
+    report = one.reconcile([], time.time())  # every container is gone (a reboot)
+    assert sorted(a.id for a in report.released) == sorted(made)
+    allocations, slot_keys = stored(fleetbed, etcd_prefix)
+    assert allocations == [] and slot_keys == {}
+
+
+def test_a_scheduling_pass_grants_what_one_transaction_holds_and_the_next_the_rest(
+        fleetbed: Fleetbed, etcd_prefix: str) -> None:
+    one = allocator(fleetbed.endpoints, etcd_prefix, "node1")
+    wanted = [Grant(f"q{index}", f"user{index}", 2000 + index, (f"GPU-node1-{index}",), Fraction(1))
+              for index in range(60)]
+
+    def decide(live: list[object], _now: float) -> tuple[None, list[Grant]]:
+        taken = {slot for allocation in live for slot in getattr(allocation, "slots", ())}
+        return None, [g for g in wanted if not taken & set(g.slots)]
+
+    _, first = one.grant(decide)
+    assert 0 < len(first) < len(wanted)
+    _, second = one.grant(decide)
+    assert set(first) | set(second) == {g.key for g in wanted} and not set(first) & set(second)
+    _, slot_keys = stored(fleetbed, etcd_prefix)
+    assert len(slot_keys) == len(wanted)
+
+
+def test_a_bind_rewrites_its_users_record(fleetbed: Fleetbed, etcd_prefix: str) -> None:
+    one = allocator(fleetbed.endpoints, etcd_prefix, "node1")
+    granted = one.request("alice", 1000, LIMITS, GpuRequest(count=1), slots=node_slots("node1"))
+    before = revisions(fleetbed, etcd_prefix)["users/alice"]
+    one.bind(granted.id, "a" * 64, "held._.1000")
+    assert revisions(fleetbed, etcd_prefix)["users/alice"] > before  # a grant elsewhere to alice conflicts
+
+
+def test_a_forgotten_node_counts_its_running_ds01_containers_again(fleetbed: Fleetbed, etcd_prefix: str) -> None:
+    node = fleetbed.nodes[1]
+    engine = docker.DockerClient(base_url=node.docker_host)
+    two = allocator(fleetbed.endpoints, etcd_prefix, "node2")
+    granted = two.request("alice", 1000, LIMITS, GpuRequest(count=1), slots=node_slots("node2"))
+    container = engine.containers.create(TEST_IMAGE, ["sleep", "600"], name=f"kept-{uuid.uuid4().hex[:8]}", labels={
+        labels.USER: "alice", labels.UID: "1000", labels.ALLOCATION: granted.id, labels.GPU_EQUIVALENTS: "1"},
+        device_requests=[docker.types.DeviceRequest(driver="nvidia", device_ids=list(granted.slots),
+                                                    capabilities=[["gpu"]])])
+    try:
+        two.bind(granted.id, container.id, container.name)
+        assert [a.id for a in nodes.forget(etcd_of(fleetbed), etcd_prefix, "node2")] == [granted.id]
+        assert stored(fleetbed, etcd_prefix) == ([], {})
+        with Engine(node.docker_host) as listing:
+            found = listing.containers()
+        report = two.reconcile(found, time.time())  # node2 was cut off, not gone: it rejoins
+        assert [(a.id, a.container) for a in report.adopted] == [(granted.id, container.id)]
+        allocations, slot_keys = stored(fleetbed, etcd_prefix)
+        assert [(a.user, a.slots, a.node) for a in allocations] == [("alice", granted.slots, "node2")]
+        assert slot_keys == {f"node2/{granted.slots[0]}": granted.id}
+        again = two.request("bob", 1001, LIMITS, GpuRequest(count=2), slots=node_slots("node2"))
+        assert not set(again.slots) & set(granted.slots)  # the running container's GPU is not handed on
+    finally:
+        container.remove(force=True)
+        engine.close()
+
+
+def test_a_key_that_is_not_ds01s_is_named_and_blocks_no_container_without_gpus(
+        fleetbed: Fleetbed, etcd_prefix: str) -> None:
+    etcd = etcd_of(fleetbed)
+    etcd.commit([], [Put(f"{etcd_prefix}nodes/broken", b"{not json"),
+                     Put(f"{etcd_prefix}nodes/gpu3", record("gpu3", "server-d", {"alice": 2}).to_json())])
+    one = allocator(fleetbed.endpoints, etcd_prefix, "node1")
+    assert one.store.other_containers("alice") == 2  # the readable record still counts
+    assert one.request("alice", 1000, LIMITS, GpuRequest(count=1), slots=node_slots("node1")).slots
+    view = nodes.read_fleet(etcd, etcd_prefix)
+    assert [problem.split(" ")[0] for problem in view.unreadable] == [f"{etcd_prefix}nodes/broken"]
+    assert set(view.nodes) == {"gpu3"}
+
+
+def test_after_the_store_failed_a_node_reserves_nothing_until_it_reconciled(
+        fleetbed: Fleetbed, etcd_prefix: str) -> None:
+    one = allocator(fleetbed.endpoints, etcd_prefix, "node1")
+    store = one.store
+    assert isinstance(store, EtcdStore)
+    store.reconcile_first = True  # as the proxy runs it
+    kept = one.request("alice", 1000, LIMITS, GpuRequest(count=1), slots=node_slots("node1"))
+    one.bind(kept.id, "b" * 64, "kept._.1000")
+    store.unsettle()  # what any call that found no member does
+    with pytest.raises(Denied) as refused:
+        one.request("bob", 1001, LIMITS, GpuRequest(count=1), slots=node_slots("node1"))
+    assert refused.value.reason is Reason.STORE_UNAVAILABLE and "reconciles" in refused.value.message
+    assert [a.id for a in stored(fleetbed, etcd_prefix)[0]] == [kept.id]  # nothing was reserved
+    one.reconcile([], time.time())
+    store.settled()
+    assert one.request("bob", 1001, LIMITS, GpuRequest(count=1), slots=node_slots("node1")).slots
+
+
+def test_the_beds_members_compact_their_history_and_raise_no_alarm(fleetbed: Fleetbed) -> None:
+    for member in (1, 2, 3):
+        cmdline = Path(f"/proc/{fleetbed.member_pid(member)}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[cmdline.index(b"--auto-compaction-mode") + 1] == b"periodic"
+    assert etcd_of(fleetbed).alarms() == []
