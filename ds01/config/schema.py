@@ -179,7 +179,7 @@ class AllocationSettings:
 
 @dataclass(frozen=True)
 class EtcdSettings:
-    endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
+    endpoints: tuple[str, ...] = ()  # required with allocation.store: etcd (the loader says so)
     prefix: str = "/ds01/"  # every key ds01 writes lives under it
     ca_file: Path | None = None
     cert_file: Path | None = None

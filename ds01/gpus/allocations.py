@@ -55,6 +55,8 @@ class Allocation:
         )
         if not allocation.slots or (allocation.container is None) == (allocation.expires_at is None):
             raise ValueError(f"allocation {allocation.id} is neither a reservation nor bound")
+        if allocation.gpu_equivalents < 0:
+            raise ValueError(f"allocation {allocation.id} holds {allocation.gpu_equivalents} GPU-equivalents")
         return allocation
 
 

@@ -284,8 +284,12 @@ class Queue:
             self._next_expiry = min((a.expires_at for a in live if a.expires_at is not None), default=math.inf)
             placements = scheduler.plan(waiters, occupants, slots=known.slots, fairshare=factors,
                                         allocation=known.config.allocation, settings=known.config.scheduler, now=now)
+            # The newcomer's first: a pass too big for one transaction grants the rest at the next, and the
+            # newcomer, not queued yet, has no next.
+            chosen = sorted((p for p in placements if p.granted),
+                            key=lambda p: newcomer is None or p.waiter.id != newcomer.id)
             return placements, [Grant(p.waiter.id, p.waiter.user, p.waiter.uid, p.slots,
-                                      scheduler.equivalents_of(p.slots, known.slots)) for p in placements if p.granted]
+                                      scheduler.equivalents_of(p.slots, known.slots)) for p in chosen]
 
         placements, granted = self._allocator.grant(decide)
         self._tell(placements, granted, newcomer.id if newcomer is not None else None)

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 import docker
@@ -202,11 +201,15 @@ def test_a_second_proxy_under_a_name_in_use_does_not_start_and_books_nothing(
     assert fleet.status()["node1"]["held_gpu_equivalents"] == "4" and reconciled(fleet, 0)
 
 
-def test_a_state_file_is_imported_once_through_the_cli(fleet: Fleet, tmp_path: Path) -> None:
+def test_a_state_file_is_imported_once_through_the_cli(fleet: Fleet, fleetbed: Fleetbed) -> None:
     state = fleet.proxies[2].root / "state" / "allocations.json"
     allocation = {"id": "a-00112233aabb", "user": "carol", "uid": 1002, "slots": ["GPU-imported-0"],
                   "gpu_equivalents": "1", "created_at": 1.0e9, "expires_at": None, "container": "f" * 64,
                   "container_name": "legacy._.1002", "bound_at": 1.0e9}
+    state.write_text(json.dumps({"version": 1, "allocations": [allocation]}))
+    foreign = fleet.ds01(2, "fleet", "import")  # another node's file: its GPU is not one of node3's
+    assert foreign.returncode == 2 and "GPU-imported-0, which this node's GPUs" in foreign.stderr, foreign.stderr
+    allocation["slots"] = [json.loads(fleetbed.nodes[2].topology.read_text())["gpus"][0]["uuid"]]
     state.write_text(json.dumps({"version": 1, "allocations": [allocation]}))
     first = fleet.ds01(2, "fleet", "import", "--format", "json")
     second = fleet.ds01(2, "fleet", "import")

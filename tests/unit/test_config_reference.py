@@ -128,7 +128,7 @@ def test_the_fleet_section_documents_every_key_with_its_default() -> None:
     text = section("`fleet`")
     settings = FleetSettings()
     assert row(text, "node_ttl")[1] == f"`{format_duration(settings.node_ttl_seconds)}`"
-    assert row(text, "etcd.endpoints")[1] == f"`[{', '.join(settings.etcd.endpoints)}]`"
+    assert settings.etcd.endpoints == () and row(text, "etcd.endpoints")[1] == "none: required with `store: etcd`"
     assert row(text, "etcd.prefix")[1] == f"`{settings.etcd.prefix}`"
     assert row(text, "etcd.timeout")[1] == f"`{format_duration(int(settings.etcd.timeout_seconds))}`"
     for key in ("node", "etcd.ca_file", "etcd.cert_file", "etcd.key_file"):

@@ -21,6 +21,7 @@ from ds01.eventlog.types import EventType
 from ds01.fleet import nodes
 from ds01.gpus.allocator import STATE_NAME
 from ds01.gpus.filestore import _parse_state
+from ds01.gpus.supply import node_slots
 from ds01.gpus.usage import fairshare_factors
 from ds01.identity import accounts
 from ds01.units import format_equivalents
@@ -154,6 +155,14 @@ def import_state(args: argparse.Namespace, context: Context) -> int:
     except FileNotFoundError as exc:
         raise ConfigError(f"{path} does not exist: there is no state file to import") from exc
     allocations = _parse_state(raw, path)
+    _, inventory = node_slots(paths, config)
+    known = {slot.uuid for slot, *_ in inventory}
+    for allocation in allocations:
+        foreign = [slot for slot in allocation.slots if slot not in known]
+        if foreign and allocation.container is not None:
+            raise ConfigError(f"{path}: allocation {allocation.id} books {', '.join(foreign)}, which this node's "
+                              "GPUs (as NVML lists them now) do not include; nothing was imported. Run the import "
+                              "on the node whose state file it is, or remove that allocation from the file.")
     if nodes.import_state(etcd, config.fleet.etcd.prefix, config.fleet.node, raw, allocations):
         bound = [a for a in allocations if a.container is not None]
         eventlog.emit(EventType.FLEET_IMPORT, source="cli", node=config.fleet.node, allocations=len(bound),
