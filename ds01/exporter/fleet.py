@@ -47,8 +47,8 @@ def store_state(config: Config, run_dir: Path, allocations_read: bool, now: floa
         raise Ds01Error(f"{path} cannot be read ({exc})") from exc
 
 
-def fleet_nodes(config: Config) -> tuple[FleetNode, ...]:
+def fleet_nodes(config: Config, now: float) -> tuple[FleetNode, ...]:
     if config.allocation.store != "etcd":
         return ()
     view = read_fleet(Etcd(config.fleet.etcd), config.fleet.etcd.prefix)
-    return tuple(FleetNode(name, name in view.alive, record.seen_at) for name, record in sorted(view.nodes.items()))
+    return tuple(FleetNode(name, name in view.alive, view.last_seen(name, now)) for name in sorted(view.nodes))

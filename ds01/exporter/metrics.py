@@ -199,7 +199,7 @@ def _fleet(snapshot: Snapshot) -> Iterator[Metric]:
     if snapshot.fleet:
         yield _filled("ds01_fleet_node_up", "1 while the fleet node's lease (node_ttl) is renewed, 0 once it "
                       "lapsed", ["fleet_node"], {(n.node,): int(n.alive) for n in snapshot.fleet})
-        yield _filled("ds01_fleet_node_last_seen_timestamp_seconds", "When the fleet node last renewed its lease",
+        yield _filled("ds01_fleet_node_last_seen_timestamp_seconds", "When the fleet node was last seen alive",
                       ["fleet_node"], {(n.node,): n.last_seen for n in snapshot.fleet if n.last_seen is not None})
 
 

@@ -311,7 +311,7 @@ class Collector:
         if not store.up:  # /health says so: this node grants no GPUs meanwhile
             problems.append(f"store: the {store.kind} allocation store does not answer this node's proxy")
         try:
-            nodes = fleet_nodes(config)
+            nodes = fleet_nodes(config, time.time())
         except Ds01Error as exc:
             up["fleet"] = False
             self._fail("fleet", problems, exc)

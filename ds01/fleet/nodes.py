@@ -72,6 +72,12 @@ class FleetView:
     def held_on(self, node: str) -> list[Allocation]:
         return [a for a in self.allocations if a.node == node]
 
+    def last_seen(self, node: str, now: float) -> float | None:
+        """Now for a node whose lease is alive; else its record's time (it is rewritten at least every
+        SEEN_REFRESH_SECONDS while the node lives)."""
+        record = self.nodes.get(node)
+        return now if node in self.alive else record.seen_at if record is not None else None
+
 
 def read_fleet(etcd: Etcd, prefix: str) -> FleetView:
     _, entries = etcd.read_prefix(prefix)

@@ -133,7 +133,7 @@ class Ds01Routes:
             view = read_fleet(store.etcd, store.prefix)
         except StoreUnavailable as problem:
             raise unavailable(problem) from problem
-        return fleet_view(caller, view, store.node)
+        return fleet_view(caller, view, store.node, time.time())
 
     def answer(self, request: Request) -> Outcome:
         caller, route = request.session.caller, request.route

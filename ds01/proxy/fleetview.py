@@ -20,7 +20,7 @@ def _usable(slot: SlotRecord, caller: Caller) -> bool:
     return limits.allowed_mig_profiles is None or slot.profile in limits.allowed_mig_profiles
 
 
-def fleet_view(caller: Caller, view: FleetView, here: str) -> dict[str, Any]:
+def fleet_view(caller: Caller, view: FleetView, here: str, now: float) -> dict[str, Any]:
     shown = []
     for name in sorted(view.nodes):
         record = view.nodes[name]
@@ -29,7 +29,7 @@ def fleet_view(caller: Caller, view: FleetView, here: str) -> dict[str, Any]:
                        if slot.healthy and slot.slot not in taken and _usable(slot, caller))
         alive = name in view.alive
         shown.append({
-            "node": name, "alive": alive, "here": name == here, "last_seen": record.seen_at,
+            "node": name, "alive": alive, "here": name == here, "last_seen": view.last_seen(name, now),
             "free": [{"model": model, "profile": profile, "memory_mib": memory,
                       "equivalents": format_equivalents(Fraction(equivalents)), "count": count}
                      for (model, profile, memory, equivalents), count in sorted(

@@ -69,7 +69,7 @@ def status_report(view: nodes.FleetView, config: Config, now: float) -> dict[str
             state = "unhealthy" if not slot.healthy else state_of.get(slot.slot, "free")
             profiles[slot.profile or f"{slot.model} (whole GPU)"][state] += 1
         shown.append({"node": name, "alive": name in view.alive,
-                      "last_seen": record.seen_at if record is not None else None,
+                      "last_seen": view.last_seen(name, now),
                       "version": record.version if record is not None else None,
                       "driver": record.driver if record is not None else None,
                       "held_gpu_equivalents": format_equivalents(sum((a.gpu_equivalents for a in held), Fraction(0))),
