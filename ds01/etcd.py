@@ -31,6 +31,10 @@ class StoreUnavailable(Ds01Error):
     """No endpoint of the etcd cluster answered with a quorum behind it."""
 
 
+class StoreRefused(StoreUnavailable):
+    """A member answered, and refused: nothing was changed (a full database: NOSPACE; a permission)."""
+
+
 @dataclass(frozen=True)
 class Entry:
     key: str
@@ -124,7 +128,7 @@ class Etcd:
                 problems.append(f"{self._endpoints[index]}: {_said(exc)}")
                 continue
             except etcd_errors.Etcd3Exception as exc:  # a refusal (a full database: NOSPACE) is no grant either
-                raise StoreUnavailable(f"etcd at {self._endpoints[index]} refused {what}: {_said(exc)}") from exc
+                raise StoreRefused(f"etcd at {self._endpoints[index]} refused {what}: {_said(exc)}") from exc
             with self._lock:
                 self._preferred = index
             return answer

@@ -3,7 +3,8 @@
 - `nodes/NODE`: what the node last published (its slots and their health, its driver, ds01's version, each
   user's container count) and when; kept when the node goes quiet, for "last seen";
 - `alive/NODE`: a key on the node's lease of `node_ttl`, renewed every third of it: the node is alive while it
-  exists;
+  exists; its value names the instance (the server and state directory) that holds the name;
+- `owners/NODE`: that instance, without a lease: the name stays its own while the node is down;
 - `imports/NODE`: the one import of the node's state file (`ds01 fleet import`).
 
 Another node's bound allocations stay counted while it is down: only its own reconcile, or `ds01 fleet forget`,
@@ -13,20 +14,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
-from ds01 import statefile
-from ds01.errors import Denied, Ds01Error
-from ds01.etcd import Compare, Delete, Entry, Etcd, Put
+from ds01.errors import Denied
+from ds01.etcd import Compare, Delete, Etcd, Put
+from ds01.fleet.names import ALIVE, OWNERS, NodeNameTaken, name_entries, name_is_ours, name_taken
 from ds01.gpus.allocations import Allocation
 from ds01.gpus.etcdstore import ALLOCATIONS, NODES, SLOTS, USERS
 from ds01.reasons import Reason
 
-ALIVE, IMPORTS = "alive/", "imports/"
-LEASE_FILE = "fleet-lease.json"  # in DS01_RUN_DIR: this node's lease, kept across a restart of its proxy
+IMPORTS = "imports/"
 SEEN_REFRESH_SECONDS = 60  # how stale a down node's "last seen" may be
 
 
@@ -50,7 +48,6 @@ class NodeRecord:
     ttl_seconds: int
     slots: tuple[SlotRecord, ...] = ()
     containers: dict[str, int] = field(default_factory=dict)  # user -> containers on this node
-    instance: str = ""  # node_instance: the server and state directory behind the name
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -103,36 +100,20 @@ def read_fleet(etcd: Etcd, prefix: str) -> FleetView:
     return FleetView(nodes, frozenset(alive), allocations, usage, tuple(unreadable))
 
 
-class NodeNameTaken(Ds01Error):
-    """Another ds01 proxy holds this node's fleet name: its lease is alive, or the name was last used by another
-    server or state directory. Two proxies under one name would release each other's allocations."""
-
-
-def node_instance(state_dir: Path) -> str:
-    """Which server and state directory a node name belongs to: /etc/machine-id (else the host name) with the
-    state directory, hashed."""
-    try:
-        machine = Path("/etc/machine-id").read_text().strip()
-    except OSError:
-        machine = ""
-    seed = f"{machine or socket.gethostname()}\0{state_dir.resolve()}"
-    return hashlib.sha256(seed.encode()).hexdigest()[:16]
-
-
 class Membership:
-    """This node's lease and records: `renew` every node_ttl/3. The name is claimed with the lease: alive/NODE is
-    created only where it does not exist (or is this node's own lease, kept across a restart in `lease_file`),
-    and only by the instance that last published nodes/NODE."""
+    """This node's lease and records: `renew` every node_ttl/3. The name is claimed with the lease, by the
+    instance that owns it (ds01.gpus.etcdstore.name_is_ours): alive/NODE is put on this node's lease, and
+    owners/NODE names the instance, in one transaction on what was read."""
 
     def __init__(self, etcd: Etcd, prefix: str, node: str, ttl_seconds: int, *, instance: str,
-                 lease_file: Path) -> None:
+                 on_lapse: Callable[[], object] = lambda: None) -> None:
         self._etcd = etcd
         self._prefix = prefix
         self.node = node
         self.instance = instance
         self._ttl = ttl_seconds
-        self._lease_file = lease_file
-        self._lease = _recorded_lease(lease_file, node)
+        self._on_lapse = on_lapse  # before the name is claimed again: the node may have been forgotten meanwhile
+        self._lease = 0
         self.claimed = False  # alive/NODE holds this node's lease
         self._published: NodeRecord | None = None
 
@@ -140,10 +121,11 @@ class Membership:
         """Hold the lease and the name; True when a new lease was granted (the first, or one that lapsed)."""
         granted = False
         if self._lease and self._etcd.keep_alive(self._lease) <= 0:
+            self._on_lapse()
             self._lease, self.claimed = 0, False
         if not self._lease:
             self._lease, self.claimed, granted = self._etcd.grant_lease(self._ttl), False, True
-            statefile.write_json_atomic(self._lease_file, {"node": self.node, "lease": self._lease})
+            self._published = None  # a forget while the lease lapsed removed the record
         if not self.claimed:
             self._claim_name()
         return granted
@@ -160,54 +142,23 @@ class Membership:
         return granted
 
     def _claim_name(self) -> None:
-        alive, record = f"{self._prefix}{ALIVE}{self.node}", f"{self._prefix}{NODES}{self.node}"
+        alive, owner = f"{self._prefix}{ALIVE}{self.node}", f"{self._prefix}{OWNERS}{self.node}"
         for _attempt in range(3):
-            found = {e.key: e for e in self._etcd.read_prefix(f"{self._prefix}{ALIVE}{self.node}")[1]
-                     + self._etcd.read_prefix(record)[1] if e.key in (alive, record)}
-            holder = found.get(alive)
+            holder, owned = name_entries(self._etcd, self._prefix, self.node)
             if holder is not None and holder.lease == self._lease:
                 self.claimed = True
                 return
-            if holder is not None:
-                raise NodeNameTaken(
-                    f"fleet node name {self.node} is held by another ds01 proxy (its lease is alive): two proxies "
-                    "under one name would release each other's allocations. Give this server its own fleet.node "
-                    "in resource-limits.yaml, or stop the other proxy.")
-            last = _instance_of(found.get(record))
-            if last not in ("", self.instance):
-                raise NodeNameTaken(
-                    f"fleet node name {self.node} was last used by another server or state directory, whose "
-                    "allocations the fleet still counts. Give this server its own fleet.node; or, if it replaces "
-                    f"that one for good, run `ds01 fleet forget {self.node}` first.")
-            compares = [Compare(alive, 0), Compare(record, found[record].mod_revision if record in found else 0)]
-            if self._etcd.commit(compares, [Put(alive, self.instance.encode(), self._lease)]).succeeded:
+            if not name_is_ours(holder, owned, self.instance):
+                raise NodeNameTaken(name_taken(self.node, alive_elsewhere=holder is not None))
+            # Absent, or this instance's own from before a restart or a reboot: taken over on the new lease.
+            compares = [Compare(alive, holder.mod_revision if holder is not None else 0),
+                        Compare(owner, owned.mod_revision if owned is not None else 0)]
+            if self._etcd.commit(compares, [Put(alive, self.instance.encode(), self._lease),
+                                            Put(owner, self.instance.encode())]).succeeded:
                 self.claimed = True
                 return
         raise NodeNameTaken(f"fleet node name {self.node} kept changing hands while this proxy claimed it; is "
                             "another proxy starting under the same name?")
-
-
-def _instance_of(entry: Entry | None) -> str:
-    if entry is None:
-        return ""
-    try:
-        return str(json.loads(entry.value).get("instance", ""))
-    except (ValueError, AttributeError):
-        return ""
-
-
-def _recorded_lease(lease_file: Path, node: str) -> int:
-    """This node's lease from before a restart, if the file names it; a lapsed one is replaced at the first claim."""
-    try:
-        recorded = json.loads(lease_file.read_text())
-    except FileNotFoundError:
-        return 0
-    except (OSError, ValueError) as exc:
-        raise Ds01Error(f"{lease_file}: not this node's fleet lease record ({exc}); remove it, and the proxy "
-                        "takes a new lease") from exc
-    if not isinstance(recorded, dict) or recorded.get("node") != node or not isinstance(recorded.get("lease"), int):
-        return 0
-    return int(recorded["lease"])
 
 
 def forget(etcd: Etcd, prefix: str, node: str) -> list[Allocation]:
@@ -222,7 +173,8 @@ def forget(etcd: Etcd, prefix: str, node: str) -> list[Allocation]:
     held = view.held_on(node)
     changes: list[Put | Delete] = [Delete(f"{prefix}{ALLOCATIONS}{a.id}") for a in held]
     changes += [Delete(f"{prefix}{SLOTS}{node}/", prefix=True), Delete(f"{prefix}{NODES}{node}"),
-                Delete(f"{prefix}{IMPORTS}{node}")]  # a server that takes the name later may import its own
+                Delete(f"{prefix}{OWNERS}{node}"),  # the name is free for another server
+                Delete(f"{prefix}{IMPORTS}{node}")]  # which may import its own state file
     if not etcd.commit([Compare(f"{prefix}{ALIVE}{node}", 0)], changes).succeeded:
         raise Denied(Reason.BAD_REQUEST, f"node {node} came back while being forgotten; nothing was removed.")
     return held

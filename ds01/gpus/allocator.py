@@ -83,6 +83,10 @@ class AllocationStore(Protocol):
         """The user's containers on the fleet's other nodes, as those nodes last published them."""
         ...
 
+    def confirm_owner(self) -> None:
+        """Raises Denied unless this node's allocations are this instance's to reconcile."""
+        ...
+
 
 def change_cost(changed: Sequence[Allocation]) -> int:
     """The keys a step changes for these allocations: each one's own and its slots', and each user's record."""
@@ -118,25 +122,35 @@ class Allocator:
         Reservations past their TTL are dropped first and returned alongside the result; with expire=False
         `change` sees them too and decides.
         """
-        budget = self.store.change_budget
-        def step(allocations: list[Allocation], now: float) -> tuple[tuple[_T, list[Allocation]],
+        budget = self.store.change_budget if write else None
+
+        def step(allocations: list[Allocation], now: float) -> tuple[tuple[list[_T], list[Allocation]],
                                                                      list[Allocation] | None]:
             lapsed = [a for a in allocations if expire and a.expires_at is not None and a.expires_at <= now]
             live = [a for a in allocations if a not in lapsed]
-            expired: list[Allocation] = []  # what this step drops: a quarter of the budget; the next drops more
-            for allocation in lapsed:
-                if within(None if budget is None else budget // 4, expired, allocation):
-                    expired.append(allocation)
+            mine = [a for a in lapsed if self.is_local(a)]  # another node's are not written: its lease ends them
+            if budget is not None and change_cost(mine) > budget // 4:
+                # More than fit beside a change: this step only drops what one transaction holds; `change`
+                # runs on a later one, so that it never sees a slot an undropped reservation still holds.
+                expired: list[Allocation] = []
+                for allocation in mine:
+                    if within(budget, expired, allocation):
+                        expired.append(allocation)
+                return ([], expired), [a for a in allocations if a not in expired]
             result, changed = change(live, now)
-            left = [a for a in lapsed if a not in expired]  # uncounted all the same
-            stored = [*(live if changed is None else changed), *left] if changed is not None or expired else None
-            return (result, expired), stored
+            stored = (live if changed is None else changed) if changed is not None or lapsed else None
+            return ([result], lapsed), stored
 
-        result, expired = self.store.run(step, write)
-        for gone in expired if write else ():
+        swept: list[Allocation] = []
+        while True:
+            outcome, expired = self.store.run(step, write)
+            swept += expired
+            if outcome:
+                break
+        for gone in swept if write else ():
             eventlog.emit(EventType.ALLOCATION_EXPIRE, source="allocator", user=gone.user, allocation=gone.id,
                           slots=list(gone.slots))
-        return result, expired
+        return outcome[0], swept
 
     def allocations(self) -> list[Allocation]:
         """This node's allocations."""
@@ -267,7 +281,9 @@ class Allocator:
                   dry_run: bool = False) -> ReconcileReport:
         """Match allocations to the engine's containers, as listed (outside the lock) at `listed_at`: in as many
         steps as the store's change budget needs. In a fleet, a container on this node's GPUs that carries ds01's
-        labels and no allocation (its node was forgotten while it ran) is counted again."""
+        labels and no allocation (its node was forgotten while it ran) is counted again. Only the instance that
+        holds this node's name in the fleet reconciles it."""
+        self.store.confirm_owner()
         report = ReconcileReport()
         while True:
             step = ReconcileReport()
@@ -353,14 +369,15 @@ class Allocator:
 
     def _unrecorded(self, found: Sequence[records.ContainerInfo], kept: list[Allocation],
                     listed_at: float) -> list[Allocation]:
-        """In a fleet: the bound allocations that this node's ds01 containers imply and the store lacks, on slots
-        nothing else holds (`ds01 fleet forget` removed them while the node ran)."""
+        """In a fleet: the bound allocations that this node's running ds01 containers imply and the store lacks,
+        on slots nothing else holds (`ds01 fleet forget` removed them while the node ran). A stopped one's GPUs
+        were released (gpu_hold_after_stop): its start asks for them again."""
         if not self.store.node:
             return []
         mine = [a for a in kept if self.is_local(a)]
         accounted = {a.container for a in mine} | {a.id for a in mine}
         held = {slot for a in mine for slot in a.slots}
-        orphans = [info for info in found if info.device_ids and info.id not in accounted
+        orphans = [info for info in found if info.status == "running" and info.device_ids and info.id not in accounted
                    and info.labels.get(labels.USER) and info.labels.get(labels.GPU_EQUIVALENTS)
                    and info.labels.get(labels.ALLOCATION) not in accounted and not held & set(info.device_ids)]
         return [replace(a, node=self.store.node)

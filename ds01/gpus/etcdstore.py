@@ -4,7 +4,9 @@
   node cut off keeps its running containers counted;
 - `slots/NODE/UUID`: the allocation holding that slot, with the same lease: a slot is taken by creating its key;
 - `users/USER`: the user's decayed GPU-equivalent-hours, as of a time, added to on every release; every change
-  to the user's allocations rewrites it, so two nodes' grants to one user conflict instead of both passing.
+  to the user's allocations rewrites it, so two nodes' grants to one user conflict instead of both passing;
+- `alive/NODE` and `owners/NODE`: which instance holds the node's name (ds01.fleet.nodes claims it): only that
+  one reconciles the node's allocations, as another server's engine would show none of its containers.
 
 A step is one read of the prefix and one transaction on what it read: the revisions of every key it changes,
 the absence of every slot it takes, and the revision of every user whose allocations change. A conflict
@@ -20,14 +22,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
 import filelock
 
 from ds01.errors import Busy, Denied, Ds01Error
-from ds01.etcd import Compare, Delete, Entry, Etcd, Put, StoreUnavailable
+from ds01.etcd import Compare, Delete, Entry, Etcd, Put, StoreRefused, StoreUnavailable
+from ds01.fleet.names import name_entries, name_is_ours, name_taken
 from ds01.gpus.allocations import Allocation
 from ds01.gpus.filestore import take_turn
 from ds01.reasons import Reason
@@ -40,8 +43,6 @@ TURN_SECONDS = 5.0
 LEASE_SLACK_SECONDS = 30
 QUIET_SECONDS = 10.0  # after no member answered, what needs no GPU does not ask etcd again for this long
 ALLOCATIONS, SLOTS, USERS, NODES = "allocations/", "slots/", "users/", "nodes/"
-
-
 @dataclass(frozen=True)
 class Usage:
     hours: float  # decayed GPU-equivalent-hours as of `at`
@@ -72,13 +73,24 @@ class _Read:
     raw: dict[str, Entry]  # every key read, as read
 
 
+@dataclass
+class _Txn:
+    """One transaction as a step's changes build it."""
+
+    compares: list[Compare] = field(default_factory=list)
+    changes: list[Put | Delete] = field(default_factory=list)
+    users: dict[str, float] = field(default_factory=dict)  # user -> hours their releases add
+    lapsed: list[tuple[Allocation, Entry]] = field(default_factory=list)  # other nodes' reservations past TTL
+
+
 class EtcdStore:
     contended = True  # optimistic: a conflicting change is run again on a new read
     change_budget: int | None = MAX_TXN_OPS - 8  # spare keys: the compares of lapsed reservations
 
     def __init__(self, etcd: Etcd, prefix: str, node: str, half_life_seconds: Callable[[], float], *,
-                 clock: Callable[[], float] = time.time, turns_file: Path | None = None) -> None:
+                 clock: Callable[[], float] = time.time, turns_file: Path | None = None, instance: str = "") -> None:
         self.node = node
+        self.instance = instance  # node_instance; "" (a benchmark's, a test's store): the name is not checked
         # This node's own changes take turns (a file lock in its state dir): they would only conflict with each
         # other over its slots. Correctness rests on the transactions alone; other nodes never wait for it.
         self._turns = filelock.FileLock(turns_file) if turns_file is not None else None
@@ -97,19 +109,45 @@ class EtcdStore:
         # reconciled its slots with its engine (settled()), as its view of them may be stale, or forgotten.
         self.reconcile_first = False
         self.unsettled = False
+        self._generation = 0  # of unsettle(): a reconcile settles only what was unsettled before it began
 
     def _down(self, problem: StoreUnavailable) -> Denied:
         self.up = False
-        self.unsettle()
+        if not isinstance(problem, StoreRefused):  # a refused change was not made: the view is still true
+            self.unsettle()
         return unavailable(problem)
 
-    def unsettle(self) -> None:
-        if self.reconcile_first:
-            self.unsettled = True
+    def unsettle(self) -> int:
+        """No reservation until a reconcile that starts after this; the generation to hand to settled()."""
+        with self._counter:
+            if self.reconcile_first:
+                self._generation += 1
+                self.unsettled = True
+            return self._generation
 
-    def settled(self) -> None:
-        """The node reconciled with the store answering: reservations may be made again."""
-        self.unsettled = False
+    @property
+    def generation(self) -> int:
+        with self._counter:
+            return self._generation
+
+    def settled(self, generation: int) -> None:
+        """A reconcile that began at `generation` is done with the store answering: reservations may be made
+        again, unless the store failed again since."""
+        with self._counter:
+            if generation == self._generation:
+                self.unsettled = False
+
+    def confirm_owner(self) -> None:
+        """Refuse to reconcile under a node name another instance holds (ds01.fleet.nodes claims it)."""
+        if not self.instance:
+            return
+        try:
+            alive, owner = name_entries(self.etcd, self.prefix, self.node)
+        except StoreUnavailable as problem:
+            raise self._down(problem) from problem
+        if not name_is_ours(alive, owner, self.instance):
+            raise Denied(Reason.NOT_OWNER, name_taken(self.node, alive_elsewhere=alive is not None)
+                         + " Nothing was reconciled.")
 
     # --- reading ----------------------------------------------------------------------------------------------
 
@@ -133,8 +171,10 @@ class EtcdStore:
                     raw = json.loads(entry.value)
                     found.users[key.removeprefix(USERS)] = (Usage(float(raw["hours"]), float(raw["at"])), entry)
             except (KeyError, TypeError, ValueError) as exc:  # written by hand, or by another program
-                raise Ds01Error(f"etcd key {entry.key} is not a ds01 record ({exc}); nothing was changed. Move it "
-                                "aside (etcdctl get, then del) and run ds01 reconcile on its node.") from exc
+                raise Denied(Reason.STORE_UNAVAILABLE, (
+                    f"the fleet's etcd store holds key {entry.key}, which is not a ds01 record ({exc}), so no GPU "
+                    "is granted: who holds what cannot be read whole. Nothing was changed. An admin moves it aside "
+                    "(etcdctl get, then del) and runs ds01 reconcile on its node.")) from exc
         return found
 
     def _view(self, allocation: Allocation) -> Allocation:
@@ -211,64 +251,71 @@ class EtcdStore:
     def _changes(self, read: _Read, views: dict[str, Allocation], changed: list[Allocation],
                  now: float) -> tuple[list[Compare], list[Put | Delete]]:
         after = {a.id: a for a in changed}
-        compares: list[Compare] = []
-        changes: list[Put | Delete] = []
-        users: dict[str, float] = {}  # user -> hours their releases add
-        lease = 0
-        lapsed: list[tuple[Allocation, Entry]] = []  # other nodes' reservations past their TTL
+        txn = _Txn()
         for allocation_id, (before, entry) in read.allocations.items():
-            now_as = after.get(allocation_id)
-            if now_as == views[allocation_id]:
-                continue
-            if before.node != self.node and now_as is None and before.expires_at is not None \
-                    and before.expires_at <= now:
-                lapsed.append((before, entry))  # no step counts it, and its lease removes it
-                continue
-            if before.node != self.node:
-                raise Denied(Reason.NOT_OWNER, (
-                    f"allocation {allocation_id} is node {before.node}'s; change it on that node, or remove a "
-                    f"node that is gone for good with `ds01 fleet forget {before.node}`."))
-            compares.append(Compare(entry.key, entry.mod_revision))
-            if now_as is None:
-                changes.append(Delete(entry.key))
-                changes.extend(Delete(self._slot_key(slot)) for slot in before.slots)
-                used = before.expires_at is None or before.expires_at > now  # an expired one was never used
-                users[before.user] = users.get(before.user, 0.0) + (
-                    released_hours(before, now, self._half_life()) if used else 0.0)
-                continue
-            # A bind drops the lease (a bound allocation outlives its node's contact); a reservation keeps its own.
-            leased = entry.lease if now_as.expires_at is not None else 0
-            changes.append(Put(entry.key, _encode(now_as), leased))
-            changes.extend(Put(self._slot_key(slot), allocation_id.encode(), leased) for slot in before.slots)
-            users.setdefault(before.user, 0.0)  # a bind, or an adoption that counts an expired one again
+            if after.get(allocation_id) != views[allocation_id]:
+                self._change(txn, before, entry, after.get(allocation_id), now)
+        lease = 0
         for allocation_id, added in after.items():
             if allocation_id in read.allocations:
                 continue
-            if added.node != self.node:
-                raise Denied(Reason.NOT_OWNER, f"allocation {allocation_id} names node {added.node}, not this node")
-            if added.expires_at is not None and self.unsettled:
-                raise Denied(Reason.STORE_UNAVAILABLE, (
-                    "the fleet's etcd store answers again after it did not; this node reconciles its GPUs with its "
-                    "engine before it grants any (within a third of fleet.node_ttl). Try again in a few seconds."))
             if added.expires_at is not None and lease == 0:
                 lease = self._lease(added, now)
-            leased = lease if added.expires_at is not None else 0
-            key = f"{self.prefix}{ALLOCATIONS}{allocation_id}"
-            compares.append(Compare(key, 0))
-            changes.append(Put(key, _encode(added), leased))
-            for slot in added.slots:
-                compares.append(Compare(self._slot_key(slot), 0))
-                changes.append(Put(self._slot_key(slot), allocation_id.encode(), leased))
-            users.setdefault(added.user, 0.0)
+            self._add(txn, read, added, lease if added.expires_at is not None else 0)
         # The step did not count these: were one adopted meanwhile by its node, the user's count would be wrong.
-        compares += [Compare(entry.key, entry.mod_revision) for before, entry in lapsed if before.user in users]
-        for user, hours in users.items():
+        txn.compares += [Compare(entry.key, entry.mod_revision) for before, entry in txn.lapsed
+                         if before.user in txn.users]
+        for user, hours in txn.users.items():
             key = f"{self.prefix}{USERS}{user}"
             known = read.users.get(user)
-            compares.append(Compare(key, known[1].mod_revision if known is not None else 0))
+            txn.compares.append(Compare(key, known[1].mod_revision if known is not None else 0))
             total = (known[0].at_time(now, self._half_life()) if known is not None else 0.0) + hours
-            changes.append(Put(key, json.dumps({"hours": total, "at": now}).encode()))
-        return compares, changes
+            txn.changes.append(Put(key, json.dumps({"hours": total, "at": now}).encode()))
+        return txn.compares, txn.changes
+
+    def _change(self, txn: _Txn, before: Allocation, entry: Entry, now_as: Allocation | None, now: float) -> None:
+        """An allocation read that the step changed (now_as) or removed (None)."""
+        if before.node != self.node and now_as is None and before.expires_at is not None \
+                and before.expires_at <= now:
+            txn.lapsed.append((before, entry))  # no step counts it, and its lease removes it
+            return
+        if before.node != self.node:
+            raise Denied(Reason.NOT_OWNER, (
+                f"allocation {before.id} is node {before.node}'s; change it on that node, or remove a node that is "
+                f"gone for good with `ds01 fleet forget {before.node}`."))
+        txn.compares.append(Compare(entry.key, entry.mod_revision))
+        if now_as is None:
+            txn.changes.append(Delete(entry.key))
+            txn.changes.extend(Delete(self._slot_key(slot)) for slot in before.slots)
+            used = before.expires_at is None or before.expires_at > now  # an expired one was never used
+            txn.users[before.user] = txn.users.get(before.user, 0.0) + (
+                released_hours(before, now, self._half_life()) if used else 0.0)
+            return
+        # A bind drops the lease (a bound allocation outlives its node's contact); a reservation keeps its own.
+        leased = entry.lease if now_as.expires_at is not None else 0
+        txn.changes.append(Put(entry.key, _encode(now_as), leased))
+        txn.changes.extend(Put(self._slot_key(slot), before.id.encode(), leased) for slot in before.slots)
+        txn.users.setdefault(before.user, 0.0)  # a bind, or an adoption that counts an expired one again
+
+    def _add(self, txn: _Txn, read: _Read, added: Allocation, leased: int) -> None:
+        if added.node != self.node:
+            raise Denied(Reason.NOT_OWNER, f"allocation {added.id} names node {added.node}, not this node")
+        if added.expires_at is not None and self.unsettled:
+            raise Denied(Reason.STORE_UNAVAILABLE, (
+                "the fleet's etcd store answers again after it did not; this node reconciles its GPUs with its "
+                "engine before it grants any (within a third of fleet.node_ttl). Try again in a few seconds."))
+        key = f"{self.prefix}{ALLOCATIONS}{added.id}"
+        txn.compares.append(Compare(key, 0))
+        txn.changes.append(Put(key, _encode(added), leased))
+        for slot in added.slots:
+            slot_key = self._slot_key(slot)
+            if Delete(slot_key) in txn.changes:  # freed by this same change (an expired reservation's): one put,
+                txn.changes.remove(Delete(slot_key))  # as etcd takes no transaction naming a key twice
+                txn.compares.append(Compare(slot_key, read.raw[slot_key].mod_revision if slot_key in read.raw else 0))
+            else:
+                txn.compares.append(Compare(slot_key, 0))
+            txn.changes.append(Put(slot_key, added.id.encode(), leased))
+        txn.users.setdefault(added.user, 0.0)
 
     def _lease(self, allocation: Allocation, now: float) -> int:
         """A lease that outlasts the reservation: shared by this node's reservations for up to LEASE_SLACK_SECONDS,

@@ -11,6 +11,7 @@ from ds01 import nvml
 from ds01.config import Config
 from ds01.engine import Engine
 from ds01.etcd import Etcd
+from ds01.fleet.names import node_instance
 from ds01.gpus import quarantine
 from ds01.gpus.allocator import Allocation, Allocator, allocations_from_containers
 from ds01.gpus.etcdstore import EtcdStore
@@ -80,7 +81,7 @@ def open_allocator(paths: Paths, config: Config, engine_url: str | None = None) 
         paths.state_dir.mkdir(parents=True, exist_ok=True)
         store = EtcdStore(Etcd(config.fleet.etcd), config.fleet.etcd.prefix, config.fleet.node,
                           lambda: float(config.scheduler.usage_half_life_seconds),
-                          turns_file=paths.state_dir / "allocations.lock")
+                          turns_file=paths.state_dir / "allocations.lock", instance=node_instance(paths.state_dir))
         return Allocator(paths.state_dir, config.allocation, store=store)
     return Allocator(paths.state_dir, config.allocation, rebuild=rebuild)
 

@@ -69,13 +69,13 @@ class FleetKeeper:
         self._write_status(up=True, problem="")
 
     def _rejoin(self) -> None:
-        self._store.unsettle()  # a lapsed lease: the node may have been forgotten meanwhile
+        generation = self._store.unsettle()  # a lapsed lease: the node may have been forgotten meanwhile
         try:
             report = self._reconcile()
         except Ds01Error as exc:
             eventlog.emit(EventType.PROXY_INTERNAL_ERROR, source="proxy", error=f"reconcile on rejoining: {exc}")
             return
-        self._store.settled()
+        self._store.settled(generation)
         eventlog.emit(EventType.FLEET_REJOIN, source="proxy", node=self._membership.node,
                       released=len(report.released), expired=len(report.expired), adopted=len(report.adopted))
         self._kick()
@@ -89,7 +89,7 @@ class FleetKeeper:
         containers = Counter(str((c.get("Labels") or {}).get(labels.USER)) for c in listed)
         return NodeRecord(self._membership.node, __version__, driver, time.time(), self._ttl, tuple(
             SlotRecord(slot.uuid, slot.gpu_index, slot.profile, model, memory, str(slot.equivalents), healthy)
-            for slot, model, memory, healthy in slots), dict(containers), self._membership.instance)
+            for slot, model, memory, healthy in slots), dict(containers))
 
     def _write_status(self, *, up: bool, problem: str) -> None:
         statefile.write_json_atomic(self._status, {

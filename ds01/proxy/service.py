@@ -16,7 +16,7 @@ from ds01.engine import Engine
 from ds01.errors import Denied, Ds01Error
 from ds01.etcd import StoreUnavailable
 from ds01.eventlog.types import EventType
-from ds01.fleet.nodes import LEASE_FILE, Membership, node_instance
+from ds01.fleet.nodes import Membership
 from ds01.gpus.allocator import Allocator, ReconcileReport
 from ds01.gpus.etcdstore import EtcdStore, unavailable
 from ds01.gpus.placement import Slot
@@ -99,6 +99,8 @@ def _startup_reconcile(allocator: Allocator, upstream_url: str, membership: Memb
     reaches the store."""
     if membership is not None and not membership.claimed:
         return
+    store = allocator.store
+    generation = store.generation if isinstance(store, EtcdStore) else 0
     try:
         report = _reconcile(allocator, upstream_url)
     except Denied as denied:
@@ -106,22 +108,22 @@ def _startup_reconcile(allocator: Allocator, upstream_url: str, membership: Memb
             raise
         print(f"ds01 proxy: WARN {denied.message}", file=sys.stderr, flush=True)
         return
-    if isinstance(allocator.store, EtcdStore):
-        allocator.store.settled()
+    if isinstance(store, EtcdStore):
+        store.settled(generation)
     eventlog.emit(EventType.RECONCILE_STARTUP, source="proxy", released=len(report.released),
                   expired=len(report.expired), adopted=len(report.adopted), unallocated=len(report.unallocated))
 
 
-def _membership(paths: Paths, sessions: Sessions, allocator: Allocator) -> Membership | None:
-    """With allocation.store: etcd, this node's claim on its name, made before the start-up reconcile: a second
-    proxy under a name in use would release the first one's allocations. None for the file store."""
+def _membership(sessions: Sessions, allocator: Allocator) -> Membership | None:
+    """With allocation.store: etcd, this node's claim on its name, made before anything is done on its behalf: a
+    second proxy under a name in use would release the first one's allocations. None for the file store."""
     store = allocator.store
     if not isinstance(store, EtcdStore):
         return None
     store.reconcile_first = True  # and until the start-up reconcile is done with the store answering
     store.unsettle()
     membership = Membership(store.etcd, store.prefix, store.node, sessions.config.fleet.node_ttl_seconds,
-                            instance=node_instance(paths.state_dir), lease_file=paths.run_dir / LEASE_FILE)
+                            instance=store.instance, on_lapse=store.unsettle)
     try:
         membership.claim()
     except StoreUnavailable as problem:  # claimed at the first beat that reaches etcd, before any reconcile
@@ -160,7 +162,7 @@ def run(paths: Paths, listen: Path, upstream_url: str, drain_seconds: float, eng
     if (major, minor) < MIN_API_VERSION:
         raise Ds01Error(f"the engine at {upstream_url} speaks API {major}.{minor}; ds01 needs 1.40 or newer")
     allocator = open_allocator(paths, sessions.config, upstream_url)
-    membership = _membership(paths, sessions, allocator)  # before anything is changed on this node's behalf
+    membership = _membership(sessions, allocator)  # before anything is changed on this node's behalf
     keeper = start_reach(upstream, sessions, engine_cgroup)
     with Engine(upstream_url) as engine:
         found = engine.containers()

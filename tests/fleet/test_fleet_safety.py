@@ -6,6 +6,7 @@ is named; and after the store failed, a node reserves nothing until it reconcile
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 import uuid
@@ -16,68 +17,82 @@ import docker
 import pytest
 
 from ds01 import labels
-from ds01.config import BUILTIN_DEFAULTS
+from ds01.config import BUILTIN_DEFAULTS, AllocationSettings
+from ds01.config.schema import EtcdSettings
 from ds01.engine import Engine
 from ds01.errors import Denied
-from ds01.etcd import Put
+from ds01.etcd import Etcd, Put
 from ds01.fleet import nodes
-from ds01.gpus.allocator import Grant
+from ds01.fleet.names import NodeNameTaken
+from ds01.gpus.allocator import Allocation, Allocator, Grant
 from ds01.gpus.etcdstore import MAX_TXN_OPS, EtcdStore
-from ds01.gpus.placement import GpuRequest
+from ds01.gpus.placement import GpuRequest, Slot
 from ds01.reasons import Reason
 from tests.conftest import TEST_IMAGE
 from tests.fleet.conftest import Fleetbed
-from tests.fleet.test_store import LIMITS, allocator, etcd_of, node_slots, stored
+from tests.fleet.test_store import HALF_LIFE, LIMITS, allocator, etcd_of, node_slots, stored
 
-MANY = BUILTIN_DEFAULTS.with_overrides({"gpu_quota": Fraction(200), "max_gpus_per_container": 8})
-
-
-def membership(fleetbed: Fleetbed, prefix: str, node: str, instance: str, lease_file: Path) -> nodes.Membership:
-    return nodes.Membership(etcd_of(fleetbed), prefix, node, 6, instance=instance, lease_file=lease_file)
+MANY = BUILTIN_DEFAULTS.with_overrides({"gpu_quota": Fraction(200), "max_gpus_per_container": 64})
 
 
-def record(node: str, instance: str, containers: dict[str, int] | None = None) -> nodes.NodeRecord:
-    return nodes.NodeRecord(node, "test", "550", time.time(), 6, (), containers or {}, instance)
+def membership(fleetbed: Fleetbed, prefix: str, node: str, instance: str) -> nodes.Membership:
+    return nodes.Membership(etcd_of(fleetbed), prefix, node, 6, instance=instance)
+
+
+def record(node: str, containers: dict[str, int] | None = None) -> nodes.NodeRecord:
+    return nodes.NodeRecord(node, "test", "550", time.time(), 6, (), containers or {})
+
+
+def owned_store(fleetbed: Fleetbed, prefix: str, node: str, instance: str) -> Allocator:
+    """As ds01 opens it on a node (open_allocator): with the instance it checks the name against."""
+    etcd = Etcd(EtcdSettings(endpoints=tuple(fleetbed.endpoints)))
+    return Allocator(Path(tempfile.mkdtemp(prefix="ds01-fleet-")), AllocationSettings(),
+                     store=EtcdStore(etcd, prefix, node, lambda: HALF_LIFE, instance=instance))
 
 
 def revisions(fleetbed: Fleetbed, prefix: str) -> dict[str, int]:
     return {e.key.removeprefix(prefix): e.mod_revision for e in etcd_of(fleetbed).read_prefix(prefix)[1]}
 
 
-def test_one_node_name_is_one_proxy_and_a_restart_keeps_its_own(fleetbed: Fleetbed, etcd_prefix: str) -> None:
-    run = Path(tempfile.mkdtemp(prefix="ds01-fleet-"))
-    first = membership(fleetbed, etcd_prefix, "gpu1", "server-a", run / "a.json")
+def test_one_node_name_is_one_instance_which_a_restart_or_reboot_keeps(fleetbed: Fleetbed, etcd_prefix: str) -> None:
+    first = membership(fleetbed, etcd_prefix, "gpu1", "server-a")
     assert first.claim() is True  # a new lease
-    first.renew(record("gpu1", "server-a"))
-    held = allocator(fleetbed.endpoints, etcd_prefix, "gpu1")
+    held = owned_store(fleetbed, etcd_prefix, "gpu1", "server-a")
     bound = held.request("alice", 1000, LIMITS, GpuRequest(count=1), slots=node_slots("gpu1"))
     held.bind(bound.id, "f" * 64, "kept._.1000")
 
-    impostor = membership(fleetbed, etcd_prefix, "gpu1", "server-b", run / "b.json")
-    with pytest.raises(nodes.NodeNameTaken, match="held by another ds01 proxy"):
+    impostor = membership(fleetbed, etcd_prefix, "gpu1", "server-b")
+    with pytest.raises(NodeNameTaken, match="held by another ds01 proxy"):
         impostor.claim()
-    restarted = membership(fleetbed, etcd_prefix, "gpu1", "server-a", run / "a.json")  # its proxy restarted
-    assert restarted.claim() is False and restarted.claimed  # the lease it had, still alive
+    cleanup = owned_store(fleetbed, etcd_prefix, "gpu1", "server-b")  # the impostor's cleanup timer
+    with pytest.raises(Denied) as refused:
+        cleanup.reconcile([], time.time())  # its engine shows none of gpu1's containers
+    assert refused.value.reason is Reason.NOT_OWNER and "Nothing was reconciled" in refused.value.message
+    assert [a.id for a in stored(fleetbed, etcd_prefix)[0]] == [bound.id]
 
-    deadline = time.monotonic() + 30  # the first server dies: its lease lapses
+    rebooted = membership(fleetbed, etcd_prefix, "gpu1", "server-a")  # its old lease still alive
+    assert rebooted.claim() is True and rebooted.claimed
+    deadline = time.monotonic() + 30  # then server-a dies: its lease lapses, the name stays its own
     while "gpu1" in nodes.read_fleet(etcd_of(fleetbed), etcd_prefix).alive:
         assert time.monotonic() < deadline, "gpu1's lease did not lapse within 30 s of a 6 s TTL"
         time.sleep(0.5)
-    with pytest.raises(nodes.NodeNameTaken, match="last used by another server"):
+    with pytest.raises(NodeNameTaken, match="belongs to another server"):
         impostor.claim()
+    with pytest.raises(Denied, match="belongs to another server"):
+        cleanup.reconcile([], time.time())
     view = nodes.read_fleet(etcd_of(fleetbed), etcd_prefix)
     assert "gpu1" not in view.alive and [a.id for a in view.held_on("gpu1")] == [bound.id]  # still counted
-    again = membership(fleetbed, etcd_prefix, "gpu1", "server-a", run / "a.json")
+    again = membership(fleetbed, etcd_prefix, "gpu1", "server-a")
     assert again.claim() is True and "gpu1" in nodes.read_fleet(etcd_of(fleetbed), etcd_prefix).alive
 
 
 def test_a_renewal_writes_the_record_only_when_it_changes(fleetbed: Fleetbed, etcd_prefix: str) -> None:
-    node = membership(fleetbed, etcd_prefix, "gpu2", "server-c", Path(tempfile.mkdtemp()) / "lease.json")
-    node.renew(record("gpu2", "server-c"))
+    node = membership(fleetbed, etcd_prefix, "gpu2", "server-c")
+    node.renew(record("gpu2"))
     first = revisions(fleetbed, etcd_prefix)
-    node.renew(record("gpu2", "server-c"))  # seen later, nothing else new
+    node.renew(record("gpu2"))  # seen later, nothing else new
     assert revisions(fleetbed, etcd_prefix) == first
-    node.renew(record("gpu2", "server-c", {"alice": 1}))
+    node.renew(record("gpu2", {"alice": 1}))
     changed = revisions(fleetbed, etcd_prefix)
     assert changed["nodes/gpu2"] > first["nodes/gpu2"] and changed["alive/gpu2"] == first["alive/gpu2"]
 
@@ -104,8 +119,8 @@ def test_a_scheduling_pass_grants_what_one_transaction_holds_and_the_next_the_re
     wanted = [Grant(f"q{index}", f"user{index}", 2000 + index, (f"GPU-node1-{index}",), Fraction(1))
               for index in range(60)]
 
-    def decide(live: list[object], _now: float) -> tuple[None, list[Grant]]:
-        taken = {slot for allocation in live for slot in getattr(allocation, "slots", ())}
+    def decide(live: list[Allocation], _now: float) -> tuple[None, list[Grant]]:
+        taken = {slot for allocation in live for slot in allocation.slots}
         return None, [g for g in wanted if not taken & set(g.slots)]
 
     _, first = one.grant(decide)
@@ -114,6 +129,20 @@ def test_a_scheduling_pass_grants_what_one_transaction_holds_and_the_next_the_re
     assert set(first) | set(second) == {g.key for g in wanted} and not set(first) & set(second)
     _, slot_keys = stored(fleetbed, etcd_prefix)
     assert len(slot_keys) == len(wanted)
+
+
+@pytest.mark.parametrize("expired", [4, 40])  # dropped in the grant's transaction; in one of their own before it
+def test_slots_freed_by_expired_reservations_are_granted_again_however_many_expired(
+        fleetbed: Fleetbed, etcd_prefix: str, expired: int) -> None:
+    one = allocator(fleetbed.endpoints, etcd_prefix, "node1")
+    slots = node_slots("node1", expired)
+    for index in range(expired):  # reservations never bound
+        one.request(f"user{index}", 2000 + index, MANY, GpuRequest(count=1), slots=slots, ttl_seconds=1)
+    time.sleep(1.5)
+    granted = one.request("alice", 1000, MANY, GpuRequest(count=expired), slots=slots)  # every slot, each freed
+    assert sorted(granted.slots) == sorted(s.uuid for s in slots)
+    allocations, slot_keys = stored(fleetbed, etcd_prefix)
+    assert [a.id for a in allocations] == [granted.id] and set(slot_keys.values()) == {granted.id}
 
 
 def test_a_bind_rewrites_its_users_record(fleetbed: Fleetbed, etcd_prefix: str) -> None:
@@ -128,9 +157,13 @@ def test_a_forgotten_node_counts_its_running_ds01_containers_again(fleetbed: Fle
     node = fleetbed.nodes[1]
     engine = docker.DockerClient(base_url=node.docker_host)
     two = allocator(fleetbed.endpoints, etcd_prefix, "node2")
-    granted = two.request("alice", 1000, LIMITS, GpuRequest(count=1), slots=node_slots("node2"))
-    container = engine.containers.create(TEST_IMAGE, ["sleep", "600"], name=f"kept-{uuid.uuid4().hex[:8]}", labels={
-        labels.USER: "alice", labels.UID: "1000", labels.ALLOCATION: granted.id, labels.GPU_EQUIVALENTS: "1"},
+    gpus = [Slot(gpu["uuid"], gpu["uuid"], index, None, Fraction(1), 0, 0)
+            for index, gpu in enumerate(json.loads(node.topology.read_text())["gpus"])]  # its engine's hook knows
+    granted = two.request("alice", 1000, LIMITS, GpuRequest(count=1), slots=gpus)
+    ds01_labels = {labels.USER: "alice", labels.UID: "1000", labels.ALLOCATION: granted.id,
+                   labels.GPU_EQUIVALENTS: "1"}  # as the proxy labels a container it grants GPUs
+    container = engine.containers.run(
+        TEST_IMAGE, ["sleep", "600"], detach=True, name=f"kept-{uuid.uuid4().hex[:8]}", labels=ds01_labels,
         device_requests=[docker.types.DeviceRequest(driver="nvidia", device_ids=list(granted.slots),
                                                     capabilities=[["gpu"]])])
     try:
@@ -144,8 +177,14 @@ def test_a_forgotten_node_counts_its_running_ds01_containers_again(fleetbed: Fle
         allocations, slot_keys = stored(fleetbed, etcd_prefix)
         assert [(a.user, a.slots, a.node) for a in allocations] == [("alice", granted.slots, "node2")]
         assert slot_keys == {f"node2/{granted.slots[0]}": granted.id}
-        again = two.request("bob", 1001, LIMITS, GpuRequest(count=2), slots=node_slots("node2"))
+        again = two.request("bob", 1001, LIMITS, GpuRequest(count=2), slots=gpus)
         assert not set(again.slots) & set(granted.slots)  # the running container's GPU is not handed on
+        container.stop(timeout=1)
+        assert [a.id for a in two.release_container(container.id)] == [granted.id]  # as after gpu_hold_after_stop
+        with Engine(node.docker_host) as listing:
+            found = listing.containers()
+        assert two.reconcile(found, time.time()).adopted == []  # a stopped one asks again when it starts
+        assert granted.id not in {a.id for a in stored(fleetbed, etcd_prefix)[0]}
     finally:
         container.remove(force=True)
         engine.close()
@@ -155,13 +194,19 @@ def test_a_key_that_is_not_ds01s_is_named_and_blocks_no_container_without_gpus(
         fleetbed: Fleetbed, etcd_prefix: str) -> None:
     etcd = etcd_of(fleetbed)
     etcd.commit([], [Put(f"{etcd_prefix}nodes/broken", b"{not json"),
-                     Put(f"{etcd_prefix}nodes/gpu3", record("gpu3", "server-d", {"alice": 2}).to_json())])
+                     Put(f"{etcd_prefix}nodes/gpu3", record("gpu3", {"alice": 2}).to_json())])
     one = allocator(fleetbed.endpoints, etcd_prefix, "node1")
     assert one.store.other_containers("alice") == 2  # the readable record still counts
     assert one.request("alice", 1000, LIMITS, GpuRequest(count=1), slots=node_slots("node1")).slots
     view = nodes.read_fleet(etcd, etcd_prefix)
     assert [problem.split(" ")[0] for problem in view.unreadable] == [f"{etcd_prefix}nodes/broken"]
     assert set(view.nodes) == {"gpu3"}
+    etcd.commit([], [Put(f"{etcd_prefix}allocations/garbage", b"not json")])  # who holds what: unreadable
+    with pytest.raises(Denied) as refused:  # on a node's first read of it
+        allocator(fleetbed.endpoints, etcd_prefix, "node2").request("bob", 1001, LIMITS, GpuRequest(count=1),
+                                                                    slots=node_slots("node2"))
+    assert refused.value.reason is Reason.STORE_UNAVAILABLE and "allocations/garbage" in refused.value.message
+    assert one.store.other_containers("alice") == 2  # a container without GPUs is still made
 
 
 def test_after_the_store_failed_a_node_reserves_nothing_until_it_reconciled(
@@ -177,8 +222,9 @@ def test_after_the_store_failed_a_node_reserves_nothing_until_it_reconciled(
         one.request("bob", 1001, LIMITS, GpuRequest(count=1), slots=node_slots("node1"))
     assert refused.value.reason is Reason.STORE_UNAVAILABLE and "reconciles" in refused.value.message
     assert [a.id for a in stored(fleetbed, etcd_prefix)[0]] == [kept.id]  # nothing was reserved
+    generation = store.generation
     one.reconcile([], time.time())
-    store.settled()
+    store.settled(generation)
     assert one.request("bob", 1001, LIMITS, GpuRequest(count=1), slots=node_slots("node1")).slots
 
 

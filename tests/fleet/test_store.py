@@ -172,8 +172,7 @@ def test_a_node_is_forgotten_only_once_its_lease_lapsed(fleetbed: Fleetbed, etcd
     three = allocator(fleetbed.endpoints, etcd_prefix, "node3")
     held = three.request("alice", 1000, LIMITS, GpuRequest(count=1), slots=node_slots("node3"))
     three.bind(held.id, "d" * 64, "orphan._.1000")
-    membership = nodes.Membership(etcd, etcd_prefix, "node3", ttl_seconds=6, instance="node3-test",
-                                  lease_file=Path(tempfile.mkdtemp(prefix="ds01-fleet-")) / nodes.LEASE_FILE)
+    membership = nodes.Membership(etcd, etcd_prefix, "node3", ttl_seconds=6, instance="node3-test")
     membership.renew(nodes.NodeRecord("node3", "test", "550", time.time(), 6))
     with pytest.raises(Denied, match="is alive"):
         nodes.forget(etcd, etcd_prefix, "node3")
