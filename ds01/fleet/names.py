@@ -17,6 +17,7 @@ from ds01.errors import Ds01Error
 from ds01.etcd import Entry, Etcd
 
 ALIVE, OWNERS = "alive/", "owners/"
+LEGACY_ALIVE = b"1"  # what alive/NODE held before it named an instance
 
 
 class NodeNameTaken(Ds01Error):
@@ -45,8 +46,9 @@ def name_entries(etcd: Etcd, prefix: str, node: str) -> tuple[Entry | None, Entr
 
 def name_is_ours(alive: Entry | None, owner: Entry | None, instance: str) -> bool:
     """The name is this instance's while its live lease names it; while no lease does, when no other instance
-    owns it."""
-    if alive is not None:
+    owns it. A lease from before instances were named (alive/NODE = "1", no owners/NODE) names nobody: the
+    server upgraded in place takes its name over."""
+    if alive is not None and not (alive.value == LEGACY_ALIVE and owner is None):
         return alive.value.decode(errors="replace") == instance
     return owner is None or owner.value.decode(errors="replace") == instance
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from ds01.errors import Denied
 from ds01.etcd import Compare, Delete, Etcd, Put
@@ -54,8 +54,12 @@ class NodeRecord:
 
     @classmethod
     def from_json(cls, raw: bytes) -> NodeRecord:
+        """Fields this version does not know (another node's newer ds01 writes them) are left out."""
         data = json.loads(raw)
-        return cls(**{**data, "slots": tuple(SlotRecord(**slot) for slot in data.get("slots", ()))})
+        known, slot_known = {f.name for f in fields(cls)}, {f.name for f in fields(SlotRecord)}
+        return cls(**{key: value for key, value in data.items() if key in known and key != "slots"},
+                   slots=tuple(SlotRecord(**{k: v for k, v in slot.items() if k in slot_known})
+                               for slot in data.get("slots", ())))
 
 
 @dataclass(frozen=True)

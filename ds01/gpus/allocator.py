@@ -31,6 +31,7 @@ from ds01.reasons import Reason
 __all__ = ["STATE_NAME", "Allocation", "AllocationStore", "Allocator", "Grant", "ReconcileReport", "StateCorrupt",
            "allocations_from_containers", "read_allocations"]
 _T = TypeVar("_T")
+HOLDING = ("running", "paused", "restarting")  # the engine's states in which a container keeps its devices
 Change = Callable[[list[Allocation], float], tuple[_T, list[Allocation] | None]]
 
 
@@ -144,13 +145,12 @@ class Allocator:
         swept: list[Allocation] = []
         while True:
             outcome, expired = self.store.run(step, write)
+            for gone in expired if write else ():  # each step's as it is stored: a later one may be refused
+                eventlog.emit(EventType.ALLOCATION_EXPIRE, source="allocator", user=gone.user, allocation=gone.id,
+                              slots=list(gone.slots))
             swept += expired
             if outcome:
-                break
-        for gone in swept if write else ():
-            eventlog.emit(EventType.ALLOCATION_EXPIRE, source="allocator", user=gone.user, allocation=gone.id,
-                          slots=list(gone.slots))
-        return outcome[0], swept
+                return outcome[0], swept
 
     def allocations(self) -> list[Allocation]:
         """This node's allocations."""
@@ -369,15 +369,15 @@ class Allocator:
 
     def _unrecorded(self, found: Sequence[records.ContainerInfo], kept: list[Allocation],
                     listed_at: float) -> list[Allocation]:
-        """In a fleet: the bound allocations that this node's running ds01 containers imply and the store lacks,
-        on slots nothing else holds (`ds01 fleet forget` removed them while the node ran). A stopped one's GPUs
-        were released (gpu_hold_after_stop): its start asks for them again."""
+        """In a fleet: the bound allocations that this node's live ds01 containers (running, paused, restarting)
+        imply and the store lacks, on slots nothing else holds (`ds01 fleet forget` removed them while the node
+        ran). A stopped one's GPUs were released (gpu_hold_after_stop): its start asks for them again."""
         if not self.store.node:
             return []
         mine = [a for a in kept if self.is_local(a)]
         accounted = {a.container for a in mine} | {a.id for a in mine}
         held = {slot for a in mine for slot in a.slots}
-        orphans = [info for info in found if info.status == "running" and info.device_ids and info.id not in accounted
+        orphans = [info for info in found if info.status in HOLDING and info.device_ids and info.id not in accounted
                    and info.labels.get(labels.USER) and info.labels.get(labels.GPU_EQUIVALENTS)
                    and info.labels.get(labels.ALLOCATION) not in accounted and not held & set(info.device_ids)]
         return [replace(a, node=self.store.node)

@@ -85,7 +85,7 @@ class _Txn:
 
 class EtcdStore:
     contended = True  # optimistic: a conflicting change is run again on a new read
-    change_budget: int | None = MAX_TXN_OPS - 8  # spare keys: the compares of lapsed reservations
+    change_budget: int | None = MAX_TXN_OPS - 8  # keys to spare, for other nodes' lapsed reservations
 
     def __init__(self, etcd: Etcd, prefix: str, node: str, half_life_seconds: Callable[[], float], *,
                  clock: Callable[[], float] = time.time, turns_file: Path | None = None, instance: str = "") -> None:
@@ -263,8 +263,10 @@ class EtcdStore:
                 lease = self._lease(added, now)
             self._add(txn, read, added, lease if added.expires_at is not None else 0)
         # The step did not count these: were one adopted meanwhile by its node, the user's count would be wrong.
+        # As many as the transaction holds beside the users' compares: a dead node's are gone with its lease.
+        room = MAX_TXN_OPS - len(txn.compares) - len(txn.users)
         txn.compares += [Compare(entry.key, entry.mod_revision) for before, entry in txn.lapsed
-                         if before.user in txn.users]
+                         if before.user in txn.users][:max(0, room)]
         for user, hours in txn.users.items():
             key = f"{self.prefix}{USERS}{user}"
             known = read.users.get(user)

@@ -23,7 +23,7 @@ from ds01.engine import Engine
 from ds01.errors import Denied
 from ds01.etcd import Etcd, Put
 from ds01.fleet import nodes
-from ds01.fleet.names import NodeNameTaken
+from ds01.fleet.names import NodeNameTaken, name_entries
 from ds01.gpus.allocator import Allocation, Allocator, Grant
 from ds01.gpus.etcdstore import MAX_TXN_OPS, EtcdStore
 from ds01.gpus.placement import GpuRequest, Slot
@@ -84,6 +84,29 @@ def test_one_node_name_is_one_instance_which_a_restart_or_reboot_keeps(fleetbed:
     assert "gpu1" not in view.alive and [a.id for a in view.held_on("gpu1")] == [bound.id]  # still counted
     again = membership(fleetbed, etcd_prefix, "gpu1", "server-a")
     assert again.claim() is True and "gpu1" in nodes.read_fleet(etcd_of(fleetbed), etcd_prefix).alive
+
+
+def test_a_name_leased_before_names_had_owners_is_taken_over_by_the_upgraded_server(
+        fleetbed: Fleetbed, etcd_prefix: str) -> None:
+    etcd = etcd_of(fleetbed)
+    old_lease = etcd.grant_lease(60)
+    etcd.commit([], [Put(f"{etcd_prefix}alive/gpu9", b"1", old_lease)])  # as the previous version wrote it
+    upgraded = membership(fleetbed, etcd_prefix, "gpu9", "server-z")
+    assert upgraded.claim() is True and upgraded.claimed
+    alive, owner = name_entries(etcd, etcd_prefix, "gpu9")
+    assert alive is not None and owner is not None
+    assert (alive.value, alive.lease != old_lease, owner.value) == (b"server-z", True, b"server-z")
+    with pytest.raises(NodeNameTaken):
+        membership(fleetbed, etcd_prefix, "gpu9", "server-y").claim()
+
+
+def test_a_node_record_with_fields_from_a_newer_ds01_is_read() -> None:
+    written = {**json.loads(record("gpu4", {"alice": 1}).to_json()), "gpu_topology": "nvlink"}
+    written["slots"] = [{"slot": "GPU-0", "gpu": 0, "profile": None, "model": "A100", "memory_mib": 81920,
+                         "equivalents": "1", "healthy": True, "power_watts": 400}]
+    read = nodes.NodeRecord.from_json(json.dumps(written).encode())
+    assert (read.node, read.containers, read.slots[0].slot, read.slots[0].healthy) == ("gpu4", {"alice": 1},
+                                                                                      "GPU-0", True)
 
 
 def test_a_renewal_writes_the_record_only_when_it_changes(fleetbed: Fleetbed, etcd_prefix: str) -> None:
@@ -179,6 +202,13 @@ def test_a_forgotten_node_counts_its_running_ds01_containers_again(fleetbed: Fle
         assert slot_keys == {f"node2/{granted.slots[0]}": granted.id}
         again = two.request("bob", 1001, LIMITS, GpuRequest(count=2), slots=gpus)
         assert not set(again.slots) & set(granted.slots)  # the running container's GPU is not handed on
+        two.release(again.id)
+        container.pause()  # a paused one keeps its GPU too
+        assert [a.id for a in nodes.forget(etcd_of(fleetbed), etcd_prefix, "node2")] == [granted.id]
+        with Engine(node.docker_host) as listing:
+            found = listing.containers()
+        assert [a.id for a in two.reconcile(found, time.time()).adopted] == [granted.id]
+        container.unpause()
         container.stop(timeout=1)
         assert [a.id for a in two.release_container(container.id)] == [granted.id]  # as after gpu_hold_after_stop
         with Engine(node.docker_host) as listing:

@@ -185,16 +185,21 @@ def test_a_node_killed_is_down_after_node_ttl_its_containers_still_count_and_it_
     assert fleet.status()["node2"]["held_gpu_equivalents"] == "2"  # its container runs on: still held
 
 
-def test_a_second_proxy_under_a_name_in_use_does_not_start_and_books_nothing(
+def test_a_second_server_under_a_name_in_use_starts_no_proxy_and_reconciles_nothing(
         fleet: Fleet, fleetbed: Fleetbed, testbed: Testbed, etcd_prefix: str) -> None:
     held = run_gpu(fleet, 0, "alice", "2")
     assert held.returncode == 0, held.stderr
     node = fleetbed.nodes[2]  # node3's engine, with nothing of node1's: its reconcile would release all of it
+    root = testbed.dir / "proxy-tests" / f"impostor-{uuid.uuid4().hex[:6]}"
     with pytest.raises(AssertionError) as refused:
-        start_proxy(testbed, testbed.dir / "proxy-tests" / f"impostor-{uuid.uuid4().hex[:6]}",
-                    node=ProxyNode(node.netns, node.docker_host, node.topology), replaced=RESEARCHERS,
+        start_proxy(testbed, root, node=ProxyNode(node.netns, node.docker_host, node.topology), replaced=RESEARCHERS,
                     extra_config=fleet_config(fleetbed, etcd_prefix, "node1"))
     assert "fleet node name node1 is held by another ds01 proxy" in str(refused.value)
+    cleanup = subprocess.run([DS01, "cleanup"], capture_output=True, text=True, check=False, timeout=120, env={
+        **fleet.proxies[0].env, "DS01_CONFIG": str(root / "etc" / "resource-limits.yaml"),
+        "DS01_STATE_DIR": str(root / "state"), "DS01_LOG_DIR": str(root / "log"), "DS01_RUN_DIR": str(root / "run"),
+        "FAKE_NVML_TOPOLOGY": str(node.topology), "DOCKER_HOST": node.docker_host})  # the impostor's timer
+    assert cleanup.returncode == 1 and "allocations not reconciled: fleet node name node1 is held" in cleanup.stderr
     assert fleet.status()["node1"]["held_gpu_equivalents"] == "2"  # alice's container's GPUs stay booked
     again = run_gpu(fleet, 0, "bob", "2")
     assert again.returncode == 0, again.stderr

@@ -13,7 +13,8 @@ from ds01.cli import Commands, add_command, add_format_option
 from ds01.cli.context import Context
 from ds01.cli.output import print_json, print_table
 from ds01.engine import Engine
-from ds01.errors import EXIT_FAILURE, NvmlError
+from ds01.errors import EXIT_FAILURE, Denied, NvmlError
+from ds01.gpus.allocator import ReconcileReport
 from ds01.gpus.supply import open_allocator
 from ds01.ops import baremetal
 from ds01.ops.cleanup import Cleanup, LimitsByUid, describe
@@ -47,8 +48,13 @@ def run_cleanup(args: argparse.Namespace, context: Context) -> int:
         cleanup = Cleanup(paths.state_dir, engine, allocator, limits.of_container,
                           waiter_limits=limits.of_waiter)
         outcome = cleanup.run(config, inventory, now, args.dry_run)
+        errors = list(outcome.errors)
         listed_at = time.time()
-        report = allocator.reconcile(engine.containers(), listed_at, dry_run=args.dry_run)
+        try:
+            report = allocator.reconcile(engine.containers(), listed_at, dry_run=args.dry_run)
+        except Denied as denied:  # the fleet's store out of reach, or this node's name another's: the rest goes on
+            errors.append(f"allocations not reconciled: {denied.message}")
+            report = ReconcileReport()
         pruned_at = time.time()
         pruning = prune(engine, paths, config.images.prune_after_seconds, pruned_at, args.dry_run)
     moment = datetime.fromtimestamp(now, UTC)
@@ -69,9 +75,9 @@ def run_cleanup(args: argparse.Namespace, context: Context) -> int:
         print_json(listing)
     else:
         print_table(("CONTAINER", "USER", "ACTION", "WHY"), [[entry[key] for key in COLUMNS] for entry in listing])
-    for error in outcome.errors:  # after the listing: the run went on, and says what it did instead
+    for error in errors:  # after the listing: the run went on, and says what it did instead
         print(f"ds01: error: {error}", file=sys.stderr)
-    return EXIT_FAILURE if outcome.errors else 0
+    return EXIT_FAILURE if errors else 0
 
 
 def describe_pruning(pruning: Pruning, prune_after_seconds: int, now: float, dry_run: bool) -> list[dict[str, object]]:
