@@ -106,7 +106,7 @@ def read_fleet(etcd: Etcd, prefix: str) -> FleetView:
 
 class Membership:
     """This node's lease and records: `renew` every node_ttl/3. The name is claimed with the lease, by the
-    instance that owns it (ds01.gpus.etcdstore.name_is_ours): alive/NODE is put on this node's lease, and
+    instance that owns it (ds01.fleet.names): alive/NODE is put on this node's lease, and
     owners/NODE names the instance, in one transaction on what was read."""
 
     def __init__(self, etcd: Etcd, prefix: str, node: str, ttl_seconds: int, *, instance: str,

@@ -120,8 +120,9 @@ class Allocator:
                      write: bool = True, expire: bool = True) -> tuple[_T, list[Allocation]]:
         """Run `change` on the live allocations in one step of the store; it returns (result, new list or None).
 
-        Reservations past their TTL are dropped first and returned alongside the result; with expire=False
-        `change` sees them too and decides.
+        Reservations past their TTL are dropped first and returned alongside the result (more than fit beside
+        a change, within the store's change_budget, in steps of their own before it); with expire=False `change`
+        sees them too and decides.
         """
         budget = self.store.change_budget if write else None
 

@@ -43,6 +43,8 @@ TURN_SECONDS = 5.0
 LEASE_SLACK_SECONDS = 30
 QUIET_SECONDS = 10.0  # after no member answered, what needs no GPU does not ask etcd again for this long
 ALLOCATIONS, SLOTS, USERS, NODES = "allocations/", "slots/", "users/", "nodes/"
+
+
 @dataclass(frozen=True)
 class Usage:
     hours: float  # decayed GPU-equivalent-hours as of `at`
