@@ -1,8 +1,10 @@
-"""What keeps the fleet's store whole beyond the everyday path, on the fleet bed's real etcd: one node name is
-one proxy; a node's record is written when it changes, not on every renewal; a change too big for one etcd
-transaction is made in several, each whole; a bind rewrites its user's record; a forgotten node counts its
-running ds01 containers again from their labels; a key that is not ds01's blocks no container without GPUs and
-is named; and after the store failed, a node reserves nothing until it reconciled."""
+"""What keeps the fleet's store whole beyond the everyday path, on the fleet bed's real etcd: a node name is one
+instance's (a restart, a reboot or an upgrade keeps it; another server neither claims it nor reconciles under
+it); a node's record is written when it changes, not on every renewal; a change too big for one etcd
+transaction is made in several, each whole, and slots freed by expired reservations are granted again however
+many expired; a bind rewrites its user's record; a forgotten node counts its live ds01 containers again from
+their labels, not a stopped one's; a key that is not ds01's is named and blocks only grants; and after the
+store failed, a node reserves nothing until it reconciled."""
 
 from __future__ import annotations
 
