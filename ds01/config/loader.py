@@ -366,15 +366,6 @@ def _fleet(reader: _Reader, node: yaml.Node) -> FleetSettings:
         reader.fail(node, "fleet", str(exc))
 
 
-def _names_endpoints(top: _Entries) -> bool:
-    """Whether fleet.etcd.endpoints is given (the sections are checked already): an etcd store has no default
-    cluster to fall back on."""
-    fleet = top["fleet"][1] if "fleet" in top else None
-    etcd = next((v for k, v in fleet.value if k.value == "etcd"), None) if isinstance(fleet, yaml.MappingNode) \
-        else None
-    return isinstance(etcd, yaml.MappingNode) and any(k.value == "endpoints" for k, _ in etcd.value)
-
-
 def _proxy(reader: _Reader, top: _Entries) -> ProxySettings:
     return ProxySettings(**_section(reader, top["proxy"][1], "proxy", PROXY_FIELDS)) if "proxy" in top \
         else ProxySettings()
@@ -399,7 +390,8 @@ def load_config(path: Path | None = None) -> Config:
     admin_users = reader.names(admins["users"][1], "admins.users") if "users" in admins else ()
     admin_groups = reader.names(admins["groups"][1], "admins.groups") if "groups" in admins else ()
     allocation = _allocation(reader, top["allocation"][1]) if "allocation" in top else AllocationSettings()
-    if allocation.store == "etcd" and not _names_endpoints(top):
+    fleet_settings = _fleet(reader, top["fleet"][1]) if "fleet" in top else FleetSettings()
+    if allocation.store == "etcd" and not fleet_settings.etcd.endpoints:  # no default: the cluster must be named
         reader.fail(top["allocation"][1], "allocation.store", (
             "is etcd, but fleet.etcd.endpoints names no etcd cluster; list its members' client URLs there "
             "(docs-admin/fleet.md), or keep store: file"))
@@ -429,5 +421,5 @@ def load_config(path: Path | None = None) -> Config:
         if "images" in top else ImageSettings(),
         scheduler=SchedulerSettings(**_section(reader, top["scheduler"][1], "scheduler", SCHEDULER_FIELDS))
         if "scheduler" in top else SchedulerSettings(),
-        fleet=_fleet(reader, top["fleet"][1]) if "fleet" in top else FleetSettings(),
+        fleet=fleet_settings,
     )

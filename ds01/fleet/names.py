@@ -13,8 +13,9 @@ import hashlib
 import socket
 from pathlib import Path
 
-from ds01.errors import Ds01Error
+from ds01.errors import Denied, Ds01Error
 from ds01.etcd import Entry, Etcd
+from ds01.reasons import Reason
 
 ALIVE, OWNERS = "alive/", "owners/"
 LEGACY_ALIVE = b"1"  # what alive/NODE held before it named an instance
@@ -61,3 +62,10 @@ def name_taken(node: str, *, alive_elsewhere: bool) -> str:
     return (f"fleet node name {node} belongs to another server or state directory, whose allocations the fleet "
             "still counts. Give this server its own fleet.node; or, if it replaces that one for good, run "
             f"`ds01 fleet forget {node}` on another node first.")
+
+
+def confirm_name(etcd: Etcd, prefix: str, node: str, instance: str, *, undone: str) -> None:
+    """Raises Denied (not_owner) unless `instance` holds `node`'s name; `undone` says what was not done."""
+    alive, owner = name_entries(etcd, prefix, node)
+    if not name_is_ours(alive, owner, instance):
+        raise Denied(Reason.NOT_OWNER, f"{name_taken(node, alive_elsewhere=alive is not None)} {undone}")

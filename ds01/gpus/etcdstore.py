@@ -30,7 +30,7 @@ import filelock
 
 from ds01.errors import Busy, Denied, Ds01Error
 from ds01.etcd import Compare, Delete, Entry, Etcd, Put, StoreRefused, StoreUnavailable
-from ds01.fleet.names import name_entries, name_is_ours, name_taken
+from ds01.fleet.names import confirm_name
 from ds01.gpus.allocations import Allocation
 from ds01.gpus.filestore import take_turn
 from ds01.reasons import Reason
@@ -144,12 +144,9 @@ class EtcdStore:
         if not self.instance:
             return
         try:
-            alive, owner = name_entries(self.etcd, self.prefix, self.node)
+            confirm_name(self.etcd, self.prefix, self.node, self.instance, undone="Nothing was reconciled.")
         except StoreUnavailable as problem:
             raise self._down(problem) from problem
-        if not name_is_ours(alive, owner, self.instance):
-            raise Denied(Reason.NOT_OWNER, name_taken(self.node, alive_elsewhere=alive is not None)
-                         + " Nothing was reconciled.")
 
     # --- reading ----------------------------------------------------------------------------------------------
 

@@ -15,17 +15,16 @@ from ds01.cli import Commands, add_command, add_format_option
 from ds01.cli.context import Context
 from ds01.cli.output import print_json, print_table
 from ds01.config import Config, effective_limits
-from ds01.errors import ConfigError, Denied, Ds01Error, UsageError
+from ds01.errors import ConfigError, Ds01Error, UsageError
 from ds01.etcd import Etcd
 from ds01.eventlog.types import EventType
 from ds01.fleet import nodes
-from ds01.fleet.names import name_entries, name_is_ours, name_taken, node_instance
+from ds01.fleet.names import confirm_name, node_instance
 from ds01.gpus.allocator import STATE_NAME
 from ds01.gpus.filestore import _parse_state
 from ds01.gpus.supply import node_slots
 from ds01.gpus.usage import fairshare_factors
 from ds01.identity import accounts
-from ds01.reasons import Reason
 from ds01.units import format_equivalents
 
 STATES = ("free", "held", "reserved", "unhealthy")
@@ -157,10 +156,8 @@ def import_state(args: argparse.Namespace, context: Context) -> int:
     except FileNotFoundError as exc:
         raise ConfigError(f"{path} does not exist: there is no state file to import") from exc
     allocations = _parse_state(raw, path)
-    alive, owner = name_entries(etcd, config.fleet.etcd.prefix, config.fleet.node)
-    if not name_is_ours(alive, owner, node_instance(paths.state_dir)):
-        raise Denied(Reason.NOT_OWNER, name_taken(config.fleet.node, alive_elsewhere=alive is not None)
-                     + " Nothing was imported.")
+    confirm_name(etcd, config.fleet.etcd.prefix, config.fleet.node, node_instance(paths.state_dir),
+                 undone="Nothing was imported.")
     _, inventory = node_slots(paths, config)
     known = {slot.uuid for slot, *_ in inventory}
     for allocation in allocations:
